@@ -1,0 +1,269 @@
+"""Typed experiment configuration: YAML (safe_load) -> validated pydantic models.
+
+An experiment file names its groups under `defaults` (domain, model); each group is
+loaded from configs/<group>/<name>.yaml and the experiment's own section is merged over
+it. Unknown keys and wrong types are errors naming the file and the dotted key.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from simgan.errors import SimganError
+from simgan.models.gan import GANConfig
+from simgan.models.vae import VAEConfig
+
+REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+GROUPS = ("domain", "model")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DomainConfig(Strict):
+    name: Literal["calorimeter"] = "calorimeter"
+    # a shipped binning (reference, ds1-photons, ds1-pions, ds2, ds3) or a path to an XML file
+    geometry: str = "reference"
+    particle: str = "electron"
+    # CaloChallenge evaluation threshold: 0.5 keV / 0.033 in stored (scaled) MeV
+    threshold_mev: float = Field(0.01515, ge=0)
+
+
+class SimulateConfig(Strict):
+    events: int = Field(2000, gt=0)
+    particle: Literal["e-", "gamma"] = "e-"
+    energy_min_gev: float = Field(1.0, gt=0)
+    energy_max_gev: float = Field(64.0, gt=0)
+    energies_gev: list[Annotated[float, Field(gt=0)]] | None = None
+    theta_deg: float = Field(0.0, ge=0, lt=60)
+    cut_mm: float = Field(0.7, gt=0)
+    physics_list: Literal["emstandard_opt1", "emstandard_opt2"] = "emstandard_opt1"
+    sampling_fraction: float = Field(0.0229, gt=0, lt=1)
+    shard_events: int = Field(100, gt=0)
+    workers: int = Field(0, ge=0)  # 0: one per core; run-only
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.energies_gev is None and self.energy_max_gev < self.energy_min_gev:
+            raise ValueError("energy_max_gev must be >= energy_min_gev")
+        return self
+
+
+class PrepareConfig(Strict):
+    input: str | None = None  # None: the simulate stage's output
+    format: Literal["auto", "calochallenge", "calogan", "root"] = "auto"
+    root_tree: str = "showers"
+    root_energy_branch: str = "incident_energy"
+    root_shower_branch: str = "showers"
+    fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
+
+    @model_validator(mode="after")
+    def _fractions(self):
+        if any(f <= 0 for f in self.fractions) or abs(sum(self.fractions) - 1) > 1e-6:
+            raise ValueError("fractions (train, val, test) must be positive and sum to 1")
+        return self
+
+
+class TrainConfig(Strict):
+    steps: int = Field(2000, gt=0)
+    batch_size: int = Field(128, gt=0)
+    checkpoint_every: int = Field(200, gt=0)
+    log_every: int = Field(50, gt=0)
+    val_every: int = Field(500, gt=0)
+    val_events: int = Field(2000, gt=0)
+    device: str = "auto"  # run-only
+    precision: Literal["fp32", "bf16"] = "fp32"
+    mlflow: bool = True
+    progress: bool = True  # run-only
+
+
+class GenerateConfig(Strict):
+    events: int | None = Field(None, gt=0)  # None: the held-out test energies
+    batch_size: int = Field(1000, gt=0)
+    format: Literal["hdf5", "root"] = "hdf5"
+    device: str = "auto"  # run-only
+    compare_geant4: int = Field(0, ge=0)
+
+
+class GateConfig(Strict):
+    auc_high_max: float = Field(0.9, gt=0, le=1)
+    auc_low_max: float = Field(1.0, gt=0, le=1)
+    separation_etot_max: float = Field(0.2, ge=0, le=1)
+    separation_mean_max: float = Field(0.3, ge=0, le=1)
+    fpd_max: float | None = None
+
+
+class ValidateConfig(Strict):
+    classifier_seeds: int = Field(3, gt=0)
+    classifier_max_events: int = Field(20000, gt=0)
+    chunk_size: int = Field(2000, gt=0)
+    dask: bool = False  # run-only
+    dask_workers: int = Field(2, gt=0)  # run-only
+    plots: bool = True
+    gate: GateConfig = GateConfig()
+
+
+class RegisterConfig(Strict):
+    name: str = "simgan-calorimeter"
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db
+    alias: str = "champion"
+    retries: int = Field(3, ge=1)
+
+
+ModelConfig = Annotated[Union[GANConfig, VAEConfig], Field(discriminator="family")]
+
+
+class ExperimentConfig(Strict):
+    name: str
+    runs_dir: str = "runs"
+    seed: int = 42
+    domain: DomainConfig = DomainConfig()
+    model: ModelConfig = GANConfig()
+    simulate: SimulateConfig = SimulateConfig()
+    prepare: PrepareConfig = PrepareConfig()
+    train: TrainConfig = TrainConfig()
+    generate: GenerateConfig = GenerateConfig()
+    validate: ValidateConfig = ValidateConfig()
+    register: RegisterConfig = RegisterConfig()
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+
+# Keys that change how a stage runs, not what it produces: never in the stage hash.
+RUN_ONLY = {
+    "simulate.workers",
+    "train.device",
+    "train.progress",
+    "generate.device",
+    "validate.dask",
+    "validate.dask_workers",
+}
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise SimganError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SimganError(f"{path}: not valid YAML: {exc}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SimganError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise SimganError(f"override {text!r}: expected key=value (e.g. train.steps=100)")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise SimganError(f"override {text!r}: empty key part")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    data = copy.deepcopy(data)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise SimganError(f"override {text!r}: '{p}' is not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return data
+
+
+def _format_error(source: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        # discriminated unions put the tag in the location; drop it for readability
+        loc = loc.replace("model.gan.", "model.").replace("model.vae.", "model.")
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        got = err.get("input")
+        got_s = "" if isinstance(got, dict) or err["type"] == "missing" else f" (got {got!r})"
+        lines.append(f"key '{loc}': {msg}{got_s}")
+    return f"{source}: " + "; ".join(lines)
+
+
+def compose(path: str | os.PathLike, overrides: list[str] | None = None) -> dict:
+    """Experiment file + its groups + overrides, as a plain dict (not yet validated)."""
+    path = Path(path)
+    data = _read_yaml(path)
+    defaults = data.pop("defaults", {}) or {}
+    if not isinstance(defaults, dict):
+        raise SimganError(f"{path}: key 'defaults': expected a mapping like {{domain: calorimeter}}")
+    root = path.resolve().parent.parent
+    if not (root / "domain").is_dir():
+        root = REPO_CONFIGS
+    merged: dict = {}
+    for group, name in defaults.items():
+        if group not in GROUPS:
+            raise SimganError(f"{path}: key 'defaults.{group}': unknown group (expected one of {GROUPS})")
+        group_file = root / group / f"{name}.yaml"
+        if not group_file.is_file():
+            raise SimganError(f"{path}: key 'defaults.{group}': no config {group_file}")
+        merged[group] = _read_yaml(group_file)
+    merged = _merge(merged, data)
+    return apply_overrides(merged, overrides or [])
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> ExperimentConfig:
+    data = compose(path, overrides)
+    data.setdefault("name", Path(path).stem)
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise SimganError(_format_error(str(path), exc)) from None
+
+
+def config_from_dict(data: dict, source: str = "<config>") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise SimganError(_format_error(source, exc)) from None
+
+
+def hashable_view(cfg: ExperimentConfig, sections: tuple[str, ...]) -> dict:
+    """The config sections a stage depends on, without run-only keys."""
+    dump = cfg.model_dump(mode="json")
+    out = {}
+    for s in sections:
+        sec = copy.deepcopy(dump[s]) if s in dump else None
+        if isinstance(sec, dict):
+            for key in RUN_ONLY:
+                head, _, tail = key.partition(".")
+                if head == s:
+                    sec.pop(tail, None)
+        out[s] = sec
+    return out

@@ -1,0 +1,1 @@
+"""Surrogate model families; each file holds a config class beside its networks."""

@@ -1,0 +1,1 @@
+"""Reference simulators (real Geant4 through geant4-pybind)."""
