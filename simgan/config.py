@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -118,6 +119,9 @@ class RegisterConfig(Strict):
 
 
 ModelConfig = Annotated[Union[GANConfig, VAEConfig], Field(discriminator="family")]
+
+
+warnings.filterwarnings("ignore", message='Field name "(validate|register)"', category=UserWarning)
 
 
 class ExperimentConfig(Strict):

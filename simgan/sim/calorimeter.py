@@ -176,10 +176,7 @@ def _production_cut_mm(g4) -> float | None:
 
 
 def _geant4_version(g4) -> str:
-    try:
-        return str(g4.G4RunManagerKernel.GetRunManagerKernel().GetVersionString()).strip()
-    except Exception:
-        return "geant4-pybind " + getattr(g4, "__version__", "unknown")
+    return str(getattr(g4, "G4Version", "unknown")).replace("$Name:", "").replace("$", "").strip()
 
 
 def _worker_init(settings: G4Settings, quiet: bool) -> None:

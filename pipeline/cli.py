@@ -1,0 +1,177 @@
+"""`simgan <stage> -c CONFIG [key=value ...]` and `simgan run -c CONFIG`.
+
+Thin: parse, load the config, call the stage. User errors print one line naming the
+file/field/key and exit non-zero (2; 3 when the validation gate fails).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from simgan.errors import SimganError
+
+
+def _config(args, extra: list[str] | None = None):
+    from simgan.config import load_config
+
+    return load_config(args.config, list(args.overrides) + (extra or []))
+
+
+def cmd_simulate(args) -> int:
+    from simgan.sim.produce import simulate_to_file
+
+    extra = [f"simulate.events={args.events}"] if args.events else []
+    cfg = _config(args, extra)
+    meta = simulate_to_file(cfg.simulate, cfg.seed, args.out, progress=not args.quiet,
+                            shard_index=args.shard_index, shard_count=args.shard_count)
+    print(f"wrote {args.out}: {meta['events_total'] if args.shard_count is None else 'shard'} showers, "
+          f"{meta['geant4_cpu_seconds']:.1f} Geant4 CPU-s, sampling fraction measured "
+          f"{meta['sampling_fraction_measured']:.4f} (used {meta['sampling_fraction']})")
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from simgan.sim.produce import merge_shards
+
+    merge_shards(args.shards, args.out)
+    print(f"wrote {args.out} from {len(args.shards)} shards")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from simgan.data.convert import convert
+
+    convert(args.input, args.out, args.format, args.binning)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _stage(name):
+    def run(args) -> int:
+        from pipeline.runner import run_stages
+
+        cfg = _config(args)
+        run_stages(cfg, [name], force=True, progress=not args.quiet)
+        return 0
+    return run
+
+
+def cmd_run(args) -> int:
+    from pipeline.runner import run_chain
+
+    cfg = _config(args)
+    return run_chain(cfg, force=args.force, start=args.from_stage, until=args.until, progress=not args.quiet)
+
+
+def cmd_generate(args) -> int:
+    from pipeline.generate import generate_cli
+
+    return generate_cli(args)
+
+
+def cmd_validate(args) -> int:
+    from pipeline.validate import validate_cli
+
+    return validate_cli(args)
+
+
+def cmd_register(args) -> int:
+    from pipeline.register import register_cli
+
+    return register_cli(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="simgan", description="Fast generative surrogates for physics simulation")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(sp, required=True):
+        sp.add_argument("-c", "--config", required=required, help="experiment YAML")
+        sp.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=100")
+        sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    s = sub.add_parser("simulate", help="run Geant4 and write canonical HDF5")
+    with_config(s)
+    s.add_argument("--events", type=int)
+    s.add_argument("--out", required=True)
+    s.add_argument("--shard-index", type=int)
+    s.add_argument("--shard-count", type=int)
+    s.set_defaults(func=cmd_simulate)
+
+    s = sub.add_parser("merge", help="merge simulate shard files")
+    s.add_argument("shards", nargs="+")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_merge)
+
+    s = sub.add_parser("convert", help="convert between CaloChallenge HDF5, CaloGAN HDF5 and ROOT")
+    s.add_argument("input")
+    s.add_argument("--out", required=True)
+    s.add_argument("--format", default="auto", choices=["auto", "calochallenge", "calogan", "root"])
+    s.add_argument("--binning", help="shipped binning name or XML path (needed for ROOT input)")
+    s.set_defaults(func=cmd_convert)
+
+    for name in ("prepare", "train"):
+        s = sub.add_parser(name, help=f"run the {name} stage")
+        with_config(s)
+        s.set_defaults(func=_stage(name))
+
+    s = sub.add_parser("generate", help="generate showers from a checkpoint or a registered model")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint")
+    src.add_argument("--model", help="MLflow model URI, e.g. models:/NAME@champion")
+    s.add_argument("--out", required=True)
+    s.add_argument("--events", type=int)
+    s.add_argument("--energies-from", help="canonical file whose incident energies to use")
+    s.add_argument("--energy-range", nargs=2, type=float, metavar=("MIN_GEV", "MAX_GEV"))
+    s.add_argument("--batch-size", type=int, default=1000)
+    s.add_argument("--format", choices=["hdf5", "root"])
+    s.add_argument("--device", default="auto")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--compare-geant4", type=int, default=0, metavar="N")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("validate", help="compare generated showers with held-out simulation")
+    s.add_argument("--reference", required=True)
+    s.add_argument("--candidate", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("-c", "--config")
+    s.add_argument("overrides", nargs="*")
+    s.add_argument("--dask", action="store_true", help="compute features on a dask.distributed cluster")
+    s.add_argument("--scheduler", help="dask scheduler address (default: a LocalCluster)")
+    s.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("register", help="register a trained model in MLflow")
+    s.add_argument("--run-dir")
+    s.add_argument("-c", "--config")
+    s.add_argument("--name")
+    s.add_argument("--tracking-uri")
+    s.add_argument("overrides", nargs="*")
+    s.set_defaults(func=cmd_register)
+
+    s = sub.add_parser("run", help="run the whole chain")
+    with_config(s)
+    s.add_argument("--force", action="store_true", help="re-run completed stages")
+    s.add_argument("--from", dest="from_stage")
+    s.add_argument("--until")
+    s.set_defaults(func=cmd_run)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SimganError as exc:
+        print(f"simgan: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("simgan: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

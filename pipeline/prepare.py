@@ -1,0 +1,59 @@
+"""Stage prepare: read any supported input, check it, split train/val/test by seed.
+
+The held-out test split is written to its own file and never read by training.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import simulate
+from pipeline.contract import Context, stage_dir, write_manifest
+from simgan.config import ExperimentConfig
+from simgan.data import calochallenge as cc
+from simgan.data.convert import read_any
+from simgan.errors import SimganError
+
+SPLITS = ("train", "val", "test")
+
+
+def inputs(cfg: ExperimentConfig) -> dict[str, Path]:
+    src = Path(cfg.prepare.input) if cfg.prepare.input else simulate.outputs(cfg)["showers"]
+    return {"source": src}
+
+
+def outputs(cfg: ExperimentConfig) -> dict[str, Path]:
+    d = stage_dir(cfg, "prepare")
+    return {s: d / f"{s}.h5" for s in SPLITS}
+
+
+def split_indices(n: int, fractions, seed: int) -> dict[str, np.ndarray]:
+    perm = np.random.default_rng([seed, 0x5A]).permutation(n)
+    n_train = int(round(fractions[0] * n))
+    n_val = int(round(fractions[1] * n))
+    if min(n_train, n_val, n - n_train - n_val) < 1:
+        raise SimganError(f"prepare: {n} events are too few to split into train/val/test with fractions {tuple(fractions)}")
+    return {"train": np.sort(perm[:n_train]), "val": np.sort(perm[n_train:n_train + n_val]),
+            "test": np.sort(perm[n_train + n_val:])}
+
+
+def run(cfg: ExperimentConfig, ctx: Context) -> dict[str, Path]:
+    t0 = time.time()
+    src = inputs(cfg)["source"]
+    p = cfg.prepare
+    data = read_any(src, p.format, cfg.domain.geometry if p.format in ("root",) or src.suffix == ".root" else None,
+                    p.root_tree, p.root_energy_branch, p.root_shower_branch)
+    data.metadata = {**data.metadata, "prepared_from": str(src)}
+    idx = split_indices(len(data), p.fractions, cfg.seed)
+    out = outputs(cfg)
+    for name in SPLITS:
+        part = data.subset(idx[name])
+        part.metadata = {**part.metadata, "split": name}
+        cc.write(out[name], part)
+    write_manifest(cfg, "prepare", {"source": src}, out, t0,
+                   counts={k: int(len(v)) for k, v in idx.items()},
+                   extra={"n_voxels": data.binning.n_voxels, "geometry": data.binning.digest()})
+    return out

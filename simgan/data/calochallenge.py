@@ -1,0 +1,229 @@
+"""Canonical CaloChallenge HDF5: `incident_energies` (N,1) MeV, `showers` (N,V) MeV.
+
+The binning XML travels with the file (attribute `binning_xml`) so that a file names its
+own geometry; public files without it are read against a binning given by the caller.
+Extra conditions are extra datasets of length N (e.g. `incident_theta`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import h5py
+import numpy as np
+
+from simgan.data.binning import Binning, load_binning, parse_binning_xml
+from simgan.errors import SimganError
+from simgan.io import atomic_path
+
+ENERGY_KEY = "incident_energies"
+SHOWER_KEY = "showers"
+META_ATTR = "simgan_metadata"
+XML_ATTR = "binning_xml"
+# Incident energies below this (in MeV) almost surely mean the file is in GeV.
+MIN_PLAUSIBLE_MEV = 50.0
+
+
+@dataclass
+class ShowerData:
+    energies: np.ndarray  # (N,) MeV
+    showers: np.ndarray  # (N, V) MeV
+    binning: Binning
+    conditions: dict[str, np.ndarray] = field(default_factory=dict)  # extra (N,) arrays
+    metadata: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.energies)
+
+    def subset(self, idx) -> "ShowerData":
+        return ShowerData(self.energies[idx], self.showers[idx], self.binning,
+                          {k: v[idx] for k, v in self.conditions.items()}, dict(self.metadata))
+
+
+def _open(path: str | os.PathLike) -> h5py.File:
+    path = Path(path)
+    if not path.is_file():
+        raise SimganError(f"{path}: file not found")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise SimganError(f"{path}: not a readable HDF5 file (truncated or corrupt?): {exc}") from exc
+
+
+@dataclass
+class FileInfo:
+    path: Path
+    n_events: int
+    binning: Binning
+    condition_keys: list[str]
+    metadata: dict
+
+
+def inspect(path: str | os.PathLike, binning: Binning | str | None = None) -> FileInfo:
+    """Check layout (datasets, shapes, dtypes, geometry) without reading the data."""
+    path = Path(path)
+    with _open(path) as f:
+        for key in (ENERGY_KEY, SHOWER_KEY):
+            if key not in f:
+                raise SimganError(f"{path}: missing dataset '{key}' (found {sorted(f.keys())})")
+            if not isinstance(f[key], h5py.Dataset):
+                raise SimganError(f"{path}: '{key}' is a group, expected a dataset")
+        e, s = f[ENERGY_KEY], f[SHOWER_KEY]
+        for key, ds in ((ENERGY_KEY, e), (SHOWER_KEY, s)):
+            if ds.dtype.kind != "f":
+                raise SimganError(f"{path}: dataset '{key}' has dtype {ds.dtype}, expected floating point")
+        if not (e.ndim == 1 or (e.ndim == 2 and e.shape[1] == 1)):
+            raise SimganError(f"{path}: dataset '{ENERGY_KEY}' has shape {e.shape}, expected (N, 1): one incident energy per shower")
+        if s.ndim != 2:
+            raise SimganError(f"{path}: dataset '{SHOWER_KEY}' has shape {s.shape}, expected (N, n_voxels)")
+        if s.shape[0] != e.shape[0]:
+            raise SimganError(f"{path}: '{SHOWER_KEY}' has {s.shape[0]} rows but '{ENERGY_KEY}' has {e.shape[0]}: one incident energy per shower")
+        meta = json.loads(f.attrs[META_ATTR]) if META_ATTR in f.attrs else {}
+        units = f.attrs.get("energy_units", "MeV")
+        if isinstance(units, bytes):
+            units = units.decode()
+        if units != "MeV":
+            raise SimganError(f"{path}: attribute energy_units is {units!r}, expected 'MeV'")
+        file_binning = parse_binning_xml(_str(f.attrs[XML_ATTR]), source=f"{path}:{XML_ATTR}") if XML_ATTR in f.attrs else None
+        if isinstance(binning, str):
+            binning = load_binning(binning)
+        if binning is not None and file_binning is not None and binning.digest() != file_binning.digest():
+            raise SimganError(f"{path}: geometry in the file ({file_binning.n_voxels} voxels) differs from the expected binning {binning.source!r}")
+        binning = file_binning or binning
+        if binning is None:
+            raise SimganError(f"{path}: the file carries no binning XML; pass one (a shipped name or an XML path)")
+        if s.shape[1] != binning.n_voxels:
+            raise SimganError(f"{path}: dataset '{SHOWER_KEY}' has {s.shape[1]} voxels per shower but the binning {binning.source!r} has {binning.n_voxels}")
+        n = s.shape[0]
+        cond = []
+        for key, ds in f.items():
+            if key in (ENERGY_KEY, SHOWER_KEY) or not isinstance(ds, h5py.Dataset):
+                continue
+            if ds.shape[:1] == (n,) and ds.size == n and ds.dtype.kind == "f":
+                cond.append(key)
+        return FileInfo(path, n, binning, sorted(cond), meta)
+
+
+def _str(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def check_values(path, start: int, energies: np.ndarray, showers: np.ndarray, conditions: dict | None = None) -> None:
+    """Finite, non-negative showers; finite, positive energies in MeV. Names the first bad row."""
+    def first(mask):
+        return start + int(np.argmax(mask))
+
+    bad = ~np.isfinite(energies)
+    if bad.any():
+        raise SimganError(f"{path}: dataset '{ENERGY_KEY}' row {first(bad)}: not finite ({energies[bad][0]})")
+    bad = energies <= 0
+    if bad.any():
+        raise SimganError(f"{path}: dataset '{ENERGY_KEY}' row {first(bad)}: incident energy must be > 0 MeV (got {energies[bad][0]})")
+    bad = ~np.isfinite(showers).all(axis=1)
+    if bad.any():
+        raise SimganError(f"{path}: dataset '{SHOWER_KEY}' row {first(bad)}: contains NaN or inf")
+    bad = (showers < 0).any(axis=1)
+    if bad.any():
+        raise SimganError(f"{path}: dataset '{SHOWER_KEY}' row {first(bad)}: negative energy deposit")
+    for key, v in (conditions or {}).items():
+        bad = ~np.isfinite(v)
+        if bad.any():
+            raise SimganError(f"{path}: dataset '{key}' row {first(bad)}: not finite")
+
+
+def iter_chunks(path, chunk_size: int = 2000, binning=None, start: int = 0, stop: int | None = None,
+                check: bool = True) -> Iterator[tuple[int, np.ndarray, np.ndarray, dict]]:
+    """Yield (first_row, energies (n,), showers (n,V) float32, conditions) chunk by chunk.
+
+    Memory stays bounded by the chunk size whatever the file size. The file is opened
+    here (h5py handles cannot cross processes), so this runs inside dask tasks too.
+    """
+    info = inspect(path, binning)
+    stop = info.n_events if stop is None else min(stop, info.n_events)
+    with _open(path) as f:
+        e_ds, s_ds = f[ENERGY_KEY], f[SHOWER_KEY]
+        for lo in range(start, stop, chunk_size):
+            hi = min(lo + chunk_size, stop)
+            e = np.asarray(e_ds[lo:hi], dtype=np.float64).reshape(-1)
+            s = np.asarray(s_ds[lo:hi], dtype=np.float32)
+            cond = {k: np.asarray(f[k][lo:hi], dtype=np.float64).reshape(-1) for k in info.condition_keys}
+            if check:
+                check_values(path, lo, e, s, cond)
+            yield lo, e, s, cond
+
+
+def read(path, binning=None, check: bool = True, max_events: int | None = None) -> ShowerData:
+    info = inspect(path, binning)
+    n = info.n_events if max_events is None else min(info.n_events, max_events)
+    es, ss, cs = [], [], {k: [] for k in info.condition_keys}
+    for _, e, s, c in iter_chunks(path, 10000, info.binning, stop=n, check=check):
+        es.append(e)
+        ss.append(s)
+        for k in cs:
+            cs[k].append(c[k])
+    energies = np.concatenate(es) if es else np.zeros(0)
+    if check and len(energies) and energies.max() < MIN_PLAUSIBLE_MEV:
+        raise SimganError(f"{path}: dataset '{ENERGY_KEY}': largest incident energy is {energies.max():g}, which looks like GeV; the canonical unit is MeV")
+    showers = np.concatenate(ss) if ss else np.zeros((0, info.binning.n_voxels), np.float32)
+    return ShowerData(energies, showers, info.binning, {k: np.concatenate(v) for k, v in cs.items()}, info.metadata)
+
+
+def write(path, data: ShowerData, compression: str | None = "gzip") -> Path:
+    """Write atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    n = len(data.energies)
+    if data.showers.shape != (n, data.binning.n_voxels):
+        raise SimganError(f"{path}: showers shape {data.showers.shape} does not match {n} energies x {data.binning.n_voxels} voxels")
+    with atomic_path(path, suffix=".h5") as tmp:
+        with ShowerWriter(tmp, data.binning, data.metadata, list(data.conditions), compression) as w:
+            w.append(data.energies, data.showers, data.conditions)
+    return path
+
+
+class ShowerWriter:
+    """Append chunks to a canonical file (resizable datasets): bounded memory for any N."""
+
+    def __init__(self, path, binning: Binning, metadata: dict | None = None, condition_keys=(),
+                 compression: str | None = "gzip", chunk_rows: int = 256):
+        self.path = Path(path)
+        self.binning = binning
+        self.f = h5py.File(self.path, "w")
+        v = binning.n_voxels
+        rows = max(1, min(chunk_rows, (1 << 20) // max(v, 1)))
+        kw = {"compression": compression, "compression_opts": 1} if compression == "gzip" else {}
+        self.f.create_dataset(ENERGY_KEY, (0, 1), maxshape=(None, 1), dtype="f8", chunks=(4096, 1))
+        self.f.create_dataset(SHOWER_KEY, (0, v), maxshape=(None, v), dtype="f4", chunks=(rows, v), **kw)
+        for k in condition_keys:
+            self.f.create_dataset(k, (0,), maxshape=(None,), dtype="f8", chunks=(4096,))
+        self.f.attrs[XML_ATTR] = binning.to_xml()
+        self.f.attrs["energy_units"] = "MeV"
+        self.f.attrs[META_ATTR] = json.dumps(metadata or {}, sort_keys=True, default=str)
+        self.n = 0
+
+    def append(self, energies, showers, conditions: dict | None = None) -> None:
+        m = len(energies)
+        lo, hi = self.n, self.n + m
+        self.f[ENERGY_KEY].resize((hi, 1))
+        self.f[ENERGY_KEY][lo:hi] = np.asarray(energies, dtype=np.float64).reshape(-1, 1)
+        self.f[SHOWER_KEY].resize((hi, self.binning.n_voxels))
+        self.f[SHOWER_KEY][lo:hi] = np.asarray(showers, dtype=np.float32)
+        for k, v in (conditions or {}).items():
+            self.f[k].resize((hi,))
+            self.f[k][lo:hi] = np.asarray(v, dtype=np.float64).reshape(-1)
+        self.n = hi
+
+    def set_metadata(self, metadata: dict) -> None:
+        self.f.attrs[META_ATTR] = json.dumps(metadata, sort_keys=True, default=str)
+
+    def close(self):
+        self.f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,56 @@
+"""CaloGAN HDF5 (layer_0 3x96, layer_1 12x12, layer_2 12x6, overflow, energy in GeV).
+
+Converted to the canonical form: energies to MeV, the three layers flattened (row-major)
+into 504 voxels, with a binning whose layers are marked grid="cartesian".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from simgan.data.binning import Binning, Layer
+from simgan.data.calochallenge import ShowerData, check_values
+from simgan.errors import SimganError
+
+LAYERS = {"layer_0": (3, 96), "layer_1": (12, 12), "layer_2": (12, 6)}
+
+
+def calogan_binning() -> Binning:
+    layers = tuple(Layer(i, tuple(float(r) for r in range(rows + 1)), cols, "cartesian")
+                   for i, (rows, cols) in enumerate(LAYERS.values()))
+    return Binning("calogan", 0, layers, "calogan")
+
+
+def read_calogan(path, check: bool = True) -> ShowerData:
+    path = Path(path)
+    if not path.is_file():
+        raise SimganError(f"{path}: file not found")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise SimganError(f"{path}: not a readable HDF5 file: {exc}") from exc
+    with f:
+        for key in (*LAYERS, "energy"):
+            if key not in f:
+                raise SimganError(f"{path}: missing dataset '{key}' for CaloGAN format")
+        energy_gev = np.asarray(f["energy"][:], dtype=np.float64).reshape(-1)
+        n = len(energy_gev)
+        parts = []
+        for key, shape in LAYERS.items():
+            arr = np.asarray(f[key][:], dtype=np.float32)
+            if arr.shape != (n, *shape):
+                raise SimganError(f"{path}: dataset '{key}' has shape {arr.shape}, expected ({n}, {shape[0]}, {shape[1]})")
+            # canonical order is (layer, alpha, r) with r fastest: alpha=column, r=row
+            parts.append(arr.transpose(0, 2, 1).reshape(n, -1))
+        overflow = np.asarray(f["overflow"][:], dtype=np.float64) if "overflow" in f else None
+    showers = np.concatenate(parts, axis=1)
+    energies = energy_gev * 1000.0
+    if check:
+        check_values(path, 0, energies, showers)
+    cond = {}
+    if overflow is not None and overflow.shape == (n, 3):
+        cond = {f"overflow_{i}": overflow[:, i] for i in range(3)}
+    return ShowerData(energies, showers, calogan_binning(), cond, {"source_format": "calogan"})

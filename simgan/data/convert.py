@@ -1,0 +1,58 @@
+"""Read any supported input (by extension/format) and convert between formats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+
+from simgan.data import calochallenge as cc
+from simgan.data.binning import load_binning
+from simgan.data.calogan import read_calogan
+from simgan.data.rootio import read_root, write_root
+from simgan.errors import SimganError
+
+
+def detect_format(path) -> str:
+    path = Path(path)
+    if path.suffix.lower() == ".root":
+        return "root"
+    if path.suffix.lower() in (".h5", ".hdf5"):
+        if not path.is_file():
+            raise SimganError(f"{path}: file not found")
+        try:
+            with h5py.File(path, "r") as f:
+                keys = set(f.keys())
+        except OSError as exc:
+            raise SimganError(f"{path}: not a readable HDF5 file (truncated or corrupt?): {exc}") from exc
+        if {"layer_0", "layer_1", "layer_2"} <= keys:
+            return "calogan"
+        return "calochallenge"
+    raise SimganError(f"{path}: unknown file type (expected .h5/.hdf5 or .root)")
+
+
+def read_any(path, fmt: str = "auto", binning: str | None = None, root_tree: str = "showers",
+             root_energy_branch: str = "incident_energy", root_shower_branch: str = "showers") -> cc.ShowerData:
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    if fmt == "calochallenge":
+        return cc.read(path, binning)
+    if fmt == "calogan":
+        return read_calogan(path)
+    if fmt == "root":
+        if binning is None:
+            raise SimganError(f"{path}: ROOT input needs a binning (a shipped name or an XML path)")
+        return read_root(path, load_binning(binning), root_tree, root_energy_branch, root_shower_branch)
+    raise SimganError(f"{path}: unknown format {fmt!r}")
+
+
+def write_any(path, data: cc.ShowerData) -> Path:
+    path = Path(path)
+    if path.suffix.lower() == ".root":
+        return write_root(path, data)
+    if path.suffix.lower() in (".h5", ".hdf5"):
+        return cc.write(path, data)
+    raise SimganError(f"{path}: unknown output type (expected .h5/.hdf5 or .root)")
+
+
+def convert(src, dst, fmt: str = "auto", binning: str | None = None) -> Path:
+    return write_any(dst, read_any(src, fmt, binning))
