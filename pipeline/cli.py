@@ -53,7 +53,7 @@ def _stage(name):
         from pipeline.runner import run_stages
 
         cfg = _config(args)
-        run_stages(cfg, [name], force=True, progress=not args.quiet)
+        run_stages(cfg, [name], force=True, progress=not args.quiet, fresh=False)  # resumes
         return 0
     return run
 

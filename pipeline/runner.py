@@ -18,8 +18,10 @@ def chain_for(cfg: ExperimentConfig) -> list[str]:
     return [s for s in STAGES if not (s == "simulate" and cfg.prepare.input)]
 
 
-def run_stages(cfg: ExperimentConfig, stages: list[str], force: bool = False, progress: bool = True) -> dict:
-    ctx = Context(force=force, progress=progress)
+def run_stages(cfg: ExperimentConfig, stages: list[str], force: bool = False, progress: bool = True,
+               fresh: bool | None = None) -> dict:
+    """`fresh`: discard partial state (training checkpoints); defaults to `force`."""
+    ctx = Context(force=force, progress=progress, extra={"fresh": force if fresh is None else fresh})
     results = {}
     for name in stages:
         mod = stage_module(name)

@@ -1,0 +1,34 @@
+"""Stage train: fit the configured surrogate on the prepare stage's train/val splits."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from pipeline import prepare
+from pipeline.contract import Context, stage_dir, write_manifest
+from simgan.config import ExperimentConfig
+from simgan.train.trainer import Trainer
+
+
+def inputs(cfg: ExperimentConfig) -> dict[str, Path]:
+    out = prepare.outputs(cfg)
+    return {"train": out["train"], "val": out["val"]}  # never the held-out test split
+
+
+def outputs(cfg: ExperimentConfig) -> dict[str, Path]:
+    d = stage_dir(cfg, "train")
+    return {"model": d / "model.pt", "run_info": d / "run_info.json"}
+
+
+def run(cfg: ExperimentConfig, ctx: Context) -> dict[str, Path]:
+    t0 = time.time()
+    ins = inputs(cfg)
+    out = outputs(cfg)
+    if ctx.extra.get("fresh"):  # `run --force` starts from scratch; `simgan train` resumes
+        last = stage_dir(cfg, "train") / "checkpoints" / "last.pt"
+        last.unlink(missing_ok=True)
+    info = Trainer(cfg, ins["train"], ins["val"], stage_dir(cfg, "train"), progress=ctx.progress).fit()
+    write_manifest(cfg, "train", ins, out, t0, counts={"steps": info["steps"], "n_train": info["n_train"]},
+                   extra={"training": info})
+    return out

@@ -1,0 +1,1 @@
+"""Plain building blocks shared by the model families."""

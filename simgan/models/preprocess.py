@@ -1,0 +1,62 @@
+"""Invertible preprocessing saved with the model.
+
+u = standardise(log(x / E_inc + eps)) per voxel; the inverse clips at zero and zeroes
+voxels below the domain threshold, which restores the showers' sparsity. Conditions:
+log(E_inc) standardised, then any extra condition standardised.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class ShowerTransform(nn.Module):
+    def __init__(self, n_voxels: int, n_extra: int = 0, eps: float = 1e-7, threshold_mev: float = 0.0):
+        super().__init__()
+        self.eps = eps
+        self.threshold_mev = threshold_mev
+        self.register_buffer("mean", torch.zeros(n_voxels))
+        self.register_buffer("std", torch.ones(n_voxels))
+        self.register_buffer("cond_mean", torch.zeros(1 + n_extra))
+        self.register_buffer("cond_std", torch.ones(1 + n_extra))
+
+    @property
+    def cond_dim(self) -> int:
+        return self.cond_mean.numel()
+
+    def fit(self, energies: np.ndarray, showers: np.ndarray, extra: np.ndarray | None = None) -> "ShowerTransform":
+        u = np.log(showers / energies[:, None] + self.eps)
+        self.mean.copy_(torch.as_tensor(u.mean(0)))
+        self.std.copy_(torch.as_tensor(np.maximum(u.std(0), 1e-3)))
+        c = self._raw_cond(torch.as_tensor(energies), None if extra is None else torch.as_tensor(extra)).numpy()
+        self.cond_mean.copy_(torch.as_tensor(c.mean(0)))
+        self.cond_std.copy_(torch.as_tensor(np.maximum(c.std(0), 1e-3)))
+        return self
+
+    @staticmethod
+    def _raw_cond(energies: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
+        c = torch.log(energies.double()).reshape(-1, 1)
+        if extra is not None and extra.numel():
+            c = torch.cat([c, extra.double().reshape(len(c), -1)], dim=1)
+        return c
+
+    def cond(self, energies: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        c = self._raw_cond(energies, extra).to(self.cond_mean.device)
+        return ((c - self.cond_mean.double()) / self.cond_std.double()).float()
+
+    def encode(self, showers: torch.Tensor, energies: torch.Tensor) -> torch.Tensor:
+        x = showers.double() / energies.double().reshape(-1, 1)
+        return ((torch.log(x + self.eps) - self.mean.double()) / self.std.double()).float()
+
+    def decode(self, u: torch.Tensor, energies: torch.Tensor) -> torch.Tensor:
+        frac = torch.exp(u.float() * self.std + self.mean) - self.eps
+        x = frac.clamp_min(0) * energies.float().reshape(-1, 1).to(frac.device)
+        if self.threshold_mev > 0:
+            x = torch.where(x < self.threshold_mev, torch.zeros_like(x), x)
+        return x
+
+    def decode_total_fraction(self, u: torch.Tensor) -> torch.Tensor:
+        """Differentiable E_tot / E_inc of generated showers (for the energy-consistency aid)."""
+        return (torch.exp(u.float() * self.std + self.mean) - self.eps).clamp_min(0).sum(1)

@@ -1,0 +1,1 @@
+"""The training loop: checkpoints, exact resume, bf16, DDP, MLflow tracking."""
