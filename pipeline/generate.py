@@ -1,0 +1,109 @@
+"""Stage generate: showers for the held-out test energies (or a given number/range)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import prepare, train
+from pipeline.contract import Context, stage_dir, write_manifest
+from simgan.config import ExperimentConfig
+from simgan.errors import SimganError
+from simgan.generate import energies_from_file, generate_to_file, log_uniform_energies
+from simgan.train.trainer import model_from_checkpoint, resolve_device
+
+
+def inputs(cfg: ExperimentConfig) -> dict[str, Path]:
+    return {"model": train.outputs(cfg)["model"], "test": prepare.outputs(cfg)["test"]}
+
+
+def outputs(cfg: ExperimentConfig) -> dict[str, Path]:
+    ext = "root" if cfg.generate.format == "root" else "h5"
+    d = stage_dir(cfg, "generate")
+    return {"showers": d / f"generated.{ext}", "timing": d / "timing.json"}
+
+
+def run(cfg: ExperimentConfig, ctx: Context) -> dict[str, Path]:
+    t0 = time.time()
+    ins, out = inputs(cfg), outputs(cfg)
+    device = resolve_device(cfg.generate.device)
+    model, ckpt = model_from_checkpoint(ins["model"], device)
+    energies, conds = energies_from_file(ins["test"], cfg.generate.events)
+    from simgan.data.calochallenge import inspect
+    binning = inspect(ins["test"]).binning
+    timing = generate_to_file(model, energies, conds, out["showers"], binning, cfg.generate.batch_size, device,
+                              cfg.seed, cfg.generate.format, {"checkpoint": str(ins["model"])}, ctx.progress)
+    if cfg.generate.compare_geant4:
+        timing["geant4"] = compare_geant4(cfg, model, energies, cfg.generate.compare_geant4, device)
+    from simgan.io import write_json_atomic
+    write_json_atomic(out["timing"], timing)
+    print(f"[generate] {timing['events']} showers at {timing['showers_per_s']:.0f} showers/s ({device})")
+    write_manifest(cfg, "generate", ins, out, t0, counts={"events": timing["events"]}, extra={"timing": timing})
+    return out
+
+
+def compare_geant4(cfg: ExperimentConfig, model, energies: np.ndarray, n: int, device) -> dict:
+    """Same energies through Geant4 and the surrogate in this run, on this machine."""
+    import torch
+
+    from simgan.sim.calorimeter import GeantPool
+    from simgan.sim.produce import settings_of, simulate_energies
+
+    e = energies[:n]
+    with GeantPool(settings_of(cfg.simulate), cfg.simulate.workers) as pool:
+        simulate_energies(cfg.simulate, e[:1], cfg.seed, False, pool=pool)  # start-up outside the timing
+        t = time.perf_counter()
+        simulate_energies(cfg.simulate, e, cfg.seed + 1, False, pool=pool)
+        g4_s = time.perf_counter() - t
+        workers = pool.workers
+    g = torch.Generator(device=device)
+    g.manual_seed(0)
+    et = torch.as_tensor(e, device=device)
+    model.sample(et[:1], None, g)
+    t = time.perf_counter()
+    model.sample(et, None, g)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    sur_s = time.perf_counter() - t
+    res = {"events": int(n), "geant4_showers_per_s": n / g4_s, "geant4_workers": workers,
+           "surrogate_showers_per_s": n / sur_s, "speedup": g4_s / sur_s, "mean_energy_gev": float(e.mean() / 1e3)}
+    print(f"[compare] {n} showers: Geant4 {res['geant4_showers_per_s']:.1f}/s ({workers} processes), "
+          f"surrogate {res['surrogate_showers_per_s']:.0f}/s on {device}: speed-up x{res['speedup']:.0f}")
+    return res
+
+
+def generate_cli(args) -> int:
+    """`simgan generate --checkpoint CKPT | --model URI --out FILE ...`"""
+    out = Path(args.out)
+    fmt = args.format or ("root" if out.suffix.lower() == ".root" else "hdf5")
+    if fmt == "hdf5" and out.suffix.lower() not in (".h5", ".hdf5"):
+        raise SimganError(f"{out}: HDF5 output needs a .h5 or .hdf5 name (or --format root with .root)")
+    if args.batch_size <= 0:
+        raise SimganError(f"--batch-size must be > 0 (got {args.batch_size})")
+    conds: dict = {}
+    if args.energies_from:
+        energies, conds = energies_from_file(args.energies_from, args.events)
+    elif args.events and args.energy_range:
+        energies = log_uniform_energies(args.events, *args.energy_range, args.seed)
+    else:
+        raise SimganError("give --energies-from FILE, or --events N with --energy-range MIN_GEV MAX_GEV")
+    if args.checkpoint:
+        device = resolve_device(args.device)
+        model, ckpt = model_from_checkpoint(args.checkpoint, device)
+        from simgan.data.binning import load_binning
+        from simgan.config import config_from_dict
+        cfg = config_from_dict(ckpt["config"], args.checkpoint)
+        binning = load_binning(cfg.domain.geometry)
+        timing = generate_to_file(model, energies, conds, out, binning, args.batch_size, device, args.seed, fmt,
+                                  {"checkpoint": str(args.checkpoint)}, not args.quiet)
+        if args.compare_geant4:
+            timing["geant4"] = compare_geant4(cfg, model, energies, args.compare_geant4, device)
+    else:
+        from simgan.registry import generate_from_registry
+        timing = generate_from_registry(args.model, energies, out, args.batch_size, fmt)
+    print(f"wrote {out}: {timing['events']} showers at {timing['showers_per_s']:.0f} showers/s")
+    print(json.dumps({k: v for k, v in timing.items() if k != "geant4"}))
+    return 0

@@ -1,0 +1,92 @@
+"""Stage register: the trained model into the MLflow Model Registry; alias only if the gate passed."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from pipeline import prepare, train, validate
+from pipeline.contract import Context, input_hashes, read_manifest, stage_dir, write_manifest
+from simgan.config import ExperimentConfig
+from simgan.errors import SimganError
+from simgan.io import write_json_atomic
+from simgan.registry import register_model, tracking_uri
+
+
+def inputs(cfg: ExperimentConfig) -> dict[str, Path]:
+    t = train.outputs(cfg)
+    return {"model": t["model"], "run_info": t["run_info"], "metrics": validate.outputs(cfg)["metrics"]}
+
+
+def outputs(cfg: ExperimentConfig) -> dict[str, Path]:
+    return {"registered": stage_dir(cfg, "register") / "registered.json"}
+
+
+def _register_dir(run_dir: Path, name: str, uri: str, alias: str, retries: int) -> dict:
+    model = run_dir / "train" / "model.pt"
+    if not model.is_file():
+        raise SimganError(f"{run_dir}: no trained model at {model}")
+    metrics_path = run_dir / "validate" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
+    info_path = run_dir / "train" / "run_info.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    run_id = info.get("mlflow_run_id") or None
+    if run_id and info.get("tracking_uri") != uri:
+        run_id = None  # the training run lives in another store
+    train_split = run_dir / "prepare" / "train.h5"
+    data_hash = input_hashes({"t": train_split})["t"] if train_split.is_file() else "unknown"
+    from simgan.data.calochallenge import inspect
+
+    xml = inspect(train_split).binning.to_xml() if train_split.is_file() else None
+    if xml is None:
+        from simgan.config import config_from_dict
+        from simgan.data.binning import load_binning
+        from simgan.train.trainer import load_checkpoint
+
+        xml = load_binning(config_from_dict(load_checkpoint(model)["config"]).domain.geometry).to_xml()
+    return register_model(model, xml, name, uri, metrics, data_hash, run_id, alias, retries)
+
+
+def run(cfg: ExperimentConfig, ctx: Context) -> dict[str, Path]:
+    t0 = time.time()
+    ins, out = inputs(cfg), outputs(cfg)
+    res = _register_dir(cfg.run_dir, cfg.register.name, tracking_uri(cfg.register.tracking_uri), cfg.register.alias,
+                        cfg.register.retries)
+    write_json_atomic(out["registered"], res)
+    write_manifest(cfg, "register", ins, out, t0, extra={"registered": res})
+    return out
+
+
+def summary_line(cfg: ExperimentConfig) -> str:
+    r = json.loads(outputs(cfg)["registered"].read_text())
+    if r["alias"]:
+        return f"registered: {r['alias_uri']} (version {r['version']}, {r['tracking_uri']})"
+    return f"registered: {r['model_uri']} (gate failed: no alias moved; {r['tracking_uri']})"
+
+
+def register_cli(args) -> int:
+    if args.run_dir:
+        run_dir = Path(args.run_dir)
+        cfg = None
+        if args.config:
+            from simgan.config import load_config
+
+            cfg = load_config(args.config, args.overrides)
+    elif args.config:
+        from simgan.config import load_config
+
+        cfg = load_config(args.config, args.overrides)
+        run_dir = cfg.run_dir
+    else:
+        raise SimganError("give --run-dir DIR or -c CONFIG")
+    name = args.name or (cfg.register.name if cfg else None)
+    if not name:
+        raise SimganError("give --name NAME (or -c CONFIG with register.name)")
+    uri = tracking_uri(args.tracking_uri or (cfg.register.tracking_uri if cfg else None))
+    res = _register_dir(run_dir, name, uri, cfg.register.alias if cfg else "champion", cfg.register.retries if cfg else 3)
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+_ = (prepare, read_manifest)

@@ -1,0 +1,1 @@
+"""Validation plots and the report."""
