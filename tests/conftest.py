@@ -1,0 +1,56 @@
+"""Shared fixtures: small real Geant4 samples, made once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
+
+from simgan.config import load_config  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+QUICKSTART = REPO / "configs" / "experiment" / "quickstart.yaml"
+
+
+def small_cfg(tmp: Path, *overrides: str):
+    return load_config(QUICKSTART, [f"runs_dir={tmp}", "register.tracking_uri=sqlite:///" + str(tmp / "mlflow.db"),
+                                    "train.progress=false", *overrides])
+
+
+@pytest.fixture(scope="session")
+def g4_sample(tmp_path_factory) -> Path:
+    """200 real Geant4 electron showers, 1-16 GeV."""
+    from simgan.sim.produce import simulate_to_file
+
+    cfg = load_config(QUICKSTART, ["simulate.events=200", "simulate.energy_max_gev=16", "simulate.shard_events=50"])
+    out = tmp_path_factory.mktemp("g4") / "showers.h5"
+    simulate_to_file(cfg.simulate, 7, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def g4_pair(tmp_path_factory):
+    """Two independent Geant4 samples with the same energies (300 showers each, 1-16 GeV)."""
+    from simgan.data import calochallenge as cc
+    from simgan.data.binning import reference_binning
+    from simgan.sim.calorimeter import GeantPool
+    from simgan.sim.produce import sample_energies_mev, settings_of, simulate_energies
+
+    cfg = load_config(QUICKSTART, ["simulate.events=300", "simulate.energy_max_gev=16", "simulate.shard_events=50"])
+    e = sample_energies_mev(cfg.simulate, 11)
+    d = tmp_path_factory.mktemp("pair")
+    paths = []
+    with GeantPool(settings_of(cfg.simulate), 2) as pool:
+        for seed, name in ((101, "a.h5"), (202, "b.h5")):
+            showers, _, _ = simulate_energies(cfg.simulate, e, seed, False, pool=pool)
+            paths.append(cc.write(d / name, cc.ShowerData(e, showers, reference_binning())))
+    return paths
+
+
+def rng():
+    return np.random.default_rng(0)

@@ -1,0 +1,167 @@
+import h5py
+import numpy as np
+import pytest
+
+from pipeline.cli import main
+from simgan.data import calochallenge as cc
+from simgan.data.binning import load_binning, reference_binning
+from simgan.data.calogan import read_calogan
+from simgan.data.rootio import read_root, write_root
+from simgan.data.stream import ChunkedShowerDataset
+from simgan.errors import SimganError
+
+
+@pytest.mark.parametrize("name, n", [("ds1-photons", 368), ("ds1-pions", 533), ("ds2", 6480), ("ds3", 40500),
+                                     ("reference", 6480)])
+def test_public_layouts(name, n):
+    assert load_binning(name).n_voxels == n
+
+
+def _tiny(n=20, seed=0):
+    r = np.random.default_rng(seed)
+    b = reference_binning()
+    s = r.exponential(1.0, (n, b.n_voxels)).astype(np.float32) * (r.random((n, b.n_voxels)) < 0.1)
+    return cc.ShowerData(r.uniform(1e3, 1e4, n), s, b)
+
+
+def test_roundtrip_hdf5_and_root_exact(tmp_path):
+    d = _tiny()
+    cc.write(tmp_path / "a.h5", d)
+    back = cc.read(tmp_path / "a.h5")
+    np.testing.assert_array_equal(back.showers, d.showers)
+    np.testing.assert_array_equal(back.energies, d.energies)
+    write_root(tmp_path / "a.root", back)
+    r = read_root(tmp_path / "a.root", back.binning, chunk_size=7)
+    np.testing.assert_array_equal(r.showers, d.showers)
+    np.testing.assert_array_equal(r.energies, d.energies)
+    assert main(["convert", str(tmp_path / "a.root"), "--out", str(tmp_path / "b.h5"), "--binning", "reference"]) == 0
+    np.testing.assert_array_equal(cc.read(tmp_path / "b.h5").showers, d.showers)
+
+
+def test_public_style_file_without_xml_needs_binning(tmp_path):
+    d = _tiny(5)
+    p = tmp_path / "pub.h5"
+    with h5py.File(p, "w") as f:
+        f["incident_energies"] = d.energies.reshape(-1, 1)
+        f["showers"] = d.showers
+    with pytest.raises(SimganError, match="carries no binning"):
+        cc.read(p)
+    assert cc.read(p, "ds2").showers.shape == (5, 6480)
+
+
+def _write_raw(p, energies, showers):
+    with h5py.File(p, "w") as f:
+        f["incident_energies"] = energies
+        f["showers"] = showers
+
+
+@pytest.mark.parametrize("case, match", [
+    ("wrong_voxels", "has 100 voxels per shower but the binning"),
+    ("nan_energy", "row 2: not finite"),
+    ("neg_energy", "row 1: incident energy must be > 0"),
+    ("zero_energy", "row 0: incident energy must be > 0"),
+    ("neg_shower", "row 3: negative energy deposit"),
+    ("nan_shower", "row 4: contains NaN"),
+    ("int_dtype", "expected floating point"),
+    ("two_energies", "expected \\(N, 1\\)"),
+    ("gev_units", "looks like GeV"),
+])
+def test_bad_files_name_file_dataset_row(tmp_path, case, match):
+    e = np.full((6, 1), 5000.0)
+    s = np.zeros((6, 6480), np.float32)
+    if case == "wrong_voxels":
+        s = np.zeros((6, 100), np.float32)
+    elif case == "nan_energy":
+        e[2] = np.nan
+    elif case == "neg_energy":
+        e[1] = -1
+    elif case == "zero_energy":
+        e[0] = 0
+    elif case == "neg_shower":
+        s[3, 10] = -1
+    elif case == "nan_shower":
+        s[4, 0] = np.nan
+    elif case == "int_dtype":
+        s = np.zeros((6, 6480), np.int32)
+    elif case == "two_energies":
+        e = np.full((6, 2), 5000.0)
+    elif case == "gev_units":
+        e = np.full((6, 1), 5.0)
+    p = tmp_path / f"{case}.h5"
+    _write_raw(p, e, s)
+    with pytest.raises(SimganError, match=match) as exc:
+        cc.read(p, "reference")
+    assert str(p) in str(exc.value)
+
+
+def test_truncated_and_missing(tmp_path, capsys):
+    d = _tiny()
+    cc.write(tmp_path / "a.h5", d)
+    raw = (tmp_path / "a.h5").read_bytes()
+    (tmp_path / "t.h5").write_bytes(raw[: len(raw) // 3])
+    with pytest.raises(SimganError, match="truncated or corrupt"):
+        cc.read(tmp_path / "t.h5")
+    with h5py.File(tmp_path / "m.h5", "w") as f:
+        f["showers"] = d.showers
+    with pytest.raises(SimganError, match="missing dataset 'incident_energies'"):
+        cc.read(tmp_path / "m.h5", "reference")
+    out = tmp_path / "out.root"
+    assert main(["convert", str(tmp_path / "t.h5"), "--out", str(out)]) == 2
+    assert "t.h5" in capsys.readouterr().err and not out.exists()
+
+
+def test_missing_root_branch(tmp_path):
+    write_root(tmp_path / "a.root", _tiny(4), shower_branch="cells")
+    with pytest.raises(SimganError, match="no branch 'showers'"):
+        read_root(tmp_path / "a.root", reference_binning())
+
+
+def test_unwritable_output_leaves_nothing(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        import os
+        if os.access(ro, os.W_OK):
+            pytest.skip("running as a user who can write anywhere")
+        with pytest.raises(SimganError, match="not writable"):
+            cc.write(ro / "x.h5", _tiny(2))
+    finally:
+        ro.chmod(0o700)
+    assert list(ro.iterdir()) == []
+
+
+def test_failed_write_leaves_no_partial_file(tmp_path):
+    d = _tiny(4)
+    d.showers = d.showers[:, :10]  # inconsistent with the binning
+    with pytest.raises(SimganError):
+        cc.write(tmp_path / "x.h5", d)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_calogan_reader(tmp_path):
+    r = np.random.default_rng(1)
+    p = tmp_path / "calogan.h5"
+    with h5py.File(p, "w") as f:
+        f["layer_0"] = r.random((4, 3, 96)).astype(np.float32)
+        f["layer_1"] = r.random((4, 12, 12)).astype(np.float32)
+        f["layer_2"] = r.random((4, 12, 6)).astype(np.float32)
+        f["overflow"] = r.random((4, 3)).astype(np.float32)
+        f["energy"] = np.array([[10.0], [20.0], [30.0], [40.0]])
+    d = read_calogan(p)
+    assert d.showers.shape == (4, 504) and d.energies[0] == 10000.0
+    with h5py.File(p, "r") as f:
+        assert np.isclose(d.showers[:, :288].sum(), f["layer_0"][:].sum(), rtol=1e-5)
+    cc.write(tmp_path / "c.h5", d)
+    assert cc.read(tmp_path / "c.h5").binning.n_voxels == 504
+
+
+def test_streaming_dataset_visits_every_row_once(tmp_path):
+    d = _tiny(50)
+    cc.write(tmp_path / "a.h5", d)
+    ds = ChunkedShowerDataset(tmp_path / "a.h5", chunk_size=8, seed=3)
+    seen = sorted(float(e) for _, e, _ in ds)
+    np.testing.assert_allclose(seen, np.sort(d.energies))
+    r0 = [float(e) for _, e, _ in ChunkedShowerDataset(tmp_path / "a.h5", 8, rank=0, world_size=2)]
+    r1 = [float(e) for _, e, _ in ChunkedShowerDataset(tmp_path / "a.h5", 8, rank=1, world_size=2)]
+    assert len(r0) + len(r1) == 50 and not set(r0) & set(r1)

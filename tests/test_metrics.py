@@ -1,0 +1,98 @@
+import numpy as np
+import pytest
+
+from pipeline.cli import main
+from simgan.config import ValidateConfig
+from simgan.data import calochallenge as cc
+from simgan.data.binning import Binning, Layer
+from simgan.errors import SimganError
+from simgan.metrics.classifier import classifier_test
+from simgan.metrics.distances import separation_power, wasserstein1_scaled
+from simgan.metrics.features import feature_names, high_level_features
+from simgan.metrics.fpd import fpd, kpd
+
+
+def test_separation_power_equal_and_distorted():
+    r = np.random.default_rng(0)
+    a, b = r.normal(0, 1, 20000), r.normal(0, 1, 20000)
+    assert separation_power(a, b) < 0.005
+    assert separation_power(a, b + 3) > 0.6
+    assert wasserstein1_scaled(a, b) < 0.05 and wasserstein1_scaled(a, b * 0.9 + 1) > 0.9
+
+
+def test_fpd_kpd_equal_and_distorted():
+    r = np.random.default_rng(1)
+    a, b = r.normal(size=(3000, 5)), r.normal(size=(3000, 5))
+    assert fpd(a, b) < 0.05 and fpd(a, b + 1) > 4
+    assert abs(kpd(a, b)[0]) < 0.01 and kpd(a, b + 1)[0] > 0.1
+
+
+def test_classifier_equal_and_distorted():
+    r = np.random.default_rng(2)
+    a, b = r.normal(size=(2000, 4)), r.normal(size=(2000, 4))
+    same = classifier_test(a, b, seeds=2)
+    assert 0.4 < same["auc"] < 0.6 and same["jsd"] < 0.1
+    diff = classifier_test(a, b + 2, seeds=2)
+    assert diff["auc"] > 0.95 and diff["jsd"] > 0.6
+
+
+def test_features_hand_computed():
+    # one layer, 2 r-bins (0-1, 1-3) x 2 alpha bins: voxel centres r=0.5, 2.0 at alpha pi/2, 3pi/2
+    b = Binning("t", 0, (Layer(0, (0.0, 1.0, 3.0), 2),))
+    shower = np.array([[1.0, 3.0, 0.0, 0.0]])  # order (alpha, r): alpha0: r0=1, r1=3
+    f = dict(zip(feature_names(b), high_level_features(shower, np.array([8.0]), b)[0]))
+    assert f["etot_over_einc"] == pytest.approx(0.5)
+    assert f["e_layer_00"] == pytest.approx(4.0)
+    assert f["ce_r_layer_00"] == pytest.approx((0.5 * 1 + 2.0 * 3) / 4)
+    assert f["ce_y_layer_00"] == pytest.approx((0.5 * 1 + 2.0 * 3) / 4)  # alpha0 centre is at +y
+    assert f["ce_x_layer_00"] == pytest.approx(0.0, abs=1e-12)
+    assert f["width_r_layer_00"] == pytest.approx(np.sqrt((0.25 * 1 + 4 * 3) / 4 - 1.625**2))
+    assert f["sparsity_layer_00"] == pytest.approx(0.5)
+    thr = dict(zip(feature_names(b), high_level_features(shower, np.array([8.0]), b, threshold_mev=2.0)[0]))
+    assert thr["e_layer_00"] == pytest.approx(3.0) and thr["sparsity_layer_00"] == pytest.approx(0.25)
+
+
+def _distorted(path, out):
+    d = cc.read(path)
+    s = d.showers.reshape(len(d), 45, 144) * 0.9  # energies scaled by 0.9
+    s = np.concatenate([np.zeros_like(s[:, :1]), s[:, :-1]], 1)  # one layer deeper
+    d.showers = s.reshape(len(d), -1)
+    return cc.write(out, d)
+
+
+def test_validate_geant4_vs_geant4_passes_and_distorted_fails(g4_pair, tmp_path, capsys):
+    a, b = g4_pair
+    cfg_path = tmp_path / "v.yaml"
+    assert main(["validate", "--reference", str(a), "--candidate", str(b), "--out", str(tmp_path / "same")]) == 0
+    import json
+    m = json.loads((tmp_path / "same" / "metrics.json").read_text())
+    assert m["auc_high"] < 0.65 and m["separation_power"]["etot_over_einc"] < 0.1 and m["gate"]["pass"]
+    assert {"auc_high", "auc_low", "separation_power", "fpd", "kpd", "gate"} <= set(m)
+    assert (tmp_path / "same" / "report.html").is_file() and (tmp_path / "same" / "features.png").is_file()
+    bad = _distorted(b, tmp_path / "bad.h5")
+    rc = main(["validate", "--reference", str(a), "--candidate", str(bad), "--out", str(tmp_path / "bad")])
+    assert rc == 3 and "gate failed" in capsys.readouterr().err
+    m = json.loads((tmp_path / "bad" / "metrics.json").read_text())
+    assert m["auc_high"] > 0.95 and not m["gate"]["pass"]
+    _ = cfg_path
+
+
+def test_validate_with_dask_matches_in_process(g4_pair, tmp_path):
+    from distributed import Client, LocalCluster
+
+    from simgan.validate import validate
+    a, b = g4_pair
+    cfg = ValidateConfig(classifier_seeds=1, plots=False, chunk_size=64)
+    m1 = validate(a, b, tmp_path / "p", cfg, 0.01515)
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cl, Client(cl) as c:
+        m2 = validate(a, b, tmp_path / "d", cfg, 0.01515, client=c)
+    assert m1["separation_power"] == m2["separation_power"]
+
+
+def test_mismatched_geometry_refused(g4_pair, tmp_path):
+    d = cc.read(g4_pair[0])
+    small = Binning("x", 0, tuple(Layer(i, (0.0, 4.65), 16) for i in range(45)))
+    other = cc.write(tmp_path / "o.h5", cc.ShowerData(d.energies, np.zeros((len(d), small.n_voxels), np.float32), small))
+    from simgan.validate import validate
+    with pytest.raises(SimganError, match="geometry"):
+        validate(g4_pair[0], other, tmp_path / "v", ValidateConfig(), 0.0)

@@ -1,0 +1,162 @@
+"""Runner end to end on a tiny config, MLflow registry (sqlite and a real mlflow server)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from pipeline.cli import main
+from pipeline.runner import run_chain
+from simgan.data import calochallenge as cc
+from simgan.errors import SimganError
+from tests.conftest import QUICKSTART, REPO, small_cfg
+
+TINY = ["simulate.events=150", "simulate.energy_max_gev=8", "simulate.shard_events=25",
+        "model.hidden=[32,32]", "model.critic_hidden=[32,32]", "model.n_critic=2", "train.steps=6",
+        "train.batch_size=16", "train.log_every=3", "train.val_every=3", "train.val_events=20",
+        "train.checkpoint_every=3", "validate.classifier_seeds=1", "validate.plots=false"]
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("chain")
+    cfg = small_cfg(tmp, *TINY, "validate.gate.auc_high_max=1.0", "validate.gate.separation_etot_max=1.0",
+                    "validate.gate.separation_mean_max=1.0", "register.name=tiny")
+    assert run_chain(cfg, progress=False) == 0
+    return tmp, cfg
+
+
+def test_chain_writes_manifests_and_registers(chain, capsys):
+    tmp, cfg = chain
+    for stage in ("simulate", "prepare", "train", "generate", "validate", "register"):
+        m = json.loads((cfg.run_dir / stage / "manifest.json").read_text())
+        assert m["config_hash"] and "packages" in m and m["seed"] == cfg.seed
+    reg = json.loads((cfg.run_dir / "register" / "registered.json").read_text())
+    assert reg["alias_uri"] == "models:/tiny@champion" and reg["gate"] == "pass"
+    gen = cc.read(cfg.run_dir / "generate" / "generated.h5")
+    test = cc.read(cfg.run_dir / "prepare" / "test.h5")
+    np.testing.assert_array_equal(gen.energies, test.energies)
+
+
+def test_second_run_skips_and_changed_config_reruns_dependents(chain, capsys):
+    tmp, cfg = chain
+    capsys.readouterr()
+    run_chain(cfg, progress=False)
+    out = capsys.readouterr().out
+    assert out.count("up to date, skipped") == 6
+    cfg2 = small_cfg(tmp, *TINY, "validate.gate.auc_high_max=1.0", "validate.gate.separation_etot_max=1.0",
+                     "validate.gate.separation_mean_max=1.0", "register.name=tiny", "generate.batch_size=7")
+    run_chain(cfg2, progress=False)
+    out = capsys.readouterr().out
+    for s in ("simulate", "prepare", "train"):
+        assert f"[{s}] up to date" in out
+    for s in ("generate", "validate", "register"):
+        assert f"[{s}] running" in out
+    assert json.loads((cfg.run_dir / "register" / "registered.json").read_text())["version"] == 2
+
+
+def test_fresh_process_loads_champion_and_generates(chain, tmp_path):
+    tmp, cfg = chain
+    code = ("import mlflow, pandas as pd, numpy as np, sys;"
+            f"mlflow.set_tracking_uri('sqlite:///{tmp}/mlflow.db');"
+            "m = mlflow.pyfunc.load_model('models:/tiny@champion');"
+            "x = m.predict(pd.DataFrame({'incident_energy': np.array([2000.0, 5000.0])}));"
+            "print(x.shape, float(x.sum()) > 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "(2, 6480) True" in r.stdout
+    out = tmp_path / "g.h5"
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
+    try:
+        assert main(["generate", "--model", "models:/tiny@champion", "--out", str(out), "--events", "10",
+                     "--energy-range", "1", "8"]) == 0
+    finally:
+        del os.environ["MLFLOW_TRACKING_URI"]
+    assert cc.read(out).showers.shape == (10, 6480)
+
+
+def test_gate_failure_gets_no_alias(chain):
+    tmp, cfg = chain
+    failing = small_cfg(tmp, *TINY, "validate.gate.auc_high_max=0.01", "register.name=tiny-fail")
+    from pipeline import register, validate
+    from pipeline.contract import Context
+    validate.run(failing, Context(progress=False))
+    register.run(failing, Context(progress=False))
+    reg = json.loads((failing.run_dir / "register" / "registered.json").read_text())
+    assert reg["alias"] is None and reg["gate"] == "fail"
+    from mlflow.tracking import MlflowClient
+    c = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+    v = c.get_model_version("tiny-fail", str(reg["version"]))
+    assert v.tags["gate"] == "fail" and not c.get_registered_model("tiny-fail").aliases
+
+
+def test_generate_checkpoint_cli_and_bad_input(chain, tmp_path, capsys):
+    tmp, cfg = chain
+    ckpt = cfg.run_dir / "train" / "model.pt"
+    out = tmp_path / "g.root"
+    assert main(["generate", "--checkpoint", str(ckpt), "--out", str(out), "--events", "12",
+                 "--energy-range", "1", "8", "--batch-size", "5", "-q"]) == 0
+    from simgan.data.rootio import read_root
+    from simgan.data.binning import reference_binning
+    assert read_root(out, reference_binning()).showers.shape == (12, 6480)
+    bad = tmp_path / "x.h5"
+    assert main(["generate", "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(bad), "--events", "3",
+                 "--energy-range", "1", "2"]) == 2
+    assert "nope.pt" in capsys.readouterr().err and not bad.exists()
+    assert main(["generate", "--checkpoint", str(ckpt), "--out", str(bad), "--events", "3"]) == 2
+    assert not bad.exists()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_register_against_real_mlflow_server(chain, tmp_path):
+    tmp, cfg = chain
+    port = _free_port()
+    mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    srv = subprocess.Popen([mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port),
+                            "--backend-store-uri", f"sqlite:///{tmp_path}/srv.db",
+                            "--artifacts-destination", str(tmp_path / "art"), "--workers", "1"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        import urllib.request
+        t0 = time.time()
+        while time.time() - t0 < 90:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        for _ in range(2):
+            assert main(["register", "--run-dir", str(cfg.run_dir), "--name", "srv", "--tracking-uri", uri]) == 0
+        from mlflow.tracking import MlflowClient
+        versions = MlflowClient(uri).search_model_versions("name='srv'")
+        assert sorted(int(v.version) for v in versions) == [1, 2]
+        assert MlflowClient(uri).get_model_version_by_alias("srv", "champion").version == "2"
+    finally:
+        srv.terminate()
+        srv.wait(timeout=30)
+
+
+def test_unreachable_registry_fails_clearly(chain, capsys):
+    tmp, cfg = chain
+    rc = main(["register", "--run-dir", str(cfg.run_dir), "--name", "x", "--tracking-uri",
+               f"http://127.0.0.1:{_free_port()}"])
+    assert rc == 2 and "unreachable" in capsys.readouterr().err
+
+
+def test_run_rejects_unknown_stage(tmp_path):
+    cfg = small_cfg(tmp_path)
+    with pytest.raises(SimganError, match="--until"):
+        run_chain(cfg, until="bogus")

@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+
+from pipeline.cli import main
+from simgan.data import calochallenge as cc
+from simgan.sim.g4data import tsai_scaled_dcs
+from tests.conftest import QUICKSTART
+
+
+def test_simulate_cli_writes_dataset2_shape(g4_sample):
+    d = cc.read(g4_sample)
+    assert d.energies.shape == (200,) and d.showers.shape == (200, 6480)
+    with cc._open(g4_sample) as f:
+        assert f["incident_energies"].shape == (200, 1)
+    assert 1000 <= d.energies.min() and d.energies.max() <= 16000
+    m = d.metadata
+    assert m["geant4_version"].startswith("geant4-11") and m["physics_list"] == "emstandard_opt1"
+    assert m["production_cut_mm"] == 0.7 and 0.02 < m["sampling_fraction_measured"] < 0.027
+    ratio = d.showers.sum(1) / d.energies
+    assert 0.9 < ratio.mean() < 1.1
+
+
+def test_cli_200_showers(tmp_path):
+    out = tmp_path / "s.h5"
+    assert main(["simulate", "-c", str(QUICKSTART), "--events", "200", "--out", str(out), "-q",
+                 "simulate.energy_max_gev=4", "simulate.shard_events=50"]) == 0
+    assert cc.read(out).showers.shape == (200, 6480)
+
+
+def test_reproducible_any_worker_count_and_shards_merge(tmp_path):
+    common = ["-q", "--events", "20", "simulate.energy_max_gev=3", "simulate.shard_events=5"]
+    assert main(["simulate", "-c", str(QUICKSTART), "--out", str(tmp_path / "w1.h5"), *common, "simulate.workers=1"]) == 0
+    assert main(["simulate", "-c", str(QUICKSTART), "--out", str(tmp_path / "w2.h5"), *common, "simulate.workers=2"]) == 0
+    a, b = cc.read(tmp_path / "w1.h5"), cc.read(tmp_path / "w2.h5")
+    np.testing.assert_array_equal(a.showers, b.showers)
+    for i in range(2):
+        assert main(["simulate", "-c", str(QUICKSTART), "--out", str(tmp_path / f"s{i}.h5"), *common,
+                     "--shard-index", str(i), "--shard-count", "2"]) == 0
+    assert main(["merge", str(tmp_path / "s1.h5"), str(tmp_path / "s0.h5"), "--out", str(tmp_path / "m.h5")]) == 0
+    np.testing.assert_array_equal(cc.read(tmp_path / "m.h5").showers, a.showers)
+
+
+def test_bad_output_name(tmp_path, capsys):
+    assert main(["simulate", "-c", str(QUICKSTART), "--events", "2", "--out", str(tmp_path / "x.txt")]) == 2
+    assert "x.txt" in capsys.readouterr().err
+
+
+def test_tsai_radiation_length_of_tungsten():
+    """Energy loss by bremsstrahlung at 1 GeV from our tables: X0(W) near 3.5 mm."""
+    from scipy.integrate import trapezoid
+
+    kappa = np.linspace(1e-6, 1, 2000)
+    T = 1000.0
+    chi = tsai_scaled_dcs(74, kappa, np.full_like(kappa, T))  # mb, = k dsigma/dk * beta^2/Z^2
+    beta2 = T * (T + 2 * 0.511) / (T + 0.511) ** 2
+    sigma_loss = trapezoid(chi * 74**2 / beta2, kappa) * 1e-27  # cm^2 per atom, x T
+    n_atoms = 19.3 / 183.84 * 6.022e23
+    x0_mm = 10.0 / (n_atoms * sigma_loss * T / (T + 0.511))
+    assert 3.2 < x0_mm < 3.8
