@@ -227,6 +227,14 @@ def compose(path: str | os.PathLike, overrides: list[str] | None = None) -> dict
     defaults = data.pop("defaults", {}) or {}
     if not isinstance(defaults, dict):
         raise SimganError(f"{path}: key 'defaults': expected a mapping like {{domain: calorimeter}}")
+    rest = []
+    for text in overrides or []:  # `model=vae` picks a group file, as in Hydra
+        key, _, val = text.partition("=")
+        if key.strip() in GROUPS and val.strip() and "." not in key:
+            defaults = {**defaults, key.strip(): val.strip()}
+        else:
+            rest.append(text)
+    overrides = rest
     root = path.resolve().parent.parent
     if not (root / "domain").is_dir():
         root = REPO_CONFIGS

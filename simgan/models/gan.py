@@ -53,9 +53,10 @@ class ConditionalGAN(nn.Module):
         c = self.transform.cond_dim
         self.generator = body(cfg.arch, cfg.latent_dim + c, cfg.hidden, n_voxels, layer_voxels)
         self.critic = body(cfg.arch, n_voxels + c, cfg.critic_hidden, 1, layer_voxels)
-        # what the trainer runs (DDP wrappers under torchrun)
-        self.g_run: nn.Module = self.generator
-        self.d_run: nn.Module = self.critic
+        # what the trainer runs (DDP wrappers under torchrun); kept out of the module registry
+        # so that state_dict keys do not depend on how the model is run
+        object.__setattr__(self, "g_run", self.generator)
+        object.__setattr__(self, "d_run", self.critic)
 
     def generate_u(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         z = torch.randn(len(cond), self.cfg.latent_dim, generator=generator, device=cond.device)

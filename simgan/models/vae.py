@@ -40,7 +40,7 @@ class ConditionalVAE(nn.Module):
         c = self.transform.cond_dim
         self.encoder = body(cfg.arch, n_voxels + c, cfg.hidden, 2 * cfg.latent_dim, layer_voxels)
         self.decoder = body(cfg.arch, cfg.latent_dim + c, list(reversed(cfg.hidden)), n_voxels, layer_voxels)
-        self.g_run: nn.Module = self  # the trainer may wrap the whole VAE in DDP
+        object.__setattr__(self, "g_run", self)  # the trainer may wrap the whole VAE in DDP
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, eps: torch.Tensor):
         mu, logvar = self.encoder(torch.cat([x, cond], 1)).chunk(2, dim=1)
@@ -66,7 +66,7 @@ class ConditionalVAE(nn.Module):
         x, cond = next(batches)
         eps = torch.randn(len(x), self.cfg.latent_dim, generator=gens["noise"], device=x.device)
         with autocast():
-            recon, mu, logvar = self.g_run(x, cond, eps)
+            recon, mu, logvar = (self.g_run if self.g_run is not self else super().__call__)(x, cond, eps)
         recon, mu, logvar = recon.float(), mu.float(), logvar.float()
         rec = ((recon - x) ** 2).sum(1).mean()
         kl = (-0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(1)).mean()

@@ -89,6 +89,7 @@ class Trainer:
         self.extra_keys = sorted(data.conditions)
         extra = np.stack([data.conditions[k] for k in self.extra_keys], 1) if self.extra_keys else None
         self.args = model_args(cfg, data.binning, len(self.extra_keys))
+        torch.manual_seed(cfg.seed)  # the initial weights, the same on every rank
         self.model = build_model(cfg.model, **{k: self.args[k] for k in ("n_voxels", "layer_voxels", "n_extra", "threshold_mev")})
         self.model.transform.fit(data.energies, data.showers, extra)
         self.model.to(self.device)
@@ -110,10 +111,10 @@ class Trainer:
         ids = [self.device.index] if self.device.type == "cuda" else None
         m = self.model
         if m.family == "gan":
-            m.g_run = DDP(m.generator, device_ids=ids)
-            m.d_run = DDP(m.critic, device_ids=ids)
+            object.__setattr__(m, "g_run", DDP(m.generator, device_ids=ids))
+            object.__setattr__(m, "d_run", DDP(m.critic, device_ids=ids))
         else:
-            m.g_run = DDP(m, device_ids=ids)
+            object.__setattr__(m, "g_run", DDP(m, device_ids=ids))
 
     # -- data, a pure function of the step -------------------------------------------------
     def _batches(self, step: int):
