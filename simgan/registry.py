@@ -110,6 +110,8 @@ def register_model(checkpoint, binning_xml: str, name: str, uri: str, metrics: d
     with tempfile.TemporaryDirectory() as td:
         xml = Path(td) / "binning.xml"
         xml.write_text(binning_xml)
+        if not run_id:  # the training run is in another store: log under an experiment of this one
+            mlflow.set_experiment(f"{name}-registrations")
         ctx = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(run_name="register")
         with ctx as run:
             info = mlflow.pyfunc.log_model(name="surrogate", python_model=_pyfunc_class()(),

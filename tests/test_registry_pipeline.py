@@ -81,8 +81,11 @@ def test_fresh_process_loads_champion_and_generates(chain, tmp_path):
     assert cc.read(out).showers.shape == (10, 6480)
 
 
-def test_gate_failure_gets_no_alias(chain):
-    tmp, cfg = chain
+def test_gate_failure_gets_no_alias(chain, tmp_path):
+    import shutil
+    _, cfg = chain
+    tmp = tmp_path  # a copy of the run, so the shared one keeps its passing gate
+    shutil.copytree(cfg.run_dir, tmp / cfg.name)
     failing = small_cfg(tmp, *TINY, "validate.gate.auc_high_max=0.01", "register.name=tiny-fail")
     from pipeline import register, validate
     from pipeline.contract import Context
