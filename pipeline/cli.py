@@ -83,6 +83,15 @@ def cmd_register(args) -> int:
     return register_cli(args)
 
 
+def cmd_workflow(args) -> int:
+    from pipeline.workflow import render
+
+    cfg = _config(args)
+    for path in render(cfg, args.config, args.out, args.partition, args.gpu_partition, args.nodes, args.gpus_per_node):
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="simgan", description="Fast generative surrogates for physics simulation")
     sub = p.add_subparsers(dest="command", required=True)
@@ -150,6 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tracking-uri")
     s.add_argument("overrides", nargs="*")
     s.set_defaults(func=cmd_register)
+
+    s = sub.add_parser("workflow", help="render Slurm job scripts for a config (dry run: nothing is submitted)")
+    with_config(s)
+    s.add_argument("--out", required=True)
+    s.add_argument("--partition", default="cpu")
+    s.add_argument("--gpu-partition", default="gpu")
+    s.add_argument("--nodes", type=int, default=1)
+    s.add_argument("--gpus-per-node", type=int, default=4)
+    s.set_defaults(func=cmd_workflow)
 
     s = sub.add_parser("run", help="run the whole chain")
     with_config(s)

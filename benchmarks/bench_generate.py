@@ -1,0 +1,70 @@
+"""Generation showers/s at batch 1, 100, 10^4 (CPU, and GPU when present), and the
+surrogate vs Geant4 speed-up for the same energies in one run, on the same CPU."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import numpy as np
+import torch
+
+from benchmarks.common import machine_info
+from simgan.config import SimulateConfig
+from simgan.models.gan import ConditionalGAN, GANConfig
+
+from simgan.sim.calorimeter import G4Settings, GeantPool
+from simgan.sim.produce import simulate_energies
+
+
+def throughput(model, device, batch: int, total: int) -> float:
+    model = model.to(device).eval()
+    e = torch.full((batch,), 10000.0, device=device)
+    g = torch.Generator(device=device)
+    g.manual_seed(0)
+    model.sample(e, None, g)
+    n, t = 0, time.perf_counter()
+    while n < total:
+        model.sample(e, None, g)
+        n += batch
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return n / (time.perf_counter() - t)
+
+
+def main(checkpoint: str | None = None, g4_events: int = 40) -> dict:
+    if checkpoint:
+        from simgan.train.trainer import model_from_checkpoint
+
+        model, _ = model_from_checkpoint(checkpoint)
+    else:  # the quickstart architecture; speed does not depend on the weights
+        model = ConditionalGAN(GANConfig(), 6480, [144] * 45, 0, 0.01515)
+    out = {"machine": machine_info(), "cpu": {}}
+    cpu = torch.device("cpu")
+    for b, total in ((1, 300), (100, 3000), (10000, 20000)):
+        out["cpu"][f"batch_{b}"] = throughput(model, cpu, b, total)
+    if torch.cuda.is_available():
+        out["gpu"] = {f"batch_{b}": throughput(model, torch.device("cuda"), b, t)
+                      for b, t in ((1, 300), (100, 10000), (10000, 200000))}
+    # same energies through Geant4 (all cores) and the surrogate (batch 10^4 rate) in this run
+    rng = np.random.default_rng(0)
+    energies = np.exp(rng.uniform(np.log(1e3), np.log(6.4e4), g4_events))
+    cfg = SimulateConfig(shard_events=5)
+    with GeantPool(G4Settings(), 0) as pool:
+        simulate_energies(cfg, energies[:2], 1, False, pool=pool)
+        t = time.perf_counter()
+        simulate_energies(cfg, energies, 2, False, pool=pool)
+        g4_rate = g4_events / (time.perf_counter() - t)
+    model = model.to(cpu)
+    e = torch.as_tensor(np.resize(energies, 10000))
+    t = time.perf_counter()
+    model.sample(e)
+    sur_rate = len(e) / (time.perf_counter() - t)
+    out["same_energies_1_64_GeV"] = {"geant4_showers_per_s_all_cores": g4_rate,
+                                     "surrogate_showers_per_s_cpu": sur_rate, "speedup": sur_rate / g4_rate}
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(sys.argv[1] if len(sys.argv) > 1 else None), indent=2))
