@@ -19,6 +19,10 @@ class ShowerTransform(nn.Module):
         self.threshold_mev = threshold_mev
         self.register_buffer("mean", torch.zeros(n_voxels))
         self.register_buffer("std", torch.ones(n_voxels))
+        # per-voxel range of u seen in training: decoding clamps to it, so one wild generator
+        # output cannot become an energy many times the incident energy
+        self.register_buffer("u_lo", torch.full((n_voxels,), -1e3))
+        self.register_buffer("u_hi", torch.full((n_voxels,), 1e3))
         self.register_buffer("cond_mean", torch.zeros(1 + n_extra))
         self.register_buffer("cond_std", torch.ones(1 + n_extra))
 
@@ -30,6 +34,9 @@ class ShowerTransform(nn.Module):
         u = np.log(showers / energies[:, None] + self.eps)
         self.mean.copy_(torch.as_tensor(u.mean(0)))
         self.std.copy_(torch.as_tensor(np.maximum(u.std(0), 1e-3)))
+        z = (u - u.mean(0)) / np.maximum(u.std(0), 1e-3)
+        self.u_lo.copy_(torch.as_tensor(z.min(0)))
+        self.u_hi.copy_(torch.as_tensor(z.max(0)))
         c = self._raw_cond(torch.as_tensor(energies), None if extra is None else torch.as_tensor(extra)).numpy()
         self.cond_mean.copy_(torch.as_tensor(c.mean(0)))
         self.cond_std.copy_(torch.as_tensor(np.maximum(c.std(0), 1e-3)))
@@ -51,7 +58,8 @@ class ShowerTransform(nn.Module):
         return ((torch.log(x + self.eps) - self.mean.double()) / self.std.double()).float()
 
     def decode(self, u: torch.Tensor, energies: torch.Tensor) -> torch.Tensor:
-        frac = torch.exp(u.float() * self.std + self.mean) - self.eps
+        u = torch.maximum(torch.minimum(u.float(), self.u_hi), self.u_lo)
+        frac = torch.exp(u * self.std + self.mean) - self.eps
         x = frac.clamp_min(0) * energies.float().reshape(-1, 1).to(frac.device)
         if self.threshold_mev > 0:
             x = torch.where(x < self.threshold_mev, torch.zeros_like(x), x)
