@@ -24,8 +24,17 @@ def cmd_simulate(args) -> int:
 
     extra = [f"simulate.events={args.events}"] if args.events else []
     cfg = _config(args, extra)
-    meta = simulate_to_file(cfg.simulate, cfg.seed, args.out, progress=not args.quiet,
-                            shard_index=args.shard_index, shard_count=args.shard_count)
+    from pipeline.validate import dask_client
+
+    with dask_client(args.dask, cfg.simulate.workers or os.cpu_count() or 1, args.scheduler) as client:
+        pool = None
+        if client is not None:
+            from simgan.sim.calorimeter import DaskGeantPool
+            from simgan.sim.produce import settings_of
+
+            pool = DaskGeantPool(settings_of(cfg.simulate), client)
+        meta = simulate_to_file(cfg.simulate, cfg.seed, args.out, progress=not args.quiet,
+                                shard_index=args.shard_index, shard_count=args.shard_count, pool=pool)
     print(f"wrote {args.out}: {meta['events_total'] if args.shard_count is None else 'shard'} showers, "
           f"{meta['geant4_cpu_seconds']:.1f} Geant4 CPU-s, sampling fraction measured "
           f"{meta['sampling_fraction_measured']:.4f} (used {meta['sampling_fraction']})")
@@ -107,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--shard-index", type=int)
     s.add_argument("--shard-count", type=int)
+    s.add_argument("--dask", action="store_true", help="run the shards on a dask.distributed cluster")
+    s.add_argument("--scheduler", help="dask scheduler address (default: a LocalCluster of worker processes)")
     s.set_defaults(func=cmd_simulate)
 
     s = sub.add_parser("merge", help="merge simulate shard files")

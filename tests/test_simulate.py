@@ -40,6 +40,13 @@ def test_reproducible_any_worker_count_and_shards_merge(tmp_path):
     np.testing.assert_array_equal(cc.read(tmp_path / "m.h5").showers, a.showers)
 
 
+def test_dask_cluster_gives_the_same_showers(tmp_path):
+    common = ["-q", "--events", "10", "simulate.energy_max_gev=2", "simulate.shard_events=5", "simulate.workers=2"]
+    assert main(["simulate", "-c", str(QUICKSTART), "--out", str(tmp_path / "local.h5"), *common]) == 0
+    assert main(["simulate", "-c", str(QUICKSTART), "--out", str(tmp_path / "dask.h5"), "--dask", *common]) == 0
+    np.testing.assert_array_equal(cc.read(tmp_path / "local.h5").showers, cc.read(tmp_path / "dask.h5").showers)
+
+
 def test_bad_output_name(tmp_path, capsys):
     assert main(["simulate", "-c", str(QUICKSTART), "--events", "2", "--out", str(tmp_path / "x.txt")]) == 2
     assert "x.txt" in capsys.readouterr().err

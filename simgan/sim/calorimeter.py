@@ -244,3 +244,38 @@ class GeantPool:
 
 def settings_dict(settings: G4Settings) -> dict:
     return asdict(settings)
+
+
+def _dask_shard(settings: G4Settings, energies: np.ndarray, seed: int) -> dict:
+    """Runs inside a dask worker process: one Geant4 application per worker, built on first use."""
+    if not _STATE:
+        _worker_init(settings, quiet=True)
+    elif _STATE["settings"] != settings:
+        raise RuntimeError(f"this dask worker already runs Geant4 with {_STATE['settings']}; use a fresh cluster")
+    return run_events(energies, seed)
+
+
+class DaskGeantPool:
+    """The GeantPool interface over a dask.distributed client (LocalCluster or a Slurm cluster).
+
+    Workers must be processes (Geant4 is one application per process).
+    """
+
+    def __init__(self, settings: G4Settings, client):
+        self.settings = settings
+        self.client = client
+        self.workers = max(1, len(client.scheduler_info().get("workers", {})))
+
+    def map_shards(self, tasks: list[tuple[np.ndarray, int]]):
+        futures = [self.client.submit(_dask_shard, self.settings, e, s, pure=False) for e, s in tasks]
+        for f in futures:
+            yield f.result()
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -78,7 +78,8 @@ def simulate_energies(cfg: SimulateConfig, energies_mev: np.ndarray, seed: int, 
 
 
 def simulate_to_file(cfg: SimulateConfig, seed: int, out: str | Path, progress: bool = True,
-                     shard_index: int | None = None, shard_count: int | None = None) -> dict:
+                     shard_index: int | None = None, shard_count: int | None = None, pool=None) -> dict:
+    """`pool`: a GeantPool or DaskGeantPool to run the shards on (default: local processes)."""
     out = Path(out)
     if out.suffix.lower() not in (".h5", ".hdf5"):
         raise SimganError(f"{out}: simulate writes canonical HDF5; use a .h5 or .hdf5 name")
@@ -90,7 +91,7 @@ def simulate_to_file(cfg: SimulateConfig, seed: int, out: str | Path, progress: 
         shards = list(range(shard_index or 0, math.ceil(cfg.events / cfg.shard_events), shard_count))
     with atomic_path(out, suffix=".h5") as tmp:  # fail early if the folder is not writable
         t0 = time.perf_counter()
-        showers, stats, index = simulate_energies(cfg, energies, seed, progress, shards)
+        showers, stats, index = simulate_energies(cfg, energies, seed, progress, shards, pool)
         wall = time.perf_counter() - t0
         meta = {
             "producer": f"simgan {simgan.__version__}",
