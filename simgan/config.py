@@ -103,7 +103,8 @@ class GateConfig(Strict):
 
 class ValidateConfig(Strict):
     classifier_seeds: int = Field(3, gt=0)
-    classifier_max_events: int = Field(20000, gt=0)
+    classifier_max_events: int = Field(20000, gt=0)  # per class, high-level features
+    classifier_max_events_low: int = Field(10000, gt=0)  # per class, voxels (memory: N x n_voxels x 8 B)
     chunk_size: int = Field(2000, gt=0)
     dask: bool = False  # run-only
     dask_workers: int = Field(2, gt=0)  # run-only

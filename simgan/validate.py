@@ -58,12 +58,12 @@ def validate(reference, candidate, out_dir, cfg: ValidateConfig, threshold_mev: 
     seps = {n: separation_power(rf[:, j], cf[:, j]) for j, n in enumerate(names)}
     w1s = {n: wasserstein1_scaled(rf[:, j], cf[:, j]) for j, n in enumerate(names)}
     high = classifier_test(high_level_inputs(rf, re), high_level_inputs(cf, ce), cfg.classifier_seeds, cfg.classifier_max_events)
-    n_low = min(cfg.classifier_max_events, ref_info.n_events, cand_info.n_events)
+    n_low = min(cfg.classifier_max_events_low, ref_info.n_events, cand_info.n_events)
     rs, rse = _sample_rows(reference, ref_info.n_events, n_low, 1)
     cs, cse = _sample_rows(candidate, cand_info.n_events, n_low, 2)
     low = classifier_test(low_level_inputs(np.where(rs >= threshold_mev, rs, 0), rse),
                           low_level_inputs(np.where(cs >= threshold_mev, cs, 0), cse),
-                          cfg.classifier_seeds, cfg.classifier_max_events, max_iter=100)
+                          cfg.classifier_seeds, cfg.classifier_max_events_low, max_iter=100)
     kpd_mean, kpd_std = kpd(rf, cf)
     metrics = {
         "auc_high": high["auc"], "auc_high_std": high["auc_std"], "jsd_high": high["jsd"],
