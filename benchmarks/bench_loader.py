@@ -45,7 +45,6 @@ def child(mode: str, path: str, chunk: int) -> None:
         for _, e, s, _ in iter_chunks(path, chunk, check=True):
             rows += len(e)
     else:
-        import torch
         from torch.utils.data import DataLoader
 
         from simgan.data.stream import ChunkedShowerDataset

@@ -13,7 +13,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 
 def main(checkpoint: str, n: int = 100_000) -> dict:

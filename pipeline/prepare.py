@@ -44,8 +44,8 @@ def run(cfg: ExperimentConfig, ctx: Context) -> dict[str, Path]:
     t0 = time.time()
     src = inputs(cfg)["source"]
     p = cfg.prepare
-    data = read_any(src, p.format, cfg.domain.geometry if p.format in ("root",) or src.suffix == ".root" else None,
-                    p.root_tree, p.root_energy_branch, p.root_shower_branch)
+    # the domain's geometry is checked against the file's own (or given to files without one)
+    data = read_any(src, p.format, cfg.domain.geometry, p.root_tree, p.root_energy_branch, p.root_shower_branch)
     data.metadata = {**data.metadata, "prepared_from": str(src)}
     idx = split_indices(len(data), p.fractions, cfg.seed)
     out = outputs(cfg)

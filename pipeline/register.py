@@ -6,8 +6,8 @@ import json
 import time
 from pathlib import Path
 
-from pipeline import prepare, train, validate
-from pipeline.contract import Context, input_hashes, read_manifest, stage_dir, write_manifest
+from pipeline import train, validate
+from pipeline.contract import Context, input_hashes, stage_dir, write_manifest
 from simgan.config import ExperimentConfig
 from simgan.errors import SimganError
 from simgan.io import write_json_atomic
@@ -88,5 +88,3 @@ def register_cli(args) -> int:
     print(json.dumps(res, indent=2))
     return 0
 
-
-_ = (prepare, read_manifest)

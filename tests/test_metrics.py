@@ -62,7 +62,6 @@ def _distorted(path, out):
 
 def test_validate_geant4_vs_geant4_passes_and_distorted_fails(g4_pair, tmp_path, capsys):
     a, b = g4_pair
-    cfg_path = tmp_path / "v.yaml"
     assert main(["validate", "--reference", str(a), "--candidate", str(b), "--out", str(tmp_path / "same")]) == 0
     import json
     m = json.loads((tmp_path / "same" / "metrics.json").read_text())
@@ -74,7 +73,6 @@ def test_validate_geant4_vs_geant4_passes_and_distorted_fails(g4_pair, tmp_path,
     assert rc == 3 and "gate failed" in capsys.readouterr().err
     m = json.loads((tmp_path / "bad" / "metrics.json").read_text())
     assert m["auc_high"] > 0.95 and not m["gate"]["pass"]
-    _ = cfg_path
 
 
 def test_validate_with_dask_matches_in_process(g4_pair, tmp_path):

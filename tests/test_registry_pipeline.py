@@ -14,7 +14,7 @@ from pipeline.cli import main
 from pipeline.runner import run_chain
 from simgan.data import calochallenge as cc
 from simgan.errors import SimganError
-from tests.conftest import QUICKSTART, REPO, small_cfg
+from tests.conftest import small_cfg
 
 TINY = ["simulate.events=150", "simulate.energy_max_gev=8", "simulate.shard_events=25",
         "model.hidden=[32,32]", "model.critic_hidden=[32,32]", "model.n_critic=2", "train.steps=6",

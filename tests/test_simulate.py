@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 
 from pipeline.cli import main
 from simgan.data import calochallenge as cc

@@ -30,8 +30,6 @@ class GANConfig(BaseModel):
     energy_aux_weight: float = Field(0.0, ge=0)
 
 
-import contextlib  # noqa: E402
-
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
@@ -138,5 +136,3 @@ class ConditionalGAN(nn.Module):
         logs["loss_g"] = float(loss_g.detach())
         return logs
 
-
-_ = contextlib  # autocast contexts come from the trainer
