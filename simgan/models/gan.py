@@ -35,7 +35,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from simgan.models.components.blocks import body  # noqa: E402
-from simgan.models.preprocess import ShowerTransform  # noqa: E402
+from simgan.models.preprocess import ShowerTransform, sample_in_blocks  # noqa: E402
 
 
 class ConditionalGAN(nn.Module):
@@ -65,7 +65,7 @@ class ConditionalGAN(nn.Module):
                generator: torch.Generator | None = None) -> torch.Tensor:
         cond = self.transform.cond(energies, extra)
         z = torch.randn(len(cond), self.cfg.latent_dim, generator=generator, device=cond.device)
-        return self.transform.decode(self.generator(torch.cat([z, cond], 1)), energies)
+        return sample_in_blocks(lambda i: self.generator(torch.cat([z[i], cond[i]], 1)), self.transform, energies)
 
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         c = self.cfg

@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from simgan.models.components.blocks import body  # noqa: E402
-from simgan.models.preprocess import ShowerTransform  # noqa: E402
+from simgan.models.preprocess import ShowerTransform, sample_in_blocks  # noqa: E402
 
 
 class ConditionalVAE(nn.Module):
@@ -53,7 +53,7 @@ class ConditionalVAE(nn.Module):
                generator: torch.Generator | None = None) -> torch.Tensor:
         cond = self.transform.cond(energies, extra)
         z = torch.randn(len(cond), self.cfg.latent_dim, generator=generator, device=cond.device)
-        return self.transform.decode(self.decoder(torch.cat([z, cond], 1)), energies)
+        return sample_in_blocks(lambda i: self.decoder(torch.cat([z[i], cond[i]], 1)), self.transform, energies)
 
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"vae": torch.optim.Adam(self.parameters(), lr=self.cfg.lr)}
