@@ -19,3 +19,24 @@ def test_rendered_slurm_scripts_pass_bash_n(tmp_path):
     train = (tmp_path / "train.sbatch").read_text()
     assert "--nnodes=2" in train and "pipeline.cli train" in train
     assert "afterok" in (tmp_path / "submit.sh").read_text()
+
+
+def test_workflow_bad_key_is_refused(tmp_path, capsys):
+    assert main(["workflow", "-c", str(QUICKSTART), "--out", str(tmp_path / "w"), "simulate.shards=3"]) == 2
+    assert "simulate.shards" in capsys.readouterr().err and not (tmp_path / "w").exists()
+
+
+def test_prepare_missing_input_and_merge_of_non_shard(tmp_path, capsys):
+    missing = tmp_path / "nope.h5"
+    assert main(["prepare", "-c", str(QUICKSTART), "-q", f"runs_dir={tmp_path}", f"prepare.input={missing}"]) == 2
+    assert "nope.h5" in capsys.readouterr().err
+    assert not (tmp_path / "quickstart" / "prepare").exists()
+    import numpy as np
+
+    from simgan.data import calochallenge as cc
+    from simgan.data.binning import reference_binning
+    plain = cc.write(tmp_path / "plain.h5", cc.ShowerData(np.array([1000.0]), np.zeros((1, 6480), np.float32),
+                                                          reference_binning()))
+    out = tmp_path / "merged.h5"
+    assert main(["merge", str(plain), "--out", str(out)]) == 2
+    assert "not a shard file" in capsys.readouterr().err and not out.exists()
