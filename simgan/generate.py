@@ -33,51 +33,36 @@ def log_uniform_energies(n: int, lo_gev: float, hi_gev: float, seed: int) -> np.
     return np.exp(rng.uniform(math.log(lo_gev * 1e3), math.log(hi_gev * 1e3), n))
 
 
-def sample_batches(sample_fn, energies: np.ndarray, extra: np.ndarray | None, batch_size: int, seed: int, device):
-    """Yield (lo, hi, showers) batch by batch; sample_fn(E, extra, generator) -> showers tensor."""
-    g = torch.Generator(device=device)
-    g.manual_seed(seed)
-    for lo in range(0, len(energies), batch_size):
-        hi = min(lo + batch_size, len(energies))
-        e = torch.as_tensor(energies[lo:hi], device=device)
-        x = None if extra is None else torch.as_tensor(extra[lo:hi], device=device)
-        yield lo, hi, sample_fn(e, x, g)
+def write_generated(out, energies: np.ndarray, conditions: dict, binning: Binning, batch_size: int, sample_batch,
+                    fmt: str = "hdf5", metadata: dict | None = None, progress: bool = True, device="cpu") -> dict:
+    """Write len(energies) showers into `out` atomically, `batch_size` at a time; returns timing.
 
-
-def generate_to_file(model, energies: np.ndarray, conditions: dict, out, binning: Binning, batch_size: int = 1000,
-                     device="cpu", seed: int = 0, fmt: str = "hdf5", metadata: dict | None = None,
-                     progress: bool = True) -> dict:
-    """Generate len(energies) showers into `out` atomically; returns timing."""
+    sample_batch(lo, hi) returns the (hi - lo, n_voxels) showers for energies[lo:hi];
+    HDF5 is streamed (bounded memory), ROOT is written at the end.
+    """
     out = Path(out)
     keys = sorted(conditions)
-    extra = np.stack([conditions[k] for k in keys], 1) if keys else None
-    expected = model.transform.cond_dim - 1
-    if (0 if extra is None else extra.shape[1]) != expected:
-        raise SimganError(f"the model expects {expected} extra condition(s) besides the energy, got {keys}")
-    model = model.to(device).eval()
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=len(energies), desc="generate", unit="shower")
     meta = {"generator": "simgan", **(metadata or {})}
     sample_time = 0.0
-    if fmt == "root":
-        chunks = []
+    chunks = []
     with atomic_path(out, suffix=out.suffix or ".h5") as tmp:
         writer = cc.ShowerWriter(tmp, binning, meta, keys) if fmt == "hdf5" else None
         try:
-            t_prev = time.perf_counter()
-            for lo, hi, x in sample_batches(model.sample, energies, extra, batch_size, seed, device):
-                x = x.cpu().numpy()
-                sample_time += time.perf_counter() - t_prev
-                cond = {k: conditions[k][lo:hi] for k in keys}
+            for lo in range(0, len(energies), batch_size):
+                hi = min(lo + batch_size, len(energies))
+                t = time.perf_counter()
+                x = sample_batch(lo, hi)
+                sample_time += time.perf_counter() - t
                 if writer:
-                    writer.append(energies[lo:hi], x, cond)
+                    writer.append(energies[lo:hi], x, {k: conditions[k][lo:hi] for k in keys})
                 else:
                     chunks.append(x)
                 if bar:
                     bar.update(hi - lo)
-                t_prev = time.perf_counter()
             timing = {"events": int(len(energies)), "sample_seconds": sample_time,
                       "showers_per_s": len(energies) / sample_time if sample_time > 0 else float("inf"),
                       "batch_size": batch_size, "device": str(device)}
@@ -91,3 +76,25 @@ def generate_to_file(model, energies: np.ndarray, conditions: dict, out, binning
         if fmt == "root":
             write_root(tmp, cc.ShowerData(energies, np.concatenate(chunks), binning, conditions, meta))
     return timing
+
+
+def generate_to_file(model, energies: np.ndarray, conditions: dict, out, binning: Binning, batch_size: int = 1000,
+                     device="cpu", seed: int = 0, fmt: str = "hdf5", metadata: dict | None = None,
+                     progress: bool = True) -> dict:
+    """Generate from a simgan model (checkpoint) into `out` atomically; returns timing."""
+    keys = sorted(conditions)
+    extra = np.stack([conditions[k] for k in keys], 1) if keys else None
+    expected = model.transform.cond_dim - 1
+    if (0 if extra is None else extra.shape[1]) != expected:
+        raise SimganError(f"the model expects {expected} extra condition(s) besides the energy, got {keys}")
+    model = model.to(device).eval()
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+
+    def sample_batch(lo: int, hi: int) -> np.ndarray:
+        e = torch.as_tensor(energies[lo:hi], device=device)
+        x = None if extra is None else torch.as_tensor(extra[lo:hi], device=device)
+        return model.sample(e, x, g).cpu().numpy()
+
+    return write_generated(out, energies, conditions, binning, batch_size, sample_batch, fmt, metadata, progress,
+                           device)

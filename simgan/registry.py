@@ -152,30 +152,14 @@ def load_surrogate(model_uri: str, uri: str | None = None):
 def generate_from_registry(model_uri: str, energies: np.ndarray, out, batch_size: int, fmt: str) -> dict:
     import pandas as pd
 
-    from simgan.data import calochallenge as cc
-    from simgan.data.rootio import write_root
-    from simgan.io import atomic_path
+    from simgan.generate import write_generated
 
     loaded = load_surrogate(model_uri)
     binning = loaded.unwrap_python_model().binning
-    out = Path(out)
-    t_sample = 0.0
-    parts = []
-    with atomic_path(out, suffix=out.suffix) as tmp:
-        w = cc.ShowerWriter(tmp, binning, {"model_uri": model_uri}) if fmt == "hdf5" else None
-        try:
-            for lo in range(0, len(energies), batch_size):
-                e = energies[lo:lo + batch_size]
-                t = time.perf_counter()
-                x = loaded.predict(pd.DataFrame({ENERGY_COLUMN: e}), params={"seed": lo})
-                t_sample += time.perf_counter() - t
-                if w:
-                    w.append(e, x)
-                else:
-                    parts.append(x)
-        finally:
-            if w:
-                w.close()
-        if fmt == "root":
-            write_root(tmp, cc.ShowerData(energies, np.concatenate(parts), binning))
-    return {"events": int(len(energies)), "showers_per_s": len(energies) / max(t_sample, 1e-9), "model_uri": model_uri}
+
+    def sample_batch(lo: int, hi: int) -> np.ndarray:
+        return loaded.predict(pd.DataFrame({ENERGY_COLUMN: energies[lo:hi]}), params={"seed": lo})
+
+    timing = write_generated(out, energies, {}, binning, batch_size, sample_batch, fmt, {"model_uri": model_uri},
+                             progress=False)
+    return {**timing, "model_uri": model_uri}

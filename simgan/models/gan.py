@@ -35,19 +35,17 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from simgan.models.components.blocks import body  # noqa: E402
-from simgan.models.preprocess import ShowerTransform, sample_in_blocks  # noqa: E402
+from simgan.models.base import ConditionalSurrogate  # noqa: E402
 
 
-class ConditionalGAN(nn.Module):
+class ConditionalGAN(ConditionalSurrogate):
     """Generator G(z, c) and critic D(x, c); x lives in the transform's normalised space."""
 
     family = "gan"
 
     def __init__(self, cfg: GANConfig, n_voxels: int, layer_voxels: list[int], n_extra: int = 0,
                  threshold_mev: float = 0.0):
-        super().__init__()
-        self.cfg = cfg
-        self.transform = ShowerTransform(n_voxels, n_extra, threshold_mev=threshold_mev)
+        super().__init__(cfg, n_voxels, n_extra, threshold_mev)
         c = self.transform.cond_dim
         self.generator = body(cfg.arch, cfg.latent_dim + c, cfg.hidden, n_voxels, layer_voxels)
         self.critic = body(cfg.arch, n_voxels + c, cfg.critic_hidden, 1, layer_voxels)
@@ -60,12 +58,8 @@ class ConditionalGAN(nn.Module):
         z = torch.randn(len(cond), self.cfg.latent_dim, generator=generator, device=cond.device)
         return self.g_run(torch.cat([z, cond], 1))
 
-    @torch.no_grad()
-    def sample(self, energies: torch.Tensor, extra: torch.Tensor | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-        cond = self.transform.cond(energies, extra)
-        z = torch.randn(len(cond), self.cfg.latent_dim, generator=generator, device=cond.device)
-        return sample_in_blocks(lambda i: self.generator(torch.cat([z[i], cond[i]], 1)), self.transform, energies)
+    def sampling_net(self) -> nn.Module:
+        return self.generator
 
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         c = self.cfg
@@ -126,7 +120,7 @@ class ConditionalGAN(nn.Module):
         else:
             loss_g = -d_fake.mean()
         if c.energy_aux_weight > 0:
-            aux = (self.transform.decode_total_fraction(fake).mean() - self.transform.decode_total_fraction(real).mean()) ** 2
+            aux = self.energy_aux(fake, real)
             loss_g = loss_g + c.energy_aux_weight * aux
             logs["energy_aux"] = float(aux.detach())
         opts["g"].zero_grad(set_to_none=True)

@@ -70,15 +70,3 @@ class ShowerTransform(nn.Module):
         """Differentiable E_tot / E_inc of generated showers (for the energy-consistency aid)."""
         return (torch.exp(u.float() * self.std + self.mean) - self.eps).clamp_min(0).sum(1)
 
-
-def sample_in_blocks(net, transform: ShowerTransform, energies: torch.Tensor, block: int = 1024) -> torch.Tensor:
-    """Run net(rows) and decode block by block, so intermediates stay in cache (2x faster on CPU
-    at batch 10^4 than one pass). `net` takes an index slice and returns u for those rows."""
-    n = len(energies)
-    if n <= block:
-        return transform.decode(net(slice(0, n)), energies)
-    out = torch.empty(n, transform.mean.numel(), device=transform.mean.device)
-    for lo in range(0, n, block):
-        sl = slice(lo, min(lo + block, n))
-        out[sl] = transform.decode(net(sl), energies[sl])
-    return out

@@ -24,19 +24,17 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from simgan.models.components.blocks import body  # noqa: E402
-from simgan.models.preprocess import ShowerTransform, sample_in_blocks  # noqa: E402
+from simgan.models.base import ConditionalSurrogate  # noqa: E402
 
 
-class ConditionalVAE(nn.Module):
+class ConditionalVAE(ConditionalSurrogate):
     """Encoder q(z|x,c), decoder p(x|z,c); the decoder is the generator at sampling time."""
 
     family = "vae"
 
     def __init__(self, cfg: VAEConfig, n_voxels: int, layer_voxels: list[int], n_extra: int = 0,
                  threshold_mev: float = 0.0):
-        super().__init__()
-        self.cfg = cfg
-        self.transform = ShowerTransform(n_voxels, n_extra, threshold_mev=threshold_mev)
+        super().__init__(cfg, n_voxels, n_extra, threshold_mev)
         c = self.transform.cond_dim
         self.encoder = body(cfg.arch, n_voxels + c, cfg.hidden, 2 * cfg.latent_dim, layer_voxels)
         self.decoder = body(cfg.arch, cfg.latent_dim + c, list(reversed(cfg.hidden)), n_voxels, layer_voxels)
@@ -48,12 +46,8 @@ class ConditionalVAE(nn.Module):
         z = mu + torch.exp(0.5 * logvar) * eps  # reparameterisation
         return self.decoder(torch.cat([z, cond], 1)), mu, logvar
 
-    @torch.no_grad()
-    def sample(self, energies: torch.Tensor, extra: torch.Tensor | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-        cond = self.transform.cond(energies, extra)
-        z = torch.randn(len(cond), self.cfg.latent_dim, generator=generator, device=cond.device)
-        return sample_in_blocks(lambda i: self.decoder(torch.cat([z[i], cond[i]], 1)), self.transform, energies)
+    def sampling_net(self) -> nn.Module:
+        return self.decoder
 
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"vae": torch.optim.Adam(self.parameters(), lr=self.cfg.lr)}
@@ -72,7 +66,7 @@ class ConditionalVAE(nn.Module):
         kl = (-0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(1)).mean()
         loss = rec + self.kl_weight(step) * kl
         if self.cfg.energy_aux_weight > 0:
-            aux = (self.transform.decode_total_fraction(recon).mean() - self.transform.decode_total_fraction(x).mean()) ** 2
+            aux = self.energy_aux(recon, x)
             loss = loss + self.cfg.energy_aux_weight * aux
         opts["vae"].zero_grad(set_to_none=True)
         loss.backward()
