@@ -4,6 +4,7 @@ surrogate vs Geant4 speed-up for the same energies in one run, on the same CPU."
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -50,7 +51,8 @@ def main(checkpoint: str | None = None, g4_events: int = 40) -> dict:
     # same energies through Geant4 (all cores) and the surrogate (batch 10^4 rate) in this run
     rng = np.random.default_rng(0)
     energies = np.exp(rng.uniform(np.log(1e3), np.log(6.4e4), g4_events))
-    cfg = SimulateConfig(shard_events=5)
+    # shards small enough that every core has work
+    cfg = SimulateConfig(shard_events=max(1, g4_events // (2 * (os.cpu_count() or 1))))
     with GeantPool(G4Settings(), 0) as pool:
         simulate_energies(cfg, energies[:2], 1, False, pool=pool)
         t = time.perf_counter()
@@ -63,6 +65,17 @@ def main(checkpoint: str | None = None, g4_events: int = 40) -> dict:
     sur_rate = len(e) / (time.perf_counter() - t)
     out["same_energies_1_64_GeV"] = {"geant4_showers_per_s_all_cores": g4_rate,
                                      "surrogate_showers_per_s_cpu": sur_rate, "speedup": sur_rate / g4_rate}
+    if torch.cuda.is_available():
+        gpu = torch.device("cuda")
+        e = torch.as_tensor(np.resize(energies, 100000)).to(gpu)
+        model = model.to(gpu)
+        model.sample(e)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        model.sample(e)
+        torch.cuda.synchronize()
+        gpu_rate = len(e) / (time.perf_counter() - t)
+        out["same_energies_1_64_GeV"].update(surrogate_showers_per_s_gpu=gpu_rate, speedup_gpu=gpu_rate / g4_rate)
     return out
 
 

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from pipeline import prepare
-from pipeline.contract import Context, stage_dir, write_manifest
+from pipeline.contract import Context, manifest_path, stage_dir, write_manifest
 from simgan.config import ExperimentConfig
 from simgan.train.trainer import Trainer
 
@@ -29,6 +29,12 @@ def run(cfg: ExperimentConfig, ctx: Context) -> dict[str, Path]:
         last = stage_dir(cfg, "train") / "checkpoints" / "last.pt"
         last.unlink(missing_ok=True)
     info = Trainer(cfg, ins["train"], ins["val"], stage_dir(cfg, "train"), progress=ctx.progress).fit()
+    if not info["complete"]:
+        # no manifest: the stage is not done, and the next run resumes from the checkpoint
+        manifest_path(cfg, "train").unlink(missing_ok=True)
+        print(f"[train] stopped at step {info['steps']} of {cfg.train.steps} after train.max_seconds="
+              f"{cfg.train.max_seconds:g}; model.pt holds that step; run again to continue")
+        return out
     write_manifest(cfg, "train", ins, out, t0, counts={"steps": info["steps"], "n_train": info["n_train"]},
                    extra={"training": info})
     return out

@@ -81,6 +81,9 @@ class TrainConfig(Strict):
     val_events: int = Field(2000, gt=0)
     device: str = "auto"  # run-only
     precision: Literal["fp32", "bf16"] = "fp32"
+    # wall-clock budget: stop at the first checkpoint boundary past it (a Slurm time limit);
+    # the run then holds fewer than `steps` steps and says so, and a rerun resumes
+    max_seconds: float | None = Field(None, gt=0)
     mlflow: bool = True
     progress: bool = True  # run-only
 
@@ -148,6 +151,7 @@ RUN_ONLY = {
     "simulate.workers",
     "train.device",
     "train.progress",
+    "train.max_seconds",
     "generate.device",
     "validate.dask",
     "validate.dask_workers",

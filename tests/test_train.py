@@ -43,11 +43,14 @@ def test_prepare_splits_are_disjoint_and_deterministic(splits, g4_sample):
     assert all(np.array_equal(idx1[k], idx2[k]) for k in idx1)
 
 
-@pytest.mark.parametrize("model", ["wgan_gp", "gan_bce", "wgan_clip", "vae"])
+@pytest.mark.parametrize("model", ["wgan_gp", "gan_bce", "wgan_clip", "vae", "wgan_gp_factorised"])
 def test_each_family_trains_and_losses_change(tmp_path, splits, model):
     if model == "vae":
         tiny = [t for t in TINY if "critic_hidden" not in t]
         cfg = small_cfg(tmp_path, "model=vae", *tiny, "model.kl_warmup_steps=2", "train.steps=6")
+    elif model == "wgan_gp_factorised":
+        cfg = small_cfg(tmp_path, "model=wgan_gp", *TINY, "model.n_critic=2", "train.steps=6",
+                        "model.output=factorised", "model.critic_features=true")
     else:
         cfg = small_cfg(tmp_path, f"model={model}", *TINY, "model.n_critic=2", "train.steps=6")
     assert cfg.model.family == ("vae" if model == "vae" else "gan")
@@ -74,6 +77,26 @@ def test_resume_continues_identically(tmp_path, splits):
     keys = ("step", "loss_d", "loss_g", "wasserstein", "gp")
     strip = lambda rows: [{k: r[k] for k in keys} for r in rows]  # noqa: E731
     assert strip(_losses(tmp_path / "a")) == strip(_losses(tmp_path / "b"))
+
+
+def test_time_budget_stops_at_a_checkpoint_and_the_rerun_finishes(tmp_path, splits):
+    from pipeline import train as train_stage
+    import shutil
+
+    run_dir = tmp_path / "quickstart"
+    (run_dir / "prepare").mkdir(parents=True)
+    for k in ("train", "val"):
+        shutil.copy(splits[k], run_dir / "prepare" / f"{k}.h5")
+    over = [*TINY, "train.steps=8", "train.checkpoint_every=2"]
+    short = small_cfg(tmp_path, *over, "train.max_seconds=1e-6")
+    train_stage.run(short, Context(progress=False))
+    assert load_checkpoint(run_dir / "train" / "model.pt")["step"] == 2
+    info = json.loads((run_dir / "train" / "run_info.json").read_text())
+    assert info["complete"] is False
+    assert not (run_dir / "train" / "manifest.json").exists()  # not done: the runner will rerun it
+    train_stage.run(small_cfg(tmp_path, *over), Context(progress=False))
+    assert load_checkpoint(run_dir / "train" / "model.pt")["step"] == 8
+    assert (run_dir / "train" / "manifest.json").exists()
 
 
 def test_kill9_then_resume(tmp_path, splits):

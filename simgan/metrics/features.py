@@ -8,6 +8,7 @@ first, in both samples, as the official evaluation does.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from simgan.data.binning import Binning
 
@@ -24,30 +25,43 @@ def feature_names(binning: Binning) -> list[str]:
     return names
 
 
+def layer_sum(t: torch.Tensor, layer_voxels: list[int]) -> torch.Tensor:
+    """Sum the last axis (voxels, layer after layer) within each non-empty layer: (..., V) -> (..., L)."""
+    if len(set(layer_voxels)) == 1:
+        return t.reshape(*t.shape[:-1], len(layer_voxels), layer_voxels[0]).sum(-1)
+    return torch.stack([part.sum(-1) for part in torch.split(t, layer_voxels, dim=-1)], -1)
+
+
+def layer_moments(y: torch.Tensor, layer_voxels: list[int], coords: torch.Tensor, width_eps: float = 0.0,
+                  empty_below: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-layer energy (B, L), centres of energy (3, B, L) and widths (3, B, L) of showers
+    y (B, V), differentiable. `coords` (3, V) are voxel x, y, r. A layer whose energy is
+    not above `empty_below` is empty: its centres and widths are 0, as in CaloChallenge.
+    `width_eps` under the square root keeps gradients finite for single-voxel layers."""
+    e = layer_sum(y, layer_voxels)
+    full = e > empty_below
+    safe = torch.where(full, e, torch.ones_like(e))
+    wy = y * coords[:, None, :]  # (3, B, V)
+    mean = layer_sum(wy, layer_voxels) / safe
+    var = layer_sum(wy * coords[:, None, :], layer_voxels) / safe - mean**2
+    width = torch.sqrt(var.clamp_min(0) + width_eps)
+    zero = torch.zeros_like(mean)
+    return e, torch.where(full, mean, zero), torch.where(full, width, zero)
+
+
 def high_level_features(showers: np.ndarray, energies: np.ndarray, binning: Binning,
                         threshold_mev: float = 0.0) -> np.ndarray:
     """(N, F) float64 in the order of feature_names(binning)."""
-    x = np.where(showers >= threshold_mev, showers, 0.0).astype(np.float64) if threshold_mev > 0 else showers.astype(np.float64)
-    vx, vy, vr = binning.voxel_xy
-    cols = [x.sum(1) / energies]
-    for sl, layer in zip(binning.layer_slices, binning.layers):
-        if layer.n_voxels == 0:
-            continue
-        e = x[:, sl]
-        el = e.sum(1)
-        safe = np.where(el > 0, el, 1.0)
-        feats = [el]
-        means = []
-        for coord in (vx[sl], vy[sl], vr[sl]):
-            m = (e * coord).sum(1) / safe
-            means.append(m)
-            feats.append(np.where(el > 0, m, 0.0))
-        for coord, m in zip((vx[sl], vy[sl], vr[sl]), means):
-            var = (e * coord**2).sum(1) / safe - m**2
-            feats.append(np.where(el > 0, np.sqrt(np.clip(var, 0, None)), 0.0))
-        feats.append((e > 0).mean(1))
-        cols.extend(feats)
-    return np.stack(cols, 1)
+    x = torch.as_tensor(np.asarray(showers), dtype=torch.float64)
+    if threshold_mev > 0:
+        x = torch.where(x >= threshold_mev, x, torch.zeros_like(x))
+    layer_voxels = [layer.n_voxels for layer in binning.layers if layer.n_voxels]
+    coords = torch.as_tensor(np.stack(binning.voxel_xy), dtype=torch.float64)
+    e, mean, width = layer_moments(x, layer_voxels, coords)
+    sparsity = layer_sum((x > 0).to(torch.float64), layer_voxels) / torch.as_tensor(layer_voxels)
+    per_layer = torch.stack([e, mean[0], mean[1], mean[2], width[0], width[1], width[2], sparsity], 2)
+    etot = x.sum(1, keepdim=True) / torch.as_tensor(np.asarray(energies), dtype=torch.float64).reshape(-1, 1)
+    return torch.cat([etot, per_layer.reshape(len(x), -1)], 1).numpy()
 
 
 def features_from_file(path, binning: Binning | None = None, threshold_mev: float = 0.0, chunk_size: int = 2000,

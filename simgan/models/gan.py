@@ -3,6 +3,17 @@
 loss=wgan_gp     gradient penalty on interpolates, n_critic critic steps, Adam
 loss=bce         non-saturating GAN with binary cross-entropy
 loss=wgan_clip   WGAN with weight clipping (RMSProp, c=0.01, n_critic=5)
+
+output=voxel       the generator writes every voxel's normalised log energy
+output=factorised  the generator writes the response log(E_tot/E_inc), a share per layer
+                   (softmax over layers) and a share per voxel within its layer (softmax
+                   per layer); their product is the shower, so the total energy is one
+                   output rather than a sum over 6480 of them; the critic then sees
+                   log voxel energies on one global scale
+critic_features    the critic also sees the shower's high-level features computed
+                   differentiably from it (log response, log layer energies, centres and
+                   widths of energy per layer), standardised on the training set and
+                   passed through asinh so that far-off features stay bounded
 """
 
 from __future__ import annotations
@@ -28,14 +39,98 @@ class GANConfig(BaseModel):
     betas: tuple[float, float] = (0.5, 0.9)
     clip_value: float = Field(0.01, gt=0)
     energy_aux_weight: float = Field(0.0, ge=0)
+    output: Literal["voxel", "factorised"] = "voxel"
+    critic_features: bool = False
 
 
+import math  # noqa: E402
+
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
+from simgan.metrics.features import layer_moments, layer_sum  # noqa: E402
 from simgan.models.components.blocks import body  # noqa: E402
 from simgan.models.base import ConditionalSurrogate  # noqa: E402
+from simgan.models.preprocess import ShowerTransform  # noqa: E402
+
+
+class FactorisedHead(nn.Module):
+    """raw (B, 1 + L + V) -> u: log(x/E_inc) = log response + log layer share + log voxel share."""
+
+    def __init__(self, transform: ShowerTransform, layer_voxels: list[int]):
+        super().__init__()
+        self.layer_voxels = list(layer_voxels)
+        self.register_buffer("layer_index", torch.repeat_interleave(torch.arange(len(layer_voxels)),
+                                                                    torch.as_tensor(layer_voxels)))
+        object.__setattr__(self, "transform", transform)  # shared, registered by the model
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        # not clamped to the training range here (decoding does that): a clamp would drop the
+        # energy sent to a voxel Geant4 never hit, and with it the gradient that moves it back
+        t = self.transform
+        with torch.autocast(device_type=raw.device.type, enabled=False):
+            raw = raw.float()
+            n_layers = len(self.layer_voxels)
+            log_r = raw[:, :1] * t.r_std + t.r_mean
+            log_layer = torch.log_softmax(raw[:, 1:1 + n_layers], 1)
+            vox = raw[:, 1 + n_layers:]
+            if len(set(self.layer_voxels)) == 1:
+                log_vox = torch.log_softmax(vox.reshape(len(raw), n_layers, -1), 2).reshape(len(raw), -1)
+            else:
+                log_vox = torch.cat([torch.log_softmax(v, 1) for v in torch.split(vox, self.layer_voxels, 1)], 1)
+            log_x = log_r + log_layer[:, self.layer_index] + log_vox
+            return (torch.logaddexp(log_x, torch.tensor(math.log(t.eps), device=raw.device)) - t.mean) / t.std
+
+
+class CriticView(nn.Module):
+    """u -> what the critic sees, differentiable and in fp32: every voxel's log(x/E_inc + eps)
+    on one global scale to [-1, 1] (per-voxel standardisation would magnify the generator's
+    deviations in voxels that Geant4 rarely hits by 1/spread), then, with `features`, the
+    shower's standardised high-level features."""
+
+    def __init__(self, transform: ShowerTransform, layer_voxels: list[int], features: bool = True):
+        super().__init__()
+        self.layer_voxels = list(layer_voxels)
+        n_feat = 1 + 7 * len(layer_voxels) if features else 0
+        self.register_buffer("coords", torch.zeros(3, sum(layer_voxels)))
+        self.register_buffer("feat_mean", torch.zeros(n_feat))
+        self.register_buffer("feat_std", torch.ones(n_feat))
+        object.__setattr__(self, "transform", transform)
+
+    @property
+    def n_features(self) -> int:
+        return self.feat_mean.numel()
+
+    def raw_features(self, u: torch.Tensor) -> torch.Tensor:
+        t = self.transform
+        y = (torch.exp(u.float() * t.std + t.mean) - t.eps).clamp_min(0)  # x / E_inc
+        # a layer below 1e-8 E_inc holds no voxel above any realistic threshold: empty
+        e, mean, width = layer_moments(y, self.layer_voxels, self.coords, width_eps=1e-4, empty_below=1e-8)
+        log_r = torch.log(y.sum(1, keepdim=True) + 1e-7)
+        return torch.cat([log_r, torch.log(e + 1e-7), *mean, *width], 1)
+
+    def fit(self, u: torch.Tensor, coords: torch.Tensor, block: int = 4096) -> None:
+        self.coords.copy_(coords)
+        if not self.n_features:
+            return
+        f = torch.cat([self.raw_features(u[i:i + block]) for i in range(0, len(u), block)]).double()
+        self.feat_mean.copy_(f.mean(0))
+        # a floor on the spread: features nearly constant in Geant4 (a deep layer's centre at
+        # low energy) must not turn the generator's small deviations into huge critic inputs
+        self.feat_std.copy_(f.std(0).clamp_min(0.05))
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        t = self.transform
+        with torch.autocast(device_type=u.device.type, enabled=False):
+            log_eps = math.log(t.eps)
+            voxels = 2 * (u.float() * t.std + t.mean - log_eps) / -log_eps - 1
+            if not self.n_features:
+                return voxels
+            # asinh: linear near the training distribution, logarithmic far from it
+            f = torch.asinh((self.raw_features(u) - self.feat_mean) / self.feat_std)
+            return torch.cat([voxels, f], 1)
 
 
 class ConditionalGAN(ConditionalSurrogate):
@@ -47,8 +142,15 @@ class ConditionalGAN(ConditionalSurrogate):
                  threshold_mev: float = 0.0):
         super().__init__(cfg, n_voxels, n_extra, threshold_mev)
         c = self.transform.cond_dim
-        self.generator = body(cfg.arch, cfg.latent_dim + c, cfg.hidden, n_voxels, layer_voxels)
-        self.critic = body(cfg.arch, n_voxels + c, cfg.critic_hidden, 1, layer_voxels)
+        if cfg.output == "factorised":
+            net = body(cfg.arch, cfg.latent_dim + c, cfg.hidden, 1 + len(layer_voxels) + n_voxels, layer_voxels)
+            self.generator = nn.Sequential(net, FactorisedHead(self.transform, layer_voxels))
+        else:
+            self.generator = body(cfg.arch, cfg.latent_dim + c, cfg.hidden, n_voxels, layer_voxels)
+        use_view = cfg.critic_features or cfg.output == "factorised"
+        self.view = CriticView(self.transform, layer_voxels, cfg.critic_features) if use_view else None
+        n_view = n_voxels + (self.view.n_features if self.view is not None else 0)
+        self.critic = body(cfg.arch, n_view + c, cfg.critic_hidden, 1, layer_voxels)
         # what the trainer runs (DDP wrappers under torchrun); kept out of the module registry
         # so that state_dict keys do not depend on how the model is run
         object.__setattr__(self, "g_run", self.generator)
@@ -60,6 +162,16 @@ class ConditionalGAN(ConditionalSurrogate):
 
     def sampling_net(self) -> nn.Module:
         return self.generator
+
+    def fit(self, energies, showers, extra, binning) -> None:
+        super().fit(energies, showers, extra, binning)
+        if self.view is not None:
+            u = self.transform.encode(torch.as_tensor(showers), torch.as_tensor(energies))
+            self.view.fit(u, torch.as_tensor(np.stack(binning.voxel_xy), dtype=torch.float32))
+
+    def critic_view(self, u: torch.Tensor) -> torch.Tensor:
+        """What the critic sees of a shower; the gradient penalty lives in this space too."""
+        return self.view(u) if self.view is not None else u
 
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         c = self.cfg
@@ -88,6 +200,8 @@ class ConditionalGAN(ConditionalSurrogate):
             real, cond = next(batches)
             with torch.no_grad(), autocast():
                 fake = self.generate_u(cond, gens["noise"])
+            with torch.no_grad():
+                real, fake = self.critic_view(real), self.critic_view(fake.to(real.dtype))
             with autocast():
                 d_out = self.d_run(torch.cat([torch.cat([real, fake.to(real.dtype)]), torch.cat([cond, cond])], 1)).float()
             d_real, d_fake = d_out[: len(real)], d_out[len(real):]
@@ -114,7 +228,8 @@ class ConditionalGAN(ConditionalSurrogate):
         real, cond = next(batches)
         with autocast():
             fake = self.generate_u(cond, gens["noise"])
-            d_fake = self.critic(torch.cat([fake, cond.to(fake.dtype)], 1)).float()
+            v = self.critic_view(fake)
+            d_fake = self.critic(torch.cat([v, cond.to(v.dtype)], 1)).float()
         if c.loss == "bce":
             loss_g = F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake))
         else:

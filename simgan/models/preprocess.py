@@ -1,8 +1,10 @@
 """Invertible preprocessing saved with the model.
 
-u = standardise(log(x / E_inc + eps)) per voxel; the inverse clips at zero and zeroes
-voxels below the domain threshold, which restores the showers' sparsity. Conditions:
-log(E_inc) standardised, then any extra condition standardised.
+u = standardise(log(x / E_inc + eps)) per voxel, after zeroing voxels below the domain's
+readout threshold (as the evaluation does); the inverse clips at zero and zeroes voxels
+below the threshold again, which restores the showers' sparsity. Conditions: log(E_inc)
+standardised, then any extra condition standardised. The transform also keeps the mean and
+spread of log(E_tot / E_inc), for generators that produce the total response explicitly.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ class ShowerTransform(nn.Module):
         # output cannot become an energy many times the incident energy
         self.register_buffer("u_lo", torch.full((n_voxels,), -1e3))
         self.register_buffer("u_hi", torch.full((n_voxels,), 1e3))
+        self.register_buffer("r_mean", torch.zeros(()))
+        self.register_buffer("r_std", torch.ones(()))
         self.register_buffer("cond_mean", torch.zeros(1 + n_extra))
         self.register_buffer("cond_std", torch.ones(1 + n_extra))
 
@@ -30,7 +34,18 @@ class ShowerTransform(nn.Module):
     def cond_dim(self) -> int:
         return self.cond_mean.numel()
 
+    def _thresholded(self, showers):
+        if self.threshold_mev <= 0:
+            return showers
+        if isinstance(showers, np.ndarray):
+            return np.where(showers >= self.threshold_mev, showers, 0.0)
+        return torch.where(showers >= self.threshold_mev, showers, torch.zeros_like(showers))
+
     def fit(self, energies: np.ndarray, showers: np.ndarray, extra: np.ndarray | None = None) -> "ShowerTransform":
+        showers = self._thresholded(showers)
+        log_r = np.log(np.maximum(showers.sum(1, dtype=np.float64) / energies, 1e-12))
+        self.r_mean.fill_(float(log_r.mean()))
+        self.r_std.fill_(float(max(log_r.std(), 1e-3)))
         u = np.log(showers / energies[:, None] + self.eps)
         self.mean.copy_(torch.as_tensor(u.mean(0)))
         self.std.copy_(torch.as_tensor(np.maximum(u.std(0), 1e-3)))
@@ -54,7 +69,7 @@ class ShowerTransform(nn.Module):
         return ((c - self.cond_mean.double()) / self.cond_std.double()).float()
 
     def encode(self, showers: torch.Tensor, energies: torch.Tensor) -> torch.Tensor:
-        x = showers.double() / energies.double().reshape(-1, 1)
+        x = self._thresholded(showers.double()) / energies.double().reshape(-1, 1)
         return ((torch.log(x + self.eps) - self.mean.double()) / self.std.double()).float()
 
     def decode(self, u: torch.Tensor, energies: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ from simgan.io import atomic_path, write_json_atomic
 from simgan.metrics.distances import wasserstein1_scaled
 from simgan.models.registry import build_model, model_from_args
 
-CKPT_FORMAT = 1
+CKPT_FORMAT = 2  # 2: threshold-aware transform with response statistics
 
 
 def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
@@ -34,13 +34,17 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     if spec.startswith("cuda") and not torch.cuda.is_available():
         raise SimganError(f"device {spec!r} requested but CUDA is not available")
+    if spec == "cuda":  # an index, so that set_device and the memory counters accept it
+        return torch.device(f"cuda:{local_rank}")
     return torch.device(spec)
 
 
-def _dist_info() -> tuple[int, int, int]:
+def _dist_info() -> tuple[int, int, int, bool]:
+    """(rank, world size, local rank, launched by torchrun). A torchrun launch runs DDP even
+    with one process, so that one GPU exercises the same NCCL path as many."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
-    return 0, 1, 0
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)), True
+    return 0, 1, 0, False
 
 
 def _step_seed(seed: int, step: int, rank: int, k: int = 0) -> int:
@@ -78,9 +82,9 @@ class Trainer:
         self.cfg = cfg
         self.out_dir = Path(out_dir)
         self.progress = progress
-        self.rank, self.world, self.local_rank = _dist_info()
+        self.rank, self.world, self.local_rank, self.distributed = _dist_info()
         self.device = resolve_device(cfg.train.device, self.local_rank)
-        if self.world > 1 and not dist.is_initialized():
+        if self.distributed and not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
@@ -91,14 +95,15 @@ class Trainer:
         self.args = model_args(cfg, data.binning, len(self.extra_keys))
         torch.manual_seed(cfg.seed)  # the initial weights, the same on every rank
         self.model = build_model(cfg.model, **{k: self.args[k] for k in ("n_voxels", "layer_voxels", "n_extra", "threshold_mev")})
-        self.model.transform.fit(data.energies, data.showers, extra)
-        self.model.to(self.device)
+        self.model.fit(data.energies, data.showers, extra, data.binning)
         e = torch.as_tensor(data.energies)
+        # encoded on the CPU, where the data are, then moved with the model
         self.u = self.model.transform.encode(torch.as_tensor(data.showers), e).to(self.device)
         self.c = self.model.transform.cond(e, None if extra is None else torch.as_tensor(extra)).to(self.device)
+        self.model.to(self.device)
         self.n_train = len(e)
         self.val = cc.read(val_path, max_events=cfg.train.val_events)
-        if self.world > 1:
+        if self.distributed:
             self._wrap_ddp()
         self.opts = self.model.make_optimizers()
         self.step = 0
@@ -134,6 +139,14 @@ class Trainer:
         if self.cfg.train.precision == "bf16":
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    def _out_of_time(self, mine: bool) -> bool:
+        """Every rank stops at the same step: rank 0's clock decides."""
+        if not (self.distributed and dist.is_initialized()):
+            return mine
+        flag = torch.tensor([float(mine)], device=self.device if self.device.type == "cuda" else "cpu")
+        dist.broadcast(flag, 0)
+        return bool(flag.item())
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state(self) -> dict:
@@ -216,6 +229,8 @@ class Trainer:
                         tracker.log_metrics(logs, self.step)
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     self.save(self.ckpt_dir / "last.pt")
+                    if cfg.max_seconds and self._out_of_time(time.perf_counter() - t0 > cfg.max_seconds):
+                        break
         finally:
             if bar:
                 bar.close()
@@ -223,16 +238,18 @@ class Trainer:
         gsteps = self.step - s0
         per_step = cfg.batch_size * (getattr(self.cfg.model, "n_critic", 0) + 1)
         info = {"steps": self.step, "samples_per_s": per_step * gsteps * self.world / elapsed if elapsed > 0 else 0.0,
-                "train_seconds": elapsed, "world_size": self.world, "device": str(self.device),
+                "train_seconds": elapsed, "complete": self.step >= cfg.steps, "world_size": self.world, "ddp": self.distributed, "device": str(self.device),
                 "precision": cfg.precision, "mlflow_run_id": self.mlflow_run_id or "",
                 "tracking_uri": tracker.uri, "n_train": self.n_train}
+        if self.device.type == "cuda":
+            info["peak_gpu_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
         if self.rank == 0:
             self.save(self.out_dir / "model.pt")
             write_json_atomic(self.out_dir / "run_info.json", info)
             tracker.log_metrics({"samples_per_s": info["samples_per_s"]}, self.step)
             tracker.log_artifact(self.out_dir / "run_info.json")
         tracker.end()
-        if self.world > 1 and dist.is_initialized():
+        if self.distributed and dist.is_initialized():
             dist.barrier()
             dist.destroy_process_group()
         return info
