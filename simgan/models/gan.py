@@ -50,7 +50,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from simgan.metrics.features import layer_moments, layer_sum  # noqa: E402
+from simgan.metrics.features import layer_moments  # noqa: E402
 from simgan.models.components.blocks import body  # noqa: E402
 from simgan.models.base import ConditionalSurrogate  # noqa: E402
 from simgan.models.preprocess import ShowerTransform  # noqa: E402
