@@ -96,7 +96,8 @@ def cmd_workflow(args) -> int:
     from pipeline.workflow import render
 
     cfg = _config(args)
-    for path in render(cfg, args.config, args.out, args.partition, args.gpu_partition, args.nodes, args.gpus_per_node):
+    for path in render(cfg, args.config, args.out, args.partition, args.gpu_partition, args.nodes, args.gpus_per_node,
+                       args.generate_shards):
         print(path)
     return 0
 
@@ -150,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--compare-geant4", type=int, default=0, metavar="N")
+    s.add_argument("--shard-index", type=int, help="write only this shard of the rows (join shards with `simgan merge`)")
+    s.add_argument("--shard-count", type=int)
+    s.add_argument("--dask", action="store_true", help="generate the shards on a dask.distributed cluster, then merge")
+    s.add_argument("--scheduler", help="dask scheduler address (default: a LocalCluster)")
+    s.add_argument("--dask-workers", type=int, default=2, help="LocalCluster size (default 2)")
+    s.add_argument("--shards", type=int, help="number of dask shards (default: one per worker)")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_generate)
 
@@ -178,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gpu-partition", default="gpu")
     s.add_argument("--nodes", type=int, default=1)
     s.add_argument("--gpus-per-node", type=int, default=4)
+    s.add_argument("--generate-shards", type=int, default=4, help="array tasks for generation (default 4)")
     s.set_defaults(func=cmd_workflow)
 
     s = sub.add_parser("run", help="run the whole chain")

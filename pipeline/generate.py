@@ -34,8 +34,17 @@ def run(cfg: ExperimentConfig, ctx: Context) -> dict[str, Path]:
     energies, conds = energies_from_file(ins["test"], cfg.generate.events)
     from simgan.data.calochallenge import inspect
     binning = inspect(ins["test"]).binning
-    timing = generate_to_file(model, energies, conds, out["showers"], binning, cfg.generate.batch_size, device,
-                              cfg.seed, cfg.generate.format, {"checkpoint": str(ins["model"])}, ctx.progress)
+    if cfg.generate.dask:
+        if cfg.generate.format != "hdf5":
+            raise SimganError("generate.dask=true writes HDF5; set generate.format=hdf5")
+        from pipeline.validate import dask_client
+        from simgan.generate import generate_with_dask
+        with dask_client(True, cfg.generate.dask_workers) as client:
+            timing = generate_with_dask(ins["model"], energies, conds, out["showers"], cfg.generate.batch_size,
+                                        cfg.seed, client)
+    else:
+        timing = generate_to_file(model, energies, conds, out["showers"], binning, cfg.generate.batch_size, device,
+                                  cfg.seed, cfg.generate.format, {"checkpoint": str(ins["model"])}, ctx.progress)
     if cfg.generate.compare_geant4:
         timing["geant4"] = compare_geant4(cfg, model, energies, cfg.generate.compare_geant4, device)
     from simgan.io import write_json_atomic
@@ -90,15 +99,32 @@ def generate_cli(args) -> int:
         energies = log_uniform_energies(args.events, *args.energy_range, args.seed)
     else:
         raise SimganError("give --energies-from FILE, or --events N with --energy-range MIN_GEV MAX_GEV")
-    if args.checkpoint:
+    sharded = args.shard_index is not None or args.shard_count is not None
+    if (sharded or args.dask) and not args.checkpoint:
+        raise SimganError("--shard-index/--shard-count and --dask work with --checkpoint")
+    if (sharded or args.dask) and fmt != "hdf5":
+        raise SimganError("sharded and dask generation write HDF5 (merge, then `simgan convert`)")
+    if sharded and (args.shard_index is None or args.shard_count is None):
+        raise SimganError("give both --shard-index and --shard-count")
+    if args.dask:
+        from pipeline.validate import dask_client
+        from simgan.generate import generate_with_dask
+        with dask_client(True, args.dask_workers, args.scheduler) as client:
+            timing = generate_with_dask(args.checkpoint, energies, conds, out, args.batch_size, args.seed, client,
+                                        args.shards)
+    elif args.checkpoint:
         device = resolve_device(args.device)
         model, ckpt = model_from_checkpoint(args.checkpoint, device)
         from simgan.data.binning import load_binning
         from simgan.config import config_from_dict
         cfg = config_from_dict(ckpt["config"], args.checkpoint)
         binning = load_binning(cfg.domain.geometry)
+        rows = None
+        if sharded:
+            from simgan.generate import shard_rows
+            rows = shard_rows(len(energies), args.batch_size, args.shard_index, args.shard_count)
         timing = generate_to_file(model, energies, conds, out, binning, args.batch_size, device, args.seed, fmt,
-                                  {"checkpoint": str(args.checkpoint)}, not args.quiet)
+                                  {"checkpoint": str(args.checkpoint)}, not args.quiet, rows)
         if args.compare_geant4:
             timing["geant4"] = compare_geant4(cfg, model, energies, args.compare_geant4, device)
     else:

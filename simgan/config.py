@@ -94,6 +94,8 @@ class GenerateConfig(Strict):
     format: Literal["hdf5", "root"] = "hdf5"
     device: str = "auto"  # run-only
     compare_geant4: int = Field(0, ge=0)
+    dask: bool = False  # run-only: shards on a dask cluster, then one merge (same showers)
+    dask_workers: int = Field(2, gt=0)  # run-only
 
 
 class GateConfig(Strict):
@@ -153,6 +155,8 @@ RUN_ONLY = {
     "train.progress",
     "train.max_seconds",
     "generate.device",
+    "generate.dask",
+    "generate.dask_workers",
     "validate.dask",
     "validate.dask_workers",
 }

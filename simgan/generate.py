@@ -78,23 +78,100 @@ def write_generated(out, energies: np.ndarray, conditions: dict, binning: Binnin
     return timing
 
 
+def _block_seed(seed: int, row: int) -> int:
+    return int(np.random.SeedSequence([seed, row]).generate_state(1, dtype=np.uint64)[0] % (2**62))
+
+
+def shard_rows(n: int, batch_size: int, index: int, count: int) -> tuple[int, int]:
+    """Rows [lo, hi) of shard `index` of `count`: whole batches, spread evenly. Because each
+    batch's noise is seeded by (seed, first row), shards merged equal one unsharded run."""
+    if count <= 0 or not 0 <= index < count:
+        raise SimganError(f"--shard-index {index} --shard-count {count}: expected 0 <= index < count")
+    n_batches = math.ceil(n / batch_size)
+    lo, hi = index * n_batches // count, (index + 1) * n_batches // count
+    return min(lo * batch_size, n), min(hi * batch_size, n)
+
+
 def generate_to_file(model, energies: np.ndarray, conditions: dict, out, binning: Binning, batch_size: int = 1000,
                      device="cpu", seed: int = 0, fmt: str = "hdf5", metadata: dict | None = None,
-                     progress: bool = True) -> dict:
-    """Generate from a simgan model (checkpoint) into `out` atomically; returns timing."""
+                     progress: bool = True, rows: tuple[int, int] | None = None) -> dict:
+    """Generate from a simgan model (checkpoint) into `out` atomically; returns timing.
+
+    Each batch's noise is seeded by (seed, its first row), so the showers are a function of
+    (model, energies, seed, batch_size) however the rows are split. `rows=(lo, hi)` writes
+    only those rows (lo a multiple of batch_size), with an `event_index` for `simgan merge`.
+    """
     keys = sorted(conditions)
     extra = np.stack([conditions[k] for k in keys], 1) if keys else None
     expected = model.transform.cond_dim - 1
     if (0 if extra is None else extra.shape[1]) != expected:
         raise SimganError(f"the model expects {expected} extra condition(s) besides the energy, got {keys}")
+    offset, stop = rows if rows is not None else (0, len(energies))
+    if offset % batch_size:
+        raise SimganError(f"rows start at {offset}, not a multiple of the batch size {batch_size}")
     model = model.to(device).eval()
     g = torch.Generator(device=device)
-    g.manual_seed(seed)
 
     def sample_batch(lo: int, hi: int) -> np.ndarray:
-        e = torch.as_tensor(energies[lo:hi], device=device)
-        x = None if extra is None else torch.as_tensor(extra[lo:hi], device=device)
+        g.manual_seed(_block_seed(seed, offset + lo))
+        sl = slice(offset + lo, offset + hi)
+        e = torch.as_tensor(energies[sl], device=device)
+        x = None if extra is None else torch.as_tensor(extra[sl], device=device)
         return model.sample(e, x, g).cpu().numpy()
 
-    return write_generated(out, energies, conditions, binning, batch_size, sample_batch, fmt, metadata, progress,
-                           device)
+    file_conds = {k: v[offset:stop] for k, v in conditions.items()}
+    if rows is not None:
+        file_conds["event_index"] = np.arange(offset, stop, dtype=np.int64)
+        metadata = {**(metadata or {}), "shard_rows": [int(offset), int(stop)]}
+    return write_generated(out, energies[offset:stop], file_conds, binning, batch_size, sample_batch, fmt, metadata,
+                           progress, device)
+
+
+def _shard_task(checkpoint: str, energies, conditions, out: str, batch_size: int, seed: int, rows,
+                threads: int) -> dict:
+    import os
+
+    os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
+    from simgan.config import config_from_dict
+    from simgan.data.binning import load_binning
+    from simgan.train.trainer import model_from_checkpoint
+
+    # the caller's thread count: float32 matrix products round differently with another
+    # split, and the shards should reproduce the in-process run exactly on the same CPU
+    torch.set_num_threads(threads)
+    model, ckpt = model_from_checkpoint(checkpoint, "cpu")
+    binning = load_binning(config_from_dict(ckpt["config"], checkpoint).domain.geometry)
+    return generate_to_file(model, energies, conditions, out, binning, batch_size, "cpu", seed, "hdf5",
+                            {"checkpoint": checkpoint}, False, rows)
+
+
+def generate_with_dask(checkpoint, energies: np.ndarray, conditions: dict, out, batch_size: int, seed: int,
+                       client, n_shards: int | None = None) -> dict:
+    """Shards as dask tasks (each loads the checkpoint and writes its own file), then one
+    merge into `out`. On workers with the same CPU the result equals the in-process
+    generation with the same seed; other CPUs round float32 products differently."""
+    from simgan.sim.produce import merge_shards
+
+    out = Path(out)
+    if out.suffix.lower() not in (".h5", ".hdf5"):
+        raise SimganError(f"{out}: generation on dask writes canonical HDF5 (.h5); convert afterwards")
+    n_shards = n_shards or max(1, len(client.scheduler_info()["workers"]))
+    n_shards = min(n_shards, math.ceil(len(energies) / batch_size))
+    shard_dir = out.parent / f".{out.name}.shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        t = time.perf_counter()
+        futures = [client.submit(_shard_task, str(checkpoint), energies, conditions, str(shard_dir / f"shard_{i}.h5"),
+                                 batch_size, seed, shard_rows(len(energies), batch_size, i, n_shards),
+                                 torch.get_num_threads(), pure=False)
+                   for i in range(n_shards)]
+        parts = client.gather(futures)
+        wall = time.perf_counter() - t
+        merge_shards(sorted(shard_dir.glob("shard_*.h5")), out)
+    finally:
+        for f in shard_dir.glob("*"):
+            f.unlink()
+        shard_dir.rmdir()
+    return {"events": int(len(energies)), "shards": n_shards, "wall_seconds": wall,
+            "sample_seconds": sum(p["sample_seconds"] for p in parts),
+            "showers_per_s": len(energies) / wall, "batch_size": batch_size, "device": "dask"}

@@ -8,8 +8,8 @@ def test_rendered_slurm_scripts_pass_bash_n(tmp_path):
     assert main(["workflow", "-c", str(QUICKSTART), "--out", str(tmp_path), "--nodes", "2", "simulate.events=1000",
                  "simulate.shard_events=100"]) == 0
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["generate.sbatch", "merge.sbatch", "register.sbatch", "simulate_array.sbatch", "submit.sh",
-                     "train.sbatch", "validate.sbatch"]
+    assert names == ["generate_array.sbatch", "generate_merge.sbatch", "merge.sbatch", "register.sbatch",
+                     "simulate_array.sbatch", "submit.sh", "train.sbatch", "validate.sbatch"]
     for p in tmp_path.iterdir():
         r = subprocess.run(["bash", "-n", str(p)], capture_output=True, text=True)
         assert r.returncode == 0, (p.name, r.stderr)
@@ -19,6 +19,9 @@ def test_rendered_slurm_scripts_pass_bash_n(tmp_path):
     train = (tmp_path / "train.sbatch").read_text()
     assert "--nnodes=2" in train and "pipeline.cli train" in train
     assert "afterok" in (tmp_path / "submit.sh").read_text()
+    gen = (tmp_path / "generate_array.sbatch").read_text()
+    assert "#SBATCH --array=0-3" in gen and "--shard-count 4" in gen and "--seed 42" in gen
+    assert "generate/shards/shard_*.h5" in (tmp_path / "generate_merge.sbatch").read_text()
 
 
 def test_workflow_bad_key_is_refused(tmp_path, capsys):

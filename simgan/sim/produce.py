@@ -133,8 +133,11 @@ def merge_shards(shard_files: list[str | Path], out: str | Path) -> dict:
     order = np.argsort(idx)
     cond_keys = [k for k in parts[0].conditions if k != "event_index"]
     meta = dict(parts[0].metadata)
-    meta.update(shard_index=None, shard_count=None, merged_from=len(parts),
-                geant4_cpu_seconds=sum(d.metadata.get("geant4_cpu_seconds", 0) for d in parts))
+    meta.update(shard_index=None, shard_count=None, merged_from=len(parts))
+    if any("geant4_cpu_seconds" in d.metadata for d in parts):
+        meta["geant4_cpu_seconds"] = sum(d.metadata.get("geant4_cpu_seconds", 0) for d in parts)
+    for per_shard in ("shard_rows", "timing"):  # generated shards: true of one shard only
+        meta.pop(per_shard, None)
     merged = cc.ShowerData(
         np.concatenate([d.energies for d in parts])[order],
         np.concatenate([d.showers for d in parts])[order], parts[0].binning,
