@@ -15,8 +15,7 @@ from benchmarks.common import machine_info
 from simgan.config import SimulateConfig
 from simgan.models.gan import ConditionalGAN, GANConfig
 
-from simgan.sim.calorimeter import G4Settings, GeantPool
-from simgan.sim.produce import simulate_energies
+from simgan.generate import geant4_rate, surrogate_rate
 
 
 def throughput(model, device, batch: int, total: int) -> float:
@@ -48,34 +47,18 @@ def main(checkpoint: str | None = None, g4_events: int = 40) -> dict:
     if torch.cuda.is_available():
         out["gpu"] = {f"batch_{b}": throughput(model, torch.device("cuda"), b, t)
                       for b, t in ((1, 300), (100, 10000), (10000, 200000))}
-    # same energies through Geant4 (all cores) and the surrogate (batch 10^4 rate) in this run
+    # same energies through Geant4 (all cores) and the surrogate in this run
     rng = np.random.default_rng(0)
     energies = np.exp(rng.uniform(np.log(1e3), np.log(6.4e4), g4_events))
     # shards small enough that every core has work
     cfg = SimulateConfig(shard_events=max(1, g4_events // (2 * (os.cpu_count() or 1))))
-    with GeantPool(G4Settings(), 0) as pool:
-        simulate_energies(cfg, energies[:2], 1, False, pool=pool)
-        t = time.perf_counter()
-        simulate_energies(cfg, energies, 2, False, pool=pool)
-        g4_rate = g4_events / (time.perf_counter() - t)
-    model = model.to(cpu)
-    e = torch.as_tensor(np.resize(energies, 10000))
-    t = time.perf_counter()
-    model.sample(e)
-    sur_rate = len(e) / (time.perf_counter() - t)
-    out["same_energies_1_64_GeV"] = {"geant4_showers_per_s_all_cores": g4_rate,
-                                     "surrogate_showers_per_s_cpu": sur_rate, "speedup": sur_rate / g4_rate}
+    g4, workers = geant4_rate(cfg, 1, energies, workers=0)
+    sur = surrogate_rate(model, np.resize(energies, 10000), cpu)
+    out["same_energies_1_64_GeV"] = {"geant4_showers_per_s_all_cores": g4, "geant4_processes": workers,
+                                     "surrogate_showers_per_s_cpu": sur, "speedup": sur / g4}
     if torch.cuda.is_available():
-        gpu = torch.device("cuda")
-        e = torch.as_tensor(np.resize(energies, 100000)).to(gpu)
-        model = model.to(gpu)
-        model.sample(e)
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        model.sample(e)
-        torch.cuda.synchronize()
-        gpu_rate = len(e) / (time.perf_counter() - t)
-        out["same_energies_1_64_GeV"].update(surrogate_showers_per_s_gpu=gpu_rate, speedup_gpu=gpu_rate / g4_rate)
+        gpu = surrogate_rate(model, np.resize(energies, 100000), torch.device("cuda"))
+        out["same_energies_1_64_GeV"].update(surrogate_showers_per_s_gpu=gpu, speedup_gpu=gpu / g4)
     return out
 
 

@@ -56,31 +56,15 @@ def run(cfg: ExperimentConfig, ctx: Context) -> dict[str, Path]:
 
 def compare_geant4(cfg: ExperimentConfig, model, energies: np.ndarray, n: int, device) -> dict:
     """Same energies through Geant4 and the surrogate in this run, on this machine."""
-    import torch
-
-    from simgan.sim.calorimeter import GeantPool
-    from simgan.sim.produce import settings_of, simulate_energies
+    from simgan.generate import geant4_rate, surrogate_rate
 
     e = energies[:n]
-    with GeantPool(settings_of(cfg.simulate), cfg.simulate.workers) as pool:
-        simulate_energies(cfg.simulate, e[:1], cfg.seed, False, pool=pool)  # start-up outside the timing
-        t = time.perf_counter()
-        simulate_energies(cfg.simulate, e, cfg.seed + 1, False, pool=pool)
-        g4_s = time.perf_counter() - t
-        workers = pool.workers
-    g = torch.Generator(device=device)
-    g.manual_seed(0)
-    et = torch.as_tensor(e, device=device)
-    model.sample(et[:1], None, g)
-    t = time.perf_counter()
-    model.sample(et, None, g)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    sur_s = time.perf_counter() - t
-    res = {"events": int(n), "geant4_showers_per_s": n / g4_s, "geant4_workers": workers,
-           "surrogate_showers_per_s": n / sur_s, "speedup": g4_s / sur_s, "mean_energy_gev": float(e.mean() / 1e3)}
-    print(f"[compare] {n} showers: Geant4 {res['geant4_showers_per_s']:.1f}/s ({workers} processes), "
-          f"surrogate {res['surrogate_showers_per_s']:.0f}/s on {device}: speed-up x{res['speedup']:.0f}")
+    g4, workers = geant4_rate(cfg.simulate, cfg.seed, e)
+    sur = surrogate_rate(model, e, device)
+    res = {"events": int(n), "geant4_showers_per_s": g4, "geant4_workers": workers,
+           "surrogate_showers_per_s": sur, "speedup": sur / g4, "mean_energy_gev": float(e.mean() / 1e3)}
+    print(f"[compare] {n} showers: Geant4 {g4:.1f}/s ({workers} processes), "
+          f"surrogate {sur:.0f}/s on {device}: speed-up x{res['speedup']:.0f}")
     return res
 
 

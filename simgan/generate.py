@@ -175,3 +175,31 @@ def generate_with_dask(checkpoint, energies: np.ndarray, conditions: dict, out, 
     return {"events": int(len(energies)), "shards": n_shards, "wall_seconds": wall,
             "sample_seconds": sum(p["sample_seconds"] for p in parts),
             "showers_per_s": len(energies) / wall, "batch_size": batch_size, "device": "dask"}
+
+
+def geant4_rate(sim_cfg, seed: int, energies: np.ndarray, workers: int | None = None) -> tuple[float, int]:
+    """(showers/s, processes) for these energies through Geant4 on this machine, with the
+    pool's start-up and physics tables built before the clock starts."""
+    from simgan.sim.calorimeter import GeantPool
+    from simgan.sim.produce import settings_of, simulate_energies
+
+    with GeantPool(settings_of(sim_cfg), sim_cfg.workers if workers is None else workers) as pool:
+        simulate_energies(sim_cfg, energies[:1], seed, False, pool=pool)
+        t = time.perf_counter()
+        simulate_energies(sim_cfg, energies, seed + 1, False, pool=pool)
+        return len(energies) / (time.perf_counter() - t), pool.workers
+
+
+def surrogate_rate(model, energies: np.ndarray, device, seed: int = 0) -> float:
+    """Showers/s of model.sample for these energies in one call, after a warm-up call."""
+    device = torch.device(device)
+    model = model.to(device).eval()
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    e = torch.as_tensor(energies, device=device)
+    model.sample(e[:1], None, g)
+    t = time.perf_counter()
+    model.sample(e, None, g)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return len(e) / (time.perf_counter() - t)

@@ -59,7 +59,7 @@ def _pyfunc_class():
             seed = int((params or {}).get("seed", 0))
             g = torch.Generator()
             g.manual_seed(seed)
-            return self.model.sample(torch.as_tensor(e), x, g).numpy()
+            return self.model.sample(torch.tensor(e), x, g).numpy()  # a copy: the input may be read-only
 
     return ShowerSurrogate
 

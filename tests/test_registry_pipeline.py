@@ -108,6 +108,12 @@ def test_generate_checkpoint_cli_and_bad_input(chain, tmp_path, capsys):
     from simgan.data.rootio import read_root
     from simgan.data.binning import reference_binning
     assert read_root(out, reference_binning()).showers.shape == (12, 6480)
+    capsys.readouterr()
+    assert main(["generate", "--checkpoint", str(ckpt), "--out", str(tmp_path / "c.h5"), "--events", "4",
+                 "--energy-range", "1", "2", "--compare-geant4", "4", "-q"]) == 0
+    line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("[compare]")][0]
+    speedup = float(line.rsplit("x", 1)[1])
+    assert line.startswith("[compare] 4 showers: Geant4") and speedup > 0
     bad = tmp_path / "x.h5"
     assert main(["generate", "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(bad), "--events", "3",
                  "--energy-range", "1", "2"]) == 2
