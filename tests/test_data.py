@@ -161,3 +161,12 @@ def test_streaming_dataset_visits_every_row_once(tmp_path):
     r0 = [float(e) for _, e, _ in ChunkedShowerDataset(tmp_path / "a.h5", 8, rank=0, world_size=2)]
     r1 = [float(e) for _, e, _ in ChunkedShowerDataset(tmp_path / "a.h5", 8, rank=1, world_size=2)]
     assert len(r0) + len(r1) == 50 and not set(r0) & set(r1)
+    # batch mode: the same rows in the same order, cut into batches
+    batches = list(ChunkedShowerDataset(tmp_path / "a.h5", chunk_size=8, seed=3, batch_size=3))
+    assert all(len(e) <= 3 and x.shape == (len(e), d.showers.shape[1]) for x, e, _ in batches)
+    flat = [float(v) for _, e, _ in batches for v in e]
+    again = [float(e) for _, e, _ in ChunkedShowerDataset(tmp_path / "a.h5", chunk_size=8, seed=3)]
+    assert flat == again
+    rows = {float(e): i for i, e in enumerate(d.energies)}
+    x, e, _ = batches[0]
+    np.testing.assert_array_equal(x.numpy(), d.showers[[rows[float(v)] for v in e]])
