@@ -57,3 +57,49 @@ def test_critic_features_match_the_validation_features(g4_sample):
     uu = u[:4].clone().requires_grad_(True)
     m.view(uu)[:, data.binning.n_voxels:].sum().backward()
     assert torch.isfinite(uu.grad).all() and uu.grad.abs().sum() > 0
+
+
+def test_gaussian_vae_samples_around_the_decoder_mean(g4_sample):
+    from simgan.models.vae import ConditionalVAE, VAEConfig
+
+    data = cc.read(g4_sample, max_events=40)
+    layer_voxels = [l.n_voxels for l in data.binning.layers if l.n_voxels]
+    m = ConditionalVAE(VAEConfig(hidden=[16], latent_dim=4, likelihood="gaussian"), data.binning.n_voxels,
+                       layer_voxels, threshold_mev=0.01515)
+    m.fit(data.energies, data.showers, None, data.binning)
+    assert m.noise_dim == 4 + data.binning.n_voxels
+    cond = m.transform.cond(torch.full((3,), 5000.0, dtype=torch.float64))
+    z = torch.randn(3, 4)
+    net = m.sampling_net()
+    with torch.no_grad():
+        mean = m.decoder(torch.cat([z, cond], 1))[:, :data.binning.n_voxels]
+        at_mean = net(torch.cat([z, torch.zeros(3, data.binning.n_voxels), cond], 1))
+        drawn = net(torch.cat([z, torch.randn(3, data.binning.n_voxels), cond], 1))
+    torch.testing.assert_close(at_mean, mean)
+    assert (drawn - mean).abs().mean() > 0.1  # the per-voxel spread is used, not only the mean
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
+    e = torch.full((4,), 5000.0, dtype=torch.float64)
+    assert not torch.equal(m.sample(e, None, g1), m.sample(e, None, g2))
+
+
+def test_zero_inflated_vae_draws_empty_voxels_by_the_hit_probability(g4_sample):
+    from simgan.models.vae import ConditionalVAE, VAEConfig
+
+    data = cc.read(g4_sample, max_events=40)
+    layer_voxels = [l.n_voxels for l in data.binning.layers if l.n_voxels]
+    V = data.binning.n_voxels
+    m = ConditionalVAE(VAEConfig(hidden=[16], latent_dim=4), V, layer_voxels, threshold_mev=0.01515)
+    m.fit(data.energies, data.showers, None, data.binning)
+    assert m.cfg.likelihood == "zero_inflated" and m.noise_dim == 4 + 2 * V
+    u = m.transform.encode(torch.as_tensor(data.showers), torch.as_tensor(data.energies))
+    x = np.where(data.showers >= 0.01515, data.showers, 0)
+    np.testing.assert_array_equal(m.hits(u).numpy(), x > 0)  # hits are the voxels above threshold
+    with torch.no_grad():
+        m.decoder[-1].bias[2 * V:] = 0.0  # p_hit = 1/2 everywhere
+        m.decoder[-1].weight[2 * V:] = 0.0
+        cond = m.transform.cond(torch.full((200,), 5000.0, dtype=torch.float64))
+        u = m.sampling_net()(torch.cat([torch.randn(200, 4 + 2 * V), cond], 1))
+    t = m.transform
+    empty = (np.log(t.eps) - t.mean) / t.std
+    frac = (u != empty).float().mean().item()
+    assert 0.45 < frac < 0.55

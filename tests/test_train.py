@@ -43,20 +43,21 @@ def test_prepare_splits_are_disjoint_and_deterministic(splits, g4_sample):
     assert all(np.array_equal(idx1[k], idx2[k]) for k in idx1)
 
 
-@pytest.mark.parametrize("model", ["wgan_gp", "gan_bce", "wgan_clip", "vae", "wgan_gp_factorised"])
+@pytest.mark.parametrize("model", ["wgan_gp", "gan_bce", "wgan_clip", "vae", "vae_mse", "wgan_gp_factorised"])
 def test_each_family_trains_and_losses_change(tmp_path, splits, model):
-    if model == "vae":
+    if model.startswith("vae"):
         tiny = [t for t in TINY if "critic_hidden" not in t]
-        cfg = small_cfg(tmp_path, "model=vae", *tiny, "model.kl_warmup_steps=2", "train.steps=6")
+        cfg = small_cfg(tmp_path, "model=vae", *tiny, "model.kl_warmup_steps=2", "train.steps=6",
+                        f"model.likelihood={'mse' if model == 'vae_mse' else 'gaussian'}")
     elif model == "wgan_gp_factorised":
         cfg = small_cfg(tmp_path, "model=wgan_gp", *TINY, "model.n_critic=2", "train.steps=6",
                         "model.output=factorised", "model.critic_features=true")
     else:
         cfg = small_cfg(tmp_path, f"model={model}", *TINY, "model.n_critic=2", "train.steps=6")
-    assert cfg.model.family == ("vae" if model == "vae" else "gan")
+    assert cfg.model.family == ("vae" if model.startswith("vae") else "gan")
     info = Trainer(cfg, splits["train"], splits["val"], tmp_path / "train", progress=False).fit()
     rows = _losses(tmp_path)
-    key = "loss" if model == "vae" else "loss_d"
+    key = "loss" if model.startswith("vae") else "loss_d"
     vals = [r[key] for r in rows]
     assert all(np.isfinite(v) for r in rows for v in r.values())
     assert len(set(vals)) > 1 and info["steps"] == 6

@@ -21,6 +21,11 @@ class ConditionalSurrogate(nn.Module):
         """Fit what the model learns from the training set before training (the transform)."""
         self.transform.fit(energies, showers, extra)
 
+    @property
+    def noise_dim(self) -> int:
+        """Width of the standard-normal noise the sampling net takes before the condition."""
+        return self.cfg.latent_dim
+
     def sampling_net(self) -> nn.Module:
         """The network mapping cat([z, cond]) to the normalised shower u (generator, decoder)."""
         raise NotImplementedError
@@ -34,7 +39,7 @@ class ConditionalSurrogate(nn.Module):
         cond = self.transform.cond(energies, extra)
         if block is None:
             block = 1 << 16 if cond.device.type == "cuda" else 1024
-        z = torch.randn(len(cond), self.cfg.latent_dim, generator=generator, device=cond.device)
+        z = torch.randn(len(cond), self.noise_dim, generator=generator, device=cond.device)
         net = self.sampling_net()
         n = len(energies)
         if n <= block:
