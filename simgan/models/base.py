@@ -17,9 +17,11 @@ class ConditionalSurrogate(nn.Module):
         self.cfg = cfg
         self.transform = ShowerTransform(n_voxels, n_extra, threshold_mev=threshold_mev)
 
-    def fit(self, energies, showers, extra, binning) -> None:
-        """Fit what the model learns from the training set before training (the transform)."""
+    def fit(self, energies, showers, extra, binning) -> torch.Tensor:
+        """Fit what the model learns from the training set before training (the transform);
+        returns the training showers encoded (u), which the trainer trains on."""
         self.transform.fit(energies, showers, extra)
+        return self.transform.encode(torch.as_tensor(showers), torch.as_tensor(energies))
 
     @property
     def noise_dim(self) -> int:

@@ -81,7 +81,7 @@ class FactorisedHead(nn.Module):
             else:
                 log_vox = torch.cat([torch.log_softmax(v, 1) for v in torch.split(vox, self.layer_voxels, 1)], 1)
             log_x = log_r + log_layer[:, self.layer_index] + log_vox
-            return (torch.logaddexp(log_x, torch.tensor(math.log(t.eps), device=raw.device)) - t.mean) / t.std
+            return t.from_log_fraction(torch.logaddexp(log_x, torch.tensor(math.log(t.eps), device=raw.device)))
 
 
 class CriticView(nn.Module):
@@ -105,7 +105,7 @@ class CriticView(nn.Module):
 
     def raw_features(self, u: torch.Tensor) -> torch.Tensor:
         t = self.transform
-        y = (torch.exp(u.float() * t.std + t.mean) - t.eps).clamp_min(0)  # x / E_inc
+        y = t.fraction(u)  # x / E_inc
         # a layer below 1e-8 E_inc holds no voxel above any realistic threshold: empty
         e, mean, width = layer_moments(y, self.layer_voxels, self.coords, width_eps=1e-4, empty_below=1e-8)
         log_r = torch.log(y.sum(1, keepdim=True) + 1e-7)
@@ -125,7 +125,7 @@ class CriticView(nn.Module):
         t = self.transform
         with torch.autocast(device_type=u.device.type, enabled=False):
             log_eps = math.log(t.eps)
-            voxels = 2 * (u.float() * t.std + t.mean - log_eps) / -log_eps - 1
+            voxels = 2 * (t.log_fraction(u) - log_eps) / -log_eps - 1
             if not self.n_features:
                 return voxels
             # asinh: linear near the training distribution, logarithmic far from it
@@ -163,11 +163,11 @@ class ConditionalGAN(ConditionalSurrogate):
     def sampling_net(self) -> nn.Module:
         return self.generator
 
-    def fit(self, energies, showers, extra, binning) -> None:
-        super().fit(energies, showers, extra, binning)
+    def fit(self, energies, showers, extra, binning) -> torch.Tensor:
+        u = super().fit(energies, showers, extra, binning)
         if self.view is not None:
-            u = self.transform.encode(torch.as_tensor(showers), torch.as_tensor(energies))
             self.view.fit(u, torch.as_tensor(np.stack(binning.voxel_xy), dtype=torch.float32))
+        return u
 
     def critic_view(self, u: torch.Tensor) -> torch.Tensor:
         """What the critic sees of a shower; the gradient penalty lives in this space too."""

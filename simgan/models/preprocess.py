@@ -81,7 +81,19 @@ class ShowerTransform(nn.Module):
             x.masked_fill_(x < self.threshold_mev, 0.0)
         return x
 
+    def log_fraction(self, u: torch.Tensor) -> torch.Tensor:
+        """u -> log(x / E_inc + eps), differentiable, in fp32."""
+        return u.float() * self.std + self.mean
+
+    def from_log_fraction(self, log_x: torch.Tensor) -> torch.Tensor:
+        """log(x / E_inc + eps) -> u; log(eps) is an empty voxel."""
+        return (log_x - self.mean) / self.std
+
+    def fraction(self, u: torch.Tensor) -> torch.Tensor:
+        """u -> x / E_inc, differentiable, not clamped to the training range."""
+        return (torch.exp(self.log_fraction(u)) - self.eps).clamp_min(0)
+
     def decode_total_fraction(self, u: torch.Tensor) -> torch.Tensor:
         """Differentiable E_tot / E_inc of generated showers (for the energy-consistency aid)."""
-        return (torch.exp(u.float() * self.std + self.mean) - self.eps).clamp_min(0).sum(1)
+        return self.fraction(u).sum(1)
 

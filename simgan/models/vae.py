@@ -76,7 +76,7 @@ class ConditionalVAE(ConditionalSurrogate):
     def hits(self, u: torch.Tensor) -> torch.Tensor:
         """Voxels above zero: log(x/E_inc + eps) clearly above log(eps)."""
         t = self.transform
-        return (u * t.std + t.mean) > math.log(t.eps) + 0.1
+        return t.log_fraction(u) > math.log(t.eps) + 0.1
 
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"vae": torch.optim.Adam(self.parameters(), lr=self.cfg.lr)}
@@ -93,15 +93,13 @@ class ConditionalVAE(ConditionalSurrogate):
         recon, mu, logvar = recon.float(), mu.float(), logvar.float()
         if self.cfg.likelihood == "zero_inflated":
             recon, x_logvar, hit_logit = recon.chunk(3, dim=1)
-            x_logvar = x_logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
             hit = self.hits(x)
-            nll = 0.5 * ((recon - x) ** 2 * torch.exp(-x_logvar) + x_logvar)
+            nll = _gaussian_nll(recon, x_logvar, x)
             bce = torch.nn.functional.binary_cross_entropy_with_logits(hit_logit, hit.float(), reduction="none")
             rec = (bce + torch.where(hit, nll, torch.zeros_like(nll))).sum(1).mean()
         elif self.cfg.likelihood == "gaussian":
             recon, x_logvar = recon.chunk(2, dim=1)
-            x_logvar = x_logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
-            rec = (0.5 * ((recon - x) ** 2 * torch.exp(-x_logvar) + x_logvar)).sum(1).mean()
+            rec = _gaussian_nll(recon, x_logvar, x).sum(1).mean()
         else:
             rec = ((recon - x) ** 2).sum(1).mean()
         kl = (-0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(1)).mean()
@@ -116,6 +114,12 @@ class ConditionalVAE(ConditionalSurrogate):
 
 
 LOGVAR_MIN, LOGVAR_MAX = -10.0, 4.0
+
+
+def _gaussian_nll(mean: torch.Tensor, logvar: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Per-voxel negative log-likelihood of x under N(mean, exp(logvar)), without the constant."""
+    logvar = logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
+    return 0.5 * ((mean - x) ** 2 * torch.exp(-logvar) + logvar)
 
 
 class _Sampler(nn.Module):
@@ -137,7 +141,7 @@ class _Sampler(nn.Module):
         u = mean + torch.exp(0.5 * logvar) * eps[:, :V]
         if self.zero_inflated:
             t = self.transform
-            empty = (math.log(t.eps) - t.mean) / t.std
+            empty = t.from_log_fraction(torch.full_like(t.mean, math.log(t.eps)))
             hit = eps[:, V:] < torch.special.ndtri(torch.sigmoid(out[:, 2 * V:]).clamp(1e-6, 1 - 1e-6))
             u = torch.where(hit, u, empty.expand_as(u))
         return u

@@ -95,10 +95,9 @@ class Trainer:
         self.args = model_args(cfg, data.binning, len(self.extra_keys))
         torch.manual_seed(cfg.seed)  # the initial weights, the same on every rank
         self.model = build_model(cfg.model, **{k: self.args[k] for k in ("n_voxels", "layer_voxels", "n_extra", "threshold_mev")})
-        self.model.fit(data.energies, data.showers, extra, data.binning)
+        # fitted and encoded on the CPU, where the data are, then moved with the model
+        self.u = self.model.fit(data.energies, data.showers, extra, data.binning).to(self.device)
         e = torch.as_tensor(data.energies)
-        # encoded on the CPU, where the data are, then moved with the model
-        self.u = self.model.transform.encode(torch.as_tensor(data.showers), e).to(self.device)
         self.c = self.model.transform.cond(e, None if extra is None else torch.as_tensor(extra)).to(self.device)
         self.model.to(self.device)
         self.n_train = len(e)
