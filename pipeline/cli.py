@@ -145,10 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--events", type=int)
     s.add_argument("--energies-from", help="canonical file whose incident energies to use")
+    s.add_argument("--layer-energies-from", help="canonical file whose incident energies, conditions and layer "
+                   "energies to use: the shape model fed the simulator's layer energies (ablation; output=layers models)")
     s.add_argument("--energy-range", nargs=2, type=float, metavar=("MIN_GEV", "MAX_GEV"))
     s.add_argument("--batch-size", type=int, default=1000)
     s.add_argument("--format", choices=["hdf5", "root"])
     s.add_argument("--device", default="auto")
+    s.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: the network in bfloat16 (faster on CPUs with AVX512-BF16 or AMX, and on GPUs)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--compare-geant4", type=int, default=0, metavar="N")
     s.add_argument("--shard-index", type=int, help="write only this shard of the rows (join shards with `simgan merge`)")
@@ -166,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("-c", "--config")
     s.add_argument("overrides", nargs="*")
+    s.add_argument("--floor", help="an independent simulated sample for the simulator-vs-simulator floor "
+                   "(default: the reference's two halves, at half the size)")
+    s.add_argument("--classifier", choices=["gbdt", "dnn"],
+                   help="dnn: also run the CaloChallenge DNN classifier test (default: from the config, gbdt)")
+    s.add_argument("--ablation", help="a second candidate to report beside, e.g. generated with "
+                   "`simgan generate --layer-energies-from` (shape model fed the simulator's layer energies)")
     s.add_argument("--dask", action="store_true", help="compute features on a dask.distributed cluster")
     s.add_argument("--scheduler", help="dask scheduler address (default: a LocalCluster)")
     s.set_defaults(func=cmd_validate)

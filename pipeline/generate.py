@@ -12,7 +12,7 @@ from pipeline import prepare, train
 from pipeline.contract import Context, stage_dir, write_manifest
 from simgan.config import ExperimentConfig
 from simgan.errors import SimganError
-from simgan.generate import energies_from_file, generate_to_file, log_uniform_energies
+from simgan.generate import energies_from_file, generate_to_file, layer_energies_from_file, log_uniform_energies
 from simgan.train.trainer import model_from_checkpoint, resolve_device
 
 
@@ -23,7 +23,10 @@ def inputs(cfg: ExperimentConfig) -> dict[str, Path]:
 def outputs(cfg: ExperimentConfig) -> dict[str, Path]:
     ext = "root" if cfg.generate.format == "root" else "h5"
     d = stage_dir(cfg, "generate")
-    return {"showers": d / f"generated.{ext}", "timing": d / "timing.json"}
+    out = {"showers": d / f"generated.{ext}", "timing": d / "timing.json"}
+    if cfg.generate.ablation:
+        out["ablation"] = d / "generated_ablation.h5"
+    return out
 
 
 def run(cfg: ExperimentConfig, ctx: Context) -> dict[str, Path]:
@@ -34,19 +37,26 @@ def run(cfg: ExperimentConfig, ctx: Context) -> dict[str, Path]:
     energies, conds = energies_from_file(ins["test"], cfg.generate.events)
     from simgan.data.calochallenge import inspect
     binning = inspect(ins["test"]).binning
-    if cfg.generate.dask:
-        if cfg.generate.format != "hdf5":
+    g = cfg.generate
+    if g.dask:
+        if g.format != "hdf5":
             raise SimganError("generate.dask=true writes HDF5; set generate.format=hdf5")
         from pipeline.validate import dask_client
         from simgan.generate import generate_with_dask
-        with dask_client(True, cfg.generate.dask_workers) as client:
-            timing = generate_with_dask(ins["model"], energies, conds, out["showers"], cfg.generate.batch_size,
-                                        cfg.seed, client)
+        with dask_client(True, g.dask_workers) as client:
+            timing = generate_with_dask(ins["model"], energies, conds, out["showers"], g.batch_size, cfg.seed, client,
+                                        precision=g.precision)
     else:
-        timing = generate_to_file(model, energies, conds, out["showers"], binning, cfg.generate.batch_size, device,
-                                  cfg.seed, cfg.generate.format, {"checkpoint": str(ins["model"])}, ctx.progress)
-    if cfg.generate.compare_geant4:
-        timing["geant4"] = compare_geant4(cfg, model, energies, cfg.generate.compare_geant4, device)
+        timing = generate_to_file(model, energies, conds, out["showers"], binning, g.batch_size, device, cfg.seed,
+                                  g.format, {"checkpoint": str(ins["model"])}, ctx.progress, precision=g.precision)
+    if g.ablation:
+        given = layer_energies_from_file(ins["test"], model_layer_voxels(model), cfg.domain.threshold_mev, g.events)
+        timing["ablation"] = generate_to_file(
+            model, energies, conds, out["ablation"], binning, g.batch_size, device, cfg.seed, "hdf5",
+            {"checkpoint": str(ins["model"]), "layer_energies_from": str(ins["test"])}, ctx.progress,
+            precision=g.precision, layer_energies=given)
+    if g.compare_geant4:
+        timing["geant4"] = compare_geant4(cfg, model, energies, conds, g.compare_geant4, device)
     from simgan.io import write_json_atomic
     write_json_atomic(out["timing"], timing)
     print(f"[generate] {timing['events']} showers at {timing['showers_per_s']:.0f} showers/s ({device})")
@@ -54,13 +64,21 @@ def run(cfg: ExperimentConfig, ctx: Context) -> dict[str, Path]:
     return out
 
 
-def compare_geant4(cfg: ExperimentConfig, model, energies: np.ndarray, n: int, device) -> dict:
+def model_layer_voxels(model) -> list[int]:
+    if not hasattr(model, "layer_voxels"):
+        raise SimganError("the ablation mode (layer energies given) needs a two-stage model (model.output=layers)")
+    return model.layer_voxels
+
+
+def compare_geant4(cfg: ExperimentConfig, model, energies: np.ndarray, conds: dict, n: int, device) -> dict:
     """Same energies through Geant4 and the surrogate in this run, on this machine."""
     from simgan.generate import geant4_rate, surrogate_rate
 
     e = energies[:n]
+    keys = sorted(conds)
+    x = np.stack([conds[k][:n] for k in keys], 1) if keys else None
     g4, workers = geant4_rate(cfg.simulate, cfg.seed, e)
-    sur = surrogate_rate(model, e, device)
+    sur = surrogate_rate(model, e, device, precision=cfg.generate.precision, conditions=x)
     res = {"events": int(n), "geant4_showers_per_s": g4, "geant4_workers": workers,
            "surrogate_showers_per_s": sur, "speedup": sur / g4, "mean_energy_gev": float(e.mean() / 1e3)}
     print(f"[compare] {n} showers: Geant4 {g4:.1f}/s ({workers} processes), "
@@ -77,13 +95,20 @@ def generate_cli(args) -> int:
     if args.batch_size <= 0:
         raise SimganError(f"--batch-size must be > 0 (got {args.batch_size})")
     conds: dict = {}
-    if args.energies_from:
+    if args.layer_energies_from and (args.energies_from or args.energy_range or args.model):
+        raise SimganError("--layer-energies-from takes the energies from that file: give it with --checkpoint, "
+                          "without --energies-from or --energy-range")
+    if args.layer_energies_from:
+        energies, conds = energies_from_file(args.layer_energies_from, args.events)
+    elif args.energies_from:
         energies, conds = energies_from_file(args.energies_from, args.events)
     elif args.events and args.energy_range:
         energies = log_uniform_energies(args.events, *args.energy_range, args.seed)
     else:
         raise SimganError("give --energies-from FILE, or --events N with --energy-range MIN_GEV MAX_GEV")
     sharded = args.shard_index is not None or args.shard_count is not None
+    if args.layer_energies_from and (sharded or args.dask):
+        raise SimganError("--layer-energies-from runs in one process (no --shard-index or --dask)")
     if (sharded or args.dask) and not args.checkpoint:
         raise SimganError("--shard-index/--shard-count and --dask work with --checkpoint")
     if (sharded or args.dask) and fmt != "hdf5":
@@ -95,7 +120,7 @@ def generate_cli(args) -> int:
         from simgan.generate import generate_with_dask
         with dask_client(True, args.dask_workers, args.scheduler) as client:
             timing = generate_with_dask(args.checkpoint, energies, conds, out, args.batch_size, args.seed, client,
-                                        args.shards)
+                                        args.shards, args.precision)
     elif args.checkpoint:
         device = resolve_device(args.device)
         model, ckpt = model_from_checkpoint(args.checkpoint, device)
@@ -107,10 +132,15 @@ def generate_cli(args) -> int:
         if sharded:
             from simgan.generate import shard_rows
             rows = shard_rows(len(energies), args.batch_size, args.shard_index, args.shard_count)
+        given = None
+        if args.layer_energies_from:
+            given = layer_energies_from_file(args.layer_energies_from, model_layer_voxels(model),
+                                             cfg.domain.threshold_mev, args.events)
         timing = generate_to_file(model, energies, conds, out, binning, args.batch_size, device, args.seed, fmt,
-                                  {"checkpoint": str(args.checkpoint)}, not args.quiet, rows)
+                                  {"checkpoint": str(args.checkpoint)}, not args.quiet, rows, args.precision, given)
         if args.compare_geant4:
-            timing["geant4"] = compare_geant4(cfg, model, energies, args.compare_geant4, device)
+            timing["geant4"] = compare_geant4(cfg.model_copy(update={"generate": cfg.generate.model_copy(
+                update={"precision": args.precision})}), model, energies, conds, args.compare_geant4, device)
     else:
         from simgan.registry import generate_from_registry
         timing = generate_from_registry(args.model, energies, out, args.batch_size, fmt)

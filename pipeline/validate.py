@@ -15,7 +15,16 @@ from simgan.validate import validate, verdict
 
 
 def inputs(cfg: ExperimentConfig) -> dict[str, Path]:
-    return {"reference": prepare.outputs(cfg)["test"], "candidate": generate.outputs(cfg)["showers"]}
+    """The held-out test split is the reference; the training split (independent Geant4
+    showers, as many as the test split taken from it) gives the Geant4-vs-Geant4 floor."""
+    ins = {"reference": prepare.outputs(cfg)["test"], "candidate": generate.outputs(cfg)["showers"],
+           "floor": prepare.outputs(cfg)["train"]}
+    if cfg.generate.ablation:
+        ins["ablation"] = generate.outputs(cfg)["ablation"]
+    return ins
+
+
+ABLATION_LABEL = "shape only (Geant4 layer energies)"
 
 
 def outputs(cfg: ExperimentConfig) -> dict[str, Path]:
@@ -46,18 +55,26 @@ def run(cfg: ExperimentConfig, ctx: Context) -> dict[str, Path]:
     ins, out = inputs(cfg), outputs(cfg)
     if ins["candidate"].suffix == ".root":
         raise SimganError(f"{ins['candidate']}: validate reads canonical HDF5; convert ROOT output with `simgan convert`")
+    extra = {ABLATION_LABEL: ins["ablation"]} if "ablation" in ins else None
     with dask_client(cfg.validate.dask, cfg.validate.dask_workers) as client:
         m = validate(ins["reference"], ins["candidate"], stage_dir(cfg, "validate"), cfg.validate,
-                     cfg.domain.threshold_mev, client)
+                     cfg.domain.threshold_mev, client, floor=ins["floor"], extra_candidates=extra)
     write_manifest(cfg, "validate", ins, out, t0, counts={"reference": m["n_reference"], "candidate": m["n_candidate"]},
                    extra={"gate_pass": m["gate"]["pass"]})
     return out
 
 
 def verdict_line(cfg: ExperimentConfig) -> str:
-    m = json.loads(outputs(cfg)["metrics"].read_text())
-    return (f"validation: {verdict(m)} (AUC high-level {m['auc_high']:.3f}, voxels {m['auc_low']:.3f}, "
-            f"E_tot/E_inc separation {m['separation_power']['etot_over_einc']:.3f}); report: {outputs(cfg)['report']}")
+    return summary_text(json.loads(outputs(cfg)["metrics"].read_text()), outputs(cfg)["report"])
+
+
+def summary_text(m: dict, report) -> str:
+    fl = m["floor"]
+    return (f"validation: {verdict(m)} (AUC high-level {m['auc_high']:.3f} [Geant4 floor {fl['auc_high']:.3f}], "
+            f"voxels {m['auc_low']:.3f} [{fl['auc_low']:.3f}]; mean separation {m['separation_power_mean']:.4f} "
+            f"[{fl['separation_power_mean']:.4f}]; E_tot/E_inc separation {m['separation_power']['etot_over_einc']:.3f} "
+            f"[{fl['separation_etot_over_einc']:.3f}]; response within {100 * m['response_deviation_max']:.1f}% "
+            f"[{100 * fl['response_deviation_max']:.1f}%]); report: {report}")
 
 
 def validate_cli(args) -> int:
@@ -72,10 +89,17 @@ def validate_cli(args) -> int:
         from simgan.config import DomainConfig
 
         vcfg, threshold = ValidateConfig(), DomainConfig().threshold_mev
+    if args.classifier:
+        vcfg = vcfg.model_copy(update={"classifier": args.classifier})
+    extra = {ABLATION_LABEL: args.ablation} if args.ablation else None
     with dask_client(args.dask or vcfg.dask, vcfg.dask_workers, args.scheduler) as client:
-        m = validate(args.reference, args.candidate, args.out, vcfg, threshold, client)
-    print(f"validation: {verdict(m)}  AUC(high) {m['auc_high']:.3f}±{m['auc_high_std']:.3f}  "
-          f"AUC(voxels) {m['auc_low']:.3f}±{m['auc_low_std']:.3f}  FPD {m['fpd']:.3f}  report: {Path(args.out) / 'report.html'}")
+        m = validate(args.reference, args.candidate, args.out, vcfg, threshold, client, floor=args.floor,
+                     extra_candidates=extra)
+    print(summary_text(m, Path(args.out) / "report.html"))
+    if "auc_high_dnn" in m:
+        print(f"CaloChallenge DNN classifier ({m['dnn_runs']} runs): AUC high-level {m['auc_high_dnn']:.3f}"
+              f"±{m['auc_high_dnn_std']:.3f} [floor {m['floor']['auc_high_dnn']:.3f}], voxels {m['auc_low_dnn']:.3f}"
+              f"±{m['auc_low_dnn_std']:.3f} [floor {m['floor']['auc_low_dnn']:.3f}]")
     if not m["gate"]["pass"]:
         failed = [k for k, c in m["gate"]["checks"].items() if not c["pass"]]
         raise GateFailed(f"validation gate failed: {', '.join(failed)} (see {Path(args.out) / 'metrics.json'})")

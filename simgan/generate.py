@@ -26,6 +26,15 @@ def energies_from_file(path, max_events: int | None = None) -> tuple[np.ndarray,
     return np.concatenate(es), {k: np.concatenate(v) for k, v in conds.items()}
 
 
+def layer_energies_from_file(path, layer_voxels: list[int], threshold_mev: float,
+                             max_events: int | None = None) -> np.ndarray:
+    """(N, L) per-layer sums of the voxels above the threshold, read chunk by chunk."""
+    from simgan.models.energy import layer_energies
+
+    return np.concatenate([layer_energies(s, layer_voxels, threshold_mev)
+                           for _, _, s, _ in cc.iter_chunks(path, 20000, stop=max_events, check=False)])
+
+
 def log_uniform_energies(n: int, lo_gev: float, hi_gev: float, seed: int) -> np.ndarray:
     if not (0 < lo_gev <= hi_gev):
         raise SimganError(f"--energy-range {lo_gev} {hi_gev}: expected 0 < MIN <= MAX (GeV)")
@@ -94,12 +103,14 @@ def shard_rows(n: int, batch_size: int, index: int, count: int) -> tuple[int, in
 
 def generate_to_file(model, energies: np.ndarray, conditions: dict, out, binning: Binning, batch_size: int = 1000,
                      device="cpu", seed: int = 0, fmt: str = "hdf5", metadata: dict | None = None,
-                     progress: bool = True, rows: tuple[int, int] | None = None) -> dict:
+                     progress: bool = True, rows: tuple[int, int] | None = None, precision: str = "fp32",
+                     layer_energies: np.ndarray | None = None) -> dict:
     """Generate from a simgan model (checkpoint) into `out` atomically; returns timing.
 
     Each batch's noise is seeded by (seed, its first row), so the showers are a function of
     (model, energies, seed, batch_size) however the rows are split. `rows=(lo, hi)` writes
     only those rows (lo a multiple of batch_size), with an `event_index` for `simgan merge`.
+    `layer_energies` (N, L) replace a two-stage model's energy stage (the ablation mode).
     """
     keys = sorted(conditions)
     extra = np.stack([conditions[k] for k in keys], 1) if keys else None
@@ -117,7 +128,8 @@ def generate_to_file(model, energies: np.ndarray, conditions: dict, out, binning
         sl = slice(offset + lo, offset + hi)
         e = torch.as_tensor(energies[sl], device=device)
         x = None if extra is None else torch.as_tensor(extra[sl], device=device)
-        return model.sample(e, x, g).cpu().numpy()
+        given = None if layer_energies is None else torch.as_tensor(layer_energies[sl], device=device)
+        return model.sample(e, x, g, precision=precision, layer_energies=given).cpu().numpy()
 
     file_conds = {k: v[offset:stop] for k, v in conditions.items()}
     if rows is not None:
@@ -128,7 +140,7 @@ def generate_to_file(model, energies: np.ndarray, conditions: dict, out, binning
 
 
 def _shard_task(checkpoint: str, energies, conditions, out: str, batch_size: int, seed: int, rows,
-                threads: int) -> dict:
+                threads: int, precision: str = "fp32") -> dict:
     import os
 
     os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
@@ -142,11 +154,11 @@ def _shard_task(checkpoint: str, energies, conditions, out: str, batch_size: int
     model, ckpt = model_from_checkpoint(checkpoint, "cpu")
     binning = load_binning(config_from_dict(ckpt["config"], checkpoint).domain.geometry)
     return generate_to_file(model, energies, conditions, out, binning, batch_size, "cpu", seed, "hdf5",
-                            {"checkpoint": checkpoint}, False, rows)
+                            {"checkpoint": checkpoint}, False, rows, precision)
 
 
 def generate_with_dask(checkpoint, energies: np.ndarray, conditions: dict, out, batch_size: int, seed: int,
-                       client, n_shards: int | None = None) -> dict:
+                       client, n_shards: int | None = None, precision: str = "fp32") -> dict:
     """Shards as dask tasks (each loads the checkpoint and writes its own file), then one
     merge into `out`. On workers with the same CPU the result equals the in-process
     generation with the same seed; other CPUs round float32 products differently."""
@@ -163,7 +175,7 @@ def generate_with_dask(checkpoint, energies: np.ndarray, conditions: dict, out, 
         t = time.perf_counter()
         futures = [client.submit(_shard_task, str(checkpoint), energies, conditions, str(shard_dir / f"shard_{i}.h5"),
                                  batch_size, seed, shard_rows(len(energies), batch_size, i, n_shards),
-                                 torch.get_num_threads(), pure=False)
+                                 torch.get_num_threads(), precision, pure=False)
                    for i in range(n_shards)]
         parts = client.gather(futures)
         wall = time.perf_counter() - t
@@ -190,16 +202,19 @@ def geant4_rate(sim_cfg, seed: int, energies: np.ndarray, workers: int | None = 
         return len(energies) / (time.perf_counter() - t), pool.workers
 
 
-def surrogate_rate(model, energies: np.ndarray, device, seed: int = 0) -> float:
-    """Showers/s of model.sample for these energies in one call, after a warm-up call."""
+def surrogate_rate(model, energies: np.ndarray, device, seed: int = 0, precision: str = "fp32",
+                   conditions: np.ndarray | None = None) -> float:
+    """Showers/s of model.sample for these energies (and extra conditions) in one call, after
+    a warm-up call."""
     device = torch.device(device)
     model = model.to(device).eval()
     g = torch.Generator(device=device)
     g.manual_seed(seed)
     e = torch.as_tensor(energies, device=device)
-    model.sample(e[:1], None, g)
+    x = None if conditions is None else torch.as_tensor(conditions, device=device)
+    model.sample(e[:1], None if x is None else x[:1], g, precision=precision)
     t = time.perf_counter()
-    model.sample(e, None, g)
+    model.sample(e, x, g, precision=precision)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return len(e) / (time.perf_counter() - t)

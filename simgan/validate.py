@@ -1,4 +1,12 @@
-"""Physics validation of a candidate sample against held-out simulation; the gate."""
+"""Physics validation of a candidate sample against held-out simulation; the gate.
+
+Besides the whole-sample metrics (separation power and W1 per feature, classifier AUC on
+high-level features and on voxels, FPD/KPD) the report says what gives a sample away:
+the classifier AUC per feature group and per incident-energy bin, and the response per
+energy bin. Every figure stands beside the simulator-vs-simulator floor: the same metrics
+for an independent simulated sample (`floor`) of the candidate's size against the same
+reference. Optionally the CaloChallenge DNN classifier test runs beside the boosted trees.
+"""
 
 from __future__ import annotations
 
@@ -11,17 +19,93 @@ import numpy as np
 from simgan.config import ValidateConfig
 from simgan.data import calochallenge as cc
 from simgan.errors import SimganError
-from simgan.io import atomic_path, write_json_atomic
-from simgan.metrics.classifier import classifier_test, high_level_inputs, low_level_inputs
+from simgan.io import atomic_path, file_sha256, write_json_atomic
+from simgan.metrics.classifier import (classifier_test, dnn_classifier_test, dnn_high_level_inputs,
+                                       dnn_low_level_inputs, high_level_inputs, low_level_inputs)
 from simgan.metrics.distances import separation_power, wasserstein1_scaled
 from simgan.metrics.features import feature_names, features_from_file, features_with_dask
 from simgan.metrics.fpd import fpd, kpd
 
+# feature groups for the per-group classifier AUC: name -> feature-name prefixes
+GROUPS = {"response": ("etot_over_einc",), "layer_energies": ("e_layer_",),
+          "centres": ("ce_x_", "ce_y_", "ce_r_"), "widths": ("width_x_", "width_y_", "width_r_"),
+          "sparsity": ("sparsity_",)}
+MIN_PER_BIN = 40  # showers per class below which an energy bin gets no classifier AUC
 
-def _sample_rows(path, n_total: int, n: int, seed: int):
-    idx = np.sort(np.random.default_rng(seed).choice(n_total, min(n, n_total), replace=False))
+
+def _sample_rows(path, n_total: int, n: int, seed: int, rows: np.ndarray | None = None):
+    """`n` random rows (or the given ones) of a file: showers float32, energies."""
+    if rows is None:
+        rows = np.random.default_rng(seed).choice(n_total, min(n, n_total), replace=False)
+    idx = np.sort(rows)
     with cc._open(path) as f:
         return np.asarray(f[cc.SHOWER_KEY][idx], np.float32), np.asarray(f[cc.ENERGY_KEY][idx], np.float64).reshape(-1)
+
+
+def energy_bins(energies: np.ndarray, n_bins: int) -> np.ndarray:
+    """Edges of `n_bins` logarithmic incident-energy bins spanning the reference."""
+    lo, hi = float(energies.min()), float(energies.max())
+    return np.geomspace(lo, hi * (1 + 1e-9), n_bins + 1)
+
+
+def response_by_bin(rf, re, cf, ce, edges) -> list[dict]:
+    """Mean and relative spread of E_tot/E_inc per incident-energy bin, reference and candidate."""
+    out = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        r, c = rf[(re >= lo) & (re < hi), 0], cf[(ce >= lo) & (ce < hi), 0]
+        row = {"lo_gev": lo / 1e3, "hi_gev": hi / 1e3, "n_reference": int(len(r)), "n_candidate": int(len(c))}
+        if len(r) > 1 and len(c) > 1:
+            row.update(reference=float(r.mean()), candidate=float(c.mean()), deviation=float(c.mean() / r.mean() - 1),
+                       resolution_reference=float(r.std() / r.mean()), resolution_candidate=float(c.std() / c.mean()))
+        out.append(row)
+    return out
+
+
+def compare(rf, re, cf, ce, names, low_ref, low_cand, cfg: ValidateConfig, edges, thr: float) -> dict:
+    """Every metric of one candidate (features cf, energies ce; voxel rows low_cand) against the
+    reference (rf, re; low_ref)."""
+    seps = {n: separation_power(rf[:, j], cf[:, j]) for j, n in enumerate(names)}
+    w1s = {n: wasserstein1_scaled(rf[:, j], cf[:, j]) for j, n in enumerate(names)}
+    high = classifier_test(high_level_inputs(rf, re), high_level_inputs(cf, ce), cfg.classifier_seeds,
+                           cfg.classifier_max_events)
+    (rs, rse), (cs, cse) = low_ref, low_cand
+    low = classifier_test(low_level_inputs(np.where(rs >= thr, rs, 0), rse), low_level_inputs(np.where(cs >= thr, cs, 0), cse),
+                          cfg.classifier_seeds, cfg.classifier_max_events_low, max_iter=100)
+    groups = {}
+    for g, prefixes in GROUPS.items():
+        cols = [j for j, n in enumerate(names) if n.startswith(prefixes)]
+        groups[g] = classifier_test(high_level_inputs(rf[:, cols], re), high_level_inputs(cf[:, cols], ce),
+                                    cfg.classifier_seeds, cfg.classifier_max_events)["auc"]
+    by_bin = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        r, c = (re >= lo) & (re < hi), (ce >= lo) & (ce < hi)
+        auc = None
+        if min(r.sum(), c.sum()) >= MIN_PER_BIN:
+            auc = classifier_test(high_level_inputs(rf[r], re[r]), high_level_inputs(cf[c], ce[c]), cfg.classifier_seeds,
+                                  cfg.classifier_max_events)["auc"]
+        by_bin.append({"lo_gev": lo / 1e3, "hi_gev": hi / 1e3, "auc_high": auc, "n": int(min(r.sum(), c.sum()))})
+    response = response_by_bin(rf, re, cf, ce, edges)
+    devs = [abs(b["deviation"]) for b in response if "deviation" in b]
+    kpd_mean, kpd_std = kpd(rf, cf)
+    m = {
+        "auc_high": high["auc"], "auc_high_std": high["auc_std"], "jsd_high": high["jsd"],
+        "auc_low": low["auc"], "auc_low_std": low["auc_std"], "jsd_low": low["jsd"],
+        "auc_high_by_group": groups, "auc_high_by_energy": by_bin,
+        "response_by_energy": response, "response_deviation_max": float(max(devs)) if devs else float("nan"),
+        "separation_power": seps, "separation_power_mean": float(np.mean(list(seps.values()))),
+        "wasserstein1": w1s, "wasserstein1_mean": float(np.nanmean(list(w1s.values()))),
+        "fpd": fpd(rf, cf), "kpd": kpd_mean, "kpd_std": kpd_std,
+        "classifier_events_per_class": {"high": high["n_per_class"], "low": low["n_per_class"]},
+    }
+    if cfg.classifier == "dnn":
+        dh = dnn_classifier_test(dnn_high_level_inputs(rf, re, names), dnn_high_level_inputs(cf, ce, names),
+                                 cfg.dnn_runs, max_events=cfg.classifier_max_events)
+        dl = dnn_classifier_test(dnn_low_level_inputs(np.where(rs >= thr, rs, 0), rse),
+                                 dnn_low_level_inputs(np.where(cs >= thr, cs, 0), cse), cfg.dnn_runs,
+                                 max_events=cfg.classifier_max_events_low)
+        m.update(auc_high_dnn=dh["auc"], auc_high_dnn_std=dh["auc_std"], jsd_high_dnn=dh["jsd"],
+                 auc_low_dnn=dl["auc"], auc_low_dnn_std=dl["auc_std"], jsd_low_dnn=dl["jsd"], dnn_runs=dh["runs"])
+    return m
 
 
 def gate(metrics: dict, cfg: ValidateConfig) -> dict:
@@ -32,49 +116,83 @@ def gate(metrics: dict, cfg: ValidateConfig) -> dict:
         "separation_etot_over_einc": (metrics["separation_power"]["etot_over_einc"], g.separation_etot_max),
         "separation_mean": (metrics["separation_power_mean"], g.separation_mean_max),
     }
+    if g.response_deviation_max is not None:
+        checks["response_deviation_max"] = (metrics["response_deviation_max"], g.response_deviation_max)
     if g.fpd_max is not None:
         checks["fpd"] = (metrics["fpd"], g.fpd_max)
     out = {k: {"value": float(v), "max": float(t), "pass": bool(np.isfinite(v) and v <= t)} for k, (v, t) in checks.items()}
     return {"checks": out, "pass": all(c["pass"] for c in out.values())}
 
 
-def validate(reference, candidate, out_dir, cfg: ValidateConfig, threshold_mev: float, client=None) -> dict:
+def _features(path, info, binning, threshold_mev, cfg, client):
+    if client is not None:
+        return features_with_dask(path, info.n_events, threshold_mev, cfg.chunk_size, client)
+    return features_from_file(path, binning, threshold_mev, cfg.chunk_size)
+
+
+def same_file(a, b) -> bool:
+    a, b = Path(a), Path(b)
+    return a.resolve() == b.resolve() or (a.stat().st_size == b.stat().st_size and file_sha256(a) == file_sha256(b))
+
+
+def validate(reference, candidate, out_dir, cfg: ValidateConfig, threshold_mev: float, client=None,
+             floor=None, extra_candidates: dict | None = None) -> dict:
+    """Candidate against reference. `floor`: an independent simulated sample; its rows, as
+    many as the candidate has, give the simulator-vs-simulator floor (without one, the
+    reference's two halves give it at half the size, and the report says so).
+    `extra_candidates`: label -> file, validated the same way and reported beside (e.g. the
+    shape-only ablation)."""
     t0 = time.time()
     out_dir = Path(out_dir)
     ref_info, cand_info = cc.inspect(reference), cc.inspect(candidate)
-    if ref_info.binning.digest() != cand_info.binning.digest():
-        raise SimganError(f"{candidate}: geometry ({cand_info.binning.n_voxels} voxels, layout {cand_info.binning.digest()}) "
-                          f"differs from the reference {reference} ({ref_info.binning.n_voxels} voxels, layout "
-                          f"{ref_info.binning.digest()}); compare samples of the same binning")
+    for label, path in {"candidate": candidate, **(extra_candidates or {})}.items():
+        if same_file(reference, path):
+            raise SimganError(f"{path}: the {label} is the reference file itself; a sample compared with itself "
+                              f"says nothing")
     binning = ref_info.binning
+    for path in [candidate, *(extra_candidates or {}).values(), *([floor] if floor else [])]:
+        info = cc.inspect(path)
+        if info.binning.digest() != binning.digest():
+            raise SimganError(f"{path}: geometry ({info.binning.n_voxels} voxels, layout {info.binning.digest()}) "
+                              f"differs from the reference {reference} ({binning.n_voxels} voxels, layout "
+                              f"{binning.digest()}); compare samples of the same binning")
     names = feature_names(binning)
-    feats = []
-    for path, info in ((reference, ref_info), (candidate, cand_info)):
-        if client is not None:
-            feats.append(features_with_dask(path, info.n_events, threshold_mev, cfg.chunk_size, client))
-        else:
-            feats.append(features_from_file(path, binning, threshold_mev, cfg.chunk_size))
-    (rf, re), (cf, ce) = feats
-    seps = {n: separation_power(rf[:, j], cf[:, j]) for j, n in enumerate(names)}
-    w1s = {n: wasserstein1_scaled(rf[:, j], cf[:, j]) for j, n in enumerate(names)}
-    high = classifier_test(high_level_inputs(rf, re), high_level_inputs(cf, ce), cfg.classifier_seeds, cfg.classifier_max_events)
+    rf, re = _features(reference, ref_info, binning, threshold_mev, cfg, client)
+    edges = energy_bins(re, cfg.energy_bins)
     n_low = min(cfg.classifier_max_events_low, ref_info.n_events, cand_info.n_events)
-    rs, rse = _sample_rows(reference, ref_info.n_events, n_low, 1)
-    cs, cse = _sample_rows(candidate, cand_info.n_events, n_low, 2)
-    low = classifier_test(low_level_inputs(np.where(rs >= threshold_mev, rs, 0), rse),
-                          low_level_inputs(np.where(cs >= threshold_mev, cs, 0), cse),
-                          cfg.classifier_seeds, cfg.classifier_max_events_low, max_iter=100)
-    kpd_mean, kpd_std = kpd(rf, cf)
-    metrics = {
-        "auc_high": high["auc"], "auc_high_std": high["auc_std"], "jsd_high": high["jsd"],
-        "auc_low": low["auc"], "auc_low_std": low["auc_std"], "jsd_low": low["jsd"],
-        "separation_power": seps, "separation_power_mean": float(np.mean(list(seps.values()))),
-        "wasserstein1": w1s, "wasserstein1_mean": float(np.nanmean(list(w1s.values()))),
-        "fpd": fpd(rf, cf), "kpd": kpd_mean, "kpd_std": kpd_std,
+    low_ref = _sample_rows(reference, ref_info.n_events, n_low, 1)
+
+    def one(path, info) -> dict:
+        f, e = _features(path, info, binning, threshold_mev, cfg, client)
+        return compare(rf, re, f, e, names, low_ref, _sample_rows(path, info.n_events, n_low, 2), cfg, edges,
+                       threshold_mev), f, e
+
+    metrics, cf, ce = one(candidate, cand_info)
+    # the floor at the candidate's size
+    if floor is not None:
+        fl_info = cc.inspect(floor)
+        f_all, e_all = _features(floor, fl_info, binning, threshold_mev, cfg, client)
+        rows = np.sort(np.random.default_rng(3).choice(fl_info.n_events, min(cand_info.n_events, fl_info.n_events),
+                                                       replace=False))
+        floor_m = compare(rf, re, f_all[rows], e_all[rows], names, low_ref,
+                          _sample_rows(floor, fl_info.n_events, n_low, 3), cfg, edges, threshold_mev)
+        floor_desc = f"{floor} ({len(rows)} showers, the candidate's size)"
+    else:  # the reference's halves
+        half = np.random.default_rng(3).permutation(ref_info.n_events)
+        a, b = np.sort(half[: len(half) // 2]), np.sort(half[len(half) // 2:])
+        low_a = _sample_rows(reference, ref_info.n_events, 0, 0, a[: n_low // 2])
+        low_b = _sample_rows(reference, ref_info.n_events, 0, 0, b[: n_low // 2])
+        floor_m = compare(rf[a], re[a], rf[b], re[b], names, low_a, low_b, cfg, edges, threshold_mev)
+        floor_desc = f"the reference split in halves ({len(a)} vs {len(b)} showers: half the size)"
+    extras = {}
+    for label, path in (extra_candidates or {}).items():
+        extras[label] = one(path, cc.inspect(path))[0]
+    metrics.update({
         "n_reference": int(ref_info.n_events), "n_candidate": int(cand_info.n_events),
-        "classifier_events_per_class": {"high": high["n_per_class"], "low": low["n_per_class"]},
         "reference": str(reference), "candidate": str(candidate), "threshold_mev": threshold_mev,
-    }
+        "floor": _summary(floor_m), "floor_source": floor_desc, "floor_detail": floor_m,
+        "extra_candidates": {k: {"file": str(extra_candidates[k]), **v} for k, v in extras.items()},
+    })
     metrics["gate"] = gate(metrics, cfg)
     metrics["wall_seconds"] = time.time() - t0
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -82,16 +200,30 @@ def validate(reference, candidate, out_dir, cfg: ValidateConfig, threshold_mev: 
     if cfg.plots:
         from simgan.report import plots as P
 
+        seps = metrics["separation_power"]
         worst = sorted(seps, key=seps.get, reverse=True)[:4]
         picks = ["etot_over_einc"] + [n for n in names if n.endswith(("_layer_05", "_layer_20"))
                                       and n.startswith(("e_layer", "width_r", "sparsity"))] + worst
         picks = list(dict.fromkeys(picks))[:12]
         plots = [P.feature_grid(rf, cf, names, seps, out_dir / "features.png", picks),
                  P.profiles(rf, cf, names, out_dir / "profiles.png"),
-                 P.response(rf, re, cf, ce, out_dir / "response.png")]
+                 P.response(rf, re, cf, ce, out_dir / "response.png"),
+                 P.auc_breakdown(metrics, out_dir / "auc_breakdown.png")]
     write_report(out_dir, metrics, plots)
     write_json_atomic(out_dir / "metrics.json", metrics)
     return metrics
+
+
+SUMMARY_KEYS = ("auc_high", "auc_low", "auc_high_dnn", "auc_low_dnn", "separation_power_mean", "fpd", "kpd",
+                "response_deviation_max")
+
+
+def _summary(m: dict) -> dict:
+    out = {k: m[k] for k in SUMMARY_KEYS if k in m}
+    out["separation_etot_over_einc"] = m["separation_power"]["etot_over_einc"]
+    out["auc_high_by_group"] = m["auc_high_by_group"]
+    out["auc_high_by_energy"] = [b["auc_high"] for b in m["auc_high_by_energy"]]
+    return out
 
 
 def verdict(metrics: dict) -> str:
@@ -99,17 +231,48 @@ def verdict(metrics: dict) -> str:
     return "PASS" if g["pass"] else "FAIL"
 
 
+def _fmt(v, digits=3) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{digits}f}"
+
+
 def write_report(out_dir: Path, m: dict, plots: list[Path]) -> None:
+    fl = m["floor"]
     rows = [f"| {k} | {c['value']:.4f} | {c['max']:.4f} | {'pass' if c['pass'] else 'FAIL'} |" for k, c in m["gate"]["checks"].items()]
     worst = sorted(m["separation_power"].items(), key=lambda kv: kv[1], reverse=True)[:10]
+    extras = m.get("extra_candidates", {})
+    head = "| metric | candidate | " + "".join(f"{k} | " for k in extras) + "Geant4 floor |"
+    summary = [head, "|---|---|" + "---|" * len(extras) + "---|"]
+
+    def line(label, key, digits=3):
+        vals = [m.get(key)] + [e.get(key) for e in extras.values()] + [fl.get(key)]
+        summary.append(f"| {label} | " + " | ".join(_fmt(v, digits) for v in vals) + " |")
+
+    line("classifier AUC, high-level features", "auc_high")
+    line("classifier AUC, voxels", "auc_low")
+    if "auc_high_dnn" in m:
+        line(f"DNN classifier AUC, high-level (CaloChallenge, {m['dnn_runs']} runs)", "auc_high_dnn")
+        line(f"DNN classifier AUC, voxels (CaloChallenge, {m['dnn_runs']} runs)", "auc_low_dnn")
+    line("mean separation power", "separation_power_mean", 4)
+    summary.append("| E_tot/E_inc separation power | " + " | ".join(
+        _fmt(v, 4) for v in [m["separation_power"]["etot_over_einc"]]
+        + [e["separation_power"]["etot_over_einc"] for e in extras.values()] + [fl["separation_etot_over_einc"]]) + " |")
+    line("largest response deviation over energy bins", "response_deviation_max", 4)
+    line("FPD", "fpd", 3)
+    groups = ["| feature group | AUC candidate | AUC floor |", "|---|---|---|",
+              *[f"| {g} | {_fmt(v)} | {_fmt(fl['auc_high_by_group'][g])} |" for g, v in m["auc_high_by_group"].items()]]
+    bins = ["| E_inc [GeV] | AUC candidate | AUC floor | response Geant4 | response candidate | deviation | "
+            "resolution Geant4 | resolution candidate |", "|---|---|---|---|---|---|---|---|"]
+    for b, fb, r in zip(m["auc_high_by_energy"], fl["auc_high_by_energy"], m["response_by_energy"]):
+        bins.append(f"| {b['lo_gev']:.1f}–{b['hi_gev']:.1f} | {_fmt(b['auc_high'])} | {_fmt(fb)} | "
+                    f"{_fmt(r.get('reference'), 4)} | {_fmt(r.get('candidate'), 4)} | {_fmt(r.get('deviation'), 4)} | "
+                    f"{_fmt(r.get('resolution_reference'), 4)} | {_fmt(r.get('resolution_candidate'), 4)} |")
     md = [f"# Validation report: {verdict(m)}", "",
-          f"Reference: `{m['reference']}` ({m['n_reference']} showers); candidate: `{m['candidate']}` ({m['n_candidate']} showers).", "",
+          f"Reference: `{m['reference']}` ({m['n_reference']} showers); candidate: `{m['candidate']}` ({m['n_candidate']} showers).",
+          f"Geant4 floor: {m['floor_source']}.", "",
           "## Gate", "", "| metric | value | max | result |", "|---|---|---|---|", *rows, "",
-          "## Summary", "",
-          f"- classifier AUC, high-level features: {m['auc_high']:.3f} ± {m['auc_high_std']:.3f} (JSD {m['jsd_high']:.3f})",
-          f"- classifier AUC, voxels: {m['auc_low']:.3f} ± {m['auc_low_std']:.3f} (JSD {m['jsd_low']:.3f})",
-          f"- mean separation power: {m['separation_power_mean']:.4f}; E_tot/E_inc: {m['separation_power']['etot_over_einc']:.4f}",
-          f"- FPD {m['fpd']:.4f}, KPD {m['kpd']:.5f} ± {m['kpd_std']:.5f}", "",
+          "## Summary", "", *summary, "",
+          "## What gives it away: classifier AUC per feature group", "", *groups, "",
+          "## Per incident-energy bin", "", *bins, "",
           "## Largest separation powers", "", "| feature | separation | W1/σ |", "|---|---|---|",
           *[f"| {k} | {v:.4f} | {m['wasserstein1'][k]:.3f} |" for k, v in worst], "",
           *[f"![{p.stem}]({p.name})" for p in plots], ""]
@@ -117,15 +280,15 @@ def write_report(out_dir: Path, m: dict, plots: list[Path]) -> None:
     with atomic_path(out_dir / "report.md") as tmp:
         tmp.write_text(text)
     body = []
-    for line in md:
-        if line.startswith("!["):
-            name = line[line.index("(") + 1:-1]
+    for ln in md:
+        if ln.startswith("!["):
+            name = ln[ln.index("(") + 1:-1]
             body.append(f'<img src="{html.escape(name)}" style="max-width:100%">')
-        elif line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{html.escape(line.lstrip('# '))}</h{level}>")
-        elif line:
-            body.append(f"<pre>{html.escape(line)}</pre>" if line.startswith("|") else f"<p>{html.escape(line)}</p>")
+        elif ln.startswith("#"):
+            level = len(ln) - len(ln.lstrip("#"))
+            body.append(f"<h{level}>{html.escape(ln.lstrip('# '))}</h{level}>")
+        elif ln:
+            body.append(f"<pre>{html.escape(ln)}</pre>" if ln.startswith("|") else f"<p>{html.escape(ln)}</p>")
     with atomic_path(out_dir / "report.html") as tmp:
         tmp.write_text("<html><head><meta charset='utf-8'><title>simgan validation</title></head><body>"
                        + "\n".join(body) + "</body></html>\n")

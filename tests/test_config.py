@@ -7,10 +7,19 @@ from tests.conftest import QUICKSTART
 
 
 def test_quickstart_composes_groups_and_overrides():
-    cfg = load_config(QUICKSTART, ["train.steps=7", "model.latent_dim=16"])
-    assert cfg.model.family == "gan" and cfg.model.loss == "wgan_gp"
-    assert cfg.train.steps == 7 and cfg.model.latent_dim == 16
+    cfg = load_config(QUICKSTART, ["train.steps=7", "model.latent_dim=8", "model.energy.steps=5"])
+    assert cfg.model.family == "vae" and cfg.model.output == "layers"
+    assert cfg.train.steps == 7 and cfg.model.latent_dim == 8 and cfg.model.energy.steps == 5
     assert cfg.domain.geometry == "reference"
+    gan = load_config(QUICKSTART, ["model=wgan_gp"])
+    assert gan.model.family == "gan" and gan.model.loss == "wgan_gp" and gan.model.output == "layers"
+
+
+def test_layered_model_config_errors_name_the_key():
+    with pytest.raises(SimganError, match="model.energy.order"):
+        load_config(QUICKSTART, ["model.energy.order=sideways"])
+    with pytest.raises(SimganError, match="model.energy.stepz"):
+        load_config(QUICKSTART, ["model.energy.stepz=3"])
 
 
 @pytest.mark.parametrize("override, key", [("train.stepz=3", "train.stepz"), ("model.foo=1", "model.foo"),

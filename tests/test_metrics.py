@@ -94,3 +94,51 @@ def test_mismatched_geometry_refused(g4_pair, tmp_path):
     from simgan.validate import validate
     with pytest.raises(SimganError, match="geometry"):
         validate(g4_pair[0], other, tmp_path / "v", ValidateConfig(), 0.0)
+
+
+def test_dnn_classifier_equal_and_distorted(g4_pair, tmp_path):
+    """The CaloChallenge DNN classifier test: about 0.5 for Geant4 against Geant4, above 0.95
+    for a visibly distorted sample (small samples: 300 showers per class)."""
+    from simgan.metrics.classifier import dnn_classifier_test, dnn_high_level_inputs
+    from simgan.metrics.features import features_from_file
+    a, b = g4_pair
+    bad = _distorted(b, tmp_path / "bad.h5")
+    (fa, ea), (fb, eb), (fx, ex) = (features_from_file(p, threshold_mev=0.01515) for p in (a, b, bad))
+    names = feature_names(cc.inspect(a).binning)
+    same = dnn_classifier_test(dnn_high_level_inputs(fa, ea, names), dnn_high_level_inputs(fb, eb, names), runs=3)
+    assert 0.38 < same["auc"] < 0.65 and same["runs"] == 3 and same["n_per_class"] == 300
+    diff = dnn_classifier_test(dnn_high_level_inputs(fa, ea, names), dnn_high_level_inputs(fx, ex, names), runs=3)
+    assert diff["auc"] > 0.95
+
+
+def test_validate_cli_dnn_floor_and_breakdown(g4_pair, tmp_path, capsys):
+    import json
+    from tests.conftest import QUICKSTART
+    a, b = g4_pair
+    bad = _distorted(b, tmp_path / "bad.h5")
+    rc = main(["validate", "--reference", str(a), "--candidate", str(bad), "--floor", str(b), "--classifier", "dnn",
+               "--out", str(tmp_path / "v"), "-c", str(QUICKSTART), "validate.dnn_runs=2", "validate.plots=false"])
+    assert rc == 3
+    out = capsys.readouterr().out
+    assert "CaloChallenge DNN classifier (2 runs)" in out and "Geant4 floor" in out
+    m = json.loads((tmp_path / "v" / "metrics.json").read_text())
+    assert m["auc_high_dnn"] > 0.95 and m["floor"]["auc_high_dnn"] < 0.7
+    assert m["floor_source"].startswith(str(b)) and m["floor"]["separation_power_mean"] < 0.1
+    # the response is off by 10% in every bin, which the gate sees; the floor is not
+    assert all(abs(r["deviation"] + 0.1) < 0.02 for r in m["response_by_energy"])
+    assert m["gate"]["checks"]["response_deviation_max"]["pass"] is False
+    assert m["floor"]["response_deviation_max"] < 0.03
+    assert m["auc_high_by_group"]["layer_energies"] > 0.9 and len(m["auc_high_by_energy"]) == 3
+    report = (tmp_path / "v" / "report.md").read_text()
+    assert "What gives it away" in report and "Geant4 floor" in report
+
+
+def test_validate_refuses_the_reference_as_candidate(g4_pair, tmp_path, capsys):
+    import shutil
+    a, _ = g4_pair
+    copy = tmp_path / "copy.h5"
+    shutil.copy(a, copy)
+    for cand in (a, copy):
+        out = tmp_path / f"v_{cand.name}"
+        assert main(["validate", "--reference", str(a), "--candidate", str(cand), "--out", str(out)]) == 2
+        assert "the reference file itself" in capsys.readouterr().err and not out.exists()

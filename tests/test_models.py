@@ -1,6 +1,7 @@
 """The GAN's factorised output and critic features, checked against the data and the metrics."""
 
 import numpy as np
+import pytest
 import torch
 
 from simgan.data import calochallenge as cc
@@ -103,3 +104,90 @@ def test_zero_inflated_vae_draws_empty_voxels_by_the_hit_probability(g4_sample):
     empty = (np.log(t.eps) - t.mean) / t.std
     frac = (u != empty).float().mean().item()
     assert 0.45 < frac < 0.55
+
+
+# -- the two-stage models ------------------------------------------------------------------------
+
+def _layered(data, family="vae", **over):
+    from simgan.config import load_config
+    from simgan.models.registry import build_model
+    from tests.conftest import QUICKSTART
+
+    cfg = load_config(QUICKSTART, [f"model={'vae' if family == 'vae' else 'wgan_gp'}", "model.hidden=[16,16]",
+                                   "model.energy.hidden=[16,16]", *[f"model.{k}={v}" for k, v in over.items()]])
+    layer_voxels = [l.n_voxels for l in data.binning.layers if l.n_voxels]
+    torch.manual_seed(0)
+    m = build_model(cfg.model, data.binning.n_voxels, layer_voxels, 0, 0.01515)
+    tables = m.fit(data.energies, data.showers, None, data.binning)
+    return m, tables, layer_voxels
+
+
+@pytest.mark.parametrize("order", ["cumulative", "remaining"])
+def test_u_parametrisation_inverts_exactly(g4_sample, order):
+    from simgan.models.energy import layer_energies
+    data = cc.read(g4_sample, max_events=80)
+    m, _, lv = _layered(data, **{"energy.order": order})
+    e = torch.as_tensor(layer_energies(data.showers, lv, 0.01515))
+    e_inc = torch.as_tensor(data.energies)
+    v = m.energy.to_v(e, e_inc, torch.zeros_like(e)).double()
+    back = m.energy.from_v(v, e_inc)
+    assert (e == 0).any()  # deep layers of low-energy showers are empty and must stay so
+    torch.testing.assert_close(back, e, rtol=1e-5, atol=1e-6)
+    # with the dequantisation noise (below 1e-3 x threshold per layer) empty layers stay empty too
+    noisy = m.energy.from_v(m.energy.to_v(e, e_inc, torch.rand(e.shape, dtype=torch.float64)).double(), e_inc)
+    assert torch.equal(noisy == 0, e == 0)
+
+
+def test_fast_coupling_sampler_equals_zuko(g4_sample):
+    from simgan.models.energy import CouplingSampler
+    data = cc.read(g4_sample, max_events=50)
+    m, _, _ = _layered(data, **{"energy.transforms": 3})
+    with torch.no_grad():
+        for p in m.energy.flow.parameters():  # away from the near-identity initialisation
+            p.add_(0.05 * torch.randn_like(p))
+        c, z = torch.randn(500, m.transform.cond_dim), torch.randn(500, m.n_layers)
+        ref = m.energy.flow(c).transform.inv(z)
+        got = CouplingSampler.of(m.energy)(c, z)
+    torch.testing.assert_close(got, ref, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("family", ["vae", "gan"])
+def test_shape_model_fed_geant4_layer_energies_returns_them_exactly(g4_sample, family):
+    from simgan.models.energy import layer_energies
+    data = cc.read(g4_sample, max_events=60)
+    m, _, lv = _layered(data, family)
+    e = layer_energies(data.showers, lv, 0.01515)
+    g = torch.Generator().manual_seed(1)
+    x = m.sample(torch.as_tensor(data.energies), None, g, layer_energies=torch.as_tensor(e)).numpy()
+    assert x.shape == data.showers.shape
+    assert ((x == 0) | (x >= 0.01515)).all()  # nothing below the readout threshold
+    np.testing.assert_allclose(layer_energies(x, lv, 0.01515), e, rtol=1e-4, atol=1e-4)
+    # the full chain: layer energies from the flow, every one kept by the shapes
+    y = m.sample(torch.as_tensor(data.energies), None, g).numpy()
+    assert np.isfinite(y).all() and ((y == 0) | (y >= 0.01515)).all()
+
+
+def test_layered_tables_hold_shares_and_conditions(g4_sample):
+    data = cc.read(g4_sample, max_events=40)
+    m, tables, lv = _layered(data)
+    shares, lcond = tables["layers"]
+    torch.testing.assert_close(shares.sum(1), torch.ones(len(shares)), rtol=1e-5, atol=1e-5)
+    assert lcond.shape == (len(shares), m.lcond_dim)
+    e_layers, e_inc, cond = tables["showers"]
+    assert e_layers.shape == (40, len(lv)) and int((e_layers >= 0.01515).sum()) == len(shares)
+    # the layer index and energy are recoverable from the condition the shape network sees
+    sid, lid = torch.nonzero(e_layers >= 0.01515, as_tuple=True)
+    assert torch.equal(m.layer_index_of(lcond), lid)
+    torch.testing.assert_close(m.layer_energy_of(lcond).double(), e_layers[sid, lid], rtol=1e-4, atol=1e-4)
+
+
+def test_layered_config_errors():
+    from simgan.config import load_config
+    from simgan.errors import SimganError
+    from simgan.models.layered import LayeredVAE
+    from tests.conftest import QUICKSTART
+    cfg = load_config(QUICKSTART, ["model.likelihood=mse"])
+    with pytest.raises(SimganError, match="zero-inflated"):
+        LayeredVAE(cfg.model, 6480, [144] * 45, 0, 0.01515)
+    with pytest.raises(SimganError, match="at least 2 layers"):
+        LayeredVAE(load_config(QUICKSTART).model, 144, [144], 0, 0.01515)

@@ -17,16 +17,18 @@ from simgan.errors import SimganError
 from tests.conftest import small_cfg
 
 TINY = ["simulate.events=150", "simulate.energy_max_gev=8", "simulate.shard_events=25",
-        "model.hidden=[32,32]", "model.critic_hidden=[32,32]", "model.n_critic=2", "train.steps=6",
-        "train.batch_size=16", "train.log_every=3", "train.val_every=3", "train.val_events=20",
-        "train.checkpoint_every=3", "validate.classifier_seeds=1", "validate.plots=false"]
+        "model.hidden=[32,32]", "model.latent_dim=4", "model.energy.steps=3", "model.energy.hidden=[16,16]",
+        "model.energy.transforms=2", "train.steps=6", "train.batch_size=16", "train.log_every=3",
+        "train.val_every=3", "train.val_events=20", "train.checkpoint_every=3", "generate.ablation=true",
+        "validate.classifier_seeds=1", "validate.plots=false"]
 
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("chain")
     cfg = small_cfg(tmp, *TINY, "validate.gate.auc_high_max=1.0", "validate.gate.separation_etot_max=1.0",
-                    "validate.gate.separation_mean_max=1.0", "register.name=tiny")
+                    "validate.gate.separation_mean_max=1.0", "validate.gate.response_deviation_max=1.0",
+                    "register.name=tiny")
     assert run_chain(cfg, progress=False) == 0
     return tmp, cfg
 
@@ -41,6 +43,16 @@ def test_chain_writes_manifests_and_registers(chain, capsys):
     gen = cc.read(cfg.run_dir / "generate" / "generated.h5")
     test = cc.read(cfg.run_dir / "prepare" / "test.h5")
     np.testing.assert_array_equal(gen.energies, test.energies)
+    # the ablation sample: the shape model fed the test split's own layer energies keeps them exactly
+    from simgan.models.energy import layer_energies
+    abl = cc.read(cfg.run_dir / "generate" / "generated_ablation.h5")
+    lv = [144] * 45
+    np.testing.assert_allclose(layer_energies(abl.showers, lv, 0.01515), layer_energies(test.showers, lv, 0.01515),
+                               rtol=1e-4, atol=1e-3)
+    m = json.loads((cfg.run_dir / "validate" / "metrics.json").read_text())
+    assert set(m["extra_candidates"]) == {"shape only (Geant4 layer energies)"}
+    assert m["floor_source"].endswith("the candidate's size)") and "train.h5" in m["floor_source"]
+    assert 0.3 < m["floor"]["auc_high"] < 0.8 and set(m["auc_high_by_group"]) >= {"response", "widths", "sparsity"}
 
 
 def test_second_run_skips_and_changed_config_reruns_dependents(chain, capsys):
@@ -50,7 +62,8 @@ def test_second_run_skips_and_changed_config_reruns_dependents(chain, capsys):
     out = capsys.readouterr().out
     assert out.count("up to date, skipped") == 6
     cfg2 = small_cfg(tmp, *TINY, "validate.gate.auc_high_max=1.0", "validate.gate.separation_etot_max=1.0",
-                     "validate.gate.separation_mean_max=1.0", "register.name=tiny", "generate.batch_size=7")
+                     "validate.gate.separation_mean_max=1.0", "validate.gate.response_deviation_max=1.0",
+                     "register.name=tiny", "generate.batch_size=7")
     run_chain(cfg2, progress=False)
     out = capsys.readouterr().out
     for s in ("simulate", "prepare", "train"):

@@ -13,8 +13,12 @@ from simgan.errors import SimganError
 from simgan.train.trainer import Trainer, load_checkpoint
 from tests.conftest import REPO, small_cfg
 
-TINY = ["model.hidden=[32,32]", "model.critic_hidden=[32,32]", "train.batch_size=16", "train.log_every=2",
+# the quickstart's two-stage VAE, shrunk: 3 energy-flow steps, then train.steps shape steps
+TINY = ["model.hidden=[32,32]", "model.latent_dim=4", "model.energy.steps=3", "model.energy.hidden=[16,16]",
+        "model.energy.transforms=2", "model.energy.batch_size=32", "train.batch_size=16", "train.log_every=2",
         "train.val_every=4", "train.val_events=20", "train.checkpoint_every=3", "train.mlflow=false"]
+GAN = ["model=wgan_gp", "model.critic_hidden=[32,32]", "model.n_critic=2"]
+ENERGY_STEPS = 3
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +37,16 @@ def _losses(tmp):
     return [json.loads(l) for l in (tmp / "train" / "metrics.jsonl").read_text().splitlines()]
 
 
+def _stage_dir(tmp, splits):
+    """A run folder whose prepare stage holds the train and val splits (and no test split)."""
+    import shutil
+    run_dir = tmp / "quickstart"
+    (run_dir / "prepare").mkdir(parents=True)
+    for k in ("train", "val"):
+        shutil.copy(splits[k], run_dir / "prepare" / f"{k}.h5")
+    return run_dir
+
+
 def test_prepare_splits_are_disjoint_and_deterministic(splits, g4_sample):
     from simgan.data import calochallenge as cc
     e = {k: cc.read(v).energies for k, v in splits.items()}
@@ -43,75 +57,81 @@ def test_prepare_splits_are_disjoint_and_deterministic(splits, g4_sample):
     assert all(np.array_equal(idx1[k], idx2[k]) for k in idx1)
 
 
-@pytest.mark.parametrize("model", ["wgan_gp", "gan_bce", "wgan_clip", "vae", "vae_mse", "wgan_gp_factorised"])
-def test_each_family_trains_and_losses_change(tmp_path, splits, model):
-    if model.startswith("vae"):
-        tiny = [t for t in TINY if "critic_hidden" not in t]
-        cfg = small_cfg(tmp_path, "model=vae", *tiny, "model.kl_warmup_steps=2", "train.steps=6",
-                        f"model.likelihood={'mse' if model == 'vae_mse' else 'gaussian'}")
-    elif model == "wgan_gp_factorised":
-        cfg = small_cfg(tmp_path, "model=wgan_gp", *TINY, "model.n_critic=2", "train.steps=6",
-                        "model.output=factorised", "model.critic_features=true")
+FAMILIES = {
+    "vae": [],  # two-stage VAE (the quickstart's)
+    "wgan_gp": GAN,  # two-stage WGAN-GP
+    "wgan_gp_voxel": ["model=wgan_gp_voxel", "model.critic_hidden=[32,32]", "model.n_critic=2"],
+    "wgan_gp_fact": ["model=wgan_gp_fact", "model.critic_hidden=[32,32]", "model.n_critic=2"],
+    "gan_bce": ["model=gan_bce", "model.critic_hidden=[32,32]"],
+    "wgan_clip": ["model=wgan_clip", "model.critic_hidden=[32,32]", "model.n_critic=2"],
+    "vae_voxel": ["model=vae_voxel", "model.kl_warmup_steps=2", "model.likelihood=gaussian"],
+    "vae_voxel_mse": ["model=vae_voxel", "model.kl_warmup_steps=2", "model.likelihood=mse"],
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_each_family_trains_and_losses_change(tmp_path, splits, family):
+    over = FAMILIES[family]
+    layered = family in ("vae", "wgan_gp")
+    if not layered:  # the voxel models have no energy stage
+        over = [o for o in TINY + over if not o.startswith(("model.energy", "model.latent_dim=4"))]
+        cfg = small_cfg(tmp_path, *over, "train.steps=6")
     else:
-        cfg = small_cfg(tmp_path, f"model={model}", *TINY, "model.n_critic=2", "train.steps=6")
-    assert cfg.model.family == ("vae" if model.startswith("vae") else "gan")
+        cfg = small_cfg(tmp_path, *TINY, *over, "train.steps=6")
     info = Trainer(cfg, splits["train"], splits["val"], tmp_path / "train", progress=False).fit()
     rows = _losses(tmp_path)
-    key = "loss" if model.startswith("vae") else "loss_d"
-    vals = [r[key] for r in rows]
-    assert all(np.isfinite(v) for r in rows for v in r.values())
-    assert len(set(vals)) > 1 and info["steps"] == 6
-    assert "val_w1_etot" in rows[-1]
+    assert all(np.isfinite(v) for r in rows for v in r.values() if v is not None)
+    key = "loss" if cfg.model.family == "vae" else "loss_d"
+    shape = [r[key] for r in rows if key in r]
+    assert len(set(shape)) > 1
+    assert info["steps"] == info["total_steps"] == 6 + (ENERGY_STEPS if layered else 0)
+    assert "val_sep_mean" in rows[-1] and info["selected_step"] > 0
+    if layered:  # the energy flow trained first, with its own loss
+        energy = [r["energy_nll"] for r in rows if "energy_nll" in r]
+        assert len(energy) >= 1 and rows[0]["step"] <= ENERGY_STEPS
 
 
-def test_resume_continues_identically(tmp_path, splits):
-    full = _trainer(tmp_path / "a", splits, "train.steps=8")
-    full.fit()
-    part = _trainer(tmp_path / "b", splits, "train.steps=6")  # stops after a checkpoint at step 6
-    part.fit()
-    resumed = _trainer(tmp_path / "b", splits, "train.steps=8")
-    resumed.fit()
-    assert resumed.step == 8
-    a = load_checkpoint(tmp_path / "a" / "train" / "model.pt")["model"]
-    b = load_checkpoint(tmp_path / "b" / "train" / "model.pt")["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    keys = ("step", "loss_d", "loss_g", "wasserstein", "gp")
-    strip = lambda rows: [{k: r[k] for k in keys} for r in rows]  # noqa: E731
+def test_time_limit_then_resume_continues_identically(tmp_path, splits):
+    """A run stopped by train.max_seconds (a run-only key) resumes exactly where it stopped."""
+    _trainer(tmp_path / "a", splits, "train.steps=9").fit()
+    part = _trainer(tmp_path / "b", splits, "train.steps=9", "train.max_seconds=1e-6").fit()
+    assert part["steps"] == 3 and not part["complete"]
+    resumed = _trainer(tmp_path / "b", splits, "train.steps=9").fit()
+    assert resumed["resumed_from_step"] == 3 and resumed["steps"] == 12
+    for name in ("model.pt", "checkpoints/last.pt"):
+        a = load_checkpoint(tmp_path / "a" / "train" / name)
+        b = load_checkpoint(tmp_path / "b" / "train" / name)
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    keys = ("step", "energy_nll", "loss", "recon", "kl")
+    strip = lambda rows: [{k: r[k] for k in keys if k in r} for r in rows]  # noqa: E731
     assert strip(_losses(tmp_path / "a")) == strip(_losses(tmp_path / "b"))
 
 
-def test_time_budget_stops_at_a_checkpoint_and_the_rerun_finishes(tmp_path, splits):
+def test_time_budget_stage_writes_no_manifest_and_the_rerun_finishes(tmp_path, splits):
     from pipeline import train as train_stage
-    import shutil
 
-    run_dir = tmp_path / "quickstart"
-    (run_dir / "prepare").mkdir(parents=True)
-    for k in ("train", "val"):
-        shutil.copy(splits[k], run_dir / "prepare" / f"{k}.h5")
+    run_dir = _stage_dir(tmp_path, splits)
     over = [*TINY, "train.steps=8", "train.checkpoint_every=2"]
-    short = small_cfg(tmp_path, *over, "train.max_seconds=1e-6")
-    train_stage.run(short, Context(progress=False))
+    train_stage.run(small_cfg(tmp_path, *over, "train.max_seconds=1e-6"), Context(progress=False))
     assert load_checkpoint(run_dir / "train" / "model.pt")["step"] == 2
     info = json.loads((run_dir / "train" / "run_info.json").read_text())
     assert info["complete"] is False
     assert not (run_dir / "train" / "manifest.json").exists()  # not done: the runner will rerun it
     train_stage.run(small_cfg(tmp_path, *over), Context(progress=False))
-    assert load_checkpoint(run_dir / "train" / "model.pt")["step"] == 8
+    info = json.loads((run_dir / "train" / "run_info.json").read_text())
+    assert info["steps"] == 8 + ENERGY_STEPS and info["resumed_from_step"] == 2
     assert (run_dir / "train" / "manifest.json").exists()
 
 
 def test_kill9_then_resume(tmp_path, splits):
     """A real `simgan train` process killed with SIGKILL resumes from its last checkpoint."""
-    import shutil
     import signal
     import time
 
-    cfg_over = [f"runs_dir={tmp_path}", *TINY, "train.steps=400", "train.checkpoint_every=2", "train.progress=false"]
-    run_dir = tmp_path / "quickstart"
-    (run_dir / "prepare").mkdir(parents=True)
-    for k in ("train", "val"):
-        shutil.copy(splits[k], run_dir / "prepare" / f"{k}.h5")
-    cmd = [sys.executable, "-m", "pipeline.cli", "train", "-c", str(REPO / "configs/experiment/quickstart.yaml"), "-q", *cfg_over]
+    run_dir = _stage_dir(tmp_path, splits)
+    cmd = [sys.executable, "-m", "pipeline.cli", "train", "-c", str(REPO / "configs/experiment/quickstart.yaml"), "-q",
+           f"runs_dir={tmp_path}", *TINY, "train.steps=1500", "train.checkpoint_every=2", "train.val_every=500",
+           "train.progress=false"]
     p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = run_dir / "train" / "checkpoints" / "last.pt"
     t0 = time.time()
@@ -121,27 +141,79 @@ def test_kill9_then_resume(tmp_path, splits):
     p.send_signal(signal.SIGKILL)
     p.wait()
     step_killed = load_checkpoint(last)["step"]
-    assert 0 < step_killed < 400
-    r = subprocess.run([*cmd[:-2], "train.steps=" + str(step_killed + 4), "train.progress=false"], cwd=REPO,
-                       capture_output=True, text=True, timeout=300)
+    assert 0 < step_killed < 1500
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert load_checkpoint(run_dir / "train" / "model.pt")["step"] == step_killed + 4
+    info = json.loads((run_dir / "train" / "run_info.json").read_text())
+    assert info["resumed_from_step"] >= step_killed and info["steps"] == 1500 + ENERGY_STEPS
+
+
+def test_changed_config_or_data_never_resumes(tmp_path, splits, capsys):
+    _trainer(tmp_path, splits, "train.steps=6").fit()
+    capsys.readouterr()
+    info = _trainer(tmp_path, splits, "train.steps=6", "train.batch_size=8").fit()
+    assert "another config or other training data" in capsys.readouterr().out
+    assert info["resumed_from_step"] == 0 and info["steps"] == 6 + ENERGY_STEPS
+    info = _trainer(tmp_path, splits, "train.steps=6", "train.batch_size=8").fit()  # same again: resumes, 0 steps
+    assert info["resumed_from_step"] == 6 + ENERGY_STEPS
+    # other training data (another split) under the same config: from scratch
+    cfg = small_cfg(tmp_path, *TINY, "train.steps=6", "train.batch_size=8")
+    info = Trainer(cfg, splits["test"], splits["val"], tmp_path / "train", progress=False).fit()
+    assert info["resumed_from_step"] == 0
+
+
+def test_changed_split_through_the_runner_retrains_from_scratch(tmp_path, g4_sample):
+    """`simgan run` with new prepare.fractions after a finished train must not report the old
+    model (trained on events of the new test split) under the new config."""
+    from pipeline.runner import run_chain
+    over = [f"prepare.input={g4_sample}", *TINY, "train.steps=4"]
+    run_chain(small_cfg(tmp_path, *over), progress=False, until="train")
+    cfg = small_cfg(tmp_path, *over, "prepare.fractions=[0.5,0.2,0.3]")
+    run_chain(cfg, progress=False, until="train")
+    info = json.loads((cfg.run_dir / "train" / "run_info.json").read_text())
+    assert info["resumed_from_step"] == 0 and info["steps"] == 4 + ENERGY_STEPS and info["n_train"] == 100
+
+
+def test_test_split_is_never_opened_by_training_or_selection(tmp_path, splits, monkeypatch):
+    import h5py
+
+    opened = []
+    real = h5py.File
+
+    def spy(name, *a, **kw):
+        opened.append(os.path.realpath(str(name)))
+        return real(name, *a, **kw)
+
+    monkeypatch.setattr(h5py, "File", spy)
+    info = _trainer(tmp_path, splits, "train.steps=8").fit()
+    assert info["selected_step"] > ENERGY_STEPS
+    assert opened and os.path.realpath(str(splits["test"])) not in opened
+    assert {os.path.realpath(str(splits[k])) for k in ("train", "val")} <= set(opened)
+
+
+def test_averaged_weights_sample_and_best_checkpoint_is_the_model(tmp_path, splits):
+    info = _trainer(tmp_path, splits, "train.steps=12", "train.ema_decay=0.9").fit()
+    model = load_checkpoint(tmp_path / "train" / "model.pt")
+    last = load_checkpoint(tmp_path / "train" / "checkpoints" / "last.pt")
+    assert model["averaged"] and model["step"] == info["selected_step"]
+    key = next(k for k in model["model"] if k.startswith("shape.decoder") and k.endswith("weight"))
+    if model["step"] == last["step"]:  # the raw weights are not what samples
+        assert not torch.equal(model["model"][key], last["model"][key])
+    scores = [r["val_sep_mean"] for r in _losses(tmp_path) if "val_sep_mean" in r]
+    assert info["best_val_sep_mean"] == pytest.approx(min(scores))
+    # cosine schedule: the shape optimiser ends at lr_min_factor x its base rate
+    group = last["optimizers"]["vae"]["param_groups"][0]
+    assert group["lr"] == pytest.approx(group["initial_lr"] * 0.05, rel=1e-6)
 
 
 def test_bf16_path_on_cpu(tmp_path, splits):
-    info = _trainer(tmp_path, splits, "train.steps=3", "train.precision=bf16").fit()
-    assert info["precision"] == "bf16" and all(np.isfinite(r["loss_d"]) for r in _losses(tmp_path))
-
-
-def test_checkpoint_from_other_model_refused(tmp_path, splits):
-    _trainer(tmp_path, splits, "train.steps=3").fit()
-    with pytest.raises(SimganError, match="different model"):
-        _trainer(tmp_path, splits, "train.steps=6", "model.latent_dim=8").fit()
+    info = _trainer(tmp_path, splits, *GAN, "train.steps=3", "train.precision=bf16").fit()
+    assert info["precision"] == "bf16" and all(np.isfinite(r["loss_d"]) for r in _losses(tmp_path) if "loss_d" in r)
 
 
 def test_nonfinite_loss_stops_with_clear_message(tmp_path, splits):
     with pytest.raises(SimganError, match="non-finite"):
-        _trainer(tmp_path, splits, "train.steps=5", "model.lr_d=1e30", "model.lr_g=1e30").fit()
+        _trainer(tmp_path, splits, "train.steps=5", "model.energy.lr=1e30").fit()
 
 
 def test_mlflow_run_holds_params_and_metrics(tmp_path, splits):
@@ -149,23 +221,20 @@ def test_mlflow_run_holds_params_and_metrics(tmp_path, splits):
     cfg = small_cfg(tmp_path, *[t for t in TINY if t != "train.mlflow=false"], "train.steps=4")
     info = Trainer(cfg, splits["train"], splits["val"], tmp_path / "train", progress=False).fit()
     run = mlflow.tracking.MlflowClient(info["tracking_uri"]).get_run(info["mlflow_run_id"])
-    assert run.data.params["model.loss"] == "wgan_gp" and "loss_d" in run.data.metrics
-    assert "val_w1_etot" in run.data.metrics
+    assert run.data.params["model.family"] == "vae" and run.data.params["model.output"] == "layers"
+    assert {"energy_nll", "loss", "val_sep_mean", "val_w1_etot"} <= set(run.data.metrics)
 
 
 def test_torchrun_two_processes_gloo(tmp_path, splits):
-    import shutil
-    run_dir = tmp_path / "quickstart"
-    (run_dir / "prepare").mkdir(parents=True)
-    for k in ("train", "val"):
-        shutil.copy(splits[k], run_dir / "prepare" / f"{k}.h5")
+    run_dir = _stage_dir(tmp_path, splits)
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "pipeline.cli", "train", "-q",
-                        "-c", str(REPO / "configs/experiment/quickstart.yaml"), f"runs_dir={tmp_path}", *TINY,
-                        "train.steps=4"], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    info = json.loads((run_dir / "train" / "run_info.json").read_text())
-    assert info["world_size"] == 2 and info["steps"] == 4
+    for fam in ([], GAN):
+        r = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "pipeline.cli", "train", "-q",
+                            "-c", str(REPO / "configs/experiment/quickstart.yaml"), f"runs_dir={tmp_path}", *TINY,
+                            *fam, "train.steps=4"], cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        info = json.loads((run_dir / "train" / "run_info.json").read_text())
+        assert info["world_size"] == 2 and info["steps"] == 4 + ENERGY_STEPS and info["resumed_from_step"] == 0
 
 
 @pytest.mark.gpu

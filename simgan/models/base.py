@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from simgan.errors import SimganError
 from simgan.models.preprocess import ShowerTransform
 
 
@@ -17,11 +18,26 @@ class ConditionalSurrogate(nn.Module):
         self.cfg = cfg
         self.transform = ShowerTransform(n_voxels, n_extra, threshold_mev=threshold_mev)
 
-    def fit(self, energies, showers, extra, binning) -> torch.Tensor:
+    def fit(self, energies, showers, extra, binning) -> dict[str, tuple[torch.Tensor, ...]]:
         """Fit what the model learns from the training set before training (the transform);
-        returns the training showers encoded (u), which the trainer trains on."""
+        returns the training tables the trainer draws batches from: name -> tensors with one
+        row per sample. Here one table, "main": the encoded showers u and their conditions."""
         self.transform.fit(energies, showers, extra)
-        return self.transform.encode(torch.as_tensor(showers), torch.as_tensor(energies))
+        e = torch.as_tensor(energies)
+        u = self.transform.encode(torch.as_tensor(showers), e)
+        return {"main": (u, self.transform.cond(e, None if extra is None else torch.as_tensor(extra)))}
+
+    def run_modules(self) -> dict[str, nn.Module]:
+        """Attribute name -> module that the trainer may replace by a DDP wrapper of it."""
+        return {}
+
+    def ema_modules(self) -> list[nn.Module]:
+        """The networks that sample; the trainer keeps an averaged copy of their weights."""
+        return [self.sampling_net()]
+
+    def phases(self) -> list[tuple[tuple[str, ...] | None, int | None]]:
+        """Training phases in order: (optimiser names, None for all; steps, None for train.steps)."""
+        return [(None, None)]
 
     @property
     def noise_dim(self) -> int:
@@ -34,22 +50,25 @@ class ConditionalSurrogate(nn.Module):
 
     @torch.no_grad()
     def sample(self, energies: torch.Tensor, extra: torch.Tensor | None = None,
-               generator: torch.Generator | None = None, block: int | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None, block: int | None = None, precision: str = "fp32",
+               layer_energies: torch.Tensor | None = None) -> torch.Tensor:
         """Showers in MeV. On CPU, runs and decodes `block` rows (default 1024) at a time so
         intermediates stay in cache (2x faster at batch 10^4 than one pass); on a GPU the
-        default block is 65536 rows."""
+        default block is 65536 rows. precision=bf16 runs the network in bfloat16."""
+        if layer_energies is not None:
+            raise SimganError("given layer energies need a two-stage model (model.output=layers)")
         cond = self.transform.cond(energies, extra)
         if block is None:
             block = 1 << 16 if cond.device.type == "cuda" else 1024
         z = torch.randn(len(cond), self.noise_dim, generator=generator, device=cond.device)
         net = self.sampling_net()
         n = len(energies)
-        if n <= block:
-            return self.transform.decode(net(torch.cat([z, cond], 1)), energies)
         out = torch.empty(n, self.transform.mean.numel(), device=self.transform.mean.device)
         for lo in range(0, n, block):
             sl = slice(lo, min(lo + block, n))
-            out[sl] = self.transform.decode(net(torch.cat([z[sl], cond[sl]], 1)), energies[sl])
+            with torch.autocast(device_type=cond.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                u = net(torch.cat([z[sl], cond[sl]], 1))
+            out[sl] = self.transform.decode(u, energies[sl])
         return out
 
     def energy_aux(self, u_gen: torch.Tensor, u_ref: torch.Tensor) -> torch.Tensor:

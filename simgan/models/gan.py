@@ -4,13 +4,16 @@ loss=wgan_gp     gradient penalty on interpolates, n_critic critic steps, Adam
 loss=bce         non-saturating GAN with binary cross-entropy
 loss=wgan_clip   WGAN with weight clipping (RMSProp, c=0.01, n_critic=5)
 
+output=layers      two stages (simgan.models.layered): an energy flow for the response and
+                   the layer energies, then a generator of each layer's voxel shares
+                   conditioned on them, against a critic per layer
 output=voxel       the generator writes every voxel's normalised log energy
 output=factorised  the generator writes the response log(E_tot/E_inc), a share per layer
                    (softmax over layers) and a share per voxel within its layer (softmax
                    per layer); their product is the shower, so the total energy is one
                    output rather than a sum over 6480 of them; the critic then sees
                    log voxel energies on one global scale
-critic_features    the critic also sees the shower's high-level features computed
+critic_features    the critic also sees the high-level features computed
                    differentiably from it (log response, log layer energies, centres and
                    widths of energy per layer), standardised on the training set and
                    passed through asinh so that far-off features stay bounded
@@ -21,6 +24,8 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from simgan.models.energy import EnergyFlowConfig
 
 
 class GANConfig(BaseModel):
@@ -39,8 +44,12 @@ class GANConfig(BaseModel):
     betas: tuple[float, float] = (0.5, 0.9)
     clip_value: float = Field(0.01, gt=0)
     energy_aux_weight: float = Field(0.0, ge=0)
-    output: Literal["voxel", "factorised"] = "voxel"
+    output: Literal["voxel", "factorised", "layers"] = "voxel"
     critic_features: bool = False
+    # output=layers: how much the critic's standardised layer features weigh against the
+    # voxels (the gradient penalty bounds the critic's slope in this space)
+    critic_feature_weight: float = Field(1.0, gt=0)
+    energy: EnergyFlowConfig = EnergyFlowConfig()  # output=layers: the energy stage
 
 
 import math  # noqa: E402
@@ -160,88 +169,108 @@ class ConditionalGAN(ConditionalSurrogate):
         z = torch.randn(len(cond), self.cfg.latent_dim, generator=generator, device=cond.device)
         return self.g_run(torch.cat([z, cond], 1))
 
+    def run_modules(self) -> dict[str, nn.Module]:
+        return {"g_run": self.generator, "d_run": self.critic}
+
+    # what the adversarial step needs
+    def real_batch(self, batches):
+        return next(batches)
+
+    def fake(self, cond: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        return self.generate_u(cond, generator)
+
     def sampling_net(self) -> nn.Module:
         return self.generator
 
-    def fit(self, energies, showers, extra, binning) -> torch.Tensor:
-        u = super().fit(energies, showers, extra, binning)
+    def fit(self, energies, showers, extra, binning) -> dict:
+        tables = super().fit(energies, showers, extra, binning)
         if self.view is not None:
-            self.view.fit(u, torch.as_tensor(np.stack(binning.voxel_xy), dtype=torch.float32))
-        return u
+            self.view.fit(tables["main"][0], torch.as_tensor(np.stack(binning.voxel_xy), dtype=torch.float32))
+        return tables
 
-    def critic_view(self, u: torch.Tensor) -> torch.Tensor:
+    def critic_view(self, u: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """What the critic sees of a shower; the gradient penalty lives in this space too."""
         return self.view(u) if self.view is not None else u
 
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        c = self.cfg
-        if c.loss == "wgan_clip":
-            return {"g": torch.optim.RMSprop(self.generator.parameters(), lr=c.lr_g),
-                    "d": torch.optim.RMSprop(self.critic.parameters(), lr=c.lr_d)}
-        return {"g": torch.optim.Adam(self.generator.parameters(), lr=c.lr_g, betas=tuple(c.betas)),
-                "d": torch.optim.Adam(self.critic.parameters(), lr=c.lr_d, betas=tuple(c.betas))}
-
-    def gradient_penalty(self, real: torch.Tensor, fake: torch.Tensor, cond: torch.Tensor,
-                         gen: torch.Generator | None) -> torch.Tensor:
-        """In fp32, out of autocast; out-of-place autograd.grad so it is correct under DDP."""
-        with torch.autocast(device_type=real.device.type, enabled=False):
-            eps = torch.rand(len(real), 1, generator=gen, device=real.device)
-            inter = (eps * real.float() + (1 - eps) * fake.float()).requires_grad_(True)
-            out = self.critic(torch.cat([inter, cond.float()], 1))
-            (grad,) = torch.autograd.grad(out.sum(), inter, create_graph=True)
-            return ((grad.norm(2, dim=1) - 1) ** 2).mean()
+        return gan_optimizers(self.cfg, self.generator, self.critic)
 
     def train_step(self, batches, opts, step: int, autocast, gens) -> dict[str, float]:
-        """One generator step after n_critic critic steps. `batches` yields (u_real, cond)."""
-        c = self.cfg
-        logs: dict[str, float] = {}
-        self.critic.requires_grad_(True)
-        for _ in range(c.n_critic):
-            real, cond = next(batches)
-            with torch.no_grad(), autocast():
-                fake = self.generate_u(cond, gens["noise"])
-            with torch.no_grad():
-                real, fake = self.critic_view(real), self.critic_view(fake.to(real.dtype))
-            with autocast():
-                d_out = self.d_run(torch.cat([torch.cat([real, fake.to(real.dtype)]), torch.cat([cond, cond])], 1)).float()
-            d_real, d_fake = d_out[: len(real)], d_out[len(real):]
-            if c.loss == "bce":
-                loss_d = F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real)) + \
-                    F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
-            else:
-                wdist = d_real.mean() - d_fake.mean()
-                loss_d = -wdist
-                logs["wasserstein"] = float(wdist.detach())
-                if c.loss == "wgan_gp":
-                    gp = self.gradient_penalty(real, fake.detach(), cond, gens["noise"])
-                    loss_d = loss_d + c.gp_lambda * gp
-                    logs["gp"] = float(gp.detach())
-            opts["d"].zero_grad(set_to_none=True)
-            loss_d.backward()
-            opts["d"].step()
-            if c.loss == "wgan_clip":
-                with torch.no_grad():
-                    for p in self.critic.parameters():
-                        p.clamp_(-c.clip_value, c.clip_value)
-        logs["loss_d"] = float(loss_d.detach())
-        self.critic.requires_grad_(False)
-        real, cond = next(batches)
+        return adversarial_step(self, batches, opts, autocast, gens)
+
+
+def gan_optimizers(c: GANConfig, generator: nn.Module, critic: nn.Module) -> dict[str, torch.optim.Optimizer]:
+    if c.loss == "wgan_clip":
+        return {"g": torch.optim.RMSprop(generator.parameters(), lr=c.lr_g),
+                "d": torch.optim.RMSprop(critic.parameters(), lr=c.lr_d)}
+    return {"g": torch.optim.Adam(generator.parameters(), lr=c.lr_g, betas=tuple(c.betas)),
+            "d": torch.optim.Adam(critic.parameters(), lr=c.lr_d, betas=tuple(c.betas))}
+
+
+def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, cond: torch.Tensor,
+                     gen: torch.Generator | None) -> torch.Tensor:
+    """In fp32, out of autocast; out-of-place autograd.grad so it is correct under DDP."""
+    with torch.autocast(device_type=real.device.type, enabled=False):
+        eps = torch.rand(len(real), 1, generator=gen, device=real.device)
+        inter = (eps * real.float() + (1 - eps) * fake.float()).requires_grad_(True)
+        out = critic(torch.cat([inter, cond.float()], 1))
+        (grad,) = torch.autograd.grad(out.sum(), inter, create_graph=True)
+        return ((grad.norm(2, dim=1) - 1) ** 2).mean()
+
+
+def adversarial_step(model, batches, opts, autocast, gens) -> dict[str, float]:
+    """One generator step after n_critic critic steps, for any GAN that provides
+    real_batch(batches) -> (real, cond), fake(cond, generator), critic_view(x, cond),
+    `critic` and its run wrapper `d_run`."""
+    c = model.cfg
+    logs: dict[str, float] = {}
+    model.critic.requires_grad_(True)
+    for _ in range(c.n_critic):
+        real, cond = model.real_batch(batches)
+        with torch.no_grad(), autocast():
+            fake = model.fake(cond, gens["noise"])
+        with torch.no_grad():
+            real, fake = model.critic_view(real, cond), model.critic_view(fake.to(real.dtype), cond)
         with autocast():
-            fake = self.generate_u(cond, gens["noise"])
-            v = self.critic_view(fake)
-            d_fake = self.critic(torch.cat([v, cond.to(v.dtype)], 1)).float()
+            d_out = model.d_run(torch.cat([torch.cat([real, fake.to(real.dtype)]), torch.cat([cond, cond])], 1)).float()
+        d_real, d_fake = d_out[: len(real)], d_out[len(real):]
         if c.loss == "bce":
-            loss_g = F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake))
+            loss_d = F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real)) + \
+                F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
         else:
-            loss_g = -d_fake.mean()
-        if c.energy_aux_weight > 0:
-            aux = self.energy_aux(fake, real)
-            loss_g = loss_g + c.energy_aux_weight * aux
-            logs["energy_aux"] = float(aux.detach())
-        opts["g"].zero_grad(set_to_none=True)
-        loss_g.backward()
-        opts["g"].step()
-        self.critic.requires_grad_(True)
-        logs["loss_g"] = float(loss_g.detach())
-        return logs
+            wdist = d_real.mean() - d_fake.mean()
+            loss_d = -wdist
+            logs["wasserstein"] = float(wdist.detach())
+            if c.loss == "wgan_gp":
+                gp = gradient_penalty(model.critic, real, fake.detach(), cond, gens["noise"])
+                loss_d = loss_d + c.gp_lambda * gp
+                logs["gp"] = float(gp.detach())
+        opts["d"].zero_grad(set_to_none=True)
+        loss_d.backward()
+        opts["d"].step()
+        if c.loss == "wgan_clip":
+            with torch.no_grad():
+                for p in model.critic.parameters():
+                    p.clamp_(-c.clip_value, c.clip_value)
+    logs["loss_d"] = float(loss_d.detach())
+    model.critic.requires_grad_(False)
+    real, cond = model.real_batch(batches)
+    with autocast():
+        fake = model.fake(cond, gens["noise"])
+        v = model.critic_view(fake, cond)
+        d_fake = model.critic(torch.cat([v, cond.to(v.dtype)], 1)).float()
+    if c.loss == "bce":
+        loss_g = F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake))
+    else:
+        loss_g = -d_fake.mean()
+    if c.energy_aux_weight > 0:
+        aux = model.energy_aux(fake, real)
+        loss_g = loss_g + c.energy_aux_weight * aux
+        logs["energy_aux"] = float(aux.detach())
+    opts["g"].zero_grad(set_to_none=True)
+    loss_g.backward()
+    opts["g"].step()
+    model.critic.requires_grad_(True)
+    logs["loss_g"] = float(loss_g.detach())
+    return logs
 

@@ -1,5 +1,9 @@
 """Conditional VAE: ELBO with beta and KL warm-up; the decoder generates at sampling time.
 
+output=layers        two stages (simgan.models.layered): an energy flow for the response
+                     and the layer energies, then a VAE of each layer's voxel shares
+                     conditioned on them (zero-inflated log-normal shares)
+output=voxel         one VAE over all voxels, with one of these likelihoods:
 likelihood=zero_inflated
                      per voxel, a hit probability and, for a hit, a Gaussian in the
                      transform's normalised log space; sampling draws both. Showers are
@@ -16,6 +20,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from simgan.models.energy import EnergyFlowConfig
+
 
 class VAEConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -29,6 +35,8 @@ class VAEConfig(BaseModel):
     lr: float = Field(1e-3, gt=0)
     energy_aux_weight: float = Field(0.0, ge=0)
     likelihood: Literal["zero_inflated", "gaussian", "mse"] = "zero_inflated"
+    output: Literal["voxel", "layers"] = "voxel"
+    energy: EnergyFlowConfig = EnergyFlowConfig()  # output=layers: the energy stage
 
 
 import math  # noqa: E402
@@ -54,6 +62,12 @@ class ConditionalVAE(ConditionalSurrogate):
         self.decoder = body(cfg.arch, cfg.latent_dim + c, list(reversed(cfg.hidden)), n_out, layer_voxels)
         self.n_voxels = n_voxels
         object.__setattr__(self, "g_run", self)  # the trainer may wrap the whole VAE in DDP
+
+    def run_modules(self) -> dict[str, nn.Module]:
+        return {"g_run": self}
+
+    def ema_modules(self) -> list[nn.Module]:
+        return [self.decoder]
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, eps: torch.Tensor):
         mu, logvar = self.encoder(torch.cat([x, cond], 1)).chunk(2, dim=1)
@@ -94,12 +108,12 @@ class ConditionalVAE(ConditionalSurrogate):
         if self.cfg.likelihood == "zero_inflated":
             recon, x_logvar, hit_logit = recon.chunk(3, dim=1)
             hit = self.hits(x)
-            nll = _gaussian_nll(recon, x_logvar, x)
+            nll = gaussian_nll(recon, x_logvar, x)
             bce = torch.nn.functional.binary_cross_entropy_with_logits(hit_logit, hit.float(), reduction="none")
             rec = (bce + torch.where(hit, nll, torch.zeros_like(nll))).sum(1).mean()
         elif self.cfg.likelihood == "gaussian":
             recon, x_logvar = recon.chunk(2, dim=1)
-            rec = _gaussian_nll(recon, x_logvar, x).sum(1).mean()
+            rec = gaussian_nll(recon, x_logvar, x).sum(1).mean()
         else:
             rec = ((recon - x) ** 2).sum(1).mean()
         kl = (-0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(1)).mean()
@@ -116,7 +130,7 @@ class ConditionalVAE(ConditionalSurrogate):
 LOGVAR_MIN, LOGVAR_MAX = -10.0, 4.0
 
 
-def _gaussian_nll(mean: torch.Tensor, logvar: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def gaussian_nll(mean: torch.Tensor, logvar: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Per-voxel negative log-likelihood of x under N(mean, exp(logvar)), without the constant."""
     logvar = logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
     return 0.5 * ((mean - x) ** 2 * torch.exp(-logvar) + logvar)

@@ -94,3 +94,32 @@ def response(ref_f, ref_e, cand_f, cand_e, out: Path) -> Path:
     fig.savefig(out, dpi=80)
     plt.close(fig)
     return out
+
+
+def auc_breakdown(m: dict, out: Path) -> Path:
+    """Classifier AUC per feature group and per incident-energy bin, candidate beside the floor."""
+    plt = _plt()
+    fl = m["floor"]
+    groups = list(m["auc_high_by_group"])
+    bins = m["auc_high_by_energy"]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    x = np.arange(len(groups))
+    a1.bar(x - 0.2, [m["auc_high_by_group"][g] for g in groups], 0.4, color="tab:red", label="surrogate")
+    a1.bar(x + 0.2, [fl["auc_high_by_group"][g] for g in groups], 0.4, color="0.5", label="Geant4 floor")
+    a1.set_xticks(x, groups, rotation=20)
+    a1.set_ylabel("classifier AUC")
+    a1.set_ylim(0.4, 1.0)
+    a1.axhline(0.5, color="k", lw=0.5)
+    a1.legend(fontsize=8)
+    x = np.arange(len(bins))
+    nan = float("nan")
+    a2.bar(x - 0.2, [b["auc_high"] if b["auc_high"] is not None else nan for b in bins], 0.4, color="tab:red")
+    a2.bar(x + 0.2, [v if v is not None else nan for v in fl["auc_high_by_energy"]], 0.4, color="0.5")
+    a2.set_xticks(x, [f"{b['lo_gev']:.0f}–{b['hi_gev']:.0f} GeV" for b in bins])
+    a2.set_ylim(0.4, 1.0)
+    a2.axhline(0.5, color="k", lw=0.5)
+    a2.set_ylabel("classifier AUC, all high-level features")
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out

@@ -3,20 +3,31 @@
 Batches and noise are a pure function of (seed, step, rank), so a run resumed from its
 last checkpoint after kill -9 continues exactly as the uninterrupted run. Checkpoints
 are written atomically and carry model args, config, package version, optimisers, RNG
-state and step; they load with torch.load(weights_only=True).
+state, step and a fingerprint of the config and data; they load with
+torch.load(weights_only=True). A checkpoint whose fingerprint differs (another config,
+other training data) is never resumed.
+
+A model trains in phases (the two-stage models: energy flow, then shapes), each with its
+optimisers and a learning-rate schedule. An averaged copy (EMA) of the sampling network
+samples; every val_every steps of the last phase the validation split scores it (mean
+separation power of the high-level features) and the best checkpoint becomes the model.
+The held-out test split is never opened here.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
 
 import simgan
 from simgan.config import ExperimentConfig
@@ -24,9 +35,10 @@ from simgan.data import calochallenge as cc
 from simgan.errors import SimganError
 from simgan.io import atomic_path, write_json_atomic
 from simgan.metrics.distances import wasserstein1_scaled
+from simgan.metrics.features import high_level_features
 from simgan.models.registry import build_model, model_from_args
 
-CKPT_FORMAT = 2  # 2: threshold-aware transform with response statistics
+CKPT_FORMAT = 3  # 3: training tables, EMA, fingerprint; 2: threshold-aware transform
 
 
 def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
@@ -57,6 +69,18 @@ def model_args(cfg: ExperimentConfig, binning, n_extra: int) -> dict:
             "n_extra": n_extra, "threshold_mev": cfg.domain.threshold_mev}
 
 
+def fingerprint(cfg: ExperimentConfig, train_path, val_path) -> str:
+    """What a checkpoint was trained under: the model, train and domain config (run-only keys
+    excluded), the seed and the content of the training and validation files."""
+    from simgan.config import hashable_view
+    from simgan.io import file_sha256, text_sha256
+
+    view = hashable_view(cfg, ("model", "train", "domain"))
+    view["seed"] = cfg.seed
+    view["data"] = [file_sha256(train_path), file_sha256(val_path)]
+    return text_sha256(json.dumps(view, sort_keys=True))
+
+
 def load_checkpoint(path) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -77,6 +101,26 @@ def model_from_checkpoint(path, device="cpu"):
     return model.to(device).eval(), ckpt
 
 
+class _Batches:
+    """Random rows of the training tables, drawn from one seeded generator: `next(b)` gives a
+    batch of the default table, `b.take(name, size)` one of any table."""
+
+    def __init__(self, tables: dict, batch_size: int, generator: torch.Generator, device: torch.device):
+        self.tables, self.batch_size, self.g, self.device = tables, batch_size, generator, device
+        self.default = "main" if "main" in tables else next(iter(tables))
+
+    def take(self, name: str, size: int | None = None) -> tuple[torch.Tensor, ...]:
+        table = self.tables[name]
+        idx = torch.randint(len(table[0]), (size or self.batch_size,), generator=self.g).to(self.device)
+        return tuple(t[idx] for t in table)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.take(self.default)
+
+
 class Trainer:
     def __init__(self, cfg: ExperimentConfig, train_path, val_path, out_dir, progress: bool = True):
         self.cfg = cfg
@@ -88,6 +132,7 @@ class Trainer:
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
+        self.fingerprint = fingerprint(cfg, train_path, val_path)
         data = cc.read(train_path)
         self.binning = data.binning
         self.extra_keys = sorted(data.conditions)
@@ -96,16 +141,35 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # the initial weights, the same on every rank
         self.model = build_model(cfg.model, **{k: self.args[k] for k in ("n_voxels", "layer_voxels", "n_extra", "threshold_mev")})
         # fitted and encoded on the CPU, where the data are, then moved with the model
-        self.u = self.model.fit(data.energies, data.showers, extra, data.binning).to(self.device)
-        e = torch.as_tensor(data.energies)
-        self.c = self.model.transform.cond(e, None if extra is None else torch.as_tensor(extra)).to(self.device)
+        tables = self.model.fit(data.energies, data.showers, extra, data.binning)
+        self.tables = {k: tuple(t.to(self.device) for t in v) for k, v in tables.items()}
         self.model.to(self.device)
-        self.n_train = len(e)
+        self.n_train = len(data.energies)
+        del data, tables
         self.val = cc.read(val_path, max_events=cfg.train.val_events)
+        self.val_features = high_level_features(self.val.showers, self.val.energies, self.binning,
+                                                cfg.domain.threshold_mev)
         if self.distributed:
             self._wrap_ddp()
         self.opts = self.model.make_optimizers()
+        for o in self.opts.values():
+            for group in o.param_groups:
+                group.setdefault("initial_lr", group["lr"])
+        self.phases = []  # (optimiser names, first step, end step)
+        start = 0
+        for names, steps in self.model.phases():
+            n = cfg.train.steps if steps is None else steps
+            self.phases.append((tuple(names or self.opts), start, start + n))
+            start += n
+        self.total_steps = start
+        self.ema = None
+        if cfg.train.ema_decay > 0:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(nn.ModuleList(self.model.ema_modules()),
+                                     multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay))
         self.step = 0
+        self.best_score, self.best_step = float("inf"), -1
         self.mlflow_run_id: str | None = None
         self.ckpt_dir = self.out_dir / "checkpoints"
 
@@ -113,21 +177,14 @@ class Trainer:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [self.device.index] if self.device.type == "cuda" else None
-        m = self.model
-        if m.family == "gan":
-            object.__setattr__(m, "g_run", DDP(m.generator, device_ids=ids))
-            object.__setattr__(m, "d_run", DDP(m.critic, device_ids=ids))
-        else:
-            object.__setattr__(m, "g_run", DDP(m, device_ids=ids))
+        for name, module in self.model.run_modules().items():
+            object.__setattr__(self.model, name, DDP(module, device_ids=ids))
 
     # -- data, a pure function of the step -------------------------------------------------
-    def _batches(self, step: int):
+    def _batches(self, step: int) -> _Batches:
         g = torch.Generator(device="cpu")
         g.manual_seed(_step_seed(self.cfg.seed, step, self.rank, 1))
-        bs = self.cfg.train.batch_size
-        while True:
-            idx = torch.randint(self.n_train, (bs,), generator=g).to(self.device)
-            yield self.u[idx], self.c[idx]
+        return _Batches(self.tables, self.cfg.train.batch_size, g, self.device)
 
     def _gens(self, step: int) -> dict:
         g = torch.Generator(device=self.device)
@@ -139,6 +196,24 @@ class Trainer:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def _set_lr(self, step: int) -> None:
+        """Each phase's optimisers: linear warm-up, then constant or cosine down to lr_min_factor."""
+        t = self.cfg.train
+        for names, lo, hi in self.phases:
+            if not lo <= step < hi:
+                continue
+            k = step - lo
+            if k < t.warmup_steps:
+                factor = (k + 1) / t.warmup_steps
+            elif t.lr_schedule == "cosine":
+                frac = (k - t.warmup_steps) / max(hi - lo - t.warmup_steps - 1, 1)
+                factor = t.lr_min_factor + (1 - t.lr_min_factor) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+            else:
+                factor = 1.0
+            for name in names:
+                for group in self.opts[name].param_groups:
+                    group["lr"] = group["initial_lr"] * factor
+
     def _out_of_time(self, mine: bool) -> bool:
         """Every rank stops at the same step: rank 0's clock decides."""
         if not (self.distributed and dist.is_initialized()):
@@ -147,54 +222,100 @@ class Trainer:
         dist.broadcast(flag, 0)
         return bool(flag.item())
 
+    # -- the averaged weights ------------------------------------------------------------------
+    def _ema_update(self) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(nn.ModuleList(self.model.ema_modules()))
+
+    @contextlib.contextmanager
+    def averaged(self):
+        """The model with the averaged weights in place of the raw ones, restored on exit."""
+        if self.ema is None:
+            yield self.model
+            return
+        live = [p for m in self.model.ema_modules() for p in m.parameters()]
+        saved = [p.detach().clone() for p in live]
+        with torch.no_grad():
+            for p, a in zip(live, self.ema.module.parameters()):
+                p.copy_(a)
+        try:
+            yield self.model
+        finally:
+            with torch.no_grad():
+                for p, s in zip(live, saved):
+                    p.copy_(s)
+
     # -- checkpoints ---------------------------------------------------------------------------
-    def state(self) -> dict:
+    def state(self, averaged: bool = False) -> dict:
+        """`averaged`: the sampling weights are the EMA (model.pt, best.pt); otherwise the raw
+        weights and the EMA separately (last.pt, for resuming)."""
+        ctx = self.averaged() if averaged else contextlib.nullcontext()
+        with ctx:
+            weights = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         return {
             "format": CKPT_FORMAT, "simgan_version": simgan.__version__, "step": self.step,
-            "model_args": self.args, "config": self.cfg.model_dump(mode="json"),
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "model_args": self.args, "config": self.cfg.model_dump(mode="json"), "fingerprint": self.fingerprint,
+            "model": weights, "averaged": bool(averaged and self.ema is not None),
+            "ema": {k: v.detach().cpu() for k, v in self.ema.state_dict().items()} if self.ema is not None else {},
             "optimizers": {k: o.state_dict() for k, o in self.opts.items()},
             "torch_rng": torch.get_rng_state(), "mlflow_run_id": self.mlflow_run_id or "",
-            "extra_conditions": self.extra_keys,
+            "extra_conditions": self.extra_keys, "best_score": self.best_score, "best_step": self.best_step,
         }
 
-    def save(self, path) -> None:
+    def save(self, path, averaged: bool = False) -> None:
         if self.rank != 0:
             return
         with atomic_path(path, suffix=".pt") as tmp:
-            torch.save(self.state(), tmp)
+            torch.save(self.state(averaged), tmp)
 
     def try_resume(self) -> bool:
         last = self.ckpt_dir / "last.pt"
         if not last.is_file():
             return False
         ckpt = load_checkpoint(last)
-        if ckpt["model_args"] != self.args:
-            raise SimganError(
-                f"{last}: checkpoint was written for a different model ({ckpt['model_args']['config']}) "
-                f"than the config asks for ({self.args['config']}); use --force or another runs_dir")
+        if ckpt.get("fingerprint") != self.fingerprint or ckpt["model_args"] != self.args:
+            if self.rank == 0:
+                print(f"[train] {last} was written under another config or other training data; "
+                      f"starting from scratch")
+            return False
         self.model.load_state_dict(ckpt["model"])
         for k, o in self.opts.items():
             o.load_state_dict(ckpt["optimizers"][k])
+        if self.ema is not None and ckpt.get("ema"):
+            self.ema.load_state_dict(ckpt["ema"])
         torch.set_rng_state(ckpt["torch_rng"])
         self.step = int(ckpt["step"])
+        self.best_score, self.best_step = float(ckpt.get("best_score", float("inf"))), int(ckpt.get("best_step", -1))
         self.mlflow_run_id = ckpt.get("mlflow_run_id") or None
         return True
 
-    # -- the loop ------------------------------------------------------------------------------
-    def val_monitor(self) -> float:
-        """W1 of E_tot/E_inc on the validation split, scaled by the reference's spread."""
-        self.model.eval()
+    # -- validation ----------------------------------------------------------------------------
+    def val_metrics(self) -> dict[str, float]:
+        """The averaged model against the validation split: separation power of the high-level
+        features (mean, and of E_tot/E_inc) and W1 of E_tot/E_inc scaled by its spread."""
+        from simgan.metrics.distances import separation_power
+
         g = torch.Generator(device=self.device)
         g.manual_seed(self.cfg.seed)
-        e = torch.as_tensor(self.val.energies)
-        gen = self.model.sample(e.to(self.device), None, g).cpu().numpy()
-        self.model.train()
-        return wasserstein1_scaled(self.val.showers.sum(1) / self.val.energies, gen.sum(1) / self.val.energies)
+        e = torch.as_tensor(self.val.energies, device=self.device)
+        extra = None
+        if self.extra_keys:
+            extra = torch.as_tensor(np.stack([self.val.conditions[k] for k in self.extra_keys], 1), device=self.device)
+        with self.averaged() as model:
+            model.eval()
+            gen = model.sample(e, extra, g).cpu().numpy()
+            model.train()
+        feats = high_level_features(gen, self.val.energies, self.binning, self.cfg.domain.threshold_mev)
+        seps = [separation_power(self.val_features[:, j], feats[:, j]) for j in range(feats.shape[1])]
+        return {"val_sep_mean": float(np.mean(seps)), "val_sep_etot": float(seps[0]),
+                "val_w1_etot": wasserstein1_scaled(self.val_features[:, 0], feats[:, 0])}
 
+    # -- the loop ------------------------------------------------------------------------------
     def fit(self) -> dict:
         cfg = self.cfg.train
         resumed = self.try_resume()
+        if not resumed and self.rank == 0:  # a best checkpoint of an earlier run is no candidate
+            (self.ckpt_dir / "best.pt").unlink(missing_ok=True)
         tracker = _Tracker(self.cfg, self.rank == 0 and cfg.mlflow, self.mlflow_run_id)
         self.mlflow_run_id = tracker.run_id
         if not resumed:
@@ -205,11 +326,13 @@ class Trainer:
         bar = None
         if self.progress and self.rank == 0:
             from tqdm import tqdm
-            bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {self.cfg.model.family}", unit="step")
+            bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {self.cfg.model.family}", unit="step")
         self.model.train()
+        last_phase_start = self.phases[-1][1]
         t0, s0 = time.perf_counter(), self.step
         try:
-            while self.step < cfg.steps:
+            while self.step < self.total_steps:
+                self._set_lr(self.step)
                 logs = self.model.train_step(self._batches(self.step), self.opts, self.step, self._autocast,
                                              self._gens(self.step))
                 bad = [k for k, v in logs.items() if not np.isfinite(v)]
@@ -218,15 +341,22 @@ class Trainer:
                                       f"(last good checkpoint: {self.ckpt_dir / 'last.pt'}); lower the learning "
                                       f"rate or use precision=fp32")
                 self.step += 1
+                if self.step > last_phase_start:
+                    self._ema_update()
                 if bar:
                     bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    if self.step % cfg.val_every == 0 or self.step == cfg.steps:
-                        logs["val_w1_etot"] = self.val_monitor()
+                validate_now = self.step > last_phase_start and (
+                    self.step % cfg.val_every == 0 or self.step == self.total_steps)
+                if validate_now:
+                    logs.update(self.val_metrics())
+                    if logs["val_sep_mean"] < self.best_score:
+                        self.best_score, self.best_step = logs["val_sep_mean"], self.step
+                        self.save(self.ckpt_dir / "best.pt", averaged=True)
+                if validate_now or self.step % cfg.log_every == 0 or self.step == self.total_steps:
                     if self.rank == 0:
                         _append_jsonl(metrics_path, {"step": self.step, **logs})
                         tracker.log_metrics(logs, self.step)
-                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                if self.step % cfg.checkpoint_every == 0 or self.step == self.total_steps:
                     self.save(self.ckpt_dir / "last.pt")
                     if cfg.max_seconds and self._out_of_time(time.perf_counter() - t0 > cfg.max_seconds):
                         break
@@ -236,14 +366,26 @@ class Trainer:
         elapsed = time.perf_counter() - t0
         gsteps = self.step - s0
         per_step = cfg.batch_size * (getattr(self.cfg.model, "n_critic", 0) + 1)
-        info = {"steps": self.step, "samples_per_s": per_step * gsteps * self.world / elapsed if elapsed > 0 else 0.0,
-                "train_seconds": elapsed, "complete": self.step >= cfg.steps, "world_size": self.world, "ddp": self.distributed, "device": str(self.device),
-                "precision": cfg.precision, "mlflow_run_id": self.mlflow_run_id or "",
-                "tracking_uri": tracker.uri, "n_train": self.n_train}
+        complete = self.step >= self.total_steps
+        selected = self.step
+        if self.rank == 0:
+            best = self.ckpt_dir / "best.pt"
+            if complete and cfg.select == "best_val" and best.is_file():
+                with atomic_path(self.out_dir / "model.pt", suffix=".pt") as tmp:
+                    shutil.copyfile(best, tmp)
+                selected = self.best_step
+            else:
+                self.save(self.out_dir / "model.pt", averaged=True)
+        info = {"steps": self.step, "total_steps": self.total_steps, "resumed_from_step": s0,
+                "samples_per_s": per_step * gsteps * self.world / elapsed if elapsed > 0 else 0.0,
+                "train_seconds": elapsed, "complete": complete, "world_size": self.world, "ddp": self.distributed,
+                "device": str(self.device), "precision": cfg.precision, "mlflow_run_id": self.mlflow_run_id or "",
+                "tracking_uri": tracker.uri, "n_train": self.n_train, "selected_step": selected,
+                "best_val_sep_mean": self.best_score if np.isfinite(self.best_score) else None,
+                "ema_decay": cfg.ema_decay}
         if self.device.type == "cuda":
             info["peak_gpu_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
         if self.rank == 0:
-            self.save(self.out_dir / "model.pt")
             write_json_atomic(self.out_dir / "run_info.json", info)
             tracker.log_metrics({"samples_per_s": info["samples_per_s"]}, self.step)
             tracker.log_artifact(self.out_dir / "run_info.json")

@@ -1,0 +1,417 @@
+"""Two-stage surrogates (output=layers): the energy flow, then the voxel shares of each layer.
+
+Stage 1 (simgan.models.energy) draws the response and the energy of every layer. Stage 2
+draws, for each non-empty layer, the shares of its voxels, conditioned on the incident
+energy (and extra conditions), the layer's energy, its neighbours' energies and the layer
+index. One shape network serves every layer (about 30 layer samples per shower), and the
+shower is shares x layer energy, so the layer energies and the response are exactly those
+of stage 1.
+
+The shape network writes, per voxel, a hit probability, and the mean and log-variance of
+its log share when hit. A shower layer is drawn from that distribution (hits by
+Bernoulli, log shares by Gaussian), normalised to the layer energy, cut at the readout
+threshold and normalised again; a layer left with no voxel above threshold puts its
+energy in the one voxel it drew largest. The VAE trains this head by its likelihood
+(zero-inflated log-normal shares); the GAN trains it adversarially, with straight-through
+gradients for the hits and a soft threshold, against a critic that sees the layer's log
+shares and its centres, widths and hit count.
+
+Layers with fewer voxels than the widest (CaloChallenge dataset 1, CaloGAN) are padded;
+padded voxels are never hit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from simgan.errors import SimganError
+from simgan.models.base import ConditionalSurrogate
+from simgan.models.components.blocks import mlp
+from simgan.models.energy import CouplingSampler, LayerEnergyFlow
+
+LOG_SHARE_FLOOR = math.log(1e-8)  # an empty voxel in the log-share view
+SOFT_THRESHOLD_WIDTH = 0.2  # in log energy: the GAN's differentiable readout threshold
+
+
+def log_share_view(s: torch.Tensor) -> torch.Tensor:
+    """Shares in [0, 1] -> log share on [-1, 1]; an empty voxel is -1."""
+    return 2 * (torch.log(s + 1e-8) - LOG_SHARE_FLOOR) / -LOG_SHARE_FLOOR - 1
+
+
+class LayeredSurrogate(ConditionalSurrogate):
+    """Shared by the VAE and GAN families: the energy flow, layer tables, sampling."""
+
+    shape_optimizer = ""
+
+    def __init__(self, cfg, n_voxels: int, layer_voxels: list[int], n_extra: int = 0, threshold_mev: float = 0.0):
+        super().__init__(cfg, n_voxels, n_extra, threshold_mev)
+        if len(layer_voxels) < 2:
+            raise SimganError(f"model.output=layers needs a geometry with at least 2 layers (got {len(layer_voxels)})")
+        self.layer_voxels = list(layer_voxels)
+        self.n_layers, self.v_max = len(layer_voxels), max(layer_voxels)
+        self.uniform = len(set(layer_voxels)) == 1
+        self.threshold = threshold_mev
+        c = self.transform.cond_dim
+        self.energy = LayerEnergyFlow(cfg.energy, self.n_layers, c, threshold_mev)
+        self.floor = self.energy.floor
+        # cond, log E_layer, log E of the layer before and after, one-hot layer index
+        self.lcond_dim = c + 3 + self.n_layers
+        valid = torch.zeros(self.n_layers, self.v_max, dtype=torch.bool)
+        for i, n in enumerate(layer_voxels):
+            valid[i, :n] = True
+        self.register_buffer("valid", valid)
+        self.register_buffer("le_mean", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("le_std", torch.ones((), dtype=torch.float64))
+        self.register_buffer("coords", torch.zeros(self.n_layers, self.v_max, 3))
+        object.__setattr__(self, "energy_run", self.energy)
+
+    # -- layout -------------------------------------------------------------------------------
+    def to_layers(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, V) -> (N, L, v_max), padded with zeros."""
+        if self.uniform:
+            return x.reshape(len(x), self.n_layers, self.v_max)
+        out = x.new_zeros(len(x), self.n_layers, self.v_max)
+        out[:, self.valid] = x
+        return out
+
+    def from_layers(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(len(x), -1) if self.uniform else x[:, self.valid]
+
+    def layer_cond(self, cond: torch.Tensor, e_layers: torch.Tensor, sid: torch.Tensor, lid: torch.Tensor) -> torch.Tensor:
+        """What the shape network is conditioned on, for layer `lid` of shower `sid`."""
+        le = ((torch.log(e_layers.double() + self.floor) - self.le_mean) / self.le_std).float()
+        empty = float((math.log(2 * self.floor) - self.le_mean) / self.le_std)
+        prev = torch.where(lid > 0, le[sid, (lid - 1).clamp_min(0)], torch.full_like(lid, empty, dtype=le.dtype))
+        nxt = torch.where(lid < self.n_layers - 1, le[sid, (lid + 1).clamp_max(self.n_layers - 1)],
+                          torch.full_like(lid, empty, dtype=le.dtype))
+        onehot = F.one_hot(lid, self.n_layers).to(le.dtype)
+        return torch.cat([cond[sid].float(), le[sid, lid, None], prev[:, None], nxt[:, None], onehot], 1)
+
+    def layer_energy_of(self, lcond: torch.Tensor) -> torch.Tensor:
+        c = self.transform.cond_dim
+        return torch.exp(lcond[:, c].double() * self.le_std + self.le_mean).float() - self.floor
+
+    def layer_index_of(self, lcond: torch.Tensor) -> torch.Tensor:
+        return lcond[:, -self.n_layers:].argmax(1)
+
+    # -- training tables ----------------------------------------------------------------------
+    def fit(self, energies, showers, extra, binning) -> dict:
+        self.transform.fit(energies, showers, extra)
+        e_inc = torch.as_tensor(np.asarray(energies, np.float64))
+        cond = self.transform.cond(e_inc, None if extra is None else torch.as_tensor(extra))
+        x = torch.as_tensor(np.asarray(showers, np.float32))
+        if self.threshold > 0:
+            x = torch.where(x >= self.threshold, x, torch.zeros((), dtype=x.dtype))
+        layers = self.to_layers(x)
+        e_layers = layers.sum(2, dtype=torch.float64)
+        self.energy.fit(e_layers, e_inc)
+        full = e_layers >= self.floor
+        if not full.any():
+            raise SimganError(f"training showers have no layer above {self.floor:g} MeV: nothing to learn")
+        le = torch.log(e_layers[full] + self.floor)
+        self.le_mean.fill_(float(le.mean()))
+        self.le_std.fill_(float(le.std().clamp_min(1e-3)) if le.numel() > 1 else 1.0)
+        xyz = torch.as_tensor(np.stack(binning.voxel_xy, 1), dtype=torch.float32)  # (V, 3)
+        self.coords.copy_(_pad_coords(xyz, self.layer_voxels, self.v_max))
+        sid, lid = torch.nonzero(full, as_tuple=True)
+        shares = (layers[sid, lid].double() / e_layers[sid, lid, None]).float()
+        lcond = self.layer_cond(cond, e_layers, sid, lid)
+        self.fit_shape(shares, lcond)
+        return {"showers": (e_layers, e_inc, cond), "layers": (shares, lcond)}
+
+    def fit_shape(self, shares: torch.Tensor, lcond: torch.Tensor) -> None:
+        """Statistics the shape network keeps from the training layers (the GAN's feature scales)."""
+
+    # -- schedule -----------------------------------------------------------------------------
+    def phases(self) -> list[tuple[tuple[str, ...], int | None]]:
+        """(optimisers, steps): the energy flow for its own steps, then the shape network for train.steps."""
+        return [(("energy",), self.cfg.energy.steps), (self.shape_optimizers(), None)]
+
+    def shape_optimizers(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def energy_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.energy.parameters(), lr=self.cfg.energy.lr)
+
+    def train_step(self, batches, opts, step: int, autocast, gens) -> dict[str, float]:
+        if step < self.cfg.energy.steps:
+            return self.energy_step(batches, opts, gens)
+        return self.shape_step(batches, opts, step - self.cfg.energy.steps, autocast, gens)
+
+    def energy_step(self, batches, opts, gens) -> dict[str, float]:
+        e_layers, e_inc, cond = batches.take("showers", self.cfg.energy.batch_size)
+        noise = torch.rand(e_layers.shape, generator=gens["noise"], device=e_layers.device, dtype=torch.float64)
+        loss = self.energy_run(self.energy.to_v(e_layers, e_inc, noise), cond).mean()
+        opts["energy"].zero_grad(set_to_none=True)
+        loss.backward()
+        opts["energy"].step()
+        return {"energy_nll": float(loss.detach())}
+
+    def shape_step(self, batches, opts, step: int, autocast, gens) -> dict[str, float]:
+        raise NotImplementedError
+
+    # -- sampling -----------------------------------------------------------------------------
+    def raw_shape(self, lcond: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """(m, 3 v_max): per voxel the hit logit, log-share mean and log-share log-variance."""
+        raise NotImplementedError
+
+    def split_head(self, raw: torch.Tensor, lid: torch.Tensor):
+        V = self.v_max
+        hit_logit, mean, logvar = raw[:, :V], raw[:, V:2 * V], raw[:, 2 * V:].clamp(-10.0, 4.0)
+        if not self.uniform:
+            hit_logit = torch.where(self.valid[lid], hit_logit, torch.full_like(hit_logit, -1e4))
+        return hit_logit, mean, logvar
+
+    def draw_shares(self, raw: torch.Tensor, lid: torch.Tensor, generator: torch.Generator | None,
+                    straight_through: bool = False) -> torch.Tensor:
+        """Shares drawn from the head: hits by Bernoulli, log shares by Gaussian, normalised over
+        the hits. With `straight_through` (GAN training) the hits pass the gradient of their
+        probability; otherwise (sampling) a layer that drew no hit takes its most probable
+        voxel, and the arithmetic runs in place (generation is memory-bound)."""
+        hit_logit, mean, logvar = self.split_head(raw, lid)
+        p = torch.sigmoid(hit_logit.float())
+        hard = torch.rand(p.shape, generator=generator, device=p.device) < p
+        eps = torch.randn(p.shape, generator=generator, device=p.device)
+        if straight_through:
+            hit = hard.to(p.dtype) + p - p.detach()
+            log_s = mean.float() + torch.exp(0.5 * logvar.float()) * eps
+            w = torch.exp(log_s - log_s.max(1, keepdim=True).values) * hit
+            return w / w.sum(1, keepdim=True).clamp_min(1e-30)
+        none = ~hard.any(1)
+        if none.any():
+            rows = none.nonzero().squeeze(1)
+            hard[rows, p[rows].argmax(1)] = True
+        log_s = eps.mul_(logvar.float().mul(0.5).exp_()).add_(mean.float())
+        log_s.masked_fill_(~hard, -math.inf)
+        w = log_s.sub_(log_s.max(1, keepdim=True).values).exp_()
+        return w.div_(w.sum(1, keepdim=True))
+
+    def cut(self, shares: torch.Tensor, e_layer: torch.Tensor) -> torch.Tensor:
+        """Shares -> voxel energies summing to e_layer with every kept voxel at or above the
+        threshold (in place); a layer with none above it puts its energy in its largest voxel."""
+        x = shares.mul_(e_layer[:, None])
+        if self.threshold <= 0:
+            return x
+        biggest = x.argmax(1)
+        x.masked_fill_(x < self.threshold, 0.0)
+        total = x.sum(1)
+        x.mul_((e_layer / total.clamp_min(1e-30))[:, None])
+        empty = (total <= 0).nonzero().squeeze(1)
+        if len(empty):
+            x[empty, biggest[empty]] = e_layer[empty]
+        return x
+
+    def showers_from_layer_energies(self, cond: torch.Tensor, e_layers: torch.Tensor,
+                                    generator: torch.Generator | None, precision: str = "fp32") -> torch.Tensor:
+        """(N, V) showers in MeV whose layer energies are exactly `e_layers` (layers below the
+        threshold empty). precision=bf16 runs the shape network in bfloat16."""
+        full = e_layers >= self.floor
+        sid, lid = torch.nonzero(full, as_tuple=True)
+        out = torch.zeros(len(e_layers), self.n_layers, self.v_max, device=e_layers.device)
+        if len(sid):
+            lcond = self.layer_cond(cond, e_layers, sid, lid)
+            with torch.autocast(device_type=lcond.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                raw = self.raw_shape(lcond, generator)
+            out[sid, lid] = self.cut(self.draw_shares(raw, lid, generator), e_layers[sid, lid].float())
+        return self.from_layers(out)
+
+    @torch.no_grad()
+    def sample(self, energies: torch.Tensor, extra: torch.Tensor | None = None,
+               generator: torch.Generator | None = None, block: int | None = None, precision: str = "fp32",
+               layer_energies: torch.Tensor | None = None) -> torch.Tensor:
+        """Showers in MeV, `block` showers at a time. `layer_energies` (N, L) replaces stage 1
+        (the ablation mode: the shape model fed, e.g., Geant4's own layer energies)."""
+        cond = self.transform.cond(energies, extra)
+        e_inc = energies.to(cond.device).double()
+        if block is None:
+            block = 1 << 16 if cond.device.type == "cuda" else 1024
+        sampler = CouplingSampler.of(self.energy) if layer_energies is None else None
+        out = torch.empty(len(cond), self.transform.mean.numel(), device=cond.device)
+        for lo in range(0, len(cond), block):
+            sl = slice(lo, min(lo + block, len(cond)))
+            if layer_energies is None:
+                e_layers = self.energy.sample(cond[sl], e_inc[sl], generator, sampler)
+            else:
+                e_layers = layer_energies[sl].to(cond.device).double()
+                e_layers = torch.where(e_layers >= self.floor, e_layers, torch.zeros_like(e_layers))
+            out[sl] = self.showers_from_layer_energies(cond[sl], e_layers, generator, precision)
+        return out
+
+
+def _pad_coords(xyz: torch.Tensor, layer_voxels: list[int], v_max: int) -> torch.Tensor:
+    """(V, 3) voxel centres -> (L, v_max, 3), zero-padded."""
+    out = torch.zeros(len(layer_voxels), v_max, 3)
+    for i, part in enumerate(torch.split(xyz, layer_voxels)):
+        out[i, :len(part)] = part
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# VAE family
+# ----------------------------------------------------------------------------------------------
+
+class ShapeVAE(nn.Module):
+    """Encoder q(z | log shares, layer condition), decoder p(shares | z, layer condition)."""
+
+    def __init__(self, v_max: int, lcond_dim: int, hidden: list[int], latent_dim: int):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.encoder = mlp(v_max + lcond_dim, hidden, 2 * latent_dim)
+        self.decoder = mlp(latent_dim + lcond_dim, list(reversed(hidden)), 3 * v_max)
+
+    def forward(self, view: torch.Tensor, lcond: torch.Tensor, eps: torch.Tensor):
+        mu, logvar = self.encoder(torch.cat([view, lcond], 1)).chunk(2, dim=1)
+        logvar = logvar.clamp(-20, 10)
+        z = mu + torch.exp(0.5 * logvar) * eps
+        return self.decoder(torch.cat([z, lcond], 1)), mu, logvar
+
+
+class LayeredVAE(LayeredSurrogate):
+    family = "vae"
+
+    def __init__(self, cfg, n_voxels, layer_voxels, n_extra=0, threshold_mev=0.0):
+        super().__init__(cfg, n_voxels, layer_voxels, n_extra, threshold_mev)
+        if cfg.likelihood != "zero_inflated":
+            raise SimganError(f"model.likelihood={cfg.likelihood!r} with model.output=layers: the layer shape VAE "
+                              "has the zero-inflated likelihood only")
+        self.shape = ShapeVAE(self.v_max, self.lcond_dim, list(cfg.hidden), cfg.latent_dim)
+        object.__setattr__(self, "shape_run", self.shape)
+
+    def run_modules(self) -> dict[str, nn.Module]:
+        return {"energy_run": self.energy, "shape_run": self.shape}
+
+    def ema_modules(self) -> list[nn.Module]:
+        return [self.shape.decoder]
+
+    def shape_optimizers(self) -> tuple[str, ...]:
+        return ("vae",)
+
+    def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"energy": self.energy_optimizer(), "vae": torch.optim.Adam(self.shape.parameters(), lr=self.cfg.lr)}
+
+    def kl_weight(self, step: int) -> float:
+        warm = 1.0 if self.cfg.kl_warmup_steps == 0 else min(1.0, step / self.cfg.kl_warmup_steps)
+        return self.cfg.beta * warm
+
+    def shape_step(self, batches, opts, step: int, autocast, gens) -> dict[str, float]:
+        from simgan.models.vae import gaussian_nll
+
+        s, lcond = batches.take("layers")
+        eps = torch.randn(len(s), self.cfg.latent_dim, generator=gens["noise"], device=s.device)
+        with autocast():
+            raw, mu, logvar = self.shape_run(log_share_view(s), lcond, eps)
+        lid = self.layer_index_of(lcond)
+        hit_logit, mean, x_logvar = self.split_head(raw.float(), lid)
+        hit = s > 0
+        nll = gaussian_nll(mean, x_logvar, torch.log(s.clamp_min(1e-30)))
+        bce = F.binary_cross_entropy_with_logits(hit_logit, hit.float(), reduction="none")
+        if not self.uniform:
+            bce = bce * self.valid[lid]
+        rec = (bce + torch.where(hit, nll, torch.zeros_like(nll))).sum(1).mean()
+        mu, logvar = mu.float(), logvar.float()
+        kl = (-0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(1)).mean()
+        loss = rec + self.kl_weight(step) * kl
+        opts["vae"].zero_grad(set_to_none=True)
+        loss.backward()
+        opts["vae"].step()
+        return {"loss": float(loss.detach()), "recon": float(rec.detach()), "kl": float(kl.detach())}
+
+    def raw_shape(self, lcond, generator):
+        z = torch.randn(len(lcond), self.cfg.latent_dim, generator=generator, device=lcond.device)
+        return self.shape.decoder(torch.cat([z, lcond], 1)).float()
+
+
+# ----------------------------------------------------------------------------------------------
+# GAN family
+# ----------------------------------------------------------------------------------------------
+
+N_LAYER_FEATURES = 7  # centre x, y, r; width x, y, r; (soft) fraction of voxels hit
+
+
+class LayeredGAN(LayeredSurrogate):
+    family = "gan"
+
+    def __init__(self, cfg, n_voxels, layer_voxels, n_extra=0, threshold_mev=0.0):
+        super().__init__(cfg, n_voxels, layer_voxels, n_extra, threshold_mev)
+        if cfg.energy_aux_weight > 0:
+            raise SimganError("model.energy_aux_weight applies to voxel outputs; with model.output=layers the "
+                              "energy flow fixes the response (set it to 0)")
+        self.generator = mlp(cfg.latent_dim + self.lcond_dim, list(cfg.hidden), 3 * self.v_max)
+        n_feat = N_LAYER_FEATURES if cfg.critic_features else 0
+        self.critic = mlp(self.v_max + n_feat + self.lcond_dim, list(cfg.critic_hidden), 1)
+        self.register_buffer("feat_mean", torch.zeros(n_feat))
+        self.register_buffer("feat_std", torch.ones(n_feat))
+        object.__setattr__(self, "g_run", self.generator)
+        object.__setattr__(self, "d_run", self.critic)
+
+    def run_modules(self) -> dict[str, nn.Module]:
+        return {"energy_run": self.energy, "g_run": self.generator, "d_run": self.critic}
+
+    def ema_modules(self) -> list[nn.Module]:
+        return [self.generator]
+
+    def shape_optimizers(self) -> tuple[str, ...]:
+        return ("g", "d")
+
+    def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        from simgan.models.gan import gan_optimizers
+
+        return {"energy": self.energy_optimizer(), **gan_optimizers(self.cfg, self.generator, self.critic)}
+
+    # what the adversarial step needs (simgan.models.gan.adversarial_step)
+    def real_batch(self, batches):
+        return batches.take("layers")
+
+    def fake(self, lcond: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Differentiable shares: straight-through hits, then a soft readout threshold."""
+        z = torch.randn(len(lcond), self.cfg.latent_dim, generator=generator, device=lcond.device)
+        raw = self.g_run(torch.cat([z, lcond], 1)).float()
+        s = self.draw_shares(raw, self.layer_index_of(lcond), generator, straight_through=True)
+        if self.threshold > 0:
+            s = s * self._soft_hit(s, lcond)
+            s = s / s.sum(1, keepdim=True).clamp_min(1e-30)
+        return s
+
+    def _soft_hit(self, s: torch.Tensor, lcond: torch.Tensor) -> torch.Tensor:
+        x = s * self.layer_energy_of(lcond)[:, None]
+        return torch.sigmoid((torch.log(x + 1e-30) - math.log(self.threshold)) / SOFT_THRESHOLD_WIDTH)
+
+    def layer_features(self, s: torch.Tensor, lcond: torch.Tensor) -> torch.Tensor:
+        """Centres and widths of energy (x, y, r) and the (soft) fraction of voxels hit."""
+        lid = self.layer_index_of(lcond)
+        c = self.coords[lid]  # (m, V, 3)
+        mean = torch.einsum("mv,mvk->mk", s, c)
+        width = torch.sqrt((torch.einsum("mv,mvk->mk", s, c * c) - mean**2).clamp_min(0) + 1e-4)
+        hit = self._soft_hit(s, lcond) if self.threshold > 0 else (s > 0).float()
+        n = torch.as_tensor(self.layer_voxels, device=s.device, dtype=s.dtype)[lid]
+        return torch.cat([mean, width, (hit * self.valid[lid]).sum(1, keepdim=True) / n[:, None]], 1)
+
+    def fit_shape(self, shares, lcond) -> None:
+        if not self.feat_mean.numel():
+            return
+        f = torch.cat([self.layer_features(shares[i:i + 8192], lcond[i:i + 8192]) for i in range(0, len(shares), 8192)])
+        self.feat_mean.copy_(f.mean(0))
+        self.feat_std.copy_(f.std(0).clamp_min(1e-3))
+
+    def critic_view(self, s: torch.Tensor, lcond: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=s.device.type, enabled=False):
+            s = s.float()
+            v = log_share_view(s)
+            if not self.feat_mean.numel():
+                return v
+            f = (self.layer_features(s, lcond) - self.feat_mean) / self.feat_std
+            return torch.cat([v, f * self.cfg.critic_feature_weight], 1)
+
+    def shape_step(self, batches, opts, step: int, autocast, gens) -> dict[str, float]:
+        from simgan.models.gan import adversarial_step
+
+        return adversarial_step(self, batches, opts, autocast, gens)
+
+    def raw_shape(self, lcond, generator):
+        z = torch.randn(len(lcond), self.cfg.latent_dim, generator=generator, device=lcond.device)
+        return self.generator(torch.cat([z, lcond], 1)).float()
