@@ -36,6 +36,7 @@ from simgan.models.energy import CouplingSampler, LayerEnergyFlow
 
 LOG_SHARE_FLOOR = math.log(1e-8)  # an empty voxel in the log-share view
 SOFT_THRESHOLD_WIDTH = 0.2  # in log energy: the GAN's differentiable readout threshold
+LOGVAR_RANGE = (-10.0, 4.0)  # of a hit's log share
 
 
 def log_share_view(s: torch.Tensor) -> torch.Tensor:
@@ -161,64 +162,90 @@ class LayeredSurrogate(ConditionalSurrogate):
         raise NotImplementedError
 
     def split_head(self, raw: torch.Tensor, lid: torch.Tensor):
+        """Views of the head: hit logit, log-share mean and log-variance (clamped where used)."""
         V = self.v_max
-        hit_logit, mean, logvar = raw[:, :V], raw[:, V:2 * V], raw[:, 2 * V:].clamp(-10.0, 4.0)
+        hit_logit, mean, logvar = raw[:, :V], raw[:, V:2 * V], raw[:, 2 * V:]
         if not self.uniform:
             hit_logit = torch.where(self.valid[lid], hit_logit, torch.full_like(hit_logit, -1e4))
         return hit_logit, mean, logvar
 
-    def draw_shares(self, raw: torch.Tensor, lid: torch.Tensor, generator: torch.Generator | None,
-                    straight_through: bool = False) -> torch.Tensor:
-        """Shares drawn from the head: hits by Bernoulli, log shares by Gaussian, normalised over
-        the hits. With `straight_through` (GAN training) the hits pass the gradient of their
-        probability; otherwise (sampling) a layer that drew no hit takes its most probable
-        voxel, and the arithmetic runs in place (generation is memory-bound)."""
+    def draw_shares(self, raw: torch.Tensor, lid: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Differentiable shares drawn from the head (GAN training): hits by Bernoulli with
+        straight-through gradients of their probability, log shares by Gaussian, normalised over
+        the hits. `draw_voxels` draws from the same distribution for sampling."""
         hit_logit, mean, logvar = self.split_head(raw, lid)
         p = torch.sigmoid(hit_logit.float())
         hard = torch.rand(p.shape, generator=generator, device=p.device) < p
         eps = torch.randn(p.shape, generator=generator, device=p.device)
-        if straight_through:
-            hit = hard.to(p.dtype) + p - p.detach()
-            log_s = mean.float() + torch.exp(0.5 * logvar.float()) * eps
-            w = torch.exp(log_s - log_s.max(1, keepdim=True).values) * hit
-            return w / w.sum(1, keepdim=True).clamp_min(1e-30)
-        none = ~hard.any(1)
-        if none.any():
-            rows = none.nonzero().squeeze(1)
-            hard[rows, p[rows].argmax(1)] = True
-        log_s = eps.mul_(logvar.float().mul(0.5).exp_()).add_(mean.float())
-        log_s.masked_fill_(~hard, -math.inf)
-        w = log_s.sub_(log_s.max(1, keepdim=True).values).exp_()
-        return w.div_(w.sum(1, keepdim=True))
+        hit = hard.to(p.dtype) + p - p.detach()
+        log_s = mean.float() + torch.exp(0.5 * logvar.float().clamp(*LOGVAR_RANGE)) * eps
+        w = torch.exp(log_s - log_s.max(1, keepdim=True).values) * hit
+        return w / w.sum(1, keepdim=True).clamp_min(1e-30)
 
-    def cut(self, shares: torch.Tensor, e_layer: torch.Tensor) -> torch.Tensor:
-        """Shares -> voxel energies summing to e_layer with every kept voxel at or above the
-        threshold (in place); a layer with none above it puts its energy in its largest voxel."""
-        x = shares.mul_(e_layer[:, None])
-        if self.threshold <= 0:
-            return x
-        biggest = x.argmax(1)
-        x.masked_fill_(x < self.threshold, 0.0)
-        total = x.sum(1)
-        x.mul_((e_layer / total.clamp_min(1e-30))[:, None])
-        empty = (total <= 0).nonzero().squeeze(1)
-        if len(empty):
-            x[empty, biggest[empty]] = e_layer[empty]
-        return x
+    def draw_voxels(self, raw: torch.Tensor, lid: torch.Tensor, e_layer: torch.Tensor,
+                    generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sample the voxels of m layers: (row, voxel, energy) of every voxel kept.
+
+        A voxel is hit with its probability; a hit's log share is Gaussian; the hits are
+        normalised to the layer energy, cut at the readout threshold and normalised again. A
+        layer that drew no hit takes its most probable voxel; one left with none above the
+        threshold puts its energy in its largest hit. Sparse after the hit draw: generation
+        is memory-bound, and about 7% of voxels are hit. On a CPU the hit uniforms come from
+        numpy's PCG64 (2x faster than torch's generator), seeded from `generator`."""
+        V = self.v_max
+        hit_logit, mean, logvar = self.split_head(raw, lid)
+        if hit_logit.device.type == "cpu":
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+            u = torch.from_numpy(np.random.default_rng(seed).random(hit_logit.shape, dtype=np.float32))
+        else:
+            u = torch.rand(hit_logit.shape, generator=generator, device=hit_logit.device)
+        hard = u < torch.sigmoid(hit_logit.float())  # (a bfloat16 comparison is 3x slower)
+        none = (~hard.any(1)).nonzero().squeeze(1)
+        if len(none):
+            hard[none, hit_logit[none].argmax(1)] = True
+        flat = hard.view(-1).nonzero().squeeze(1)
+        row = torch.div(flat, V, rounding_mode="floor")
+        col = flat - row * V
+        at = row * raw.shape[1] + col  # the hits' places in the contiguous head output
+        sigma = torch.exp(0.5 * torch.take(raw, at + 2 * V).float().clamp(*LOGVAR_RANGE))
+        log_s = torch.take(raw, at + V).float() + sigma * torch.randn(len(flat), generator=generator, device=flat.device)
+        m = len(e_layer)
+        top = torch.full((m,), -math.inf, device=flat.device).scatter_reduce_(0, row, log_s, "amax")
+        w = torch.exp(log_s - top[row])  # each layer's largest hit has weight exactly 1
+        x = w * (e_layer / torch.zeros(m, device=flat.device).index_add_(0, row, w))[row]
+        if self.threshold > 0:
+            kept = x >= self.threshold
+            total = torch.zeros(m, device=flat.device).index_add_(0, row, torch.where(kept, x, torch.zeros_like(x)))
+            kept |= (total[row] <= 0) & (w == 1.0)
+            x = torch.where(kept, x, torch.zeros_like(x))
+            x = x * (e_layer / torch.zeros(m, device=flat.device).index_add_(0, row, x))[row]
+            row, col, x = row[kept], col[kept], x[kept]
+        return row, col, x
 
     def showers_from_layer_energies(self, cond: torch.Tensor, e_layers: torch.Tensor,
-                                    generator: torch.Generator | None, precision: str = "fp32") -> torch.Tensor:
+                                    generator: torch.Generator | None, precision: str = "fp32",
+                                    out: torch.Tensor | None = None) -> torch.Tensor:
         """(N, V) showers in MeV whose layer energies are exactly `e_layers` (layers below the
-        threshold empty). precision=bf16 runs the shape network in bfloat16."""
+        threshold empty), written into `out` when given. precision=bf16 runs the shape network
+        in bfloat16."""
+        n = len(e_layers)
+        padded = torch.zeros(n, self.n_layers, self.v_max, device=e_layers.device) if not self.uniform else None
+        if out is None:
+            out = torch.zeros(n, self.transform.mean.numel(), device=e_layers.device)
+        else:
+            out.zero_()
         full = e_layers >= self.floor
         sid, lid = torch.nonzero(full, as_tuple=True)
-        out = torch.zeros(len(e_layers), self.n_layers, self.v_max, device=e_layers.device)
         if len(sid):
             lcond = self.layer_cond(cond, e_layers, sid, lid)
             with torch.autocast(device_type=lcond.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 raw = self.raw_shape(lcond, generator)
-            out[sid, lid] = self.cut(self.draw_shares(raw, lid, generator), e_layers[sid, lid].float())
-        return self.from_layers(out)
+            row, col, x = self.draw_voxels(raw, lid, e_layers[sid, lid].float(), generator)
+            place = (sid[row] * self.n_layers + lid[row]) * self.v_max + col
+            (out if self.uniform else padded).view(-1)[place] = x
+        if not self.uniform:
+            out.copy_(self.from_layers(padded))
+        return out
 
     @torch.no_grad()
     def sample(self, energies: torch.Tensor, extra: torch.Tensor | None = None,
@@ -239,7 +266,7 @@ class LayeredSurrogate(ConditionalSurrogate):
             else:
                 e_layers = layer_energies[sl].to(cond.device).double()
                 e_layers = torch.where(e_layers >= self.floor, e_layers, torch.zeros_like(e_layers))
-            out[sl] = self.showers_from_layer_energies(cond[sl], e_layers, generator, precision)
+            self.showers_from_layer_energies(cond[sl], e_layers, generator, precision, out=out[sl])
         return out
 
 
@@ -308,7 +335,7 @@ class LayeredVAE(LayeredSurrogate):
         lid = self.layer_index_of(lcond)
         hit_logit, mean, x_logvar = self.split_head(raw.float(), lid)
         hit = s > 0
-        nll = gaussian_nll(mean, x_logvar, torch.log(s.clamp_min(1e-30)))
+        nll = gaussian_nll(mean, x_logvar.clamp(*LOGVAR_RANGE), torch.log(s.clamp_min(1e-30)))
         bce = F.binary_cross_entropy_with_logits(hit_logit, hit.float(), reduction="none")
         if not self.uniform:
             bce = bce * self.valid[lid]
@@ -323,7 +350,7 @@ class LayeredVAE(LayeredSurrogate):
 
     def raw_shape(self, lcond, generator):
         z = torch.randn(len(lcond), self.cfg.latent_dim, generator=generator, device=lcond.device)
-        return self.shape.decoder(torch.cat([z, lcond], 1)).float()
+        return self.shape.decoder(torch.cat([z, lcond], 1))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -371,7 +398,7 @@ class LayeredGAN(LayeredSurrogate):
         """Differentiable shares: straight-through hits, then a soft readout threshold."""
         z = torch.randn(len(lcond), self.cfg.latent_dim, generator=generator, device=lcond.device)
         raw = self.g_run(torch.cat([z, lcond], 1)).float()
-        s = self.draw_shares(raw, self.layer_index_of(lcond), generator, straight_through=True)
+        s = self.draw_shares(raw, self.layer_index_of(lcond), generator)
         if self.threshold > 0:
             s = s * self._soft_hit(s, lcond)
             s = s / s.sum(1, keepdim=True).clamp_min(1e-30)
@@ -414,4 +441,4 @@ class LayeredGAN(LayeredSurrogate):
 
     def raw_shape(self, lcond, generator):
         z = torch.randn(len(lcond), self.cfg.latent_dim, generator=generator, device=lcond.device)
-        return self.generator(torch.cat([z, lcond], 1)).float()
+        return self.generator(torch.cat([z, lcond], 1))
