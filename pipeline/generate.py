@@ -26,6 +26,8 @@ def outputs(cfg: ExperimentConfig) -> dict[str, Path]:
     out = {"showers": d / f"generated.{ext}", "timing": d / "timing.json"}
     if cfg.generate.ablation:
         out["ablation"] = d / "generated_ablation.h5"
+    if cfg.train.calibrate:
+        out["uncalibrated"] = d / "generated_uncalibrated.h5"
     return out
 
 
@@ -55,6 +57,11 @@ def run(cfg: ExperimentConfig, ctx: Context) -> dict[str, Path]:
             model, energies, conds, out["ablation"], binning, g.batch_size, device, cfg.seed, "hdf5",
             {"checkpoint": str(ins["model"]), "layer_energies_from": str(ins["test"])}, ctx.progress,
             precision=g.precision, layer_energies=given)
+    if "uncalibrated" in out:  # the report shows the showers with and without the calibration
+        timing["uncalibrated"] = generate_to_file(
+            model, energies, conds, out["uncalibrated"], binning, g.batch_size, device, cfg.seed, "hdf5",
+            {"checkpoint": str(ins["model"]), "calibrated": False}, ctx.progress, precision=g.precision,
+            calibrated=False)
     if g.compare_geant4:
         timing["geant4"] = compare_geant4(cfg, model, energies, conds, g.compare_geant4, device)
     from simgan.io import write_json_atomic

@@ -19,12 +19,14 @@ def inputs(cfg: ExperimentConfig) -> dict[str, Path]:
     showers, as many as the test split taken from it) gives the Geant4-vs-Geant4 floor."""
     ins = {"reference": prepare.outputs(cfg)["test"], "candidate": generate.outputs(cfg)["showers"],
            "floor": prepare.outputs(cfg)["train"]}
-    if cfg.generate.ablation:
-        ins["ablation"] = generate.outputs(cfg)["ablation"]
+    for key in ("ablation", "uncalibrated"):
+        if key in generate.outputs(cfg):
+            ins[key] = generate.outputs(cfg)[key]
     return ins
 
 
 ABLATION_LABEL = "shape only (Geant4 layer energies)"
+EXTRA_LABELS = {"ablation": ABLATION_LABEL, "uncalibrated": "without calibration"}
 
 
 def outputs(cfg: ExperimentConfig) -> dict[str, Path]:
@@ -55,7 +57,7 @@ def run(cfg: ExperimentConfig, ctx: Context) -> dict[str, Path]:
     ins, out = inputs(cfg), outputs(cfg)
     if ins["candidate"].suffix == ".root":
         raise SimganError(f"{ins['candidate']}: validate reads canonical HDF5; convert ROOT output with `simgan convert`")
-    extra = {ABLATION_LABEL: ins["ablation"]} if "ablation" in ins else None
+    extra = {label: ins[key] for key, label in EXTRA_LABELS.items() if key in ins} or None
     with dask_client(cfg.validate.dask, cfg.validate.dask_workers) as client:
         m = validate(ins["reference"], ins["candidate"], stage_dir(cfg, "validate"), cfg.validate,
                      cfg.domain.threshold_mev, client, floor=ins["floor"], extra_candidates=extra)

@@ -95,6 +95,10 @@ class TrainConfig(Strict):
     # the model kept: the checkpoint with the best validation-split score (mean separation
     # power of the high-level features, checked every val_every steps), or the last one
     select: Literal["best_val", "last"] = "best_val"
+    # two-stage models: after training, fit a per-layer map of the kept voxels' log shares
+    # (quantile matching against the training split); generation then writes the showers
+    # with it and, for the report, without it
+    calibrate: bool = False
     mlflow: bool = True
     progress: bool = True  # run-only
 

@@ -104,13 +104,14 @@ def shard_rows(n: int, batch_size: int, index: int, count: int) -> tuple[int, in
 def generate_to_file(model, energies: np.ndarray, conditions: dict, out, binning: Binning, batch_size: int = 1000,
                      device="cpu", seed: int = 0, fmt: str = "hdf5", metadata: dict | None = None,
                      progress: bool = True, rows: tuple[int, int] | None = None, precision: str = "fp32",
-                     layer_energies: np.ndarray | None = None) -> dict:
+                     layer_energies: np.ndarray | None = None, calibrated: bool = True) -> dict:
     """Generate from a simgan model (checkpoint) into `out` atomically; returns timing.
 
     Each batch's noise is seeded by (seed, its first row), so the showers are a function of
     (model, energies, seed, batch_size) however the rows are split. `rows=(lo, hi)` writes
     only those rows (lo a multiple of batch_size), with an `event_index` for `simgan merge`.
-    `layer_energies` (N, L) replace a two-stage model's energy stage (the ablation mode).
+    `layer_energies` (N, L) replace a two-stage model's energy stage (the ablation mode);
+    `calibrated=False` leaves out a fitted calibration.
     """
     keys = sorted(conditions)
     extra = np.stack([conditions[k] for k in keys], 1) if keys else None
@@ -129,7 +130,7 @@ def generate_to_file(model, energies: np.ndarray, conditions: dict, out, binning
         e = torch.as_tensor(energies[sl], device=device)
         x = None if extra is None else torch.as_tensor(extra[sl], device=device)
         given = None if layer_energies is None else torch.as_tensor(layer_energies[sl], device=device)
-        return model.sample(e, x, g, precision=precision, layer_energies=given).cpu().numpy()
+        return model.sample(e, x, g, precision=precision, layer_energies=given, calibrated=calibrated).cpu().numpy()
 
     file_conds = {k: v[offset:stop] for k, v in conditions.items()}
     if rows is not None:

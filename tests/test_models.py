@@ -191,3 +191,26 @@ def test_layered_config_errors():
         LayeredVAE(cfg.model, 6480, [144] * 45, 0, 0.01515)
     with pytest.raises(SimganError, match="at least 2 layers"):
         LayeredVAE(load_config(QUICKSTART).model, 144, [144], 0, 0.01515)
+
+
+def test_calibration_maps_kept_shares_and_keeps_layer_energies(g4_sample):
+    """Fitted on one sample against a distorted copy of itself, the per-layer calibration pulls
+    the shares back; layer energies stay exact and nothing falls below the threshold."""
+    from simgan.models.energy import layer_energies
+    from simgan.models.layered import _log_shares
+    data = cc.read(g4_sample, max_events=120)
+    m, _, lv = _layered(data)
+    e = torch.as_tensor(layer_energies(data.showers, lv, 0.01515))
+    g = torch.Generator().manual_seed(3)
+    gen = m.sample(torch.as_tensor(data.energies), None, g, layer_energies=e, calibrated=False).numpy()
+    info = m.fit_calibration(data.showers, gen, min_hits=50)
+    assert info["layers_fitted"] > 10 and bool(m.calibrated)
+    g = torch.Generator().manual_seed(3)
+    cal = m.sample(torch.as_tensor(data.energies), None, g, layer_energies=e).numpy()
+    np.testing.assert_allclose(layer_energies(cal, lv, 0.01515), e.numpy(), rtol=1e-4, atol=1e-4)
+    assert ((cal == 0) | (cal >= 0.01515)).all()
+    # the calibrated shares follow the simulation's in a well-populated layer
+    layer = 5
+    sim, raw, fixed = (np.sort(_log_shares(x, lv, 0.01515)[layer]) for x in (data.showers, gen, cal))
+    q = np.linspace(0.1, 0.9, 9)
+    assert np.abs(np.quantile(fixed, q) - np.quantile(sim, q)).mean() < np.abs(np.quantile(raw, q) - np.quantile(sim, q)).mean()

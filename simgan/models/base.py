@@ -51,7 +51,7 @@ class ConditionalSurrogate(nn.Module):
     @torch.no_grad()
     def sample(self, energies: torch.Tensor, extra: torch.Tensor | None = None,
                generator: torch.Generator | None = None, block: int | None = None, precision: str = "fp32",
-               layer_energies: torch.Tensor | None = None) -> torch.Tensor:
+               layer_energies: torch.Tensor | None = None, calibrated: bool = True) -> torch.Tensor:
         """Showers in MeV. On CPU, runs and decodes `block` rows (default 1024) at a time so
         intermediates stay in cache (2x faster at batch 10^4 than one pass); on a GPU the
         default block is 65536 rows. precision=bf16 runs the network in bfloat16."""

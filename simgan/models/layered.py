@@ -69,6 +69,10 @@ class LayeredSurrogate(ConditionalSurrogate):
         self.register_buffer("le_mean", torch.zeros((), dtype=torch.float64))
         self.register_buffer("le_std", torch.ones((), dtype=torch.float64))
         self.register_buffer("coords", torch.zeros(self.n_layers, self.v_max, 3))
+        # the optional calibration: per layer, the calibrated log share of a kept voxel on a
+        # grid of log shares (identity until fit_calibration)
+        self.register_buffer("calibration", _calibration_grid().repeat(self.n_layers, 1))
+        self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
         object.__setattr__(self, "energy_run", self.energy)
 
     # -- layout -------------------------------------------------------------------------------
@@ -183,7 +187,8 @@ class LayeredSurrogate(ConditionalSurrogate):
         return w / w.sum(1, keepdim=True).clamp_min(1e-30)
 
     def draw_voxels(self, raw: torch.Tensor, lid: torch.Tensor, e_layer: torch.Tensor,
-                    generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    generator: torch.Generator | None, calibrate: bool = False
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sample the voxels of m layers: (row, voxel, energy) of every voxel kept.
 
         A voxel is hit with its probability; a hit's log share is Gaussian; the hits are
@@ -213,18 +218,60 @@ class LayeredSurrogate(ConditionalSurrogate):
         top = torch.full((m,), -math.inf, device=flat.device).scatter_reduce_(0, row, log_s, "amax")
         w = torch.exp(log_s - top[row])  # each layer's largest hit has weight exactly 1
         x = w * (e_layer / torch.zeros(m, device=flat.device).index_add_(0, row, w))[row]
-        if self.threshold > 0:
-            kept = x >= self.threshold
-            total = torch.zeros(m, device=flat.device).index_add_(0, row, torch.where(kept, x, torch.zeros_like(x)))
-            kept |= (total[row] <= 0) & (w == 1.0)
-            x = torch.where(kept, x, torch.zeros_like(x))
-            x = x * (e_layer / torch.zeros(m, device=flat.device).index_add_(0, row, x))[row]
+        x, kept = self._cut(x, w, row, e_layer)
+        row, col, x, w = row[kept], col[kept], x[kept], w[kept]
+        if calibrate:  # map each kept voxel's share, normalise, then cut and normalise again
+            x = torch.exp(self._calibrated_log_share(torch.log(x / e_layer[row]), lid[row]))
+            x = x * (e_layer / torch.zeros(len(e_layer), device=x.device).index_add_(0, row, x))[row]
+            x, kept = self._cut(x, w, row, e_layer)
             row, col, x = row[kept], col[kept], x[kept]
         return row, col, x
 
+    def _cut(self, x: torch.Tensor, w: torch.Tensor, row: torch.Tensor, e_layer: torch.Tensor):
+        """Zero the voxels below the threshold (a layer left with none keeps its largest draw,
+        weight 1) and normalise each layer to its energy: (energies, kept)."""
+        m = len(e_layer)
+        kept = x >= self.threshold if self.threshold > 0 else torch.ones_like(x, dtype=torch.bool)
+        total = torch.zeros(m, device=x.device).index_add_(0, row, torch.where(kept, x, torch.zeros_like(x)))
+        kept |= (total[row] <= 0) & (w == 1.0)
+        x = torch.where(kept, x, torch.zeros_like(x))
+        return x * (e_layer / torch.zeros(m, device=x.device).index_add_(0, row, x))[row], kept
+
+    def _calibrated_log_share(self, log_s: torch.Tensor, lid: torch.Tensor) -> torch.Tensor:
+        """Piecewise-linear lookup in the layer's calibration table."""
+        pos = ((log_s - CALIBRATION_LO) / -CALIBRATION_LO * (CALIBRATION_POINTS - 1)).clamp(0, CALIBRATION_POINTS - 1)
+        lo = pos.floor().long().clamp_max(CALIBRATION_POINTS - 2)
+        frac = pos - lo
+        table = self.calibration[lid]
+        a, b = table.gather(1, lo[:, None])[:, 0], table.gather(1, lo[:, None] + 1)[:, 0]
+        return a + frac * (b - a)
+
+    def fit_calibration(self, showers: np.ndarray, generated: np.ndarray, min_hits: int = 200) -> dict:
+        """Per layer, a monotone map of the kept voxels' log shares of `generated` (the model
+        fed the same showers' layer energies) onto those of `showers` (simulation): quantile
+        matching on the training split. Layers with fewer than `min_hits` voxels above the
+        threshold in either keep the identity."""
+        grid = _calibration_grid().numpy()
+        p = np.linspace(0.0005, 0.9995, 400)
+        table = np.tile(grid, (self.n_layers, 1))
+        fitted = []
+        for layer, (sim, gen) in enumerate(zip(_log_shares(showers, self.layer_voxels, self.threshold),
+                                               _log_shares(generated, self.layer_voxels, self.threshold))):
+            if min(len(sim), len(gen)) < min_hits:
+                continue
+            qg, qs = np.quantile(gen, p), np.quantile(sim, p)
+            qg = np.maximum.accumulate(qg + np.arange(len(qg)) * 1e-9)  # strictly increasing for interp
+            mapped = np.interp(grid, qg, qs)
+            mapped = np.where(grid < qg[0], grid + (qs[0] - qg[0]), mapped)
+            table[layer] = np.minimum(np.where(grid > qg[-1], grid + (qs[-1] - qg[-1]), mapped), 0.0)
+            fitted.append(layer)
+        self.calibration.copy_(torch.as_tensor(table, dtype=torch.float32))
+        self.calibrated.fill_(True)
+        return {"layers_fitted": len(fitted), "layers": self.n_layers, "min_hits": min_hits}
+
     def showers_from_layer_energies(self, cond: torch.Tensor, e_layers: torch.Tensor,
                                     generator: torch.Generator | None, precision: str = "fp32",
-                                    out: torch.Tensor | None = None) -> torch.Tensor:
+                                    out: torch.Tensor | None = None, calibrate: bool = False) -> torch.Tensor:
         """(N, V) showers in MeV whose layer energies are exactly `e_layers` (layers below the
         threshold empty), written into `out` when given. precision=bf16 runs the shape network
         in bfloat16."""
@@ -240,7 +287,7 @@ class LayeredSurrogate(ConditionalSurrogate):
             lcond = self.layer_cond(cond, e_layers, sid, lid)
             with torch.autocast(device_type=lcond.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 raw = self.raw_shape(lcond, generator)
-            row, col, x = self.draw_voxels(raw, lid, e_layers[sid, lid].float(), generator)
+            row, col, x = self.draw_voxels(raw, lid, e_layers[sid, lid].float(), generator, calibrate)
             place = (sid[row] * self.n_layers + lid[row]) * self.v_max + col
             (out if self.uniform else padded).view(-1)[place] = x
         if not self.uniform:
@@ -250,9 +297,10 @@ class LayeredSurrogate(ConditionalSurrogate):
     @torch.no_grad()
     def sample(self, energies: torch.Tensor, extra: torch.Tensor | None = None,
                generator: torch.Generator | None = None, block: int | None = None, precision: str = "fp32",
-               layer_energies: torch.Tensor | None = None) -> torch.Tensor:
+               layer_energies: torch.Tensor | None = None, calibrated: bool = True) -> torch.Tensor:
         """Showers in MeV, `block` showers at a time. `layer_energies` (N, L) replaces stage 1
-        (the ablation mode: the shape model fed, e.g., Geant4's own layer energies)."""
+        (the ablation mode: the shape model fed, e.g., Geant4's own layer energies).
+        `calibrated=False` leaves out a fitted calibration."""
         cond = self.transform.cond(energies, extra)
         e_inc = energies.to(cond.device).double()
         if block is None:
@@ -266,8 +314,29 @@ class LayeredSurrogate(ConditionalSurrogate):
             else:
                 e_layers = layer_energies[sl].to(cond.device).double()
                 e_layers = torch.where(e_layers >= self.floor, e_layers, torch.zeros_like(e_layers))
-            self.showers_from_layer_energies(cond[sl], e_layers, generator, precision, out=out[sl])
+            self.showers_from_layer_energies(cond[sl], e_layers, generator, precision, out=out[sl],
+                                             calibrate=calibrated and bool(self.calibrated))
         return out
+
+
+CALIBRATION_LO, CALIBRATION_POINTS = math.log(1e-7), 256
+
+
+def _calibration_grid() -> torch.Tensor:
+    return torch.linspace(CALIBRATION_LO, 0.0, CALIBRATION_POINTS)
+
+
+def _log_shares(showers: np.ndarray, layer_voxels: list[int], threshold: float) -> list[np.ndarray]:
+    """Per layer, log(voxel / layer energy) of every voxel above the threshold."""
+    out, lo = [], 0
+    for n in layer_voxels:
+        x = showers[:, lo:lo + n].astype(np.float64)
+        x = np.where(x >= max(threshold, 1e-30), x, 0.0)
+        e = x.sum(1, keepdims=True)
+        hit = x > 0
+        out.append(np.log((x / np.where(e > 0, e, 1.0))[hit]))
+        lo += n
+    return out
 
 
 def _pad_coords(xyz: torch.Tensor, layer_voxels: list[int], v_max: int) -> torch.Tensor:

@@ -133,6 +133,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self.fingerprint = fingerprint(cfg, train_path, val_path)
+        self.train_path = Path(train_path)
         data = cc.read(train_path)
         self.binning = data.binning
         self.extra_keys = sorted(data.conditions)
@@ -376,13 +377,15 @@ class Trainer:
                 selected = self.best_step
             else:
                 self.save(self.out_dir / "model.pt", averaged=True)
+            if complete and cfg.calibrate:
+                self.calibration = calibrate_checkpoint(self.out_dir / "model.pt", self.train_path, self.cfg.seed)
         info = {"steps": self.step, "total_steps": self.total_steps, "resumed_from_step": s0,
                 "samples_per_s": per_step * gsteps * self.world / elapsed if elapsed > 0 else 0.0,
                 "train_seconds": elapsed, "complete": complete, "world_size": self.world, "ddp": self.distributed,
                 "device": str(self.device), "precision": cfg.precision, "mlflow_run_id": self.mlflow_run_id or "",
                 "tracking_uri": tracker.uri, "n_train": self.n_train, "selected_step": selected,
                 "best_val_sep_mean": self.best_score if np.isfinite(self.best_score) else None,
-                "ema_decay": cfg.ema_decay}
+                "ema_decay": cfg.ema_decay, "calibration": getattr(self, "calibration", None)}
         if self.device.type == "cuda":
             info["peak_gpu_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
         if self.rank == 0:
@@ -394,6 +397,28 @@ class Trainer:
             dist.barrier()
             dist.destroy_process_group()
         return info
+
+
+def calibrate_checkpoint(path, train_path, seed: int) -> dict:
+    """Fit a two-stage model's calibration on the training split and store it in the
+    checkpoint: the model fed the training showers' own layer energies, its kept voxels'
+    log shares matched to theirs layer by layer."""
+    from simgan.models.energy import layer_energies
+
+    model, ckpt = model_from_checkpoint(path)
+    if not hasattr(model, "fit_calibration"):
+        raise SimganError("train.calibrate=true needs a two-stage model (model.output=layers)")
+    data = cc.read(train_path)
+    keys = list(ckpt.get("extra_conditions", []))
+    extra = torch.as_tensor(np.stack([data.conditions[k] for k in keys], 1)) if keys else None
+    given = torch.as_tensor(layer_energies(data.showers, model.layer_voxels, model.threshold))
+    g = torch.Generator().manual_seed(seed)
+    gen = model.sample(torch.as_tensor(data.energies), extra, g, layer_energies=given, calibrated=False).numpy()
+    info = model.fit_calibration(data.showers, gen)
+    ckpt["model"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(ckpt, tmp)
+    return info
 
 
 def _append_jsonl(path: Path, row: dict) -> None:
