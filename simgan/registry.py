@@ -31,7 +31,8 @@ def _pyfunc_class():
 
     class ShowerSurrogate(mlflow.pyfunc.PythonModel):
         """Input: a table of float64 conditions (incident_energy in MeV, extra conditions).
-        Output: (N, n_voxels) float32 showers in MeV, CaloChallenge voxel order."""
+        Output: (N, n_voxels) float32 showers in MeV, CaloChallenge voxel order.
+        Params: seed (int), precision ('fp32' or 'bf16': the network in bfloat16)."""
 
         def load_context(self, context):
             import torch
@@ -56,10 +57,14 @@ def _pyfunc_class():
             x = None
             if self.extra:
                 x = torch.as_tensor(np.stack([np.asarray(model_input[k], np.float64) for k in self.extra], 1))
-            seed = int((params or {}).get("seed", 0))
+            params = params or {}
+            precision = str(params.get("precision", "fp32"))
+            if precision not in ("fp32", "bf16"):
+                raise ValueError(f"params 'precision' must be 'fp32' or 'bf16' (got {precision!r})")
             g = torch.Generator()
-            g.manual_seed(seed)
-            return self.model.sample(torch.tensor(e), x, g).numpy()  # a copy: the input may be read-only
+            g.manual_seed(int(params.get("seed", 0)))
+            # a copy: the input may be read-only
+            return self.model.sample(torch.tensor(e), x, g, precision=precision).numpy()
 
     return ShowerSurrogate
 
@@ -104,8 +109,9 @@ def register_model(checkpoint, binning_xml: str, name: str, uri: str, metrics: d
     import torch
 
     with torch.no_grad():
-        out_example = model.sample(torch.as_tensor(example[ENERGY_COLUMN].to_numpy().copy())).numpy()
-    signature = infer_signature(example, out_example, params={"seed": 0})
+        x = torch.as_tensor(np.stack([example[k].to_numpy() for k in extra], 1)) if extra else None
+        out_example = model.sample(torch.as_tensor(example[ENERGY_COLUMN].to_numpy().copy()), x).numpy()
+    signature = infer_signature(example, out_example, params={"seed": 0, "precision": "fp32"})
     gate_pass = bool(metrics and metrics["gate"]["pass"])
     with tempfile.TemporaryDirectory() as td:
         xml = Path(td) / "binning.xml"

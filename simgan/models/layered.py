@@ -33,10 +33,10 @@ from simgan.errors import SimganError
 from simgan.models.base import ConditionalSurrogate
 from simgan.models.components.blocks import mlp
 from simgan.models.energy import CouplingSampler, LayerEnergyFlow
+from simgan.models.vae import LOGVAR_MAX, LOGVAR_MIN, encode_decode, kl_normal, kl_weight, zero_inflated_nll
 
 LOG_SHARE_FLOOR = math.log(1e-8)  # an empty voxel in the log-share view
 SOFT_THRESHOLD_WIDTH = 0.2  # in log energy: the GAN's differentiable readout threshold
-LOGVAR_RANGE = (-10.0, 4.0)  # of a hit's log share
 
 
 def log_share_view(s: torch.Tensor) -> torch.Tensor:
@@ -46,8 +46,6 @@ def log_share_view(s: torch.Tensor) -> torch.Tensor:
 
 class LayeredSurrogate(ConditionalSurrogate):
     """Shared by the VAE and GAN families: the energy flow, layer tables, sampling."""
-
-    shape_optimizer = ""
 
     def __init__(self, cfg, n_voxels: int, layer_voxels: list[int], n_extra: int = 0, threshold_mev: float = 0.0):
         super().__init__(cfg, n_voxels, n_extra, threshold_mev)
@@ -90,6 +88,7 @@ class LayeredSurrogate(ConditionalSurrogate):
     def layer_cond(self, cond: torch.Tensor, e_layers: torch.Tensor, sid: torch.Tensor, lid: torch.Tensor) -> torch.Tensor:
         """What the shape network is conditioned on, for layer `lid` of shower `sid`."""
         le = ((torch.log(e_layers.double() + self.floor) - self.le_mean) / self.le_std).float()
+        # beyond the first and last layer: a value of its own (an empty layer reads log(floor))
         empty = float((math.log(2 * self.floor) - self.le_mean) / self.le_std)
         prev = torch.where(lid > 0, le[sid, (lid - 1).clamp_min(0)], torch.full_like(lid, empty, dtype=le.dtype))
         nxt = torch.where(lid < self.n_layers - 1, le[sid, (lid + 1).clamp_max(self.n_layers - 1)],
@@ -182,7 +181,7 @@ class LayeredSurrogate(ConditionalSurrogate):
         hard = torch.rand(p.shape, generator=generator, device=p.device) < p
         eps = torch.randn(p.shape, generator=generator, device=p.device)
         hit = hard.to(p.dtype) + p - p.detach()
-        log_s = mean.float() + torch.exp(0.5 * logvar.float().clamp(*LOGVAR_RANGE)) * eps
+        log_s = mean.float() + torch.exp(0.5 * logvar.float().clamp(LOGVAR_MIN, LOGVAR_MAX)) * eps
         w = torch.exp(log_s - log_s.max(1, keepdim=True).values) * hit
         return w / w.sum(1, keepdim=True).clamp_min(1e-30)
 
@@ -212,7 +211,7 @@ class LayeredSurrogate(ConditionalSurrogate):
         row = torch.div(flat, V, rounding_mode="floor")
         col = flat - row * V
         at = row * raw.shape[1] + col  # the hits' places in the contiguous head output
-        sigma = torch.exp(0.5 * torch.take(raw, at + 2 * V).float().clamp(*LOGVAR_RANGE))
+        sigma = torch.exp(0.5 * torch.take(raw, at + 2 * V).float().clamp(LOGVAR_MIN, LOGVAR_MAX))
         log_s = torch.take(raw, at + V).float() + sigma * torch.randn(len(flat), generator=generator, device=flat.device)
         m = len(e_layer)
         top = torch.full((m,), -math.inf, device=flat.device).scatter_reduce_(0, row, log_s, "amax")
@@ -361,10 +360,7 @@ class ShapeVAE(nn.Module):
         self.decoder = mlp(latent_dim + lcond_dim, list(reversed(hidden)), 3 * v_max)
 
     def forward(self, view: torch.Tensor, lcond: torch.Tensor, eps: torch.Tensor):
-        mu, logvar = self.encoder(torch.cat([view, lcond], 1)).chunk(2, dim=1)
-        logvar = logvar.clamp(-20, 10)
-        z = mu + torch.exp(0.5 * logvar) * eps
-        return self.decoder(torch.cat([z, lcond], 1)), mu, logvar
+        return encode_decode(self.encoder, self.decoder, view, lcond, eps)
 
 
 class LayeredVAE(LayeredSurrogate):
@@ -390,28 +386,17 @@ class LayeredVAE(LayeredSurrogate):
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"energy": self.energy_optimizer(), "vae": torch.optim.Adam(self.shape.parameters(), lr=self.cfg.lr)}
 
-    def kl_weight(self, step: int) -> float:
-        warm = 1.0 if self.cfg.kl_warmup_steps == 0 else min(1.0, step / self.cfg.kl_warmup_steps)
-        return self.cfg.beta * warm
-
     def shape_step(self, batches, opts, step: int, autocast, gens) -> dict[str, float]:
-        from simgan.models.vae import gaussian_nll
-
         s, lcond = batches.take("layers")
         eps = torch.randn(len(s), self.cfg.latent_dim, generator=gens["noise"], device=s.device)
         with autocast():
             raw, mu, logvar = self.shape_run(log_share_view(s), lcond, eps)
         lid = self.layer_index_of(lcond)
         hit_logit, mean, x_logvar = self.split_head(raw.float(), lid)
-        hit = s > 0
-        nll = gaussian_nll(mean, x_logvar.clamp(*LOGVAR_RANGE), torch.log(s.clamp_min(1e-30)))
-        bce = F.binary_cross_entropy_with_logits(hit_logit, hit.float(), reduction="none")
-        if not self.uniform:
-            bce = bce * self.valid[lid]
-        rec = (bce + torch.where(hit, nll, torch.zeros_like(nll))).sum(1).mean()
-        mu, logvar = mu.float(), logvar.float()
-        kl = (-0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(1)).mean()
-        loss = rec + self.kl_weight(step) * kl
+        rec = zero_inflated_nll(hit_logit, mean, x_logvar, torch.log(s.clamp_min(1e-30)), s > 0,
+                                None if self.uniform else self.valid[lid]).mean()
+        kl = kl_normal(mu.float(), logvar.float())
+        loss = rec + kl_weight(self.cfg, step) * kl
         opts["vae"].zero_grad(set_to_none=True)
         loss.backward()
         opts["vae"].step()

@@ -70,10 +70,7 @@ class ConditionalVAE(ConditionalSurrogate):
         return [self.decoder]
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, eps: torch.Tensor):
-        mu, logvar = self.encoder(torch.cat([x, cond], 1)).chunk(2, dim=1)
-        logvar = logvar.clamp(-20, 10)
-        z = mu + torch.exp(0.5 * logvar) * eps  # reparameterisation
-        return self.decoder(torch.cat([z, cond], 1)), mu, logvar
+        return encode_decode(self.encoder, self.decoder, x, cond, eps)
 
     @property
     def noise_dim(self) -> int:
@@ -95,10 +92,6 @@ class ConditionalVAE(ConditionalSurrogate):
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"vae": torch.optim.Adam(self.parameters(), lr=self.cfg.lr)}
 
-    def kl_weight(self, step: int) -> float:
-        warm = 1.0 if self.cfg.kl_warmup_steps == 0 else min(1.0, step / self.cfg.kl_warmup_steps)
-        return self.cfg.beta * warm
-
     def train_step(self, batches, opts, step: int, autocast, gens) -> dict[str, float]:
         x, cond = next(batches)
         eps = torch.randn(len(x), self.cfg.latent_dim, generator=gens["noise"], device=x.device)
@@ -107,17 +100,14 @@ class ConditionalVAE(ConditionalSurrogate):
         recon, mu, logvar = recon.float(), mu.float(), logvar.float()
         if self.cfg.likelihood == "zero_inflated":
             recon, x_logvar, hit_logit = recon.chunk(3, dim=1)
-            hit = self.hits(x)
-            nll = gaussian_nll(recon, x_logvar, x)
-            bce = torch.nn.functional.binary_cross_entropy_with_logits(hit_logit, hit.float(), reduction="none")
-            rec = (bce + torch.where(hit, nll, torch.zeros_like(nll))).sum(1).mean()
+            rec = zero_inflated_nll(hit_logit, recon, x_logvar, x, self.hits(x)).mean()
         elif self.cfg.likelihood == "gaussian":
             recon, x_logvar = recon.chunk(2, dim=1)
             rec = gaussian_nll(recon, x_logvar, x).sum(1).mean()
         else:
             rec = ((recon - x) ** 2).sum(1).mean()
-        kl = (-0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(1)).mean()
-        loss = rec + self.kl_weight(step) * kl
+        kl = kl_normal(mu, logvar)
+        loss = rec + kl_weight(self.cfg, step) * kl
         if self.cfg.energy_aux_weight > 0:
             aux = self.energy_aux(recon, x)
             loss = loss + self.cfg.energy_aux_weight * aux
@@ -130,10 +120,39 @@ class ConditionalVAE(ConditionalSurrogate):
 LOGVAR_MIN, LOGVAR_MAX = -10.0, 4.0
 
 
+def encode_decode(encoder: nn.Module, decoder: nn.Module, x: torch.Tensor, cond: torch.Tensor, eps: torch.Tensor):
+    """q(z | x, c) by reparameterisation with noise eps, then the decoder: (decoded, mu, logvar)."""
+    mu, logvar = encoder(torch.cat([x, cond], 1)).chunk(2, dim=1)
+    logvar = logvar.clamp(-20, 10)
+    z = mu + torch.exp(0.5 * logvar) * eps
+    return decoder(torch.cat([z, cond], 1)), mu, logvar
+
+
+def kl_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of KL(N(mu, exp(logvar)) || N(0, 1))."""
+    return (-0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(1)).mean()
+
+
+def kl_weight(cfg: VAEConfig, step: int) -> float:
+    """beta, ramped up linearly over the first kl_warmup_steps."""
+    warm = 1.0 if cfg.kl_warmup_steps == 0 else min(1.0, step / cfg.kl_warmup_steps)
+    return cfg.beta * warm
+
+
 def gaussian_nll(mean: torch.Tensor, logvar: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Per-voxel negative log-likelihood of x under N(mean, exp(logvar)), without the constant."""
     logvar = logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
     return 0.5 * ((mean - x) ** 2 * torch.exp(-logvar) + logvar)
+
+
+def zero_inflated_nll(hit_logit: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor, x: torch.Tensor,
+                      hit: torch.Tensor, counted: torch.Tensor | None = None) -> torch.Tensor:
+    """Per row: Bernoulli for whether each voxel is hit, and for a hit a Gaussian for x.
+    `counted` masks voxels out (padding)."""
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(hit_logit, hit.float(), reduction="none")
+    if counted is not None:
+        bce = bce * counted
+    return (bce + torch.where(hit, gaussian_nll(mean, logvar, x), torch.zeros_like(x))).sum(1)
 
 
 class _Sampler(nn.Module):
