@@ -1,8 +1,8 @@
 """Generation showers/s at batch 1, 100, 10^4 (CPU, and GPU when present), and the surrogate
 vs Geant4 speed-up for the same energies in one run, on the same CPU: Geant4 with one
 process per core against the surrogate both in one process (all threads) and in one
-single-threaded process per core, as Geant4 runs. Repeated for the dataset-2 spectrum
-(log-uniform 1 GeV-1 TeV).
+single-threaded process per core, as Geant4 runs; every rate is the median of 3 timed runs.
+Repeated for the dataset-2 spectrum (log-uniform 1 GeV-1 TeV).
 
 Speed depends on the trained weights (how many layers a shower fills and how many voxels
 it hits), so this needs a trained checkpoint:
@@ -29,6 +29,7 @@ from simgan.config import SimulateConfig  # noqa: E402
 from simgan.generate import geant4_rate, surrogate_rate  # noqa: E402
 
 DEFAULT_CHECKPOINT = "runs/quickstart/train/model.pt"
+REPEATS = 3  # every rate in the comparison is the median of 3 timed runs (this VM's rates vary by 10-20%)
 
 
 def throughput(model, device, batch: int, total: int, precision: str) -> float:
@@ -36,10 +37,10 @@ def throughput(model, device, batch: int, total: int, precision: str) -> float:
     e = torch.full((batch,), 10000.0, device=device)
     g = torch.Generator(device=device)
     g.manual_seed(0)
-    model.sample(e, None, g, precision=precision)
+    buf = model.sample(e, None, g, precision=precision)
     n, t = 0, time.perf_counter()
     while n < total:
-        model.sample(e, None, g, precision=precision)
+        model.sample(e, None, g, precision=precision, out=buf)
         n += batch
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -54,7 +55,7 @@ def _one_process_rate(checkpoint: str, energies: np.ndarray, precision: str, sta
     model.sample(torch.as_tensor(energies[:100]), None, precision=precision)  # warm-up
     while time.time() < start:  # every process starts timing together
         time.sleep(0.01)
-    return surrogate_rate(model, energies, "cpu", precision=precision)
+    return surrogate_rate(model, energies, "cpu", precision=precision, repeats=REPEATS)
 
 
 def per_core_rate(checkpoint: str, energies: np.ndarray, precision: str, processes: int) -> float:
@@ -69,12 +70,12 @@ def compare(checkpoint: str, model, energies: np.ndarray, label: str) -> dict:
     cores = os.cpu_count() or 1
     # shards small enough that every core has work
     cfg = SimulateConfig(shard_events=max(1, len(energies) // (2 * cores)))
-    g4, workers = geant4_rate(cfg, 1, energies, workers=0)
+    g4, workers = geant4_rate(cfg, 1, energies, workers=0, repeats=REPEATS)
     many = np.resize(energies, 10000)
     out = {"label": label, "events_geant4": int(len(energies)), "mean_energy_gev": float(energies.mean() / 1e3),
            "geant4_showers_per_s": g4, "geant4_processes": workers}
     for precision in ("fp32", "bf16"):
-        one = surrogate_rate(model, many, "cpu", precision=precision)
+        one = surrogate_rate(model, many, "cpu", precision=precision, repeats=REPEATS)
         procs = per_core_rate(checkpoint, many, precision, workers)
         out[precision] = {"one_process_showers_per_s": one, "speedup_one_process": one / g4,
                           "per_core_processes_showers_per_s": procs, "speedup_per_core_processes": procs / g4}

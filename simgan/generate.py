@@ -123,6 +123,9 @@ def generate_to_file(model, energies: np.ndarray, conditions: dict, out, binning
         raise SimganError(f"rows start at {offset}, not a multiple of the batch size {batch_size}")
     model = model.to(device).eval()
     g = torch.Generator(device=device)
+    # HDF5 batches are written before the next is drawn, so on a CPU one buffer serves them all
+    reuse = fmt == "hdf5" and torch.device(device).type == "cpu"
+    buf = torch.empty(min(batch_size, stop - offset), model.transform.mean.numel()) if reuse else None
 
     def sample_batch(lo: int, hi: int) -> np.ndarray:
         g.manual_seed(_block_seed(seed, offset + lo))
@@ -130,7 +133,8 @@ def generate_to_file(model, energies: np.ndarray, conditions: dict, out, binning
         e = torch.as_tensor(energies[sl], device=device)
         x = None if extra is None else torch.as_tensor(extra[sl], device=device)
         given = None if layer_energies is None else torch.as_tensor(layer_energies[sl], device=device)
-        return model.sample(e, x, g, precision=precision, layer_energies=given, calibrated=calibrated).cpu().numpy()
+        return model.sample(e, x, g, precision=precision, layer_energies=given, calibrated=calibrated,
+                            out=None if buf is None else buf[:hi - lo]).cpu().numpy()
 
     file_conds = {k: v[offset:stop] for k, v in conditions.items()}
     if rows is not None:
@@ -190,32 +194,41 @@ def generate_with_dask(checkpoint, energies: np.ndarray, conditions: dict, out, 
             "showers_per_s": len(energies) / wall, "batch_size": batch_size, "device": "dask"}
 
 
-def geant4_rate(sim_cfg, seed: int, energies: np.ndarray, workers: int | None = None) -> tuple[float, int]:
+def geant4_rate(sim_cfg, seed: int, energies: np.ndarray, workers: int | None = None,
+                repeats: int = 1) -> tuple[float, int]:
     """(showers/s, processes) for these energies through Geant4 on this machine, with the
-    pool's start-up and physics tables built before the clock starts."""
+    pool's start-up and physics tables built before the clock starts; the median of
+    `repeats` timed runs."""
     from simgan.sim.calorimeter import GeantPool
     from simgan.sim.produce import settings_of, simulate_energies
 
+    rates = []
     with GeantPool(settings_of(sim_cfg), sim_cfg.workers if workers is None else workers) as pool:
         simulate_energies(sim_cfg, energies[:1], seed, False, pool=pool)
-        t = time.perf_counter()
-        simulate_energies(sim_cfg, energies, seed + 1, False, pool=pool)
-        return len(energies) / (time.perf_counter() - t), pool.workers
+        for r in range(repeats):
+            t = time.perf_counter()
+            simulate_energies(sim_cfg, energies, seed + 1 + r, False, pool=pool)
+            rates.append(len(energies) / (time.perf_counter() - t))
+        return float(np.median(rates)), pool.workers
 
 
 def surrogate_rate(model, energies: np.ndarray, device, seed: int = 0, precision: str = "fp32",
-                   conditions: np.ndarray | None = None) -> float:
-    """Showers/s of model.sample for these energies (and extra conditions) in one call, after
-    a warm-up call."""
+                   conditions: np.ndarray | None = None, repeats: int = 1) -> float:
+    """Showers/s of model.sample for these energies (and extra conditions) in one call into an
+    output buffer that a warm-up call has already filled, as the generate stage reuses one;
+    the median of `repeats` calls."""
     device = torch.device(device)
     model = model.to(device).eval()
     g = torch.Generator(device=device)
     g.manual_seed(seed)
     e = torch.as_tensor(energies, device=device)
     x = None if conditions is None else torch.as_tensor(conditions, device=device)
-    model.sample(e[:1], None if x is None else x[:1], g, precision=precision)
-    t = time.perf_counter()
-    model.sample(e, x, g, precision=precision)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return len(e) / (time.perf_counter() - t)
+    buf = model.sample(e, x, g, precision=precision)
+    rates = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        model.sample(e, x, g, precision=precision, out=buf)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        rates.append(len(e) / (time.perf_counter() - t))
+    return float(np.median(rates))

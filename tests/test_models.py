@@ -214,3 +214,28 @@ def test_calibration_maps_kept_shares_and_keeps_layer_energies(g4_sample):
     sim, raw, fixed = (np.sort(_log_shares(x, lv, 0.01515)[layer]) for x in (data.showers, gen, cal))
     q = np.linspace(0.1, 0.9, 9)
     assert np.abs(np.quantile(fixed, q) - np.quantile(sim, q)).mean() < np.abs(np.quantile(raw, q) - np.quantile(sim, q)).mean()
+
+
+def test_sampling_into_a_reused_buffer_and_the_threshold_rule(g4_sample):
+    """`out` receives exactly what a fresh call returns (a dirty buffer is cleared); a wrong
+    buffer is refused by name; a layer whose every hit would fall below the readout threshold
+    keeps only its largest."""
+    from simgan.errors import SimganError
+    data = cc.read(g4_sample, max_events=40)
+    m, _, lv = _layered(data)
+    e = torch.as_tensor(data.energies)
+    fresh = m.sample(e, None, torch.Generator().manual_seed(5))
+    buf = torch.full_like(fresh, 7.0)
+    again = m.sample(e, None, torch.Generator().manual_seed(5), out=buf)
+    assert again.data_ptr() == buf.data_ptr() and torch.equal(again, fresh)
+    with pytest.raises(SimganError, match=r"out: expected a float32 tensor of shape \(40, 6480\)"):
+        m.sample(e, None, out=torch.zeros(39, 6480))
+    # three layers of 10 hits, weights 0.5 but one of 1 (the largest, as draw_voxels scales them)
+    row = torch.arange(3).repeat_interleave(10)
+    idx = torch.arange(30)
+    w = torch.where(idx % 10 == torch.tensor([3, 4, 7]).repeat_interleave(10), 1.0, 0.5)
+    e_layer = torch.tensor([0.1, 10.0, 0.05])  # MeV; the threshold is 0.01515 MeV
+    r, i, _ = m._above_threshold(row, idx, w, e_layer)
+    assert i[r == 0].tolist() == [3]  # 0.1 MeV over weights 5.5: 0.018 MeV for the largest, 0.009 for the rest
+    assert (r == 1).sum() == 10  # 10 MeV: every hit far above the threshold
+    assert i[r == 2].tolist() == [27]  # 0.05 MeV: even the largest (0.009 MeV) is below; it alone stays

@@ -32,7 +32,7 @@ from torch import nn
 from simgan.errors import SimganError
 from simgan.models.base import ConditionalSurrogate
 from simgan.models.components.blocks import mlp
-from simgan.models.energy import CouplingSampler, LayerEnergyFlow
+from simgan.models.energy import CouplingSampler, LayerEnergyFlow, fast_exp
 from simgan.models.vae import LOGVAR_MAX, LOGVAR_MIN, encode_decode, kl_normal, kl_weight, zero_inflated_nll
 
 LOG_SHARE_FLOOR = math.log(1e-8)  # an empty voxel in the log-share view
@@ -188,61 +188,65 @@ class LayeredSurrogate(ConditionalSurrogate):
     def draw_voxels(self, raw: torch.Tensor, lid: torch.Tensor, e_layer: torch.Tensor,
                     generator: torch.Generator | None, calibrate: bool = False
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Sample the voxels of m layers: (row, voxel, energy) of every voxel kept.
+        """Sample the voxels of m layers: (row, index in the (m, v_max) grid, energy) of every
+        voxel kept.
 
         A voxel is hit with its probability; a hit's log share is Gaussian; the hits are
         normalised to the layer energy, cut at the readout threshold and normalised again. A
         layer that drew no hit takes its most probable voxel; one left with none above the
-        threshold puts its energy in its largest hit. Sparse after the hit draw: generation
-        is memory-bound, and about 7% of voxels are hit. On a CPU the hit uniforms come from
+        threshold keeps only its largest hit. Sparse after the hit draw: generation is
+        memory-bound, and about 7% of voxels are hit. On a CPU the hit uniforms come from
         numpy's PCG64 (2x faster than torch's generator), seeded from `generator`."""
-        V = self.v_max
+        V, m = self.v_max, len(e_layer)
         hit_logit, mean, logvar = self.split_head(raw, lid)
         if hit_logit.device.type == "cpu":
             seed = int(torch.randint(0, 2**62, (1,), generator=generator))
             u = torch.from_numpy(np.random.default_rng(seed).random(hit_logit.shape, dtype=np.float32))
         else:
             u = torch.rand(hit_logit.shape, generator=generator, device=hit_logit.device)
-        hard = u < torch.sigmoid(hit_logit.float())  # (a bfloat16 comparison is 3x slower)
-        none = (~hard.any(1)).nonzero().squeeze(1)
+        p = hit_logit.float()  # (a bfloat16 comparison is 3x slower)
+        hard = u < (p.sigmoid_() if p.data_ptr() != hit_logit.data_ptr() else torch.sigmoid(p))
+        idx = hard.view(-1).nonzero().squeeze(1)
+        row = torch.div(idx, V, rounding_mode="floor")
+        none = (torch.bincount(row, minlength=m) == 0).nonzero().squeeze(1)
         if len(none):
-            hard[none, hit_logit[none].argmax(1)] = True
-        flat = hard.view(-1).nonzero().squeeze(1)
-        row = torch.div(flat, V, rounding_mode="floor")
-        col = flat - row * V
-        at = row * raw.shape[1] + col  # the hits' places in the contiguous head output
-        sigma = torch.exp(0.5 * torch.take(raw, at + 2 * V).float().clamp(LOGVAR_MIN, LOGVAR_MAX))
-        log_s = torch.take(raw, at + V).float() + sigma * torch.randn(len(flat), generator=generator, device=flat.device)
-        m = len(e_layer)
-        top = torch.full((m,), -math.inf, device=flat.device).scatter_reduce_(0, row, log_s, "amax")
-        w = torch.exp(log_s - top[row])  # each layer's largest hit has weight exactly 1
-        x = w * (e_layer / torch.zeros(m, device=flat.device).index_add_(0, row, w))[row]
-        x, kept = self._cut(x, w, row, e_layer)
-        row, col, x, w = row[kept], col[kept], x[kept], w[kept]
-        if calibrate:  # map each kept voxel's share, normalise, then cut and normalise again
-            x = torch.exp(self._calibrated_log_share(torch.log(x / e_layer[row]), lid[row]))
-            x = x * (e_layer / torch.zeros(len(e_layer), device=x.device).index_add_(0, row, x))[row]
-            x, kept = self._cut(x, w, row, e_layer)
-            row, col, x = row[kept], col[kept], x[kept]
-        return row, col, x
+            idx = torch.cat([idx, none * V + hit_logit[none].argmax(1)])
+            row = torch.cat([row, none])
+        # (index_select: 10x faster than take or [] on a CPU, measured)
+        at = idx + row * (raw.shape[1] - V)  # the hits' places in the contiguous head output
+        flat = raw.view(-1)
+        mu = flat.index_select(0, at.add_(V))
+        sigma = fast_exp(flat.index_select(0, at.add_(V)).float().clamp_(LOGVAR_MIN, LOGVAR_MAX).mul_(0.5))
+        log_s = torch.randn(len(idx), generator=generator, device=idx.device).mul_(sigma).add_(mu)
+        top = torch.full((m,), -math.inf, device=idx.device).scatter_reduce_(0, row, log_s, "amax")
+        w = fast_exp(log_s.sub_(top.index_select(0, row)))  # each layer's largest hit has weight exactly 1
+        row, idx, w = self._above_threshold(row, idx, w, e_layer)
+        if calibrate:  # map each kept voxel's share, then cut and normalise again
+            w = w / torch.zeros(m, device=w.device).index_add_(0, row, w).index_select(0, row)
+            w = fast_exp(self._calibrated_log_share(torch.log(w), lid.index_select(0, row)))
+            top = torch.zeros(m, device=w.device).scatter_reduce_(0, row, w, "amax")
+            row, idx, w = self._above_threshold(row, idx, w / top.index_select(0, row), e_layer)
+        scale = e_layer / torch.zeros(m, device=w.device).index_add_(0, row, w)
+        return row, idx, w.mul_(scale.index_select(0, row))
 
-    def _cut(self, x: torch.Tensor, w: torch.Tensor, row: torch.Tensor, e_layer: torch.Tensor):
-        """Zero the voxels below the threshold (a layer left with none keeps its largest draw,
-        weight 1) and normalise each layer to its energy: (energies, kept)."""
-        m = len(e_layer)
-        kept = x >= self.threshold if self.threshold > 0 else torch.ones_like(x, dtype=torch.bool)
-        total = torch.zeros(m, device=x.device).index_add_(0, row, torch.where(kept, x, torch.zeros_like(x)))
-        kept |= (total[row] <= 0) & (w == 1.0)
-        x = torch.where(kept, x, torch.zeros_like(x))
-        return x * (e_layer / torch.zeros(m, device=x.device).index_add_(0, row, x))[row], kept
+    def _above_threshold(self, row: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, e_layer: torch.Tensor):
+        """The voxels (weights w, each layer's largest exactly 1) that are above the readout
+        threshold once each layer is normalised to its energy; a layer with none keeps only
+        its largest: a voxel stays if w >= min(threshold x sum(w) / e_layer, 1)."""
+        if self.threshold <= 0:
+            return row, idx, w
+        total = torch.zeros(len(e_layer), device=w.device).index_add_(0, row, w)
+        kept = (w >= (total * (self.threshold / e_layer)).clamp_max_(1.0).index_select(0, row)).nonzero().squeeze(1)
+        return row.index_select(0, kept), idx.index_select(0, kept), w.index_select(0, kept)
 
     def _calibrated_log_share(self, log_s: torch.Tensor, lid: torch.Tensor) -> torch.Tensor:
         """Piecewise-linear lookup in the layer's calibration table."""
         pos = ((log_s - CALIBRATION_LO) / -CALIBRATION_LO * (CALIBRATION_POINTS - 1)).clamp(0, CALIBRATION_POINTS - 1)
         lo = pos.floor().long().clamp_max(CALIBRATION_POINTS - 2)
         frac = pos - lo
-        table = self.calibration[lid]
-        a, b = table.gather(1, lo[:, None])[:, 0], table.gather(1, lo[:, None] + 1)[:, 0]
+        at = lid * CALIBRATION_POINTS + lo
+        table = self.calibration.view(-1)
+        a, b = table.index_select(0, at), table.index_select(0, at + 1)
         return a + frac * (b - a)
 
     def fit_calibration(self, showers: np.ndarray, generated: np.ndarray, min_hits: int = 200) -> dict:
@@ -286,8 +290,10 @@ class LayeredSurrogate(ConditionalSurrogate):
             lcond = self.layer_cond(cond, e_layers, sid, lid)
             with torch.autocast(device_type=lcond.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 raw = self.raw_shape(lcond, generator)
-            row, col, x = self.draw_voxels(raw, lid, e_layers[sid, lid].float(), generator, calibrate)
-            place = (sid[row] * self.n_layers + lid[row]) * self.v_max + col
+            row, idx, x = self.draw_voxels(raw, lid, e_layers[sid, lid].float(), generator, calibrate)
+            # from the (m, v_max) grid of the drawn layers to the (n, n_layers, v_max) output
+            offset = (sid * self.n_layers + lid - torch.arange(len(sid), device=sid.device)) * self.v_max
+            place = offset.index_select(0, row).add_(idx)
             (out if self.uniform else padded).view(-1)[place] = x
         if not self.uniform:
             out.copy_(self.from_layers(padded))
@@ -296,16 +302,18 @@ class LayeredSurrogate(ConditionalSurrogate):
     @torch.no_grad()
     def sample(self, energies: torch.Tensor, extra: torch.Tensor | None = None,
                generator: torch.Generator | None = None, block: int | None = None, precision: str = "fp32",
-               layer_energies: torch.Tensor | None = None, calibrated: bool = True) -> torch.Tensor:
-        """Showers in MeV, `block` showers at a time. `layer_energies` (N, L) replaces stage 1
+               layer_energies: torch.Tensor | None = None, calibrated: bool = True,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+        """Showers in MeV, `block` showers at a time, written into `out` when given. `layer_energies` (N, L) replaces stage 1
         (the ablation mode: the shape model fed, e.g., Geant4's own layer energies).
         `calibrated=False` leaves out a fitted calibration."""
         cond = self.transform.cond(energies, extra)
         e_inc = energies.to(cond.device).double()
         if block is None:
-            block = 1 << 16 if cond.device.type == "cuda" else 1024
+            # on a CPU, 512 measured fastest of 128-2048 with one process per core
+            block = 1 << 16 if cond.device.type == "cuda" else 512
         sampler = CouplingSampler.of(self.energy) if layer_energies is None else None
-        out = torch.empty(len(cond), self.transform.mean.numel(), device=cond.device)
+        out = self.output_buffer(len(cond), out, cond.device)
         for lo in range(0, len(cond), block):
             sl = slice(lo, min(lo + block, len(cond)))
             if layer_energies is None:
