@@ -42,8 +42,10 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_merge(args) -> int:
+    from simgan.io import check_output_file
     from simgan.sim.produce import merge_shards
 
+    check_output_file(args.out, {f"shard #{i}": s for i, s in enumerate(args.shards)})
     merge_shards(args.shards, args.out)
     print(f"wrote {args.out} from {len(args.shards)} shards")
     return 0
@@ -51,7 +53,9 @@ def cmd_merge(args) -> int:
 
 def cmd_convert(args) -> int:
     from simgan.data.convert import convert
+    from simgan.io import check_output_file
 
+    check_output_file(args.out, {"input": args.input})
     convert(args.input, args.out, args.format, args.binning)
     print(f"wrote {args.out}")
     return 0

@@ -13,6 +13,7 @@ from pipeline.contract import Context, stage_dir, write_manifest
 from simgan.config import ExperimentConfig
 from simgan.errors import SimganError
 from simgan.generate import energies_from_file, generate_to_file, layer_energies_from_file, log_uniform_energies
+from simgan.io import check_output_file
 from simgan.train.trainer import model_from_checkpoint, resolve_device
 
 
@@ -95,7 +96,9 @@ def compare_geant4(cfg: ExperimentConfig, model, energies: np.ndarray, conds: di
 
 def generate_cli(args) -> int:
     """`simgan generate --checkpoint CKPT | --model URI --out FILE ...`"""
-    out = Path(args.out)
+    out = check_output_file(args.out, {"--energies-from": args.energies_from,
+                                       "--layer-energies-from": args.layer_energies_from,
+                                       "--checkpoint": args.checkpoint})
     fmt = args.format or ("root" if out.suffix.lower() == ".root" else "hdf5")
     if fmt == "hdf5" and out.suffix.lower() not in (".h5", ".hdf5"):
         raise SimganError(f"{out}: HDF5 output needs a .h5 or .hdf5 name (or --format root with .root)")

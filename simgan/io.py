@@ -39,6 +39,23 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         raise
 
 
+def check_output_file(out: str | os.PathLike, inputs: dict[str, str | os.PathLike | None]) -> Path:
+    """`out` as a Path, checked before any work: not a directory, and none of `inputs`
+    (label -> path), which writing it would replace."""
+    out = Path(out)
+    if out.is_dir():
+        raise SimganError(f"{out}: is a directory; --out needs a file name")
+    for label, path in inputs.items():
+        if path is None:
+            continue
+        path = Path(path)
+        same = os.path.samefile(out, path) if out.exists() and path.exists() else out.resolve() == path.resolve()
+        if same:
+            raise SimganError(f"--out {out} is the {label} file {path}: writing it would replace that file; "
+                              "choose another output name")
+    return out
+
+
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
     with atomic_path(path, suffix=".json") as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")

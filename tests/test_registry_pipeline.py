@@ -135,6 +135,31 @@ def test_generate_checkpoint_cli_and_bad_input(chain, tmp_path, capsys):
     assert not bad.exists()
 
 
+def test_outputs_never_replace_their_inputs(chain, tmp_path, capsys):
+    """Data loss: generate, convert and merge refuse an --out that is one of their inputs (also
+    through a symlink) or a directory, before any work, and leave the input as it was."""
+    import hashlib
+    tmp, cfg = chain
+    ckpt = cfg.run_dir / "train" / "model.pt"
+    g4 = tmp_path / "g4.h5"
+    g4.write_bytes((cfg.run_dir / "prepare" / "test.h5").read_bytes())
+    link = tmp_path / "link.h5"
+    link.symlink_to(g4)
+    digest = hashlib.sha256(g4.read_bytes()).hexdigest()
+    capsys.readouterr()
+    for out, flag in ((g4, "--energies-from"), (link, "--energies-from"), (g4, "--layer-energies-from")):
+        assert main(["generate", "--checkpoint", str(ckpt), flag, str(g4), "--out", str(out), "-q"]) == 2
+        err = capsys.readouterr().err
+        assert f"is the {flag} file" in err and "replace" in err
+    assert main(["convert", str(g4), "--out", str(link)]) == 2
+    assert "is the input file" in capsys.readouterr().err
+    assert main(["merge", str(g4), "--out", str(g4)]) == 2
+    assert "is the shard #0 file" in capsys.readouterr().err
+    assert main(["generate", "--checkpoint", str(ckpt), "--energies-from", str(g4), "--out", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    assert hashlib.sha256(g4.read_bytes()).hexdigest() == digest and link.is_symlink()
+
+
 def test_sharded_and_dask_generation_equal_the_stage_output(chain, tmp_path):
     """Array-style shards joined by `simgan merge`, and the dask switch on a real LocalCluster,
     reproduce the generate stage's file shower for shower."""
