@@ -12,7 +12,8 @@ from pipeline import prepare, train
 from pipeline.contract import Context, stage_dir, write_manifest
 from simgan.config import ExperimentConfig
 from simgan.errors import SimganError
-from simgan.generate import energies_from_file, generate_to_file, layer_energies_from_file, log_uniform_energies
+from simgan.generate import (checkpoint_metadata, energies_from_file, generate_to_file, layer_energies_from_file,
+                             log_uniform_energies)
 from simgan.io import check_output_file
 from simgan.train.trainer import model_from_checkpoint, resolve_device
 
@@ -41,6 +42,7 @@ def run(cfg: ExperimentConfig, ctx: Context) -> dict[str, Path]:
     from simgan.data.calochallenge import inspect
     binning = inspect(ins["test"]).binning
     g = cfg.generate
+    meta = checkpoint_metadata(ins["model"])
     if g.dask:
         if g.format != "hdf5":
             raise SimganError("generate.dask=true writes HDF5; set generate.format=hdf5")
@@ -51,17 +53,17 @@ def run(cfg: ExperimentConfig, ctx: Context) -> dict[str, Path]:
                                         precision=g.precision)
     else:
         timing = generate_to_file(model, energies, conds, out["showers"], binning, g.batch_size, device, cfg.seed,
-                                  g.format, {"checkpoint": str(ins["model"])}, ctx.progress, precision=g.precision)
+                                  g.format, meta, ctx.progress, precision=g.precision)
     if g.ablation:
         given = layer_energies_from_file(ins["test"], model_layer_voxels(model), cfg.domain.threshold_mev, g.events)
         timing["ablation"] = generate_to_file(
             model, energies, conds, out["ablation"], binning, g.batch_size, device, cfg.seed, "hdf5",
-            {"checkpoint": str(ins["model"]), "layer_energies_from": str(ins["test"])}, ctx.progress,
+            {**meta, "layer_energies_from": str(ins["test"])}, ctx.progress,
             precision=g.precision, layer_energies=given)
     if "uncalibrated" in out:  # the report shows the showers with and without the calibration
         timing["uncalibrated"] = generate_to_file(
             model, energies, conds, out["uncalibrated"], binning, g.batch_size, device, cfg.seed, "hdf5",
-            {"checkpoint": str(ins["model"]), "calibrated": False}, ctx.progress, precision=g.precision,
+            {**meta, "calibrated": False}, ctx.progress, precision=g.precision,
             calibrated=False)
     if g.compare_geant4:
         timing["geant4"] = compare_geant4(cfg, model, energies, conds, g.compare_geant4, device)
@@ -147,7 +149,7 @@ def generate_cli(args) -> int:
             given = layer_energies_from_file(args.layer_energies_from, model_layer_voxels(model),
                                              cfg.domain.threshold_mev, args.events)
         timing = generate_to_file(model, energies, conds, out, binning, args.batch_size, device, args.seed, fmt,
-                                  {"checkpoint": str(args.checkpoint)}, not args.quiet, rows, args.precision, given)
+                                  checkpoint_metadata(args.checkpoint), not args.quiet, rows, args.precision, given)
         if args.compare_geant4:
             timing["geant4"] = compare_geant4(cfg.model_copy(update={"generate": cfg.generate.model_copy(
                 update={"precision": args.precision})}), model, energies, conds, args.compare_geant4, device)

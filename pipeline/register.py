@@ -28,7 +28,12 @@ def _register_dir(run_dir: Path, name: str, uri: str, alias: str, retries: int) 
     if not model.is_file():
         raise SimganError(f"{run_dir}: no trained model at {model}")
     metrics_path = run_dir / "validate" / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
+    metrics = None
+    if metrics_path.is_file():
+        try:
+            metrics = json.loads(metrics_path.read_text())
+        except ValueError as exc:
+            raise SimganError(f"{metrics_path}: not valid JSON ({exc}); run `simgan validate` again") from exc
     info_path = run_dir / "train" / "run_info.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     run_id = info.get("mlflow_run_id") or None
@@ -45,7 +50,7 @@ def _register_dir(run_dir: Path, name: str, uri: str, alias: str, retries: int) 
         from simgan.train.trainer import load_checkpoint
 
         xml = load_binning(config_from_dict(load_checkpoint(model)["config"]).domain.geometry).to_xml()
-    return register_model(model, xml, name, uri, metrics, data_hash, run_id, alias, retries)
+    return register_model(model, xml, name, uri, metrics, data_hash, run_id, alias, retries, str(metrics_path))
 
 
 def run(cfg: ExperimentConfig, ctx: Context) -> dict[str, Path]:

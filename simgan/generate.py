@@ -13,7 +13,13 @@ from simgan.data import calochallenge as cc
 from simgan.data.binning import Binning
 from simgan.data.rootio import write_root
 from simgan.errors import SimganError
-from simgan.io import atomic_path
+from simgan.io import atomic_path, file_sha256
+
+
+def checkpoint_metadata(checkpoint, **extra) -> dict:
+    """What a generated file records of its checkpoint: the path and its SHA-256, which binds a
+    validation to the checkpoint that `register` may promote."""
+    return {"checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint), **extra}
 
 
 def energies_from_file(path, max_events: int | None = None) -> tuple[np.ndarray, dict]:
@@ -159,7 +165,7 @@ def _shard_task(checkpoint: str, energies, conditions, out: str, batch_size: int
     model, ckpt = model_from_checkpoint(checkpoint, "cpu")
     binning = load_binning(config_from_dict(ckpt["config"], checkpoint).domain.geometry)
     return generate_to_file(model, energies, conditions, out, binning, batch_size, "cpu", seed, "hdf5",
-                            {"checkpoint": checkpoint}, False, rows, precision)
+                            checkpoint_metadata(checkpoint), False, rows, precision)
 
 
 def generate_with_dask(checkpoint, energies: np.ndarray, conditions: dict, out, batch_size: int, seed: int,

@@ -190,6 +190,9 @@ def validate(reference, candidate, out_dir, cfg: ValidateConfig, threshold_mev: 
     metrics.update({
         "n_reference": int(ref_info.n_events), "n_candidate": int(cand_info.n_events),
         "reference": str(reference), "candidate": str(candidate), "threshold_mev": threshold_mev,
+        # what binds this verdict to a model: `register` moves an alias only for this checkpoint
+        "candidate_sha256": file_sha256(candidate),
+        "candidate_checkpoint_sha256": cand_info.metadata.get("checkpoint_sha256"),
         "floor": _summary(floor_m), "floor_source": floor_desc, "floor_detail": floor_m,
         "extra_candidates": {k: {"file": str(extra_candidates[k]), **v} for k, v in extras.items()},
     })

@@ -73,6 +73,40 @@ def test_second_run_skips_and_changed_config_reruns_dependents(chain, capsys):
     assert json.loads((cfg.run_dir / "register" / "registered.json").read_text())["version"] == 2
 
 
+def test_alias_moves_only_for_the_validated_checkpoint(chain, tmp_path, capsys):
+    """Gate integrity: the verdict names the checkpoint its showers came from (SHA-256 through
+    the generated file); `register` refuses to move the alias for another checkpoint, a
+    verdict bound to none, or a torn or gate-less metrics.json, and logs nothing."""
+    import shutil
+    from mlflow.tracking import MlflowClient
+    from simgan.io import file_sha256
+    _, cfg = chain
+    ckpt = cfg.run_dir / "train" / "model.pt"
+    m = json.loads((cfg.run_dir / "validate" / "metrics.json").read_text())
+    assert m["gate"]["pass"] and m["candidate_checkpoint_sha256"] == file_sha256(ckpt)
+    assert cc.inspect(cfg.run_dir / "generate" / "generated.h5").metadata["checkpoint_sha256"] == file_sha256(ckpt)
+    run = tmp_path / "run"
+    shutil.copytree(cfg.run_dir, run)
+    uri = f"sqlite:///{tmp_path}/reg.db"
+    last = run / "train" / "checkpoints" / "last.pt"  # raw weights; model.pt holds the averaged ones
+    assert file_sha256(last) != file_sha256(ckpt)
+    shutil.copy(last, run / "train" / "model.pt")  # another checkpoint than the validated one
+    capsys.readouterr()
+    assert main(["register", "--run-dir", str(run), "--name", "swapped", "--tracking-uri", uri]) == 2
+    assert "the alias moves only for the checkpoint that was validated" in capsys.readouterr().err
+    shutil.copy(ckpt, run / "train" / "model.pt")
+    metrics = run / "validate" / "metrics.json"
+    for text, msg in (('{"auc_high": 0.5', "not valid JSON"), ('{"auc_high": 0.5}', "no gate verdict"),
+                      (json.dumps({**m, "candidate_checkpoint_sha256": None}), "no recorded checkpoint")):
+        metrics.write_text(text)
+        assert main(["register", "--run-dir", str(run), "--name", "swapped", "--tracking-uri", uri]) == 2
+        assert msg in capsys.readouterr().err
+    assert not MlflowClient(uri).search_registered_models()  # nothing logged or registered
+    metrics.write_text(json.dumps(m))  # the true verdict for the true checkpoint: the alias moves
+    assert main(["register", "--run-dir", str(run), "--name", "swapped", "--tracking-uri", uri]) == 0
+    assert MlflowClient(uri).get_registered_model("swapped").aliases == {"champion": 1}
+
+
 def test_fresh_process_loads_champion_and_generates(chain, tmp_path):
     tmp, cfg = chain
     code = ("import mlflow, pandas as pd, numpy as np, sys;"
