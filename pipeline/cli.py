@@ -13,6 +13,37 @@ import sys
 from simgan.errors import SimganError
 
 
+def _int_at_least(lo: int):
+    """An argparse type: an integer >= lo (argparse then names the option and exits 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {lo}"
+    return parse
+
+
+def _positive_finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return value
+
+
+def _shards(args) -> None:
+    if (args.shard_index is None) != (args.shard_count is None):
+        raise SimganError("give both --shard-index and --shard-count, or neither")
+    if args.shard_count is not None and args.shard_index >= args.shard_count:
+        raise SimganError(f"--shard-index {args.shard_index}: expected 0 <= index < --shard-count {args.shard_count}")
+
+
 def _config(args, extra: list[str] | None = None):
     from simgan.config import load_config
 
@@ -22,7 +53,8 @@ def _config(args, extra: list[str] | None = None):
 def cmd_simulate(args) -> int:
     from simgan.sim.produce import simulate_to_file
 
-    extra = [f"simulate.events={args.events}"] if args.events else []
+    _shards(args)
+    extra = [f"simulate.events={args.events}"] if args.events is not None else []
     cfg = _config(args, extra)
     from pipeline.validate import dask_client
 
@@ -81,6 +113,7 @@ def cmd_run(args) -> int:
 def cmd_generate(args) -> int:
     from pipeline.generate import generate_cli
 
+    _shards(args)
     return generate_cli(args)
 
 
@@ -117,10 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("simulate", help="run Geant4 and write canonical HDF5")
     with_config(s)
-    s.add_argument("--events", type=int)
+    s.add_argument("--events", type=_int_at_least(1))
     s.add_argument("--out", required=True)
-    s.add_argument("--shard-index", type=int)
-    s.add_argument("--shard-count", type=int)
+    s.add_argument("--shard-index", type=_int_at_least(0))
+    s.add_argument("--shard-count", type=_int_at_least(1))
     s.add_argument("--dask", action="store_true", help="run the shards on a dask.distributed cluster")
     s.add_argument("--scheduler", help="dask scheduler address (default: a LocalCluster of worker processes)")
     s.set_defaults(func=cmd_simulate)
@@ -147,24 +180,25 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--checkpoint")
     src.add_argument("--model", help="MLflow model URI, e.g. models:/NAME@champion")
     s.add_argument("--out", required=True)
-    s.add_argument("--events", type=int)
+    s.add_argument("--events", type=_int_at_least(1))
     s.add_argument("--energies-from", help="canonical file whose incident energies to use")
     s.add_argument("--layer-energies-from", help="canonical file whose incident energies, conditions and layer "
                    "energies to use: the shape model fed the simulator's layer energies (ablation; output=layers models)")
-    s.add_argument("--energy-range", nargs=2, type=float, metavar=("MIN_GEV", "MAX_GEV"))
-    s.add_argument("--batch-size", type=int, default=1000)
+    s.add_argument("--energy-range", nargs=2, type=_positive_finite, metavar=("MIN_GEV", "MAX_GEV"))
+    s.add_argument("--batch-size", type=_int_at_least(1), default=1000)
     s.add_argument("--format", choices=["hdf5", "root"])
     s.add_argument("--device", default="auto")
     s.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16: the network in bfloat16 (faster on CPUs with AVX512-BF16 or AMX, and on GPUs)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--compare-geant4", type=int, default=0, metavar="N")
-    s.add_argument("--shard-index", type=int, help="write only this shard of the rows (join shards with `simgan merge`)")
-    s.add_argument("--shard-count", type=int)
+    s.add_argument("--seed", type=_int_at_least(0), default=0)
+    s.add_argument("--compare-geant4", type=_int_at_least(0), default=0, metavar="N")
+    s.add_argument("--shard-index", type=_int_at_least(0),
+                   help="write only this shard of the rows (join shards with `simgan merge`)")
+    s.add_argument("--shard-count", type=_int_at_least(1))
     s.add_argument("--dask", action="store_true", help="generate the shards on a dask.distributed cluster, then merge")
     s.add_argument("--scheduler", help="dask scheduler address (default: a LocalCluster)")
-    s.add_argument("--dask-workers", type=int, default=2, help="LocalCluster size (default 2)")
-    s.add_argument("--shards", type=int, help="number of dask shards (default: one per worker)")
+    s.add_argument("--dask-workers", type=_int_at_least(1), default=2, help="LocalCluster size (default 2)")
+    s.add_argument("--shards", type=_int_at_least(1), help="number of dask shards (default: one per worker)")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_generate)
 
@@ -197,9 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--partition", default="cpu")
     s.add_argument("--gpu-partition", default="gpu")
-    s.add_argument("--nodes", type=int, default=1)
-    s.add_argument("--gpus-per-node", type=int, default=4)
-    s.add_argument("--generate-shards", type=int, default=4, help="array tasks for generation (default 4)")
+    s.add_argument("--nodes", type=_int_at_least(1), default=1)
+    s.add_argument("--gpus-per-node", type=_int_at_least(0), default=4)
+    s.add_argument("--generate-shards", type=_int_at_least(1), default=4, help="array tasks for generation (default 4)")
     s.set_defaults(func=cmd_workflow)
 
     s = sub.add_parser("run", help="run the whole chain")

@@ -125,8 +125,6 @@ def generate_cli(args) -> int:
         raise SimganError("--shard-index/--shard-count and --dask work with --checkpoint")
     if (sharded or args.dask) and fmt != "hdf5":
         raise SimganError("sharded and dask generation write HDF5 (merge, then `simgan convert`)")
-    if sharded and (args.shard_index is None or args.shard_count is None):
-        raise SimganError("give both --shard-index and --shard-count")
     if args.dask:
         from pipeline.validate import dask_client
         from simgan.generate import generate_with_dask

@@ -46,6 +46,8 @@ def run_chain(cfg: ExperimentConfig, force: bool = False, start: str | None = No
             raise SimganError(f"{label} {s!r}: expected one of {chain}")
     lo = chain.index(start) if start else 0
     hi = chain.index(until) + 1 if until else len(chain)
+    if lo >= hi:
+        raise SimganError(f"--from {start} comes after --until {until} in the chain {chain}: nothing to run")
     selected = chain[lo:hi]
     # --from forces the named stage and everything after it
     results = {}

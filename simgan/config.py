@@ -19,12 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from simgan.errors import SimganError
 from simgan.models.gan import GANConfig
 from simgan.models.vae import VAEConfig
+from simgan.schema import BooleanNotNumber, ConfigModel
 
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 GROUPS = ("domain", "model")
 
 
-class Strict(BaseModel):
+class Strict(ConfigModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
@@ -250,6 +251,9 @@ def _format_error(source: str, exc: ValidationError) -> str:
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
+        field = err.get("ctx", {}).get("error")
+        if isinstance(field, BooleanNotNumber):  # raised for the model: name the field
+            loc, msg = f"{loc}.{field.field}" if loc else field.field, str(field)
         got = err.get("input")
         got_s = "" if isinstance(got, dict) or err["type"] == "missing" else f" (got {got!r})"
         lines.append(f"key '{loc}': {msg}{got_s}")

@@ -23,7 +23,10 @@ def test_layered_model_config_errors_name_the_key():
 
 
 @pytest.mark.parametrize("override, key", [("train.stepz=3", "train.stepz"), ("model.foo=1", "model.foo"),
-                                           ("train.steps=abc", "train.steps"), ("bogus=1", "bogus")])
+                                           ("train.steps=abc", "train.steps"), ("bogus=1", "bogus"),
+                                           ("train.steps=true", "train.steps"),  # pydantic alone: 1
+                                           ("model.energy.lr=false", "model.energy.lr"),
+                                           ("validate.gate.auc_high_max=true", "validate.gate.auc_high_max")])
 def test_bad_keys_and_types_name_file_and_key(override, key):
     with pytest.raises(SimganError) as exc:
         load_config(QUICKSTART, [override])
@@ -45,4 +48,35 @@ def test_cli_reports_config_error_and_exits_nonzero(tmp_path, capsys):
     rc = main(["simulate", "-c", str(QUICKSTART), "--events", "5", "--out", str(out), "simulate.cut_mmm=1"])
     assert rc == 2
     assert "simulate.cut_mmm" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["simulate", "--events", "0"], "argument --events: expected an integer >= 1, got 0"),
+    (["simulate", "--events", "-5"], "argument --events: expected an integer >= 1, got -5"),
+    (["simulate", "--events", "5", "--shard-index", "1"], "give both --shard-index and --shard-count"),
+    (["simulate", "--events", "5", "--shard-index", "2", "--shard-count", "2"], "expected 0 <= index < --shard-count 2"),
+    (["generate", "--checkpoint", "m.pt", "--events", "3", "--energy-range", "1", "inf"],
+     "argument --energy-range: expected a finite number > 0, got inf"),
+    (["generate", "--checkpoint", "m.pt", "--events", "3", "--energy-range", "1", "2", "--compare-geant4", "-1"],
+     "argument --compare-geant4: expected an integer >= 0"),
+    (["generate", "--checkpoint", "m.pt", "--events", "3", "--energy-range", "1", "2", "--seed", "-3"],
+     "argument --seed: expected an integer >= 0"),
+    (["workflow", "--nodes", "0"], "argument --nodes: expected an integer >= 1, got 0"),
+    (["workflow", "--gpus-per-node", "-2"], "argument --gpus-per-node: expected an integer >= 0, got -2"),
+    (["run", "--from", "register", "--until", "prepare"], "--from register comes after --until prepare"),
+])
+def test_cli_refuses_arguments_that_would_run_something_else(tmp_path, capsys, argv, says):
+    """Exit 2 with the option named, before any work, where the command used to run the whole
+    set, nothing, or a wrong count and exit 0."""
+    out = tmp_path / "o.h5"
+    if argv[0] in ("simulate", "workflow", "run"):
+        argv = [argv[0], "-c", str(QUICKSTART), *argv[1:]] + (["--out", str(out)] if argv[0] != "run" else [])
+    else:
+        argv = [*argv, "--out", str(out)]
+    try:
+        rc = main(argv)
+    except SystemExit as exc:  # argparse
+        rc = exc.code
+    assert rc == 2 and says in capsys.readouterr().err
     assert not out.exists()

@@ -25,11 +25,12 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from simgan.schema import ConfigModel
 
 
-class EnergyFlowConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class EnergyFlowConfig(ConfigModel):
 
     transforms: int = Field(4, gt=0)
     hidden: list[int] = [64, 64]

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from simgan.schema import ConfigModel
 
 from simgan.models.energy import EnergyFlowConfig
 
 
-class GANConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class GANConfig(ConfigModel):
 
     family: Literal["gan"] = "gan"
     loss: Literal["wgan_gp", "bce", "wgan_clip"] = "wgan_gp"

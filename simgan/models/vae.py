@@ -18,13 +18,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from simgan.schema import ConfigModel
 
 from simgan.models.energy import EnergyFlowConfig
 
 
-class VAEConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class VAEConfig(ConfigModel):
 
     family: Literal["vae"] = "vae"
     arch: Literal["mlp", "conv"] = "mlp"
