@@ -23,13 +23,20 @@ def checkpoint_metadata(checkpoint, **extra) -> dict:
 
 
 def energies_from_file(path, max_events: int | None = None) -> tuple[np.ndarray, dict]:
-    """Incident energies (and extra conditions) of a canonical file, read chunk by chunk."""
-    es, conds = [], {}
-    for _, e, _, c in cc.iter_chunks(path, 20000, stop=max_events, check=False):
+    """Incident energies (and extra conditions) of a canonical file, read chunk by chunk and
+    checked: finite, > 0 and in MeV (the showers only serve the unit check)."""
+    es, deposited, conds = [], [], {}
+    for lo, e, s, c in cc.iter_chunks(path, 20000, stop=max_events, check=False):
+        cc.check_values(path, lo, e, np.zeros((len(e), 0), np.float32), c)
         es.append(e)
+        deposited.append(s.sum(1, dtype=np.float64))
         for k, v in c.items():
             conds.setdefault(k, []).append(v)
-    return np.concatenate(es), {k: np.concatenate(v) for k, v in conds.items()}
+    if not es:
+        raise SimganError(f"{path}: no showers to take incident energies from")
+    energies = np.concatenate(es)
+    cc.check_energy_units(path, energies, np.concatenate(deposited))
+    return energies, {k: np.concatenate(v) for k, v in conds.items()}
 
 
 def layer_energies_from_file(path, layer_voxels: list[int], threshold_mev: float,

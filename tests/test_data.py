@@ -65,6 +65,7 @@ def _write_raw(p, energies, showers):
     ("int_dtype", "expected floating point"),
     ("two_energies", "expected \\(N, 1\\)"),
     ("gev_units", "looks like GeV"),
+    ("gev_units_above_50", "holds a median 1[0-9]{3}x the incident energy"),
 ])
 def test_bad_files_name_file_dataset_row(tmp_path, case, match):
     e = np.full((6, 1), 5000.0)
@@ -87,6 +88,9 @@ def test_bad_files_name_file_dataset_row(tmp_path, case, match):
         e = np.full((6, 2), 5000.0)
     elif case == "gev_units":
         e = np.full((6, 1), 5.0)
+    elif case == "gev_units_above_50":  # 60.4 GeV written as 60.4 with showers in MeV
+        e = np.full((6, 1), 60.4)
+        s[:, :10] = 6.04e4 / 10
     p = tmp_path / f"{case}.h5"
     _write_raw(p, e, s)
     with pytest.raises(SimganError, match=match) as exc:
@@ -150,6 +154,44 @@ def test_calogan_reader(tmp_path):
         assert np.isclose(d.showers[:, :288].sum(), f["layer_0"][:].sum(), rtol=1e-5)
     cc.write(tmp_path / "c.h5", d)
     assert cc.read(tmp_path / "c.h5").binning.n_voxels == 504
+
+
+def test_units_of_root_calogan_and_generation_energies(tmp_path):
+    """The unit checks of every reader: ROOT in GeV, CaloGAN already in MeV, and the energies
+    that `generate --energies-from` takes (GeV, NaN, zero) are refused by name."""
+    from simgan.data.binning import reference_binning
+    from simgan.data.rootio import read_root, write_root
+    from simgan.generate import energies_from_file
+    s = np.zeros((6, 6480), np.float32)
+    s[:, :10] = 6040.0  # 60.4 GeV deposited
+    gev = cc.ShowerData(np.full(6, 60.4), s, reference_binning())  # energies written in GeV, above 50
+    write_root(tmp_path / "gev.root", gev)
+    with pytest.raises(SimganError, match=r"gev.root:showers: dataset 'showers' holds a median 1000x"):
+        read_root(tmp_path / "gev.root", reference_binning())
+    with pytest.raises(SimganError, match="holds a median 1000x"):
+        energies_from_file(_raw(tmp_path / "g.h5", np.full((6, 1), 60.4), s))
+    for bad, match in ((np.nan, "row 2: not finite"), (0.0, "row 2: incident energy must be > 0")):
+        e = np.full((6, 1), 6.04e4)
+        e[2] = bad
+        with pytest.raises(SimganError, match=match):
+            energies_from_file(_raw(tmp_path / "b.h5", e, s))
+    assert energies_from_file(_raw(tmp_path / "ok.h5", np.full((6, 1), 6.04e4), s))[0].tolist() == [6.04e4] * 6
+    p = tmp_path / "calogan_mev.h5"
+    with h5py.File(p, "w") as f:
+        for key, shape in (("layer_0", (3, 96)), ("layer_1", (12, 12)), ("layer_2", (12, 6))):
+            f[key] = np.ones((2, *shape), np.float32)
+        f["energy"] = np.array([[10000.0], [50000.0]])  # MeV where CaloGAN stores GeV
+    with pytest.raises(SimganError, match="largest value 50000 looks like MeV"):
+        read_calogan(p)
+
+
+def _raw(p, energies, showers):
+    from simgan.data.binning import reference_binning
+    with h5py.File(p, "w") as f:
+        f["incident_energies"] = energies
+        f["showers"] = showers
+        f.attrs[cc.XML_ATTR] = reference_binning().to_xml()
+    return p
 
 
 def test_streaming_dataset_visits_every_row_once(tmp_path):

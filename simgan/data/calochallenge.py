@@ -26,6 +26,8 @@ META_ATTR = "simgan_metadata"
 XML_ATTR = "binning_xml"
 # Incident energies below this (in MeV) almost surely mean the file is in GeV.
 MIN_PLAUSIBLE_MEV = 50.0
+# Showers holding more than this times the incident energy mean the energies are not in MeV.
+MAX_PLAUSIBLE_RESPONSE = 20.0
 
 
 @dataclass
@@ -135,6 +137,22 @@ def check_values(path, start: int, energies: np.ndarray, showers: np.ndarray, co
             raise SimganError(f"{path}: dataset '{key}' row {first(bad)}: not finite")
 
 
+def check_energy_units(path, energies: np.ndarray, deposited: np.ndarray | None = None) -> None:
+    """Incident energies in MeV, not GeV: the largest is at least MIN_PLAUSIBLE_MEV, and the
+    showers (MeV) do not hold many times the incident energy (a GeV file with showers in MeV
+    holds about 1000x; a calorimeter's visible or scaled energy is at most about 1x)."""
+    if not len(energies):
+        return
+    if energies.max() < MIN_PLAUSIBLE_MEV:
+        raise SimganError(f"{path}: dataset '{ENERGY_KEY}': largest incident energy is {energies.max():g}, which "
+                          "looks like GeV; the canonical unit is MeV")
+    if deposited is not None:
+        ratio = float(np.median(deposited / energies))
+        if ratio > MAX_PLAUSIBLE_RESPONSE:
+            raise SimganError(f"{path}: dataset '{SHOWER_KEY}' holds a median {ratio:.0f}x the incident energy: "
+                              f"'{ENERGY_KEY}' looks like GeV while the deposits are MeV; the canonical unit is MeV")
+
+
 def iter_chunks(path, chunk_size: int = 2000, binning=None, start: int = 0, stop: int | None = None,
                 check: bool = True) -> Iterator[tuple[int, np.ndarray, np.ndarray, dict]]:
     """Yield (first_row, energies (n,), showers (n,V) float32, conditions) chunk by chunk.
@@ -166,9 +184,9 @@ def read(path, binning=None, check: bool = True, max_events: int | None = None) 
         for k in cs:
             cs[k].append(c[k])
     energies = np.concatenate(es) if es else np.zeros(0)
-    if check and len(energies) and energies.max() < MIN_PLAUSIBLE_MEV:
-        raise SimganError(f"{path}: dataset '{ENERGY_KEY}': largest incident energy is {energies.max():g}, which looks like GeV; the canonical unit is MeV")
     showers = np.concatenate(ss) if ss else np.zeros((0, info.binning.n_voxels), np.float32)
+    if check:
+        check_energy_units(path, energies, showers.sum(1, dtype=np.float64))
     return ShowerData(energies, showers, info.binning, {k: np.concatenate(v) for k, v in cs.items()}, info.metadata)
 
 

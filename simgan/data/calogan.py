@@ -16,6 +16,8 @@ from simgan.data.calochallenge import ShowerData, check_values
 from simgan.errors import SimganError
 
 LAYERS = {"layer_0": (3, 96), "layer_1": (12, 12), "layer_2": (12, 6)}
+# CaloGAN energies are GeV (the published samples: 1-100 GeV); more than this means MeV
+MAX_PLAUSIBLE_GEV = 10000.0
 
 
 def calogan_binning() -> Binning:
@@ -47,6 +49,9 @@ def read_calogan(path, check: bool = True) -> ShowerData:
             parts.append(arr.transpose(0, 2, 1).reshape(n, -1))
         overflow = np.asarray(f["overflow"][:], dtype=np.float64) if "overflow" in f else None
     showers = np.concatenate(parts, axis=1)
+    if check and len(energy_gev) and energy_gev.max() > MAX_PLAUSIBLE_GEV:
+        raise SimganError(f"{path}: dataset 'energy': largest value {energy_gev.max():g} looks like MeV; CaloGAN "
+                          f"files store the incident energy in GeV (at most {MAX_PLAUSIBLE_GEV:g})")
     energies = energy_gev * 1000.0
     if check:
         check_values(path, 0, energies, showers)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from simgan.data.binning import Binning
-from simgan.data.calochallenge import ShowerData, check_values
+from simgan.data.calochallenge import ShowerData, check_energy_units, check_values
 from simgan.errors import SimganError
 from simgan.io import atomic_path
 
@@ -50,8 +50,10 @@ def read_root(path, binning: Binning, tree: str = "showers", energy_branch: str 
         for k in extra:
             cs[k].append(cond[k])
         start += len(e)
-    return ShowerData(np.concatenate(es), np.concatenate(ss), binning,
-                      {k: np.concatenate(v) for k, v in cs.items()})
+    energies, showers = np.concatenate(es), np.concatenate(ss)
+    if check:
+        check_energy_units(f"{path}:{tree}", energies, showers.sum(1, dtype=np.float64))
+    return ShowerData(energies, showers, binning, {k: np.concatenate(v) for k, v in cs.items()})
 
 
 def write_root(path, data: ShowerData, tree: str = "showers", energy_branch: str = "incident_energy",
