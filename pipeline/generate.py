@@ -104,6 +104,8 @@ def generate_cli(args) -> int:
     fmt = args.format or ("root" if out.suffix.lower() == ".root" else "hdf5")
     if fmt == "hdf5" and out.suffix.lower() not in (".h5", ".hdf5"):
         raise SimganError(f"{out}: HDF5 output needs a .h5 or .hdf5 name (or --format root with .root)")
+    if fmt == "root" and out.suffix.lower() != ".root":
+        raise SimganError(f"{out}: --format root needs a .root name")
     if args.batch_size <= 0:
         raise SimganError(f"--batch-size must be > 0 (got {args.batch_size})")
     conds: dict = {}

@@ -22,6 +22,7 @@ from simgan.models.vae import VAEConfig
 from simgan.schema import BooleanNotNumber, ConfigModel
 
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
 GROUPS = ("domain", "model")
 
 
@@ -80,7 +81,7 @@ class TrainConfig(Strict):
     log_every: int = Field(50, gt=0)
     val_every: int = Field(500, gt=0)
     val_events: int = Field(2000, gt=0)
-    device: str = "auto"  # run-only
+    device: str = Field("auto", pattern=DEVICE_PATTERN)  # run-only
     precision: Literal["fp32", "bf16"] = "fp32"
     # wall-clock budget: stop at the first checkpoint boundary past it (a Slurm time limit);
     # the run then holds fewer than `steps` steps and says so, and a rerun resumes
@@ -108,7 +109,7 @@ class GenerateConfig(Strict):
     events: int | None = Field(None, gt=0)  # None: the held-out test energies
     batch_size: int = Field(1000, gt=0)
     format: Literal["hdf5", "root"] = "hdf5"
-    device: str = "auto"  # run-only
+    device: str = Field("auto", pattern=DEVICE_PATTERN)  # run-only
     compare_geant4: int = Field(0, ge=0)
     # bf16: the sampling network in bfloat16 (2-3x faster on CPUs with AVX512-BF16 or AMX)
     precision: Literal["fp32", "bf16"] = "fp32"

@@ -152,7 +152,7 @@ def generate_to_file(model, energies: np.ndarray, conditions: dict, out, binning
     file_conds = {k: v[offset:stop] for k, v in conditions.items()}
     if rows is not None:
         file_conds["event_index"] = np.arange(offset, stop, dtype=np.int64)
-        metadata = {**(metadata or {}), "shard_rows": [int(offset), int(stop)]}
+        metadata = {**(metadata or {}), "shard_rows": [int(offset), int(stop)], "rows_total": int(len(energies))}
     return write_generated(out, energies[offset:stop], file_conds, binning, batch_size, sample_batch, fmt, metadata,
                            progress, device)
 

@@ -130,6 +130,9 @@ def _features(path, info, binning, threshold_mev, cfg, client):
     return features_from_file(path, binning, threshold_mev, cfg.chunk_size)
 
 
+MIN_SHOWERS = 20
+
+
 def same_file(a, b) -> bool:
     a, b = Path(a), Path(b)
     return a.resolve() == b.resolve() or (a.stat().st_size == b.stat().st_size and file_sha256(a) == file_sha256(b))
@@ -145,6 +148,12 @@ def validate(reference, candidate, out_dir, cfg: ValidateConfig, threshold_mev: 
     t0 = time.time()
     out_dir = Path(out_dir)
     ref_info, cand_info = cc.inspect(reference), cc.inspect(candidate)
+    for label, path in {"reference": reference, "candidate": candidate, **({"floor": floor} if floor else {}),
+                        **(extra_candidates or {})}.items():
+        n = cc.inspect(path).n_events
+        if n < MIN_SHOWERS:
+            raise SimganError(f"{path}: the {label} holds {n} showers; validation needs at least {MIN_SHOWERS} "
+                              "(the classifiers split each sample three ways)")
     for label, path in {"candidate": candidate, **(extra_candidates or {})}.items():
         if same_file(reference, path):
             raise SimganError(f"{path}: the {label} is the reference file itself; a sample compared with itself "

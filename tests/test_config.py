@@ -80,3 +80,14 @@ def test_cli_refuses_arguments_that_would_run_something_else(tmp_path, capsys, a
         rc = exc.code
     assert rc == 2 and says in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_device_and_output_format_are_checked(tmp_path, capsys):
+    with pytest.raises(SimganError, match=r"key 'train.device': String should match pattern"):
+        load_config(QUICKSTART, ["train.device=tpu"])
+    from simgan.train.trainer import resolve_device
+    with pytest.raises(SimganError, match="device 'tpu': expected auto, cpu, cuda, cuda:N or mps"):
+        resolve_device("tpu")
+    assert main(["generate", "--checkpoint", "m.pt", "--events", "2", "--energy-range", "1", "2", "--format", "root",
+                 "--out", str(tmp_path / "x.h5")]) == 2
+    assert "--format root needs a .root name" in capsys.readouterr().err

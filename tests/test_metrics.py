@@ -142,3 +142,15 @@ def test_validate_refuses_the_reference_as_candidate(g4_pair, tmp_path, capsys):
         out = tmp_path / f"v_{cand.name}"
         assert main(["validate", "--reference", str(a), "--candidate", str(cand), "--out", str(out)]) == 2
         assert "the reference file itself" in capsys.readouterr().err and not out.exists()
+
+
+def test_validate_refuses_samples_too_small_to_classify(g4_pair, tmp_path, capsys):
+    from simgan.data.calochallenge import read, write
+    a, b = g4_pair
+    d = read(b)
+    for n in (0, 1, 2, 19):
+        small = tmp_path / f"c{n}.h5"
+        write(small, d.subset(np.arange(n)) if n else d.subset(np.arange(0)))
+        rc = main(["validate", "--reference", str(a), "--candidate", str(small), "--out", str(tmp_path / f"v{n}")])
+        assert rc == 2 and f"the candidate holds {n} showers; validation needs at least 20" in capsys.readouterr().err
+        assert not (tmp_path / f"v{n}").exists()

@@ -26,7 +26,7 @@ def test_cli_200_showers(tmp_path):
     assert cc.read(out).showers.shape == (200, 6480)
 
 
-def test_reproducible_any_worker_count_and_shards_merge(tmp_path):
+def test_reproducible_any_worker_count_and_shards_merge(tmp_path, capsys):
     common = ["-q", "--events", "20", "simulate.energy_max_gev=3", "simulate.shard_events=5"]
     assert main(["simulate", "-c", str(QUICKSTART), "--out", str(tmp_path / "w1.h5"), *common, "simulate.workers=1"]) == 0
     assert main(["simulate", "-c", str(QUICKSTART), "--out", str(tmp_path / "w2.h5"), *common, "simulate.workers=2"]) == 0
@@ -37,6 +37,10 @@ def test_reproducible_any_worker_count_and_shards_merge(tmp_path):
                      "--shard-index", str(i), "--shard-count", "2"]) == 0
     assert main(["merge", str(tmp_path / "s1.h5"), str(tmp_path / "s0.h5"), "--out", str(tmp_path / "m.h5")]) == 0
     np.testing.assert_array_equal(cc.read(tmp_path / "m.h5").showers, a.showers)
+    # one shard of two is not the run: refused, nothing written (it used to claim 20 events for 10)
+    assert main(["merge", str(tmp_path / "s0.h5"), "--out", str(tmp_path / "half.h5")]) == 2
+    assert "10 events in 1 shard file(s), but the run has 20" in capsys.readouterr().err
+    assert not (tmp_path / "half.h5").exists()
 
 
 def test_dask_cluster_gives_the_same_showers(tmp_path):

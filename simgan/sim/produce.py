@@ -131,6 +131,18 @@ def merge_shards(shard_files: list[str | Path], out: str | Path) -> dict:
     if len(np.unique(idx)) != len(idx):
         raise SimganError("merge: shard files overlap (repeated event_index)")
     order = np.argsort(idx)
+    # every row of the run, once: the total the shards recorded (simulate: events_total,
+    # sharded generate: rows_total), or at least no gap from row 0
+    totals = {int(t) for d in parts for t in (d.metadata.get("events_total"), d.metadata.get("rows_total"))
+              if t is not None}
+    if len(totals) > 1:
+        raise SimganError(f"merge: the shards come from runs of different sizes {sorted(totals)}")
+    expected = totals.pop() if totals else len(idx)
+    missing = np.setdiff1d(np.arange(expected), idx)
+    if len(missing) or len(idx) != expected:
+        raise SimganError(f"merge: {len(idx)} events in {len(parts)} shard file(s), but the run has {expected}; "
+                          f"{len(missing)} missing (first: event {int(missing[0]) if len(missing) else len(idx)}): "
+                          "give every shard")
     cond_keys = [k for k in parts[0].conditions if k != "event_index"]
     meta = dict(parts[0].metadata)
     meta.update(shard_index=None, shard_count=None, merged_from=len(parts))

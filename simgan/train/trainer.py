@@ -42,6 +42,8 @@ CKPT_FORMAT = 3  # 3: training tables, EMA, fingerprint; 2: threshold-aware tran
 
 
 def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
+    if not (spec in ("auto", "cpu", "mps") or spec == "cuda" or spec.startswith("cuda:") and spec[5:].isdigit()):
+        raise SimganError(f"device {spec!r}: expected auto, cpu, cuda, cuda:N or mps")
     if spec == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     if spec.startswith("cuda") and not torch.cuda.is_available():
