@@ -6,11 +6,45 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
 from simgan.errors import SimganError
+
+
+_HOST = socket.gethostname().replace(".", "_") or "host"
+
+
+def _umask() -> int:
+    try:  # Linux: read it without setting it (os.umask is process-wide)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _sweep_stale_temps(final: Path) -> None:
+    """Remove the temp files that killed writers of `final` on this host left behind (their
+    process is gone); those of live writers and of other hosts stay."""
+    pattern = re.compile(rf"^\.{re.escape(final.name)}\.{re.escape(_HOST)}\.(\d+)\.")
+    for path in final.parent.glob(f".{final.name}.{_HOST}.*"):
+        m = pattern.match(path.name)
+        if not m or int(m.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        except PermissionError:  # alive, another user's
+            pass
 
 
 @contextlib.contextmanager
@@ -27,11 +61,14 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         raise SimganError(f"{final}: cannot create output folder {parent}: {exc.strerror}") from exc
     if not os.access(parent, os.W_OK):
         raise SimganError(f"{final}: output folder {parent} is not writable")
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix or ".tmp", dir=parent)
+    _sweep_stale_temps(final)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.{_HOST}.{os.getpid()}.", suffix=suffix or ".tmp", dir=parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.is_file():  # mkstemp makes 0600; the output gets the user's umask like any file
+            os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -107,6 +107,13 @@ def register_model(checkpoint, binning_xml: str, name: str, uri: str, metrics: d
     """Log the pyfunc under the training run, register a version, tag it, move the alias if the gate passed."""
     gate_pass = gate_verdict(metrics, checkpoint, metrics_source)  # before anything is logged
     _mlflow_env()
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_model_name  # MLflow's own rule, before a run is logged
+
+    try:
+        _validate_model_name(name)
+    except MlflowException as exc:
+        raise SimganError(f"register name {name!r}: {exc.message}") from None
     import mlflow
     import pandas as pd
     from mlflow.models import infer_signature

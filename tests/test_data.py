@@ -1,3 +1,4 @@
+import os
 import h5py
 import numpy as np
 import pytest
@@ -212,3 +213,41 @@ def test_streaming_dataset_visits_every_row_once(tmp_path):
     rows = {float(e): i for i, e in enumerate(d.energies)}
     x, e, _ = batches[0]
     np.testing.assert_array_equal(x.numpy(), d.showers[[rows[float(v)] for v in e]])
+
+
+def test_outputs_follow_the_umask_and_dead_writers_temps_are_swept(tmp_path):
+    """Outputs are readable by the group and others as the umask says (mkstemp alone gives
+    0600); a temp file left by a killed writer on this host is removed by the next write of
+    the same output, a live writer's is not."""
+    import subprocess
+    import sys
+    from simgan.io import _HOST, write_json_atomic
+    old = os.umask(0o022)
+    try:
+        write_json_atomic(tmp_path / "m.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o644
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".m.json.{_HOST}.{int(dead.stdout)}.abc.json"
+    live = tmp_path / f".m.json.{_HOST}.{os.getppid()}.def.json"
+    other_host = tmp_path / ".m.json.elsewhere.1.ghi.json"
+    for p in (stale, live, other_host):
+        p.write_text("partial")
+    write_json_atomic(tmp_path / "m.json", {"a": 2})
+    assert not stale.exists() and live.exists() and other_host.exists()
+
+
+def test_corrupt_metadata_and_empty_root_tree_are_named(tmp_path):
+    from simgan.data.binning import reference_binning
+    from simgan.data.rootio import read_root, write_root
+    d = _tiny()
+    cc.write(tmp_path / "a.h5", d)
+    with h5py.File(tmp_path / "a.h5", "a") as f:
+        f.attrs[cc.META_ATTR] = '{"producer": "simgan'  # torn
+    with pytest.raises(SimganError, match="a.h5: attribute 'simgan_metadata' is not valid JSON"):
+        cc.inspect(tmp_path / "a.h5")
+    empty = cc.ShowerData(np.zeros(0), np.zeros((0, 6480), np.float32), reference_binning())
+    write_root(tmp_path / "e.root", empty)
+    with pytest.raises(SimganError, match="e.root: TTree 'showers' has no entries"):
+        read_root(tmp_path / "e.root", reference_binning())

@@ -101,7 +101,11 @@ def test_alias_moves_only_for_the_validated_checkpoint(chain, tmp_path, capsys):
         metrics.write_text(text)
         assert main(["register", "--run-dir", str(run), "--name", "swapped", "--tracking-uri", uri]) == 2
         assert msg in capsys.readouterr().err
+    metrics.write_text(json.dumps(m))
+    assert main(["register", "--run-dir", str(run), "--name", "bad/name", "--tracking-uri", uri]) == 2
+    assert "register name 'bad/name'" in capsys.readouterr().err
     assert not MlflowClient(uri).search_registered_models()  # nothing logged or registered
+    assert not MlflowClient(uri).search_runs([e.experiment_id for e in MlflowClient(uri).search_experiments()])
     metrics.write_text(json.dumps(m))  # the true verdict for the true checkpoint: the alias moves
     assert main(["register", "--run-dir", str(run), "--name", "swapped", "--tracking-uri", uri]) == 0
     assert MlflowClient(uri).get_registered_model("swapped").aliases == {"champion": 1}

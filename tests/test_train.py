@@ -96,6 +96,8 @@ def test_time_limit_then_resume_continues_identically(tmp_path, splits):
     _trainer(tmp_path / "a", splits, "train.steps=9").fit()
     part = _trainer(tmp_path / "b", splits, "train.steps=9", "train.max_seconds=1e-6").fit()
     assert part["steps"] == 3 and not part["complete"]
+    with open(tmp_path / "b" / "train" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 4, "lo')  # a row torn by a kill while it was written
     resumed = _trainer(tmp_path / "b", splits, "train.steps=9").fit()
     assert resumed["resumed_from_step"] == 3 and resumed["steps"] == 12
     for name in ("model.pt", "checkpoints/last.pt"):
@@ -223,6 +225,26 @@ def test_mlflow_run_holds_params_and_metrics(tmp_path, splits):
     run = mlflow.tracking.MlflowClient(info["tracking_uri"]).get_run(info["mlflow_run_id"])
     assert run.data.params["model.family"] == "vae" and run.data.params["model.output"] == "layers"
     assert {"energy_nll", "loss", "val_sep_mean", "val_w1_etot"} <= set(run.data.metrics)
+
+
+def test_interrupted_training_is_killed_in_mlflow(tmp_path, splits):
+    """Ctrl-C ends the MLflow run as KILLED (it used to say FINISHED); an error ends it FAILED."""
+    import mlflow
+    cfg = small_cfg(tmp_path, *[t for t in TINY if t != "train.mlflow=false"], "train.steps=8")
+    for exc, status in ((KeyboardInterrupt, "KILLED"), (RuntimeError, "FAILED")):
+        t = Trainer(cfg, splits["train"], splits["val"], tmp_path / f"train_{status}", progress=False)
+        real = t.model.train_step
+
+        def step(batches, opts, i, *a, real=real, exc=exc):
+            if i == ENERGY_STEPS + 2:
+                raise exc("stop")
+            return real(batches, opts, i, *a)
+        t.model.train_step = step
+        with pytest.raises(exc):
+            t.fit()
+        client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+        assert client.get_run(t.mlflow_run_id).info.status == status
+        assert mlflow.active_run() is None
 
 
 def test_torchrun_two_processes_gloo(tmp_path, splits):

@@ -84,7 +84,12 @@ def inspect(path: str | os.PathLike, binning: Binning | str | None = None) -> Fi
             raise SimganError(f"{path}: dataset '{SHOWER_KEY}' has shape {s.shape}, expected (N, n_voxels)")
         if s.shape[0] != e.shape[0]:
             raise SimganError(f"{path}: '{SHOWER_KEY}' has {s.shape[0]} rows but '{ENERGY_KEY}' has {e.shape[0]}: one incident energy per shower")
-        meta = json.loads(f.attrs[META_ATTR]) if META_ATTR in f.attrs else {}
+        try:
+            meta = json.loads(f.attrs[META_ATTR]) if META_ATTR in f.attrs else {}
+        except ValueError as exc:
+            raise SimganError(f"{path}: attribute '{META_ATTR}' is not valid JSON ({exc})") from None
+        if not isinstance(meta, dict):
+            raise SimganError(f"{path}: attribute '{META_ATTR}' is JSON but not an object")
         units = f.attrs.get("energy_units", "MeV")
         if isinstance(units, bytes):
             units = units.decode()

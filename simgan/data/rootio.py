@@ -31,6 +31,8 @@ def read_root(path, binning: Binning, tree: str = "showers", energy_branch: str 
             if b not in t.keys():
                 raise SimganError(f"{path}: TTree '{tree}' has no branch '{b}' (found {t.keys()})")
         extra = [k for k in t.keys() if k not in (energy_branch, shower_branch)]
+        if t.num_entries == 0:
+            raise SimganError(f"{path}: TTree '{tree}' has no entries")
     es, ss, cs = [], [], {k: [] for k in extra}
     start = 0
     for batch in uproot.iterate(f"{path}:{tree}", [energy_branch, shower_branch, *extra],

@@ -363,6 +363,12 @@ class Trainer:
                     self.save(self.ckpt_dir / "last.pt")
                     if cfg.max_seconds and self._out_of_time(time.perf_counter() - t0 > cfg.max_seconds):
                         break
+        except KeyboardInterrupt:  # the run is KILLED in MLflow, not FINISHED; `last.pt` resumes it
+            tracker.end("KILLED")
+            raise
+        except BaseException:
+            tracker.end("FAILED")
+            raise
         finally:
             if bar:
                 bar.close()
@@ -430,10 +436,17 @@ def _append_jsonl(path: Path, row: dict) -> None:
 
 
 def _truncate_jsonl(path: Path, step: int) -> None:
-    """Drop rows logged after the checkpoint we resume from (they will be logged again)."""
+    """Drop rows logged after the checkpoint we resume from (they will be logged again), and
+    a row torn by a kill while it was written."""
     if not path.is_file():
         return
-    rows = [r for r in path.read_text().splitlines() if r.strip() and json.loads(r)["step"] <= step]
+
+    def step_of(line: str) -> float:
+        try:
+            return json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            return math.inf  # torn or foreign: dropped
+    rows = [r for r in path.read_text().splitlines() if r.strip() and step_of(r) <= step]
     with atomic_path(path) as tmp:
         tmp.write_text("".join(r + "\n" for r in rows))
 
@@ -476,11 +489,12 @@ class _Tracker:
 
             mlflow.log_artifact(str(path))
 
-    def end(self):
+    def end(self, status: str = "FINISHED"):
         if self.enabled:
             import mlflow
 
-            mlflow.end_run()
+            mlflow.end_run(status=status)
+            self.enabled = False
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
