@@ -3,7 +3,7 @@ import numpy as np
 from pipeline.cli import main
 from simgan.data import calochallenge as cc
 from simgan.sim.g4data import tsai_scaled_dcs
-from tests.conftest import QUICKSTART
+from tests.conftest import QUICKSTART, REPO
 
 
 def test_simulate_cli_writes_dataset2_shape(g4_sample):
@@ -67,3 +67,30 @@ def test_tsai_radiation_length_of_tungsten():
     n_atoms = 19.3 / 183.84 * 6.022e23
     x0_mm = 10.0 / (n_atoms * sigma_loss * T / (T + 0.511))
     assert 3.2 < x0_mm < 3.8
+
+
+def test_kill9_of_simulate_takes_its_geant4_workers_along(tmp_path):
+    """kill -9 of `simgan simulate` used to leave its Geant4 worker processes blocked on a pipe
+    forever; now they die with it, and no output file appears."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    import psutil
+    out = tmp_path / "k.h5"
+    p = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "simulate", "-c", str(QUICKSTART), "-q",
+                          "--events", "400", "simulate.shard_events=5", "simulate.workers=2", "--out", str(out)],
+                         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    workers = []
+    while time.time() < deadline and len(workers) < 2:
+        time.sleep(0.5)
+        workers = [c for c in psutil.Process(p.pid).children(recursive=True) if "resource_tracker" not in
+                   " ".join(c.cmdline())]
+    assert len(workers) >= 2, "the pool did not start"
+    time.sleep(3)  # the workers are simulating
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=15)
+    assert not alive, f"orphaned workers: {[w.pid for w in alive]}"
+    assert not out.exists()

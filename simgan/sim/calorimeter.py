@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -179,7 +180,23 @@ def _geant4_version(g4) -> str:
     return str(getattr(g4, "G4Version", "unknown")).replace("$Name:", "").replace("$", "").strip()
 
 
-def _worker_init(settings: G4Settings, quiet: bool) -> None:
+def _die_with_parent(parent_pid: int) -> None:
+    """A pool worker ends when the process that started it dies, even by kill -9 (otherwise
+    it waits on its pipe forever): Linux's parent-death signal, and a check for a parent
+    already gone before it was set."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _worker_init(settings: G4Settings, quiet: bool, parent_pid: int | None = None) -> None:
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
     if quiet:  # Geant4's banner and C++ output go to fd 1
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 1)
@@ -225,7 +242,7 @@ class GeantPool:
         self.workers = max(1, workers or os.cpu_count() or 1)
         self._ex = ProcessPoolExecutor(
             max_workers=self.workers, mp_context=mp.get_context("spawn"),
-            initializer=_worker_init, initargs=(settings, quiet),
+            initializer=_worker_init, initargs=(settings, quiet, os.getpid()),
         )
 
     def map_shards(self, tasks: list[tuple[np.ndarray, int]]):
