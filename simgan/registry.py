@@ -19,7 +19,7 @@ def tracking_uri(configured: str | None = None) -> str:
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
-def _mlflow_env() -> None:
+def mlflow_env() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # bounded: an unreachable registry fails in seconds, not minutes
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -106,7 +106,7 @@ def register_model(checkpoint, binning_xml: str, name: str, uri: str, metrics: d
                    metrics_source: str = "metrics.json") -> dict:
     """Log the pyfunc under the training run, register a version, tag it, move the alias if the gate passed."""
     gate_pass = gate_verdict(metrics, checkpoint, metrics_source)  # before anything is logged
-    _mlflow_env()
+    mlflow_env()
     from mlflow.exceptions import MlflowException
     from mlflow.utils.validation import _validate_model_name  # MLflow's own rule, before a run is logged
 
@@ -177,7 +177,7 @@ def register_model(checkpoint, binning_xml: str, name: str, uri: str, metrics: d
 
 
 def load_surrogate(model_uri: str, uri: str | None = None):
-    _mlflow_env()
+    mlflow_env()
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri(uri))

@@ -265,3 +265,19 @@ def test_bf16_ddp_on_gpu(tmp_path, splits):
         pytest.skip("no CUDA GPU")
     info = _trainer(tmp_path, splits, "train.steps=10", "train.precision=bf16", "train.device=cuda").fit()
     assert info["device"].startswith("cuda")
+
+
+def test_unreachable_tracking_server_fails_fast_with_a_message(tmp_path, splits):
+    """Training against a tracking server nobody listens on stops within seconds, naming the
+    URI and the way out (it used to retry for about 250 s and end in a traceback)."""
+    import socket
+    import time
+    with socket.socket() as s:  # a free port, closed again: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = small_cfg(tmp_path, *[t for t in TINY if t != "train.mlflow=false"], "train.steps=2",
+                    f"register.tracking_uri=http://127.0.0.1:{port}")
+    t0 = time.time()
+    with pytest.raises(SimganError, match=rf"MLflow tracking at http://127.0.0.1:{port} failed.*train.mlflow=false"):
+        Trainer(cfg, splits["train"], splits["val"], tmp_path / "train", progress=False).fit()
+    assert time.time() - t0 < 60

@@ -455,18 +455,23 @@ class _Tracker:
     """MLflow tracking on rank 0; a no-op elsewhere."""
 
     def __init__(self, cfg: ExperimentConfig, enabled: bool, run_id: str | None):
-        from simgan.registry import tracking_uri
+        from simgan.registry import mlflow_env, tracking_uri
 
         self.enabled = enabled
         self.uri = tracking_uri(cfg.register.tracking_uri)
         self.run_id = run_id
         if not enabled:
             return
+        mlflow_env()  # bounded retries: an unreachable server fails in seconds
         import mlflow
 
         mlflow.set_tracking_uri(self.uri)
-        mlflow.set_experiment(cfg.name)
-        run = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(run_name=f"train-{cfg.model.family}")
+        try:
+            mlflow.set_experiment(cfg.name)
+            run = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(run_name=f"train-{cfg.model.family}")
+        except Exception as exc:  # network and store errors come in many types
+            raise SimganError(f"MLflow tracking at {self.uri} failed: {str(exc).splitlines()[0][:300]}; fix "
+                              "register.tracking_uri or train with train.mlflow=false") from None
         self.run_id = run.info.run_id
 
     def log_params(self, cfg: ExperimentConfig):
