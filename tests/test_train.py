@@ -281,3 +281,9 @@ def test_unreachable_tracking_server_fails_fast_with_a_message(tmp_path, splits)
     with pytest.raises(SimganError, match=rf"MLflow tracking at http://127.0.0.1:{port} failed.*train.mlflow=false"):
         Trainer(cfg, splits["train"], splits["val"], tmp_path / "train", progress=False).fit()
     assert time.time() - t0 < 60
+
+
+def test_batch_larger_than_the_data_says_so(tmp_path, splits, capsys):
+    _trainer(tmp_path, splits, "train.steps=1", "model.energy.batch_size=5000").fit()
+    err = capsys.readouterr().err
+    assert "batches of 5000 from 120 training rows (showers): rows repeat" in err

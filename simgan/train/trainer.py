@@ -21,6 +21,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -110,10 +111,16 @@ class _Batches:
     def __init__(self, tables: dict, batch_size: int, generator: torch.Generator, device: torch.device):
         self.tables, self.batch_size, self.g, self.device = tables, batch_size, generator, device
         self.default = "main" if "main" in tables else next(iter(tables))
+        self.warned: set[str] = set()
 
     def take(self, name: str, size: int | None = None) -> tuple[torch.Tensor, ...]:
         table = self.tables[name]
-        idx = torch.randint(len(table[0]), (size or self.batch_size,), generator=self.g).to(self.device)
+        size = size or self.batch_size
+        if size > len(table[0]) and name not in self.warned:
+            self.warned.add(name)
+            print(f"simgan: warning: batches of {size} from {len(table[0])} training rows ({name}): rows repeat "
+                  "within every batch; lower the batch size or add data", file=sys.stderr)
+        idx = torch.randint(len(table[0]), (size,), generator=self.g).to(self.device)
         return tuple(t[idx] for t in table)
 
     def __iter__(self):
