@@ -77,6 +77,22 @@ def cmd_merge(args) -> int:
     from simgan.io import check_output_file
     from simgan.sim.produce import merge_shards
 
+    if args.stage:
+        if args.shards or args.out or not args.config:
+            raise SimganError(f"--stage {args.stage} takes -c CONFIG and nothing else: it merges the stage's "
+                              "shards (RUN/STAGE/shards/shard_*.h5) into its output and writes its manifest")
+        from pipeline.contract import Context
+        from pipeline.runner import stage_module
+
+        cfg = _config(args)
+        mod = stage_module(args.stage)
+        shards = sorted(mod.shard_dir(cfg).glob("shard_*.h5"))
+        out = mod.run(cfg, Context(progress=False), shards=shards)
+        print(f"[{args.stage}] merged {len(shards)} shards into {out['showers']}")
+        return 0
+    if not args.shards or not args.out:
+        raise SimganError("give the shard files and --out FILE (or --stage STAGE -c CONFIG)")
+
     check_output_file(args.out, {f"shard #{i}": s for i, s in enumerate(args.shards)})
     merge_shards(args.shards, args.out)
     print(f"wrote {args.out} from {len(args.shards)} shards")
@@ -134,7 +150,7 @@ def cmd_workflow(args) -> int:
 
     cfg = _config(args)
     for path in render(cfg, args.config, args.out, args.partition, args.gpu_partition, args.nodes, args.gpus_per_node,
-                       args.generate_shards):
+                       args.generate_shards, args.cpus):
         print(path)
     return 0
 
@@ -158,9 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scheduler", help="dask scheduler address (default: a LocalCluster of worker processes)")
     s.set_defaults(func=cmd_simulate)
 
-    s = sub.add_parser("merge", help="merge simulate shard files")
-    s.add_argument("shards", nargs="+")
-    s.add_argument("--out", required=True)
+    s = sub.add_parser("merge", help="merge shard files (or complete a stage from its job array's shards)")
+    s.add_argument("shards", nargs="*")
+    s.add_argument("--out")
+    s.add_argument("--stage", choices=["simulate", "generate"],
+                   help="merge RUN/STAGE/shards/shard_*.h5 into the stage's output and write its manifest")
+    s.add_argument("-c", "--config")
+    s.set_defaults(overrides=[])
     s.set_defaults(func=cmd_merge)
 
     s = sub.add_parser("convert", help="convert between CaloChallenge HDF5, CaloGAN HDF5 and ROOT")
@@ -234,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--nodes", type=_int_at_least(1), default=1)
     s.add_argument("--gpus-per-node", type=_int_at_least(0), default=4)
     s.add_argument("--generate-shards", type=_int_at_least(1), default=4, help="array tasks for generation (default 4)")
+    s.add_argument("--cpus", type=_int_at_least(1), default=8,
+                   help="CPUs of the validate job and of the train job (default 8); with --gpus-per-node 0 the "
+                        "train job runs one gloo process per CPU")
     s.set_defaults(func=cmd_workflow)
 
     s = sub.add_parser("run", help="run the whole chain")

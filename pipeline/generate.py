@@ -33,7 +33,14 @@ def outputs(cfg: ExperimentConfig) -> dict[str, Path]:
     return out
 
 
-def run(cfg: ExperimentConfig, ctx: Context) -> dict[str, Path]:
+def shard_dir(cfg: ExperimentConfig) -> Path:
+    """Where a job array's `simgan generate --shard-index` files go (the Slurm chain)."""
+    return stage_dir(cfg, "generate") / "shards"
+
+
+def run(cfg: ExperimentConfig, ctx: Context, shards: list[Path] | None = None) -> dict[str, Path]:
+    """The generate stage; with `shards` (the files of a job array), those are merged into the
+    stage's showers instead of generating them here, after checking they are this run's."""
     t0 = time.time()
     ins, out = inputs(cfg), outputs(cfg)
     device = resolve_device(cfg.generate.device)
@@ -43,7 +50,9 @@ def run(cfg: ExperimentConfig, ctx: Context) -> dict[str, Path]:
     binning = inspect(ins["test"]).binning
     g = cfg.generate
     meta = checkpoint_metadata(ins["model"])
-    if g.dask:
+    if shards is not None:
+        timing = _merge_generated(shards, out["showers"], meta, len(energies))
+    elif g.dask:
         if g.format != "hdf5":
             raise SimganError("generate.dask=true writes HDF5; set generate.format=hdf5")
         from pipeline.validate import dask_client
@@ -72,6 +81,26 @@ def run(cfg: ExperimentConfig, ctx: Context) -> dict[str, Path]:
     print(f"[generate] {timing['events']} showers at {timing['showers_per_s']:.0f} showers/s ({device})")
     write_manifest(cfg, "generate", ins, out, t0, counts={"events": timing["events"]}, extra={"timing": timing})
     return out
+
+
+def _merge_generated(shards: list[Path], out: Path, meta: dict, n: int) -> dict:
+    from simgan.data.calochallenge import inspect
+    from simgan.sim.produce import merge_shards
+
+    if not shards:
+        raise SimganError("no generate shards to merge (expected RUN/generate/shards/shard_*.h5)")
+    seconds = 0.0
+    for p in shards:
+        m = inspect(p).metadata
+        if m.get("checkpoint_sha256") != meta["checkpoint_sha256"]:
+            raise SimganError(f"{p}: generated from another checkpoint than {meta['checkpoint']}; generate the "
+                              "shards again")
+        if m.get("rows_total") != n:
+            raise SimganError(f"{p}: a shard of {m.get('rows_total')} rows, but this run generates {n}")
+        seconds += (m.get("timing") or {}).get("sample_seconds", 0.0)
+    merge_shards(shards, out)
+    return {"events": n, "merged_from": len(shards), "sample_seconds": seconds,
+            "showers_per_s": n / seconds if seconds > 0 else float("inf"), "device": "job array"}
 
 
 def model_layer_voxels(model) -> list[int]:

@@ -7,40 +7,64 @@ import os
 from pathlib import Path
 from string import Template
 
+import yaml
+
 from simgan.config import ExperimentConfig
 from simgan.errors import SimganError
+from simgan.io import atomic_path
+from simgan.registry import tracking_uri
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "workflows" / "slurm"
-STAGE_CPUS = {"validate": 8, "register": 1}
 
 
 def render(cfg: ExperimentConfig, config_path: str, out_dir, partition: str = "cpu", gpu_partition: str = "gpu",
-           nodes: int = 1, gpus_per_node: int = 4, generate_shards: int = 4) -> list[Path]:
+           nodes: int = 1, gpus_per_node: int = 4, generate_shards: int = 4, train_cpus: int = 8) -> list[Path]:
+    """Job scripts for the chain, every job reading `OUT/config.yaml`: the experiment fully
+    resolved (groups, command-line overrides, an absolute runs_dir and MLflow store), so the jobs and a later
+    `simgan run -c OUT/config.yaml` see the same experiment and the same stage manifests.
+    gpus_per_node=0 trains on a CPU partition: torchrun with one gloo process per CPU of the
+    job (train_cpus, also the validate job's CPUs); otherwise one NCCL process per GPU."""
     if not TEMPLATES.is_dir():
         raise SimganError(f"{TEMPLATES}: workflow templates not found (run from a source checkout)")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    shards = math.ceil(cfg.simulate.events / cfg.simulate.shard_events)
+    if min(nodes, generate_shards, train_cpus) < 1 or gpus_per_node < 0:
+        raise SimganError(f"--nodes {nodes}, --generate-shards {generate_shards}, --train-cpus {train_cpus} must be "
+                          f">= 1 and --gpus-per-node {gpus_per_node} >= 0")
     if cfg.generate.format != "hdf5":
         raise SimganError("generate.format: the Slurm generate array writes HDF5 shards; use hdf5 (convert afterwards)")
-    if generate_shards <= 0:
-        raise SimganError(f"--generate-shards {generate_shards}: expected a positive number")
+    if cfg.prepare.input:
+        raise SimganError("prepare.input is set: the Slurm chain simulates; run `simgan run` for given data")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    uri = tracking_uri(cfg.register.tracking_uri)
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):  # relative to where jobs run: pin it
+        uri = "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])
+    resolved = cfg.model_copy(update={"runs_dir": os.path.abspath(cfg.runs_dir),
+                                      "register": cfg.register.model_copy(update={"tracking_uri": uri})})
+    config = out_dir / "config.yaml"
+    with atomic_path(config, suffix=".yaml") as tmp:
+        tmp.write_text(f"# {cfg.name}, resolved from {os.path.abspath(config_path)} by `simgan workflow`: "
+                       "every job reads this file\n" + yaml.safe_dump(resolved.model_dump(mode="json"), sort_keys=False))
+    shards = math.ceil(cfg.simulate.events / cfg.simulate.shard_events)
+    gpu = gpus_per_node > 0
     values = {
-        "name": cfg.name, "config": os.path.abspath(config_path), "run_dir": os.path.abspath(cfg.run_dir),
-        "partition": partition, "gpu_partition": gpu_partition, "nodes": nodes, "gpus_per_node": gpus_per_node,
-        "shard_count": shards, "last_shard": shards - 1, "precision": "bf16",
+        "name": cfg.name, "config": str(config.resolve()), "run_dir": os.path.abspath(resolved.run_dir),
+        "partition": partition, "train_partition": gpu_partition if gpu else partition, "nodes": nodes,
+        "gres": f"#SBATCH --gpus-per-node={gpus_per_node}" if gpu else "# CPU partition: gloo, one process per CPU",
+        "nproc": str(gpus_per_node) if gpu else '"${SLURM_CPUS_PER_TASK}"', "train_cpus": train_cpus,
+        "shard_count": shards, "last_shard": shards - 1,
         "time_simulate": "04:00:00", "time_train": "24:00:00",
         "seed": cfg.seed, "gen_batch": cfg.generate.batch_size, "gen_shards": generate_shards,
-        "last_gen_shard": generate_shards - 1,
+        "last_gen_shard": generate_shards - 1, "gen_cpus": min(4, train_cpus),
         "events_arg": f"--events {cfg.generate.events}" if cfg.generate.events else "",
+        "precision": cfg.generate.precision,
     }
-    written = []
+    written = [config]
     for tpl in sorted(TEMPLATES.glob("*.in")):
         if tpl.name == "stage.sbatch.in":
             continue
         written.append(_write(out_dir / tpl.name[:-3], Template(tpl.read_text()).substitute(values)))
     stage_tpl = Template((TEMPLATES / "stage.sbatch.in").read_text())
-    for stage, cpus in STAGE_CPUS.items():
+    for stage, cpus in (("validate", train_cpus), ("register", 1)):
         written.append(_write(out_dir / f"{stage}.sbatch", stage_tpl.substitute(values, stage=stage, cpus=cpus)))
     return written
 

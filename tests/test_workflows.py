@@ -1,27 +1,38 @@
+import os
 import subprocess
+import sys
+
+import pytest
 
 from pipeline.cli import main
-from tests.conftest import QUICKSTART
+from tests.conftest import QUICKSTART, REPO
 
 
-def test_rendered_slurm_scripts_pass_bash_n(tmp_path):
+def test_rendered_slurm_scripts_pass_bash_n(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # (mlflow.set_tracking_uri in other tests sets it)
     assert main(["workflow", "-c", str(QUICKSTART), "--out", str(tmp_path), "--nodes", "2", "simulate.events=1000",
                  "simulate.shard_events=100"]) == 0
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["generate_array.sbatch", "generate_merge.sbatch", "merge.sbatch", "register.sbatch",
-                     "simulate_array.sbatch", "submit.sh", "train.sbatch", "validate.sbatch"]
-    for p in tmp_path.iterdir():
+    assert names == ["config.yaml", "generate_array.sbatch", "generate_merge.sbatch", "merge.sbatch",
+                     "register.sbatch", "simulate_array.sbatch", "submit.sh", "train.sbatch", "validate.sbatch"]
+    from simgan.config import load_config
+    resolved = load_config(tmp_path / "config.yaml")  # the overrides are in it, and it loads as it is
+    assert resolved.simulate.events == 1000 and resolved.simulate.shard_events == 100
+    assert os.path.isabs(resolved.runs_dir) and resolved.register.tracking_uri.startswith("sqlite:////")
+    for p in tmp_path.glob("*.s*"):
         r = subprocess.run(["bash", "-n", str(p)], capture_output=True, text=True)
         assert r.returncode == 0, (p.name, r.stderr)
     sim = (tmp_path / "simulate_array.sbatch").read_text()
-    assert "#SBATCH --array=0-9" in sim and "--shard-count 10" in sim and str(QUICKSTART) in sim
+    assert "#SBATCH --array=0-9" in sim and "--shard-count 10" in sim and str(tmp_path / "config.yaml") in sim
     assert '${SLURM_ARRAY_TASK_ID}' in sim
     train = (tmp_path / "train.sbatch").read_text()
-    assert "--nnodes=2" in train and "pipeline.cli train" in train
+    assert "--nnodes=2" in train and "pipeline.cli train" in train and "--nproc_per_node=4" in train
+    assert "--gpus-per-node=4" in train and "precision" not in train.split("pipeline.cli train")[1]
+    assert "--kill-on-invalid-dep=yes" in (tmp_path / "submit.sh").read_text()
     assert "afterok" in (tmp_path / "submit.sh").read_text()
     gen = (tmp_path / "generate_array.sbatch").read_text()
     assert "#SBATCH --array=0-3" in gen and "--shard-count 4" in gen and "--seed 42" in gen
-    assert "generate/shards/shard_*.h5" in (tmp_path / "generate_merge.sbatch").read_text()
+    assert "simgan merge --stage generate" in (tmp_path / "generate_merge.sbatch").read_text()
 
 
 def test_workflow_bad_key_is_refused(tmp_path, capsys):
@@ -43,3 +54,63 @@ def test_prepare_missing_input_and_merge_of_non_shard(tmp_path, capsys):
     out = tmp_path / "merged.h5"
     assert main(["merge", str(plain), "--out", str(out)]) == 2
     assert "not a shard file" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.fixture(scope="module")
+def local_slurm():
+    """A single-node Slurm on 127.0.0.1 through workflows/local_slurm.sh (reused if one runs)."""
+    import shutil
+    missing = [x for x in ("munged", "slurmctld", "slurmd", "sbatch") if not shutil.which(x)]
+    if missing:
+        pytest.skip(f"no local Slurm: {missing} not found (apt-get install slurm-wlm munge)")
+    if os.geteuid() != 0:
+        pytest.skip("the local Slurm needs root")
+    script = REPO / "workflows" / "local_slurm.sh"
+    running = subprocess.run([str(script), "status"], capture_output=True).returncode == 0
+    r = subprocess.run([str(script), "up"], capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    conf = r.stdout.strip().split("=", 1)[1]
+    yield conf
+    if not running:
+        subprocess.run([str(script), "down"], capture_output=True, timeout=60)
+
+
+@pytest.mark.slurm
+def test_quickstart_chain_on_a_real_slurm(local_slurm, tmp_path):
+    """`simgan workflow` + submit.sh on a real Slurm: the overrides reach every job (one
+    resolved config), the CPU train job runs torchrun with a gloo process per CPU, the chain
+    registers the model, and `simgan run` on the same config afterwards finds every stage done."""
+    import json
+    import time
+    env = {**os.environ, "SLURM_CONF": local_slurm, "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}",
+           "MLFLOW_DISABLE_TELEMETRY": "true"}
+    wf, runs = tmp_path / "wf", tmp_path / "runs"
+    assert main(["workflow", "-c", str(QUICKSTART), "--out", str(wf), "--partition", "debug", "--gpu-partition",
+                 "debug", "--gpus-per-node", "0", "--cpus", "2", "--generate-shards", "2", f"runs_dir={runs}",
+                 "simulate.events=100", "simulate.shard_events=25", "train.steps=30", "model.energy.steps=20",
+                 "model.energy.batch_size=32", "train.batch_size=64", "train.val_every=15",
+                 "train.checkpoint_every=15", "train.val_events=20", "generate.batch_size=10",
+                 "validate.classifier_seeds=1", "validate.plots=false", "validate.gate.auc_high_max=1.0",
+                 "validate.gate.separation_etot_max=1.0", "validate.gate.separation_mean_max=1.0",
+                 "validate.gate.response_deviation_max=1.0", "register.name=slurm-chain",
+                 f"register.tracking_uri=sqlite:///{tmp_path}/mlflow.db"]) == 0
+    r = subprocess.run(["bash", str(wf / "submit.sh")], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    jobs = [int(x.split()[-1].rstrip(",")) for x in r.stdout.split(":", 1)[1].split(",")]
+    deadline = time.time() + 480
+    while time.time() < deadline:
+        q = subprocess.run(["squeue", "-h", "-j", ",".join(map(str, jobs))], capture_output=True, text=True, env=env)
+        if not q.stdout.strip():
+            break
+        time.sleep(2)
+    logs = runs / "quickstart" / "logs"
+    tails = {p.name: p.read_text()[-400:] for p in sorted(logs.glob("*.out"))}
+    reg = runs / "quickstart" / "register" / "registered.json"
+    assert reg.exists(), tails
+    assert json.loads(reg.read_text())["alias_uri"] == "models:/slurm-chain@champion"
+    train = json.loads((runs / "quickstart" / "train" / "run_info.json").read_text())
+    assert train["world_size"] == 2 and train["ddp"] and train["steps"] == 50 and train["precision"] == "fp32"
+    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "-c", str(wf / "config.yaml"), "-q"],
+                         capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("up to date, skipped") == 6, out.stdout

@@ -108,10 +108,11 @@ class _Batches:
     """Random rows of the training tables, drawn from one seeded generator: `next(b)` gives a
     batch of the default table, `b.take(name, size)` one of any table."""
 
-    def __init__(self, tables: dict, batch_size: int, generator: torch.Generator, device: torch.device):
+    def __init__(self, tables: dict, batch_size: int, generator: torch.Generator, device: torch.device,
+                 warned: set[str] | None = None):
         self.tables, self.batch_size, self.g, self.device = tables, batch_size, generator, device
         self.default = "main" if "main" in tables else next(iter(tables))
-        self.warned: set[str] = set()
+        self.warned = set() if warned is None else warned  # the tables already warned about
 
     def take(self, name: str, size: int | None = None) -> tuple[torch.Tensor, ...]:
         table = self.tables[name]
@@ -153,6 +154,8 @@ class Trainer:
         # fitted and encoded on the CPU, where the data are, then moved with the model
         tables = self.model.fit(data.energies, data.showers, extra, data.binning)
         self.tables = {k: tuple(t.to(self.device) for t in v) for k, v in tables.items()}
+        # batch-size warnings once per run, from rank 0 (the others start as if they had warned)
+        self._warned: set[str] = set() if self.rank == 0 else set(self.tables)
         self.model.to(self.device)
         self.n_train = len(data.energies)
         del data, tables
@@ -194,7 +197,7 @@ class Trainer:
     def _batches(self, step: int) -> _Batches:
         g = torch.Generator(device="cpu")
         g.manual_seed(_step_seed(self.cfg.seed, step, self.rank, 1))
-        return _Batches(self.tables, self.cfg.train.batch_size, g, self.device)
+        return _Batches(self.tables, self.cfg.train.batch_size, g, self.device, self._warned)
 
     def _gens(self, step: int) -> dict:
         g = torch.Generator(device=self.device)
