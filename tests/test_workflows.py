@@ -114,3 +114,32 @@ def test_quickstart_chain_on_a_real_slurm(local_slurm, tmp_path):
                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("up to date, skipped") == 6, out.stdout
+
+
+@pytest.mark.slurm
+def test_dask_jobqueue_on_a_real_slurm_equals_the_in_process_run(local_slurm, tmp_path, monkeypatch):
+    """workflows/dask_jobqueue_recipe.py: simulate and validate with dask workers that are
+    Slurm jobs give what the same calls give in this process."""
+    import importlib.util
+    import numpy as np
+    from simgan.data import calochallenge as cc
+    from simgan.sim.produce import simulate_to_file
+    from simgan.validate import validate
+    from tests.conftest import small_cfg
+    monkeypatch.setenv("SLURM_CONF", local_slurm)
+    spec = importlib.util.spec_from_file_location("recipe", REPO / "workflows" / "dask_jobqueue_recipe.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    cfg = small_cfg(tmp_path, "simulate.events=60", "simulate.energy_max_gev=3", "simulate.shard_events=10",
+                    "validate.classifier_seeds=1", "validate.plots=false")
+    other = cfg.model_copy(update={"seed": cfg.seed + 1})
+    simulate_to_file(cfg.simulate, cfg.seed, tmp_path / "local.h5", progress=False)
+    simulate_to_file(other.simulate, other.seed, tmp_path / "ref.h5", progress=False)
+    local = validate(tmp_path / "ref.h5", tmp_path / "local.h5", tmp_path / "v_local", cfg.validate,
+                     cfg.domain.threshold_mev)
+    with recipe.slurm_client("debug", jobs=2, cores=1, memory="2GB", walltime="00:10:00") as client:
+        recipe.simulate(cfg, tmp_path / "slurm.h5", client)
+        remote = recipe.validate(cfg, tmp_path / "ref.h5", tmp_path / "slurm.h5", tmp_path / "v_slurm", client)
+    np.testing.assert_array_equal(cc.read(tmp_path / "slurm.h5").showers, cc.read(tmp_path / "local.h5").showers)
+    for key in ("auc_high", "auc_low", "separation_power_mean", "response_deviation_max"):
+        assert remote[key] == local[key], key
