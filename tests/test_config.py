@@ -91,3 +91,18 @@ def test_device_and_output_format_are_checked(tmp_path, capsys):
     assert main(["generate", "--checkpoint", "m.pt", "--events", "2", "--energy-range", "1", "2", "--format", "root",
                  "--out", str(tmp_path / "x.h5")]) == 2
     assert "--format root needs a .root name" in capsys.readouterr().err
+
+
+def test_broken_checkpoints_and_unknown_geometry_say_what_is_wrong(tmp_path):
+    from simgan.data.binning import load_binning
+    from simgan.train.trainer import load_checkpoint
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(SimganError, match="empty.pt: checkpoint is empty"):
+        load_checkpoint(empty)
+    torn = tmp_path / "torn.pt"
+    torn.write_bytes(b"PK\x03\x04 not a whole zip")
+    with pytest.raises(SimganError, match=r"torn.pt: not a readable simgan checkpoint \(.+\)"):
+        load_checkpoint(torn)
+    with pytest.raises(SimganError, match=r"nope: binning XML not found \(domain.geometry or --binning"):
+        load_binning("nope")

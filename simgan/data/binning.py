@@ -147,7 +147,8 @@ def load_binning(name_or_path: str) -> Binning:
         return parse_binning_xml(text, source=name_or_path)
     path = Path(name_or_path)
     if not path.is_file():
-        raise SimganError(f"{path}: binning XML not found (or use one of {', '.join(SHIPPED)})")
+        raise SimganError(f"{path}: binning XML not found (domain.geometry or --binning: an XML file or one of "
+                          f"{', '.join(SHIPPED)})")
     return parse_binning_xml(path.read_text(), source=str(path))
 
 

@@ -88,10 +88,13 @@ def load_checkpoint(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise SimganError(f"{path}: checkpoint not found")
+    if path.stat().st_size == 0:
+        raise SimganError(f"{path}: checkpoint is empty (0 bytes): a copy or a write that did not finish")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise SimganError(f"{path}: not a readable simgan checkpoint: {exc}") from exc
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SimganError(f"{path}: not a readable simgan checkpoint ({reason})") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT or "model_args" not in ckpt:
         raise SimganError(f"{path}: not a simgan checkpoint (format {CKPT_FORMAT})")
     return ckpt
