@@ -47,6 +47,15 @@ def run(cfg: ExperimentConfig, ctx: Context) -> dict[str, Path]:
     # the domain's geometry is checked against the file's own (or given to files without one)
     data = read_any(src, p.format, cfg.domain.geometry, p.root_tree, p.root_energy_branch, p.root_shower_branch)
     data.metadata = {**data.metadata, "prepared_from": str(src)}
+    found = sorted(data.conditions)
+    if p.conditions is not None:
+        missing = [k for k in p.conditions if k not in data.conditions]
+        if missing:
+            raise SimganError(f"{src}: no dataset {missing} for prepare.conditions {p.conditions} (found {found})")
+        data.conditions = {k: data.conditions[k] for k in p.conditions}
+    if data.conditions:
+        print(f"[prepare] model conditions besides the incident energy: {', '.join(sorted(data.conditions))}"
+              + (" (all extra datasets of the input; prepare.conditions chooses)" if p.conditions is None else ""))
     idx = split_indices(len(data), p.fractions, cfg.seed)
     out = outputs(cfg)
     for name in SPLITS:

@@ -66,6 +66,9 @@ class PrepareConfig(Strict):
     root_energy_branch: str = "incident_energy"
     root_shower_branch: str = "showers"
     fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    # the input's datasets besides energies and showers that become model conditions: None
+    # takes all (and says which), a list takes exactly those (a missing one is an error)
+    conditions: list[str] | None = None
 
     @model_validator(mode="after")
     def _fractions(self):

@@ -143,3 +143,21 @@ def test_dask_jobqueue_on_a_real_slurm_equals_the_in_process_run(local_slurm, tm
     np.testing.assert_array_equal(cc.read(tmp_path / "slurm.h5").showers, cc.read(tmp_path / "local.h5").showers)
     for key in ("auc_high", "auc_low", "separation_power_mean", "response_deviation_max"):
         assert remote[key] == local[key], key
+
+
+def test_prepare_names_the_conditions_it_takes(tmp_path, capsys, g4_sample):
+    """Extra datasets no longer become model conditions silently: prepare says which, and
+    prepare.conditions chooses them (a missing one is named)."""
+    import numpy as np
+    from simgan.data import calochallenge as cc
+    d = cc.read(g4_sample)
+    d.conditions = {"incident_theta": np.zeros(len(d)), "run_number": np.arange(len(d), dtype=np.float64)}
+    src = cc.write(tmp_path / "with_extras.h5", d)
+    common = ["prepare", "-c", str(QUICKSTART), "-q", f"runs_dir={tmp_path / 'r'}", f"prepare.input={src}"]
+    assert main(common) == 0
+    assert "model conditions besides the incident energy: incident_theta, run_number (all extra" in capsys.readouterr().out
+    assert main([*common, "prepare.conditions=[incident_theta]"]) == 0
+    train = cc.read(tmp_path / "r" / "quickstart" / "prepare" / "train.h5")
+    assert list(train.conditions) == ["incident_theta"]
+    assert main([*common, "prepare.conditions=[incident_phi]"]) == 2
+    assert "no dataset ['incident_phi'] for prepare.conditions" in capsys.readouterr().err
