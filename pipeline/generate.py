@@ -165,10 +165,10 @@ def generate_cli(args) -> int:
     elif args.checkpoint:
         device = resolve_device(args.device)
         model, ckpt = model_from_checkpoint(args.checkpoint, device)
-        from simgan.data.binning import load_binning
         from simgan.config import config_from_dict
+        from simgan.train.trainer import checkpoint_binning
         cfg = config_from_dict(ckpt["config"], args.checkpoint)
-        binning = load_binning(cfg.domain.geometry)
+        binning = checkpoint_binning(ckpt, str(args.checkpoint))
         rows = None
         if sharded:
             from simgan.generate import shard_rows

@@ -45,11 +45,9 @@ def _register_dir(run_dir: Path, name: str, uri: str, alias: str, retries: int) 
 
     xml = inspect(train_split).binning.to_xml() if train_split.is_file() else None
     if xml is None:
-        from simgan.config import config_from_dict
-        from simgan.data.binning import load_binning
-        from simgan.train.trainer import load_checkpoint
+        from simgan.train.trainer import checkpoint_binning, load_checkpoint
 
-        xml = load_binning(config_from_dict(load_checkpoint(model)["config"]).domain.geometry).to_xml()
+        xml = checkpoint_binning(load_checkpoint(model), str(model)).to_xml()
     return register_model(model, xml, name, uri, metrics, data_hash, run_id, alias, retries, str(metrics_path))
 
 

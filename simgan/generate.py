@@ -162,15 +162,13 @@ def _shard_task(checkpoint: str, energies, conditions, out: str, batch_size: int
     import os
 
     os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
-    from simgan.config import config_from_dict
-    from simgan.data.binning import load_binning
-    from simgan.train.trainer import model_from_checkpoint
+    from simgan.train.trainer import checkpoint_binning, model_from_checkpoint
 
     # the caller's thread count: float32 matrix products round differently with another
     # split, and the shards should reproduce the in-process run exactly on the same CPU
     torch.set_num_threads(threads)
     model, ckpt = model_from_checkpoint(checkpoint, "cpu")
-    binning = load_binning(config_from_dict(ckpt["config"], checkpoint).domain.geometry)
+    binning = checkpoint_binning(ckpt, str(checkpoint))
     return generate_to_file(model, energies, conditions, out, binning, batch_size, "cpu", seed, "hdf5",
                             checkpoint_metadata(checkpoint), False, rows, precision)
 

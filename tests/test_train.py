@@ -287,3 +287,18 @@ def test_batch_larger_than_the_data_says_so(tmp_path, splits, capsys):
     _trainer(tmp_path, splits, "train.steps=1", "model.energy.batch_size=5000").fit()
     err = capsys.readouterr().err
     assert "batches of 5000 from 120 training rows (showers): rows repeat" in err
+
+
+def test_checkpoint_carries_the_training_datas_binning(tmp_path, splits):
+    """Generation takes the voxel layout from the checkpoint (the training data's), not from
+    domain.geometry, which for converted data (CaloGAN) may name another or a missing file."""
+    from simgan.data import calochallenge as cc
+    from simgan.train.trainer import checkpoint_binning
+    _trainer(tmp_path, splits, "train.steps=1").fit()
+    ckpt = load_checkpoint(tmp_path / "train" / "model.pt")
+    assert checkpoint_binning(ckpt).digest() == cc.inspect(splits["train"]).binning.digest()
+    ckpt["config"]["domain"]["geometry"] = str(tmp_path / "moved_away.xml")
+    assert checkpoint_binning(ckpt).n_voxels == 6480  # the stored layout, not the missing file
+    del ckpt["binning_xml"]  # a checkpoint of an earlier version: the config's geometry
+    with pytest.raises(SimganError, match="moved_away.xml: binning XML not found"):
+        checkpoint_binning(ckpt)

@@ -66,6 +66,17 @@ def _step_seed(seed: int, step: int, rank: int, k: int = 0) -> int:
     return int(np.random.SeedSequence([seed, step, rank, k]).generate_state(1, dtype=np.uint64)[0] % (2**62))
 
 
+def checkpoint_binning(ckpt: dict, source: str = "<checkpoint>"):
+    """The voxel layout a checkpoint generates: the training data's, stored in it (older
+    checkpoints: the config's domain.geometry)."""
+    from simgan.config import config_from_dict
+    from simgan.data.binning import load_binning, parse_binning_xml
+
+    if ckpt.get("binning_xml"):
+        return parse_binning_xml(ckpt["binning_xml"], source=f"{source} (binning_xml)")
+    return load_binning(config_from_dict(ckpt["config"], source).domain.geometry)
+
+
 def model_args(cfg: ExperimentConfig, binning, n_extra: int) -> dict:
     return {"config": cfg.model.model_dump(mode="json"), "n_voxels": binning.n_voxels,
             "layer_voxels": [l.n_voxels for l in binning.layers if l.n_voxels],
@@ -276,6 +287,7 @@ class Trainer:
             "optimizers": {k: o.state_dict() for k, o in self.opts.items()},
             "torch_rng": torch.get_rng_state(), "mlflow_run_id": self.mlflow_run_id or "",
             "extra_conditions": self.extra_keys, "best_score": self.best_score, "best_step": self.best_step,
+            "binning_xml": self.binning.to_xml(),  # the training data's own layout (not always the config's)
         }
 
     def save(self, path, averaged: bool = False) -> None:
