@@ -137,7 +137,8 @@ def test_dask_jobqueue_on_a_real_slurm_equals_the_in_process_run(local_slurm, tm
     simulate_to_file(other.simulate, other.seed, tmp_path / "ref.h5", progress=False)
     local = validate(tmp_path / "ref.h5", tmp_path / "local.h5", tmp_path / "v_local", cfg.validate,
                      cfg.domain.threshold_mev)
-    with recipe.slurm_client("debug", jobs=2, cores=1, memory="2GB", walltime="00:10:00") as client:
+    with recipe.slurm_client("debug", jobs=2, cores=1, memory="2GB", walltime="00:10:00",
+                             log_directory=str(tmp_path / "logs")) as client:
         recipe.simulate(cfg, tmp_path / "slurm.h5", client)
         remote = recipe.validate(cfg, tmp_path / "ref.h5", tmp_path / "slurm.h5", tmp_path / "v_slurm", client)
     np.testing.assert_array_equal(cc.read(tmp_path / "slurm.h5").showers, cc.read(tmp_path / "local.h5").showers)

@@ -23,14 +23,15 @@ from simgan.config import ExperimentConfig, load_config  # noqa: E402
 
 @contextmanager
 def slurm_client(queue: str, jobs: int = 2, cores: int = 1, memory: str = "4GB", walltime: str = "01:00:00",
-                 timeout: float = 300):
+                 timeout: float = 300, log_directory: str | None = None):
     """A dask Client on `jobs` Slurm jobs of `cores` single-threaded worker processes each,
-    waited for until all have joined."""
+    waited for until all have joined; the jobs' logs go to `log_directory` (default: the
+    current folder, Slurm's slurm-JOBID.out)."""
     from dask.distributed import Client
     from dask_jobqueue import SLURMCluster
 
     cluster = SLURMCluster(queue=queue, cores=cores, processes=cores, memory=memory, walltime=walltime,
-                           python=sys.executable,
+                           python=sys.executable, log_directory=log_directory,
                            job_script_prologue=["export HDF5_USE_FILE_LOCKING=FALSE", "export OMP_NUM_THREADS=1"])
     try:
         cluster.scale(jobs=jobs)
