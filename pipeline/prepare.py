@@ -47,6 +47,12 @@ def run(cfg: ExperimentConfig, ctx: Context) -> dict[str, Path]:
     # the domain's geometry is checked against the file's own (or given to files without one)
     data = read_any(src, p.format, cfg.domain.geometry, p.root_tree, p.root_energy_branch, p.root_shower_branch)
     data.metadata = {**data.metadata, "prepared_from": str(src)}
+    thr = cfg.domain.threshold_mev
+    empty = ~(data.showers >= thr).any(axis=1) if thr > 0 else ~(data.showers > 0).any(axis=1)
+    if empty.any():
+        raise SimganError(f"{src}: {int(empty.sum())} of {len(data)} showers deposit nothing above the "
+                          f"{thr:g} MeV readout threshold (first: row {int(np.argmax(empty))}); a surrogate cannot "
+                          "learn a response of 0: remove them, or check the file and domain.threshold_mev")
     found = sorted(data.conditions)
     if p.conditions is not None:
         missing = [k for k in p.conditions if k not in data.conditions]

@@ -98,11 +98,15 @@ def test_quickstart_chain_on_a_real_slurm(local_slurm, tmp_path):
     assert r.returncode == 0, r.stderr
     jobs = [int(x.split()[-1].rstrip(",")) for x in r.stdout.split(":", 1)[1].split(",")]
     deadline = time.time() + 480
-    while time.time() < deadline:
-        q = subprocess.run(["squeue", "-h", "-j", ",".join(map(str, jobs))], capture_output=True, text=True, env=env)
-        if not q.stdout.strip():
-            break
-        time.sleep(2)
+    try:
+        while time.time() < deadline:
+            q = subprocess.run(["squeue", "-h", "-j", ",".join(map(str, jobs))], capture_output=True, text=True,
+                               env=env)
+            if not q.stdout.strip():
+                break
+            time.sleep(2)
+    finally:  # nothing of this test stays queued
+        subprocess.run(["scancel", *map(str, jobs)], capture_output=True, env=env)
     logs = runs / "quickstart" / "logs"
     tails = {p.name: p.read_text()[-400:] for p in sorted(logs.glob("*.out"))}
     reg = runs / "quickstart" / "register" / "registered.json"
@@ -162,3 +166,15 @@ def test_prepare_names_the_conditions_it_takes(tmp_path, capsys, g4_sample):
     assert list(train.conditions) == ["incident_theta"]
     assert main([*common, "prepare.conditions=[incident_phi]"]) == 2
     assert "no dataset ['incident_phi'] for prepare.conditions" in capsys.readouterr().err
+
+
+def test_prepare_refuses_empty_showers(tmp_path, capsys, g4_sample):
+    import numpy as np
+    from simgan.data import calochallenge as cc
+    d = cc.read(g4_sample)
+    d.showers[[3, 7]] = 0.0
+    src = cc.write(tmp_path / "holes.h5", d)
+    assert main(["prepare", "-c", str(QUICKSTART), "-q", f"runs_dir={tmp_path / 'r'}", f"prepare.input={src}"]) == 2
+    assert "2 of 200 showers deposit nothing above the 0.01515 MeV readout threshold (first: row 3)" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "r" / "quickstart" / "prepare").exists()

@@ -27,7 +27,7 @@ need() {
 write_conf() {
     local host cpus mem
     host=$(hostname -s)
-    cpus=$(nproc)
+    cpus=$(getconf _NPROCESSORS_ONLN)  # (nproc follows OMP_NUM_THREADS)
     mem=$(awk '/MemTotal/ {printf "%d", $2 / 1024 * 0.9}' /proc/meminfo)
     mkdir -p "$dir/state" "$dir/spool" "$dir/log" "$dir/munge"
     cat > "$conf" <<EOF
