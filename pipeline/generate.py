@@ -135,8 +135,6 @@ def generate_cli(args) -> int:
         raise SimganError(f"{out}: HDF5 output needs a .h5 or .hdf5 name (or --format root with .root)")
     if fmt == "root" and out.suffix.lower() != ".root":
         raise SimganError(f"{out}: --format root needs a .root name")
-    if args.batch_size <= 0:
-        raise SimganError(f"--batch-size must be > 0 (got {args.batch_size})")
     conds: dict = {}
     if args.layer_energies_from and (args.energies_from or args.energy_range or args.model):
         raise SimganError("--layer-energies-from takes the energies from that file: give it with --checkpoint, "

@@ -53,11 +53,11 @@ def run(cfg: ExperimentConfig, ctx: Context) -> dict[str, Path]:
         raise SimganError(f"{src}: {int(empty.sum())} of {len(data)} showers deposit nothing above the "
                           f"{thr:g} MeV readout threshold (first: row {int(np.argmax(empty))}); a surrogate cannot "
                           "learn a response of 0: remove them, or check the file and domain.threshold_mev")
-    found = sorted(data.conditions)
     if p.conditions is not None:
         missing = [k for k in p.conditions if k not in data.conditions]
         if missing:
-            raise SimganError(f"{src}: no dataset {missing} for prepare.conditions {p.conditions} (found {found})")
+            raise SimganError(f"{src}: no dataset {missing} for prepare.conditions {p.conditions} "
+                              f"(found {sorted(data.conditions)})")
         data.conditions = {k: data.conditions[k] for k in p.conditions}
     if data.conditions:
         print(f"[prepare] model conditions besides the incident energy: {', '.join(sorted(data.conditions))}"

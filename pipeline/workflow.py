@@ -27,7 +27,7 @@ def render(cfg: ExperimentConfig, config_path: str, out_dir, partition: str = "c
     if not TEMPLATES.is_dir():
         raise SimganError(f"{TEMPLATES}: workflow templates not found (run from a source checkout)")
     if min(nodes, generate_shards, train_cpus) < 1 or gpus_per_node < 0:
-        raise SimganError(f"--nodes {nodes}, --generate-shards {generate_shards}, --train-cpus {train_cpus} must be "
+        raise SimganError(f"--nodes {nodes}, --generate-shards {generate_shards}, --cpus {train_cpus} must be "
                           f">= 1 and --gpus-per-node {gpus_per_node} >= 0")
     if cfg.generate.format != "hdf5":
         raise SimganError("generate.format: the Slurm generate array writes HDF5 shards; use hdf5 (convert afterwards)")

@@ -147,20 +147,21 @@ def validate(reference, candidate, out_dir, cfg: ValidateConfig, threshold_mev: 
     shape-only ablation)."""
     t0 = time.time()
     out_dir = Path(out_dir)
-    ref_info, cand_info = cc.inspect(reference), cc.inspect(candidate)
-    for label, path in {"reference": reference, "candidate": candidate, **({"floor": floor} if floor else {}),
-                        **(extra_candidates or {})}.items():
-        n = cc.inspect(path).n_events
-        if n < MIN_SHOWERS:
-            raise SimganError(f"{path}: the {label} holds {n} showers; validation needs at least {MIN_SHOWERS} "
-                              "(the classifiers split each sample three ways)")
+    samples = {"reference": reference, "candidate": candidate, **({"floor": floor} if floor else {}),
+               **(extra_candidates or {})}
+    infos = {label: cc.inspect(path) for label, path in samples.items()}  # each file opened once here
+    ref_info, cand_info = infos["reference"], infos["candidate"]
+    for label, path in samples.items():
+        if infos[label].n_events < MIN_SHOWERS:
+            raise SimganError(f"{path}: the {label} holds {infos[label].n_events} showers; validation needs at "
+                              f"least {MIN_SHOWERS} (the classifiers split each sample three ways)")
     for label, path in {"candidate": candidate, **(extra_candidates or {})}.items():
         if same_file(reference, path):
             raise SimganError(f"{path}: the {label} is the reference file itself; a sample compared with itself "
                               f"says nothing")
     binning = ref_info.binning
-    for path in [candidate, *(extra_candidates or {}).values(), *([floor] if floor else [])]:
-        info = cc.inspect(path)
+    for label, path in samples.items():
+        info = infos[label]
         if info.binning.digest() != binning.digest():
             raise SimganError(f"{path}: geometry ({info.binning.n_voxels} voxels, layout {info.binning.digest()}) "
                               f"differs from the reference {reference} ({binning.n_voxels} voxels, layout "
@@ -179,7 +180,7 @@ def validate(reference, candidate, out_dir, cfg: ValidateConfig, threshold_mev: 
     metrics, cf, ce = one(candidate, cand_info)
     # the floor at the candidate's size
     if floor is not None:
-        fl_info = cc.inspect(floor)
+        fl_info = infos["floor"]
         f_all, e_all = _features(floor, fl_info, binning, threshold_mev, cfg, client)
         rows = np.sort(np.random.default_rng(3).choice(fl_info.n_events, min(cand_info.n_events, fl_info.n_events),
                                                        replace=False))
@@ -195,12 +196,11 @@ def validate(reference, candidate, out_dir, cfg: ValidateConfig, threshold_mev: 
         floor_desc = f"the reference split in halves ({len(a)} vs {len(b)} showers: half the size)"
     extras = {}
     for label, path in (extra_candidates or {}).items():
-        extras[label] = one(path, cc.inspect(path))[0]
+        extras[label] = one(path, infos[label])[0]
     metrics.update({
         "n_reference": int(ref_info.n_events), "n_candidate": int(cand_info.n_events),
         "reference": str(reference), "candidate": str(candidate), "threshold_mev": threshold_mev,
         # what binds this verdict to a model: `register` moves an alias only for this checkpoint
-        "candidate_sha256": file_sha256(candidate),
         "candidate_checkpoint_sha256": cand_info.metadata.get("checkpoint_sha256"),
         "floor": _summary(floor_m), "floor_source": floor_desc, "floor_detail": floor_m,
         "extra_candidates": {k: {"file": str(extra_candidates[k]), **v} for k, v in extras.items()},

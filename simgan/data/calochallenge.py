@@ -192,8 +192,8 @@ def read(path, binning=None, check: bool = True, max_events: int | None = None) 
     showers = np.concatenate(ss) if ss else np.zeros((0, info.binning.n_voxels), np.float32)
     if check:
         check_energy_units(path, energies, showers.sum(1, dtype=np.float64))
-    return ShowerData(energies, showers, info.binning, {k: np.concatenate(v) if v else np.zeros(0) for k, v in cs.items()},
-                      info.metadata)
+    conditions = {k: np.concatenate(v) if v else np.zeros(0) for k, v in cs.items()}  # (an empty shard: none)
+    return ShowerData(energies, showers, info.binning, conditions, info.metadata)
 
 
 def write(path, data: ShowerData, compression: str | None = "gzip") -> Path:

@@ -25,9 +25,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from simgan.schema import ConfigModel
-
 from simgan.models.energy import EnergyFlowConfig
+from simgan.schema import ConfigModel
 
 
 class GANConfig(ConfigModel):

@@ -304,8 +304,9 @@ class LayeredSurrogate(ConditionalSurrogate):
                generator: torch.Generator | None = None, block: int | None = None, precision: str = "fp32",
                layer_energies: torch.Tensor | None = None, calibrated: bool = True,
                out: torch.Tensor | None = None) -> torch.Tensor:
-        """Showers in MeV, `block` showers at a time, written into `out` when given. `layer_energies` (N, L) replaces stage 1
-        (the ablation mode: the shape model fed, e.g., Geant4's own layer energies).
+        """Showers in MeV, `block` showers at a time, written into `out` when given.
+        `layer_energies` (N, L) replaces stage 1 (the ablation mode: the shape model fed,
+        e.g., Geant4's own layer energies).
         `calibrated=False` leaves out a fitted calibration."""
         cond = self.transform.cond(energies, extra)
         e_inc = energies.to(cond.device).double()

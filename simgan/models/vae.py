@@ -20,9 +20,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from simgan.schema import ConfigModel
-
 from simgan.models.energy import EnergyFlowConfig
+from simgan.schema import ConfigModel
 
 
 class VAEConfig(ConfigModel):

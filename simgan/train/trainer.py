@@ -20,6 +20,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -31,7 +32,7 @@ import torch.distributed as dist
 from torch import nn
 
 import simgan
-from simgan.config import ExperimentConfig
+from simgan.config import DEVICE_PATTERN, ExperimentConfig
 from simgan.data import calochallenge as cc
 from simgan.errors import SimganError
 from simgan.io import atomic_path, write_json_atomic
@@ -43,7 +44,7 @@ CKPT_FORMAT = 3  # 3: training tables, EMA, fingerprint; 2: threshold-aware tran
 
 
 def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
-    if not (spec in ("auto", "cpu", "mps") or spec == "cuda" or spec.startswith("cuda:") and spec[5:].isdigit()):
+    if not re.fullmatch(DEVICE_PATTERN, spec):  # the rule the config fields use
         raise SimganError(f"device {spec!r}: expected auto, cpu, cuda, cuda:N or mps")
     if spec == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
