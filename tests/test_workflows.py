@@ -178,3 +178,26 @@ def test_prepare_refuses_empty_showers(tmp_path, capsys, g4_sample):
     assert "2 of 200 showers deposit nothing above the 0.01515 MeV readout threshold (first: row 3)" in \
         capsys.readouterr().err
     assert not (tmp_path / "r" / "quickstart" / "prepare").exists()
+
+
+def test_merge_stage_refuses_bad_input(tmp_path, capsys):
+    """`simgan merge --stage`: only -c CONFIG; no shards is named; shards of another run (seed or
+    size) are refused, and the stage writes neither its output nor its manifest."""
+    assert main(["merge", "--stage", "simulate", "--out", str(tmp_path / "x.h5"), "-c", str(QUICKSTART)]) == 2
+    assert "--stage simulate takes -c CONFIG and nothing else" in capsys.readouterr().err
+    import yaml
+    from simgan.config import load_config
+    cfg = load_config(QUICKSTART, [f"runs_dir={tmp_path}", "simulate.events=10", "simulate.shard_events=5",
+                                   "simulate.energy_max_gev=2"])
+    conf = tmp_path / "c.yaml"
+    conf.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    assert main(["merge", "--stage", "simulate", "-c", str(conf)]) == 2
+    assert "no simulate shards to merge" in capsys.readouterr().err
+    shards = tmp_path / "quickstart" / "simulate" / "shards"
+    for i in range(2):  # shards of a run with another seed
+        assert main(["simulate", "-c", str(conf), "-q", "--shard-index", str(i), "--shard-count", "2",
+                     "--out", str(shards / f"shard_{i}.h5"), "seed=7"]) == 0
+    assert main(["merge", "--stage", "simulate", "-c", str(conf)]) == 2
+    assert "a shard of another run (seed 7, 10 events; this config: seed 42, 10)" in capsys.readouterr().err
+    stage = tmp_path / "quickstart" / "simulate"
+    assert not (stage / "showers.h5").exists() and not (stage / "manifest.json").exists()
