@@ -275,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except SimganError as exc:
         print(f"simgan: error: {exc}", file=sys.stderr)
+        if argv is None and getattr(exc, "hard_exit", False):  # the command line: leave before HDF5's exit hooks
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(exc.exit_code)
         return exc.exit_code
     except KeyboardInterrupt:
         print("simgan: interrupted", file=sys.stderr)

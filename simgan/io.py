@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
+import shutil
 import socket
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -70,10 +73,77 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         if tmp_path.is_file():  # mkstemp makes 0600; the output gets the user's umask like any file
             os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, final)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        reason = storage_failure(exc)
+        if reason:
+            quiet_failed_hdf5()
+            raise OutputWriteFailed(f"{final}: writing failed, {reason} in {parent.resolve()} "
+                                    f"({_free_bytes(parent)} free); nothing was written") from exc
         raise
+
+
+class OutputWriteFailed(SimganError):
+    """The storage refused a write (full disk, quota, read-only, I/O error). HDF5 may be left in a
+    state that crashes at interpreter exit, so the command-line entry point exits at once."""
+
+    hard_exit = True
+
+
+_STORAGE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                   errno.EFBIG: "file too large", errno.EROFS: "read-only file system", errno.EIO: "I/O error"}
+
+
+def quiet_failed_hdf5() -> None:
+    """After a failed write, h5py objects of the dead file raise again as they are freed (printed
+    through sys.excepthook or sys.unraisablehook); those echoes would bury the one clear message.
+    Silence only them: errors from h5py's deallocation that quote a storage errno."""
+    if getattr(sys.excepthook, "_simgan_quiet", False):
+        return
+
+    def echo(exc, tb) -> bool:
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        return tb is not None and "_dealloc" in tb.tb_frame.f_code.co_name and bool(storage_failure(exc))
+
+    previous_except, previous_unraisable = sys.excepthook, sys.unraisablehook
+
+    def excepthook(etype, exc, tb):
+        if not echo(exc, tb):
+            previous_except(etype, exc, tb)
+
+    def unraisablehook(unraisable):
+        if not echo(unraisable.exc_value, unraisable.exc_traceback):
+            previous_unraisable(unraisable)
+
+    excepthook._simgan_quiet = True
+    sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
+
+
+def storage_failure(exc: BaseException) -> str | None:
+    """The storage reason behind `exc` (an OSError, or HDF5's error text quoting the errno), if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS:
+            return _STORAGE_ERRNOS[exc.errno]
+        m = re.search(r"errno = (\d+)", str(exc))
+        if m and int(m.group(1)) in _STORAGE_ERRNOS:
+            return _STORAGE_ERRNOS[int(m.group(1))]
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _free_bytes(folder: Path) -> str:
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return "free space unknown"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if free < 1024 or unit == "TiB":
+            return f"{free:.0f} {unit}" if unit == "B" else f"{free:.1f} {unit}"
+        free /= 1024
 
 
 def check_output_file(out: str | os.PathLike, inputs: dict[str, str | os.PathLike | None]) -> Path:

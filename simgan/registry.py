@@ -19,6 +19,21 @@ def tracking_uri(configured: str | None = None) -> str:
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+def check_store_writable(uri: str) -> None:
+    """A local sqlite store must be writable (the file and, for its journal, its folder); sqlite
+    would otherwise retry its locks for minutes before failing."""
+    if not uri.startswith("sqlite:///"):
+        return
+    db = Path(uri[len("sqlite:///"):])
+    folder = db.parent if str(db.parent) else Path(".")
+    if db.exists() and not os.access(db, os.W_OK):
+        raise SimganError(f"MLflow store {db} ({uri}) is read-only; give a writable register.tracking_uri "
+                          "(or --tracking-uri)")
+    if folder.is_dir() and not os.access(folder, os.W_OK):
+        raise SimganError(f"MLflow store {db} ({uri}): its folder {folder} is read-only (sqlite writes a journal "
+                          "beside the file); give a writable register.tracking_uri (or --tracking-uri)")
+
+
 def mlflow_env() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # bounded: an unreachable registry fails in seconds, not minutes
@@ -106,6 +121,7 @@ def register_model(checkpoint, binning_xml: str, name: str, uri: str, metrics: d
                    metrics_source: str = "metrics.json") -> dict:
     """Log the pyfunc under the training run, register a version, tag it, move the alias if the gate passed."""
     gate_pass = gate_verdict(metrics, checkpoint, metrics_source)  # before anything is logged
+    check_store_writable(uri)
     mlflow_env()
     from mlflow.exceptions import MlflowException
     from mlflow.utils.validation import _validate_model_name  # MLflow's own rule, before a run is logged

@@ -14,7 +14,7 @@ from pipeline.cli import main
 from pipeline.runner import run_chain
 from simgan.data import calochallenge as cc
 from simgan.errors import SimganError
-from tests.conftest import small_cfg
+from tests.conftest import QUICKSTART, small_cfg
 
 TINY = ["simulate.events=150", "simulate.energy_max_gev=8", "simulate.shard_events=25",
         "model.hidden=[32,32]", "model.latent_dim=4", "model.energy.steps=3", "model.energy.hidden=[16,16]",
@@ -282,3 +282,48 @@ def test_run_rejects_unknown_stage(tmp_path):
     cfg = small_cfg(tmp_path)
     with pytest.raises(SimganError, match="--until"):
         run_chain(cfg, until="bogus")
+
+
+def _cli(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=os.path.dirname(os.path.dirname(__file__)))
+
+
+def test_full_disk_gives_a_message_and_no_partial_output(chain, small_disk, g4_sample):
+    """simulate, convert and generate on a full disk: one line naming the file and the cause, exit 2, no
+    file left, no crash at exit (HDF5 segfaulted at interpreter exit after a failed write)."""
+    tmp, cfg = chain
+    test_h5 = g4_sample  # 200 showers: more than the 64 KiB disk holds
+    runs = {"simulate": ("simulate", "-c", QUICKSTART, "-q", "--events", 200, "--out", small_disk / "g4.h5",
+                         "simulate.energy_max_gev=8"),
+            "convert": ("convert", test_h5, "--out", small_disk / "x.root"),
+            "generate": ("generate", "--checkpoint", cfg.run_dir / "train" / "model.pt", "--energies-from", test_h5,
+                         "--out", small_disk / "gen.h5", "-q")}
+    for name, args in runs.items():
+        r = _cli(*args)
+        assert r.returncode == 2, (name, r.returncode, r.stderr[-2000:])
+        assert "no space left on device" in r.stderr and "Traceback" not in r.stderr, (name, r.stderr[-2000:])
+        assert list(small_disk.iterdir()) == [], name
+
+
+def test_read_only_store_fails_at_once(chain, tmp_path):
+    """register against a read-only sqlite store: a clear error in seconds (sqlite retried its locks for minutes)."""
+    tmp, cfg = chain
+    src, ro = tmp_path / "store", tmp_path / "ro"
+    src.mkdir()
+    ro.mkdir()
+    import mlflow
+
+    mlflow.MlflowClient(f"sqlite:///{src}/mlflow.db").search_experiments()  # a real store, seen read-only at ro/
+    mlflow.set_tracking_uri(cfg.register.tracking_uri)
+    if subprocess.run(["mount", "--bind", str(src), str(ro)]).returncode != 0:
+        pytest.skip("cannot bind-mount here")
+    try:
+        assert subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)]).returncode == 0
+        uri = f"sqlite:///{ro}/mlflow.db"
+        t0 = time.monotonic()
+        r = _cli("register", "--run-dir", cfg.run_dir, "--name", "ro_store", "--tracking-uri", uri, timeout=100)
+        assert r.returncode == 2 and "read-only" in r.stderr and "mlflow.db" in r.stderr, r.stderr[-2000:]
+        assert time.monotonic() - t0 < 60
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], check=False)

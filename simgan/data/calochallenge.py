@@ -7,6 +7,7 @@ Extra conditions are extra datasets of length N (e.g. `incident_theta`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import numpy as np
 
 from simgan.data.binning import Binning, load_binning, parse_binning_xml
 from simgan.errors import SimganError
-from simgan.io import atomic_path
+from simgan.io import atomic_path, quiet_failed_hdf5
 
 ENERGY_KEY = "incident_energies"
 SHOWER_KEY = "showers"
@@ -215,6 +216,7 @@ class ShowerWriter:
                  compression: str | None = "gzip", chunk_rows: int = 256):
         self.path = Path(path)
         self.binning = binning
+        quiet_failed_hdf5()  # a full disk: one message, not h5py's echoes as the dead file's objects are freed
         self.f = h5py.File(self.path, "w")
         v = binning.n_voxels
         rows = max(1, min(chunk_rows, (1 << 20) // max(v, 1)))
@@ -249,5 +251,9 @@ class ShowerWriter:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+            return
+        with contextlib.suppress(Exception):  # the first error is the one to report
+            self.close()

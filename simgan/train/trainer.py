@@ -481,13 +481,14 @@ class _Tracker:
     """MLflow tracking on rank 0; a no-op elsewhere."""
 
     def __init__(self, cfg: ExperimentConfig, enabled: bool, run_id: str | None):
-        from simgan.registry import mlflow_env, tracking_uri
+        from simgan.registry import check_store_writable, mlflow_env, tracking_uri
 
         self.enabled = enabled
         self.uri = tracking_uri(cfg.register.tracking_uri)
         self.run_id = run_id
         if not enabled:
             return
+        check_store_writable(self.uri)
         mlflow_env()  # bounded retries: an unreachable server fails in seconds
         import mlflow
 
