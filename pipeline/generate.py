@@ -13,7 +13,7 @@ from pipeline.contract import Context, stage_dir, write_manifest
 from simgan.config import ExperimentConfig
 from simgan.errors import SimganError
 from simgan.generate import (checkpoint_metadata, energies_from_file, generate_to_file, layer_energies_from_file,
-                             log_uniform_energies)
+                             log_uniform_energies, model_conditions)
 from simgan.io import check_output_file
 from simgan.train.trainer import model_from_checkpoint, resolve_device
 
@@ -46,6 +46,7 @@ def run(cfg: ExperimentConfig, ctx: Context, shards: list[Path] | None = None) -
     device = resolve_device(cfg.generate.device)
     model, ckpt = model_from_checkpoint(ins["model"], device)
     energies, conds = energies_from_file(ins["test"], cfg.generate.events)
+    conds = model_conditions(ckpt, conds, ins["test"])
     from simgan.data.calochallenge import inspect
     binning = inspect(ins["test"]).binning
     g = cfg.generate
@@ -147,6 +148,9 @@ def generate_cli(args) -> int:
         energies = log_uniform_energies(args.events, *args.energy_range, args.seed)
     else:
         raise SimganError("give --energies-from FILE, or --events N with --energy-range MIN_GEV MAX_GEV")
+    if args.checkpoint:
+        conds = model_conditions(model_from_checkpoint(args.checkpoint)[1], conds,
+                                 args.layer_energies_from or args.energies_from or "--energy-range")
     sharded = args.shard_index is not None or args.shard_count is not None
     if args.layer_energies_from and (sharded or args.dask):
         raise SimganError("--layer-energies-from runs in one process (no --shard-index or --dask)")

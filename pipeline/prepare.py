@@ -56,8 +56,10 @@ def run(cfg: ExperimentConfig, ctx: Context) -> dict[str, Path]:
     if p.conditions is not None:
         missing = [k for k in p.conditions if k not in data.conditions]
         if missing:
-            raise SimganError(f"{src}: no dataset {missing} for prepare.conditions {p.conditions} "
-                              f"(found {sorted(data.conditions)})")
+            why = "; ".join(cc.why_not_condition(src, k) for k in missing) if str(src).endswith((".h5", ".hdf5")) \
+                else f"no branch {missing}"
+            raise SimganError(f"{src}: {why} for prepare.conditions {p.conditions} "
+                              f"(conditions found: {sorted(data.conditions) or 'none'})")
         data.conditions = {k: data.conditions[k] for k in p.conditions}
     if data.conditions:
         print(f"[prepare] model conditions besides the incident energy: {', '.join(sorted(data.conditions))}"

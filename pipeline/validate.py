@@ -11,6 +11,7 @@ from pipeline import generate, prepare
 from pipeline.contract import Context, stage_dir, write_manifest
 from simgan.config import ExperimentConfig, ValidateConfig
 from simgan.errors import GateFailed, SimganError
+from simgan.io import check_output_dir
 from simgan.validate import validate, verdict
 
 
@@ -94,6 +95,7 @@ def validate_cli(args) -> int:
     if args.classifier:
         vcfg = vcfg.model_copy(update={"classifier": args.classifier})
     extra = {ABLATION_LABEL: args.ablation} if args.ablation else None
+    check_output_dir(args.out, create=False)  # before the work, not after
     with dask_client(args.dask or vcfg.dask, vcfg.dask_workers, args.scheduler) as client:
         m = validate(args.reference, args.candidate, args.out, vcfg, threshold, client, floor=args.floor,
                      extra_candidates=extra)

@@ -11,7 +11,7 @@ import yaml
 
 from simgan.config import ExperimentConfig
 from simgan.errors import SimganError
-from simgan.io import atomic_path
+from simgan.io import atomic_path, check_output_dir
 from simgan.registry import tracking_uri
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "workflows" / "slurm"
@@ -33,8 +33,7 @@ def render(cfg: ExperimentConfig, config_path: str, out_dir, partition: str = "c
         raise SimganError("generate.format: the Slurm generate array writes HDF5 shards; use hdf5 (convert afterwards)")
     if cfg.prepare.input:
         raise SimganError("prepare.input is set: the Slurm chain simulates; run `simgan run` for given data")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = check_output_dir(out_dir)
     uri = tracking_uri(cfg.register.tracking_uri)
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):  # relative to where jobs run: pin it
         uri = "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])

@@ -39,6 +39,17 @@ def energies_from_file(path, max_events: int | None = None) -> tuple[np.ndarray,
     return energies, {k: np.concatenate(v) for k, v in conds.items()}
 
 
+def model_conditions(ckpt: dict, conditions: dict, source) -> dict:
+    """The extra conditions a checkpoint was trained with, taken by name from `conditions` (a
+    file's datasets); other datasets of the file are not the model's business."""
+    names = list(ckpt.get("extra_conditions", []))
+    missing = [k for k in names if k not in conditions]
+    if missing:
+        raise SimganError(f"{source}: no dataset {missing}: the model was trained with the extra condition(s) "
+                          f"{names} besides the energy (found {sorted(conditions) or 'none'})")
+    return {k: conditions[k] for k in names}
+
+
 def layer_energies_from_file(path, layer_voxels: list[int], threshold_mev: float,
                              max_events: int | None = None) -> np.ndarray:
     """(N, L) per-layer sums of the voxels above the threshold, read chunk by chunk."""

@@ -163,6 +163,27 @@ def check_output_file(out: str | os.PathLike, inputs: dict[str, str | os.PathLik
     return out
 
 
+def check_output_dir(out: str | os.PathLike, flag: str = "--out", create: bool = True) -> Path:
+    """`out` as a folder, checked before any work: not a file, and writable (created now, or with
+    `create=False` only checked to be creatable, so a failure later leaves no empty folder)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SimganError(f"{flag} {out}: is a file; {flag} names a folder (the outputs go inside it)")
+    if create:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SimganError(f"{flag} {out}: cannot create the folder: {exc.strerror}") from None
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SimganError(f"{flag} {out}: cannot create the folder: {existing} is a file")
+    if not os.access(existing, os.W_OK):
+        raise SimganError(f"{flag} {out}: {existing} is not writable")
+    return out
+
+
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
     with atomic_path(path, suffix=".json") as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")

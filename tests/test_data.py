@@ -7,6 +7,7 @@ from pipeline.cli import main
 from simgan.data import calochallenge as cc
 from simgan.data.binning import load_binning, reference_binning
 from simgan.data.calogan import read_calogan
+from simgan.data.convert import read_any
 from simgan.data.rootio import read_root, write_root
 from simgan.data.stream import ChunkedShowerDataset
 from simgan.errors import SimganError
@@ -155,6 +156,10 @@ def test_calogan_reader(tmp_path):
         assert np.isclose(d.showers[:, :288].sum(), f["layer_0"][:].sum(), rtol=1e-5)
     cc.write(tmp_path / "c.h5", d)
     assert cc.read(tmp_path / "c.h5").binning.n_voxels == 504
+    with h5py.File(p, "a") as f:  # a CaloGAN file missing a layer is named as such, not as a CaloChallenge file
+        del f["layer_2"]
+    with pytest.raises(SimganError, match="missing dataset 'layer_2' for CaloGAN format"):
+        read_any(p)
 
 
 def test_units_of_root_calogan_and_generation_energies(tmp_path):

@@ -195,6 +195,13 @@ def test_outputs_never_replace_their_inputs(chain, tmp_path, capsys):
     assert "is the shard #0 file" in capsys.readouterr().err
     assert main(["generate", "--checkpoint", str(ckpt), "--energies-from", str(g4), "--out", str(tmp_path)]) == 2
     assert "is a directory" in capsys.readouterr().err
+    # folder outputs given a file: refused before any work, nothing created
+    assert main(["validate", "--reference", str(g4), "--candidate", str(g4), "--out", str(g4)]) == 2
+    assert "--out " + str(g4) + ": is a file; --out names a folder" in capsys.readouterr().err
+    assert main(["validate", "--reference", str(g4), "--candidate", str(g4), "--out", str(g4 / "sub")]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert main(["workflow", "-c", str(QUICKSTART), "--out", str(g4)]) == 2
+    assert "is a file; --out names a folder" in capsys.readouterr().err
     assert hashlib.sha256(g4.read_bytes()).hexdigest() == digest and link.is_symlink()
 
 

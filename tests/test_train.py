@@ -302,3 +302,32 @@ def test_checkpoint_carries_the_training_datas_binning(tmp_path, splits):
     del ckpt["binning_xml"]  # a checkpoint of an earlier version: the config's geometry
     with pytest.raises(SimganError, match="moved_away.xml: binning XML not found"):
         checkpoint_binning(ckpt)
+
+
+def test_generate_takes_the_models_extra_conditions_by_name(tmp_path, g4_sample, capsys):
+    """A model trained with incident_theta: generate takes that dataset by name (others in the
+    file are ignored), and a file without it is refused, naming it."""
+    from pipeline.cli import main
+    from simgan.data import calochallenge as cc
+    d = cc.read(g4_sample)
+    theta = np.linspace(0.0, 0.3, len(d))
+    d.conditions = {"incident_theta": theta}
+    src = cc.write(tmp_path / "theta.h5", d)
+    cfg = small_cfg(tmp_path, f"prepare.input={src}")
+    sp = prepare.run(cfg, Context(progress=False))
+    Trainer(small_cfg(tmp_path, *TINY, "train.steps=1"), sp["train"], sp["val"], tmp_path / "train",
+            progress=False).fit()
+    ckpt = tmp_path / "train" / "model.pt"
+    assert load_checkpoint(ckpt)["extra_conditions"] == ["incident_theta"]
+    d.conditions = {"incident_phi": theta, "run_number": theta}  # as many extras, other names
+    other = cc.write(tmp_path / "other.h5", d)
+    assert main(["generate", "--checkpoint", str(ckpt), "--energies-from", str(other), "--out",
+                 str(tmp_path / "g.h5"), "-q"]) == 2
+    assert "no dataset ['incident_theta']: the model was trained with the extra condition(s)" in capsys.readouterr().err
+    assert not (tmp_path / "g.h5").exists()
+    d.conditions = {"incident_theta": theta, "run_number": theta}
+    both = cc.write(tmp_path / "both.h5", d)
+    assert main(["generate", "--checkpoint", str(ckpt), "--energies-from", str(both), "--out",
+                 str(tmp_path / "g.h5"), "-q"]) == 0
+    np.testing.assert_array_equal(cc.read(tmp_path / "g.h5").conditions["incident_theta"], theta)
+    assert list(cc.read(tmp_path / "g.h5").conditions) == ["incident_theta"]

@@ -158,6 +158,9 @@ def test_prepare_names_the_conditions_it_takes(tmp_path, capsys, g4_sample):
     d = cc.read(g4_sample)
     d.conditions = {"incident_theta": np.zeros(len(d)), "run_number": np.arange(len(d), dtype=np.float64)}
     src = cc.write(tmp_path / "with_extras.h5", d)
+    import h5py
+    with h5py.File(src, "a") as f:
+        f["event_index"] = np.arange(len(d), dtype=np.int64)  # not a condition: integer
     common = ["prepare", "-c", str(QUICKSTART), "-q", f"runs_dir={tmp_path / 'r'}", f"prepare.input={src}"]
     assert main(common) == 0
     assert "model conditions besides the incident energy: incident_theta, run_number (all extra" in capsys.readouterr().out
@@ -165,7 +168,9 @@ def test_prepare_names_the_conditions_it_takes(tmp_path, capsys, g4_sample):
     train = cc.read(tmp_path / "r" / "quickstart" / "prepare" / "train.h5")
     assert list(train.conditions) == ["incident_theta"]
     assert main([*common, "prepare.conditions=[incident_phi]"]) == 2
-    assert "no dataset ['incident_phi'] for prepare.conditions" in capsys.readouterr().err
+    assert "no dataset 'incident_phi' for prepare.conditions" in capsys.readouterr().err
+    assert main([*common, "prepare.conditions=[event_index]"]) == 2
+    assert "dataset 'event_index' has dtype int64; a condition is floating point" in capsys.readouterr().err
 
 
 def test_prepare_refuses_empty_showers(tmp_path, capsys, g4_sample):

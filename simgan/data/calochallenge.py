@@ -116,6 +116,23 @@ def inspect(path: str | os.PathLike, binning: Binning | str | None = None) -> Fi
         return FileInfo(path, n, binning, sorted(cond), meta)
 
 
+def why_not_condition(path, key: str) -> str:
+    """Why dataset `key` of canonical file `path` is not a condition: absent, or its dtype or shape."""
+    try:
+        with h5py.File(path, "r") as f:
+            n = f[SHOWER_KEY].shape[0] if SHOWER_KEY in f else None
+            if key not in f:
+                return f"no dataset '{key}'"
+            ds = f[key]
+            if not isinstance(ds, h5py.Dataset):
+                return f"'{key}' is a group"
+            if ds.dtype.kind != "f":
+                return f"dataset '{key}' has dtype {ds.dtype}; a condition is floating point (cast it to float64)"
+            return f"dataset '{key}' has shape {ds.shape}; a condition has one value per shower ({n},)"
+    except OSError:
+        return f"no dataset '{key}'"
+
+
 def _str(v) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 

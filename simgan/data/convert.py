@@ -25,8 +25,8 @@ def detect_format(path) -> str:
                 keys = set(f.keys())
         except OSError as exc:
             raise SimganError(f"{path}: not a readable HDF5 file (truncated or corrupt?): {exc}") from exc
-        if {"layer_0", "layer_1", "layer_2"} <= keys:
-            return "calogan"
+        if cc.ENERGY_KEY not in keys and keys & {"layer_0", "layer_1", "layer_2"}:
+            return "calogan"  # its reader names a missing layer
         return "calochallenge"
     raise SimganError(f"{path}: unknown file type (expected .h5/.hdf5 or .root)")
 
