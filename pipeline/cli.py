@@ -150,7 +150,7 @@ def cmd_workflow(args) -> int:
 
     cfg = _config(args)
     for path in render(cfg, args.config, args.out, args.partition, args.gpu_partition, args.nodes, args.gpus_per_node,
-                       args.generate_shards, args.cpus):
+                       args.generate_shards, args.cpus, args.time_train):
         print(path)
     return 0
 
@@ -257,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cpus", type=_int_at_least(1), default=8,
                    help="CPUs of the validate job and of the train job (default 8); with --gpus-per-node 0 the "
                         "train job runs one gloo process per CPU")
+    s.add_argument("--time-train", default="24:00:00",
+                   help="the train job's time limit (Slurm format, default 24:00:00); a job that hits it saves "
+                        "its step, and `OUT/submit.sh train` resumes the chain from there")
     s.set_defaults(func=cmd_workflow)
 
     s = sub.add_parser("run", help="run the whole chain")

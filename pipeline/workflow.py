@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from string import Template
 
@@ -17,18 +18,27 @@ from simgan.registry import tracking_uri
 TEMPLATES = Path(__file__).resolve().parent.parent / "workflows" / "slurm"
 
 
+SLURM_TIME = re.compile(r"\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+(:\d{1,2}){0,2}")
+
+
 def render(cfg: ExperimentConfig, config_path: str, out_dir, partition: str = "cpu", gpu_partition: str = "gpu",
-           nodes: int = 1, gpus_per_node: int = 4, generate_shards: int = 4, train_cpus: int = 8) -> list[Path]:
+           nodes: int = 1, gpus_per_node: int = 4, generate_shards: int = 4, train_cpus: int = 8,
+           time_train: str = "24:00:00") -> list[Path]:
     """Job scripts for the chain, every job reading `OUT/config.yaml`: the experiment fully
     resolved (groups, command-line overrides, an absolute runs_dir and MLflow store), so the jobs and a later
     `simgan run -c OUT/config.yaml` see the same experiment and the same stage manifests.
     gpus_per_node=0 trains on a CPU partition: torchrun with one gloo process per CPU of the
-    job (train_cpus, also the validate job's CPUs); otherwise one NCCL process per GPU."""
+    job (train_cpus, also the validate job's CPUs); otherwise one NCCL process per GPU.
+    time_train is the train job's Slurm time limit: a job that hits it saves its step and
+    `submit.sh train` resumes it."""
     if not TEMPLATES.is_dir():
         raise SimganError(f"{TEMPLATES}: workflow templates not found (run from a source checkout)")
     if min(nodes, generate_shards, train_cpus) < 1 or gpus_per_node < 0:
         raise SimganError(f"--nodes {nodes}, --generate-shards {generate_shards}, --cpus {train_cpus} must be "
                           f">= 1 and --gpus-per-node {gpus_per_node} >= 0")
+    if not SLURM_TIME.fullmatch(time_train) or not any(c != "0" for c in re.sub(r"\D", "", time_train)):
+        raise SimganError(f"--time-train {time_train!r}: expected a Slurm time limit above 0 (minutes, MM:SS, "
+                          "HH:MM:SS or D-HH[:MM[:SS]])")
     if cfg.generate.format != "hdf5":
         raise SimganError("generate.format: the Slurm generate array writes HDF5 shards; use hdf5 (convert afterwards)")
     if cfg.prepare.input:
@@ -51,7 +61,7 @@ def render(cfg: ExperimentConfig, config_path: str, out_dir, partition: str = "c
         "gres": f"#SBATCH --gpus-per-node={gpus_per_node}" if gpu else "# CPU partition: gloo, one process per CPU",
         "nproc": str(gpus_per_node) if gpu else '"${SLURM_CPUS_PER_TASK}"', "train_cpus": train_cpus,
         "shard_count": shards, "last_shard": shards - 1,
-        "time_simulate": "04:00:00", "time_train": "24:00:00",
+        "time_simulate": "04:00:00", "time_train": time_train,
         "seed": cfg.seed, "gen_batch": cfg.generate.batch_size, "gen_shards": generate_shards,
         "last_gen_shard": generate_shards - 1, "gen_cpus": min(4, train_cpus),
         "events_arg": f"--events {cfg.generate.events}" if cfg.generate.events else "",

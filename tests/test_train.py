@@ -150,6 +150,32 @@ def test_kill9_then_resume(tmp_path, splits):
     assert info["resumed_from_step"] >= step_killed and info["steps"] == 1500 + ENERGY_STEPS
 
 
+def test_sigterm_saves_the_step_it_reached_then_resumes(tmp_path, splits):
+    """SIGTERM (a batch system's time limit) saves last.pt at the current step, not the last
+    periodic checkpoint (none is due in this run), exits 143 with a message, and the same command resumes."""
+    import signal
+    import time
+
+    run_dir = _stage_dir(tmp_path, splits)
+    cmd = [sys.executable, "-m", "pipeline.cli", "train", "-c", str(REPO / "configs/experiment/quickstart.yaml"), "-q",
+           f"runs_dir={tmp_path}", *TINY, "train.steps=1500", "train.checkpoint_every=1000", "train.val_every=500",
+           "train.progress=false"]
+    p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = run_dir / "train" / "metrics.jsonl"
+    t0 = time.time()
+    while not (log.exists() and len(log.read_text().splitlines()) > 3) and time.time() - t0 < 120:
+        time.sleep(0.1)
+    p.send_signal(signal.SIGTERM)
+    err = p.communicate(timeout=60)[1]
+    assert p.returncode == 143 and "stopped by SIGTERM" in err, err
+    step = load_checkpoint(run_dir / "train" / "checkpoints" / "last.pt")["step"]
+    assert 0 < step < 1000 + ENERGY_STEPS and step % 1000 != 0
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    info = json.loads((run_dir / "train" / "run_info.json").read_text())
+    assert info["resumed_from_step"] == step and info["steps"] == 1500 + ENERGY_STEPS
+
+
 def test_changed_config_or_data_never_resumes(tmp_path, splits, capsys):
     _trainer(tmp_path, splits, "train.steps=6").fit()
     capsys.readouterr()

@@ -75,45 +75,78 @@ def local_slurm():
         subprocess.run([str(script), "down"], capture_output=True, timeout=60)
 
 
-@pytest.mark.slurm
-def test_quickstart_chain_on_a_real_slurm(local_slurm, tmp_path):
-    """`simgan workflow` + submit.sh on a real Slurm: the overrides reach every job (one
-    resolved config), the CPU train job runs torchrun with a gloo process per CPU, the chain
-    registers the model, and `simgan run` on the same config afterwards finds every stage done."""
-    import json
+def _wait_for_jobs(jobs, env, seconds):
+    """Until none of `jobs` is queued or running; whatever happens, none stays queued."""
     import time
-    env = {**os.environ, "SLURM_CONF": local_slurm, "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}",
-           "MLFLOW_DISABLE_TELEMETRY": "true"}
-    wf, runs = tmp_path / "wf", tmp_path / "runs"
-    assert main(["workflow", "-c", str(QUICKSTART), "--out", str(wf), "--partition", "debug", "--gpu-partition",
-                 "debug", "--gpus-per-node", "0", "--cpus", "2", "--generate-shards", "2", f"runs_dir={runs}",
-                 "simulate.events=100", "simulate.shard_events=25", "train.steps=30", "model.energy.steps=20",
-                 "model.energy.batch_size=32", "train.batch_size=64", "train.val_every=15",
-                 "train.checkpoint_every=15", "train.val_events=20", "generate.batch_size=10",
-                 "validate.classifier_seeds=1", "validate.plots=false", "validate.gate.auc_high_max=1.0",
-                 "validate.gate.separation_etot_max=1.0", "validate.gate.separation_mean_max=1.0",
-                 "validate.gate.response_deviation_max=1.0", "register.name=slurm-chain",
-                 f"register.tracking_uri=sqlite:///{tmp_path}/mlflow.db"]) == 0
-    r = subprocess.run(["bash", str(wf / "submit.sh")], capture_output=True, text=True, env=env, timeout=60)
-    assert r.returncode == 0, r.stderr
-    jobs = [int(x.split()[-1].rstrip(",")) for x in r.stdout.split(":", 1)[1].split(",")]
-    deadline = time.time() + 480
+    deadline = time.time() + seconds
     try:
         while time.time() < deadline:
             q = subprocess.run(["squeue", "-h", "-j", ",".join(map(str, jobs))], capture_output=True, text=True,
                                env=env)
             if not q.stdout.strip():
-                break
+                return
             time.sleep(2)
-    finally:  # nothing of this test stays queued
+    finally:
         subprocess.run(["scancel", *map(str, jobs)], capture_output=True, env=env)
-    logs = runs / "quickstart" / "logs"
-    tails = {p.name: p.read_text()[-400:] for p in sorted(logs.glob("*.out"))}
-    reg = runs / "quickstart" / "register" / "registered.json"
+
+
+def _submit(wf, env, *stage):
+    r = subprocess.run(["bash", str(wf / "submit.sh"), *stage], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return dict(x.split() for x in r.stdout.split(":", 1)[1].split(","))
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_quickstart_chain_on_a_real_slurm_resumes_after_the_time_limit(local_slurm, tmp_path):
+    """`simgan workflow` + submit.sh on a real Slurm: the overrides reach every job (one
+    resolved config), the CPU train job runs torchrun with a gloo process per CPU. Its 1-minute
+    time limit kills it mid-training (Slurm checks limits every 30 s: at 60-90 s): it saves its
+    step on SIGTERM, the jobs after it are cancelled, and `submit.sh train` resumes from that
+    step and registers the model. `simgan run` on the same config afterwards finds every stage done."""
+    import json
+
+    from simgan.train.trainer import load_checkpoint
+    env = {**os.environ, "SLURM_CONF": local_slurm, "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}",
+           "MLFLOW_DISABLE_TELEMETRY": "true"}
+    wf, runs = tmp_path / "wf", tmp_path / "runs"
+    # about 105 s of training on this 2-core machine (320 steps/s): past the kill at 60-90 s even on a
+    # somewhat faster machine (a run that ends before its limit fails this test)
+    steps, energy_steps = 33000, 200
+    flags = ["-c", str(QUICKSTART), "--out", str(wf), "--partition", "debug", "--gpu-partition", "debug",
+             "--gpus-per-node", "0", "--cpus", "2", "--generate-shards", "2"]
+    overrides = [f"runs_dir={runs}", "simulate.events=100", "simulate.shard_events=25", f"train.steps={steps}",
+                 f"model.energy.steps={energy_steps}", "model.energy.batch_size=32", "train.batch_size=64",
+                 "train.val_every=5000", "train.checkpoint_every=5000", "train.log_every=1000", "train.val_events=20",
+                 "model.hidden=[32,32]", "model.latent_dim=4", "model.energy.hidden=[16,16]",
+                 "model.energy.transforms=2", "generate.batch_size=10", "validate.classifier_seeds=1",
+                 "validate.plots=false", "validate.gate.auc_high_max=1.0", "validate.gate.separation_etot_max=1.0",
+                 "validate.gate.separation_mean_max=1.0", "validate.gate.response_deviation_max=1.0",
+                 "register.name=slurm-chain", f"register.tracking_uri=sqlite:///{tmp_path}/mlflow.db"]
+    assert main(["workflow", *flags, "--time-train", "1", *overrides]) == 0
+    jobs = _submit(wf, env)
+    _wait_for_jobs(jobs.values(), env, 300)
+    run, logs = runs / "quickstart", runs / "quickstart" / "logs"
+    tails = {p.name: p.read_text()[-600:] for p in sorted(logs.glob("*.out"))}
+    state = subprocess.run(["scontrol", "show", "job", jobs["train"]], capture_output=True, text=True, env=env).stdout
+    assert "JobState=TIMEOUT" in state, (state, tails)
+    assert "stopped by SIGTERM" in (logs / "train.out").read_text(), tails
+    killed_at = load_checkpoint(run / "train" / "checkpoints" / "last.pt")["step"]
+    assert 0 < killed_at < steps + energy_steps
+    assert not (run / "generate").exists()  # the dependent jobs were cancelled, not left pending
+
+    # the user gives the job more time (the same experiment: the same config.yaml) and resubmits from train
+    assert main(["workflow", *flags, "--time-train", "10", *overrides]) == 0
+    jobs = _submit(wf, env, "train")
+    assert list(jobs) == ["train", "generate", "generate-merge", "validate", "register"]
+    _wait_for_jobs(jobs.values(), env, 300)
+    tails = {p.name: p.read_text()[-600:] for p in sorted(logs.glob("*.out"))}
+    reg = run / "register" / "registered.json"
     assert reg.exists(), tails
     assert json.loads(reg.read_text())["alias_uri"] == "models:/slurm-chain@champion"
-    train = json.loads((runs / "quickstart" / "train" / "run_info.json").read_text())
-    assert train["world_size"] == 2 and train["ddp"] and train["steps"] == 50 and train["precision"] == "fp32"
+    train = json.loads((run / "train" / "run_info.json").read_text())
+    assert train["world_size"] == 2 and train["ddp"] and train["precision"] == "fp32"
+    assert train["resumed_from_step"] == killed_at and train["steps"] == steps + energy_steps
     out = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "-c", str(wf / "config.yaml"), "-q"],
                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert out.returncode == 0, out.stderr

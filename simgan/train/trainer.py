@@ -22,7 +22,9 @@ import math
 import os
 import re
 import shutil
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -250,6 +252,33 @@ class Trainer:
         dist.broadcast(flag, 0)
         return bool(flag.item())
 
+    def _any_rank(self, mine: bool) -> bool:
+        """True on every rank if it is true on any (a signal may reach the ranks a step apart)."""
+        if not (self.distributed and dist.is_initialized()):
+            return mine
+        flag = torch.tensor([float(mine)], device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    @contextlib.contextmanager
+    def _termination_requests(self):
+        """SIGTERM (a batch system's time limit or preemption; torchrun forwards it) sets a flag
+        that the loop reads between steps: it saves `last.pt` at that step and stops, so a
+        resubmitted job loses nothing. The previous handler comes back afterwards."""
+        self._terminate = False
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def on_term(signum, frame):
+            self._terminate = True
+
+        previous = signal.signal(signal.SIGTERM, on_term)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
     # -- the averaged weights ------------------------------------------------------------------
     def _ema_update(self) -> None:
         if self.ema is not None:
@@ -359,37 +388,45 @@ class Trainer:
         self.model.train()
         last_phase_start = self.phases[-1][1]
         t0, s0 = time.perf_counter(), self.step
+        # in DDP the ranks agree on a stop every few steps (a collective per step would cost a sync)
+        check_every = 10 if self.distributed else 1
         try:
-            while self.step < self.total_steps:
-                self._set_lr(self.step)
-                logs = self.model.train_step(self._batches(self.step), self.opts, self.step, self._autocast,
-                                             self._gens(self.step))
-                bad = [k for k, v in logs.items() if not np.isfinite(v)]
-                if bad:
-                    raise SimganError(f"training stopped: non-finite {', '.join(bad)} at step {self.step} "
-                                      f"(last good checkpoint: {self.ckpt_dir / 'last.pt'}); lower the learning "
-                                      f"rate or use precision=fp32")
-                self.step += 1
-                if self.step > last_phase_start:
-                    self._ema_update()
-                if bar:
-                    bar.update(1)
-                validate_now = self.step > last_phase_start and (
-                    self.step % cfg.val_every == 0 or self.step == self.total_steps)
-                if validate_now:
-                    logs.update(self.val_metrics())
-                    if logs["val_sep_mean"] < self.best_score:
-                        self.best_score, self.best_step = logs["val_sep_mean"], self.step
-                        self.save(self.ckpt_dir / "best.pt", averaged=True)
-                if validate_now or self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                    if self.rank == 0:
-                        _append_jsonl(metrics_path, {"step": self.step, **logs})
-                        tracker.log_metrics(logs, self.step)
-                if self.step % cfg.checkpoint_every == 0 or self.step == self.total_steps:
-                    self.save(self.ckpt_dir / "last.pt")
-                    if cfg.max_seconds and self._out_of_time(time.perf_counter() - t0 > cfg.max_seconds):
-                        break
-        except KeyboardInterrupt:  # the run is KILLED in MLflow, not FINISHED; `last.pt` resumes it
+            with self._termination_requests():
+                while self.step < self.total_steps:
+                    self._set_lr(self.step)
+                    logs = self.model.train_step(self._batches(self.step), self.opts, self.step, self._autocast,
+                                                 self._gens(self.step))
+                    bad = [k for k, v in logs.items() if not np.isfinite(v)]
+                    if bad:
+                        raise SimganError(f"training stopped: non-finite {', '.join(bad)} at step {self.step} "
+                                          f"(last good checkpoint: {self.ckpt_dir / 'last.pt'}); lower the learning "
+                                          f"rate or use precision=fp32")
+                    self.step += 1
+                    if self.step > last_phase_start:
+                        self._ema_update()
+                    if bar:
+                        bar.update(1)
+                    validate_now = self.step > last_phase_start and (
+                        self.step % cfg.val_every == 0 or self.step == self.total_steps)
+                    if validate_now:
+                        logs.update(self.val_metrics())
+                        if logs["val_sep_mean"] < self.best_score:
+                            self.best_score, self.best_step = logs["val_sep_mean"], self.step
+                            self.save(self.ckpt_dir / "best.pt", averaged=True)
+                    if validate_now or self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                        if self.rank == 0:
+                            _append_jsonl(metrics_path, {"step": self.step, **logs})
+                            tracker.log_metrics(logs, self.step)
+                    if self.step % cfg.checkpoint_every == 0 or self.step == self.total_steps:
+                        self.save(self.ckpt_dir / "last.pt")
+                        if cfg.max_seconds and self._out_of_time(time.perf_counter() - t0 > cfg.max_seconds):
+                            break
+                    if self.step % check_every == 0 and self._any_rank(self._terminate):
+                        self.save(self.ckpt_dir / "last.pt")
+                        raise Terminated(f"training stopped by SIGTERM (a time limit or preemption) at step "
+                                         f"{self.step} of {self.total_steps}; {self.ckpt_dir / 'last.pt'} holds it: "
+                                         "run the same command again to resume")
+        except (KeyboardInterrupt, Terminated):  # the run is KILLED in MLflow, not FINISHED; `last.pt` resumes it
             tracker.end("KILLED")
             raise
         except BaseException:
@@ -475,6 +512,12 @@ def _truncate_jsonl(path: Path, step: int) -> None:
     rows = [r for r in path.read_text().splitlines() if r.strip() and step_of(r) <= step]
     with atomic_path(path) as tmp:
         tmp.write_text("".join(r + "\n" for r in rows))
+
+
+class Terminated(SimganError):
+    """Training stopped on SIGTERM after saving its checkpoint (128 + SIGTERM, as a shell reports it)."""
+
+    exit_code = 143
 
 
 class _Tracker:
