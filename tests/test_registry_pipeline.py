@@ -334,3 +334,18 @@ def test_read_only_store_fails_at_once(chain, tmp_path):
         assert time.monotonic() - t0 < 60
     finally:
         subprocess.run(["umount", "-l", str(ro)], check=False)
+
+
+def test_read_only_output_place_is_refused_before_any_work(tmp_path, g4_sample):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        for args in (("convert", g4_sample, "--out", ro / "x.root"),
+                     ("simulate", "-c", QUICKSTART, "-q", "--events", 10, "--out", ro / "g4.h5")):
+            r = _cli(*args)
+            assert r.returncode == 2 and f"output folder {ro} is not writable" in r.stderr, r.stderr[-2000:]
+        assert list(ro.iterdir()) == []
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], check=False)
