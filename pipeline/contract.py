@@ -21,7 +21,7 @@ from simgan.io import file_sha256, text_sha256, write_json_atomic
 STAGES = ("simulate", "prepare", "train", "generate", "validate", "register")
 # config sections each stage's output depends on (besides its inputs' content)
 SECTIONS = {
-    "simulate": ("simulate",),
+    "simulate": ("simulate", "domain"),
     "prepare": ("prepare", "domain"),
     "train": ("train", "model", "domain"),
     "generate": ("generate",),
@@ -94,6 +94,21 @@ def is_complete(cfg: ExperimentConfig, stage: str, inputs: dict[str, Path]) -> b
     if m.get("input_hashes") != input_hashes(inputs):
         return False
     return all(Path(p).exists() for p in m.get("outputs", {}).values())
+
+
+def run_domain_stage(stage: str, cfg: ExperimentConfig, ctx: Context, ins: dict[str, Path],
+                     out: dict[str, Path]) -> dict[str, Path] | None:
+    """Run a stage through the domain when the domain brings its own body for it (air showers);
+    None when the stage's own (calorimeter) body runs. The manifest is written here."""
+    from simgan.domains import get_domain
+
+    body = get_domain(cfg.domain.name).stages.get(stage)
+    if body is None:
+        return None
+    t0 = time.time()
+    info = body(cfg, ins, out, ctx.progress) or {}
+    write_manifest(cfg, stage, ins, out, t0, counts=info.get("counts"), extra=info.get("extra"))
+    return out
 
 
 def write_manifest(cfg: ExperimentConfig, stage: str, inputs: dict[str, Path], outputs: dict[str, Path],

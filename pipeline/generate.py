@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import prepare, train
-from pipeline.contract import Context, stage_dir, write_manifest
+from pipeline.contract import Context, run_domain_stage, stage_dir, write_manifest
 from simgan.config import ExperimentConfig
 from simgan.errors import SimganError
 from simgan.generate import (checkpoint_metadata, energies_from_file, generate_to_file, layer_energies_from_file,
@@ -41,6 +41,9 @@ def shard_dir(cfg: ExperimentConfig) -> Path:
 def run(cfg: ExperimentConfig, ctx: Context, shards: list[Path] | None = None) -> dict[str, Path]:
     """The generate stage; with `shards` (the files of a job array), those are merged into the
     stage's showers instead of generating them here, after checking they are this run's."""
+    done = run_domain_stage("generate", cfg, ctx, inputs(cfg), outputs(cfg)) if shards is None else None
+    if done is not None:
+        return done
     t0 = time.time()
     ins, out = inputs(cfg), outputs(cfg)
     device = resolve_device(cfg.generate.device)

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import simulate
-from pipeline.contract import Context, stage_dir, write_manifest
+from pipeline.contract import Context, run_domain_stage, stage_dir, write_manifest
 from simgan.config import ExperimentConfig
 from simgan.data import calochallenge as cc
 from simgan.data.convert import read_any
+from simgan.data.splits import split_indices
 from simgan.errors import SimganError
 
 SPLITS = ("train", "val", "test")
@@ -30,18 +31,11 @@ def outputs(cfg: ExperimentConfig) -> dict[str, Path]:
     return {s: d / f"{s}.h5" for s in SPLITS}
 
 
-def split_indices(n: int, fractions, seed: int) -> dict[str, np.ndarray]:
-    perm = np.random.default_rng([seed, 0x5A]).permutation(n)
-    n_train = int(round(fractions[0] * n))
-    n_val = int(round(fractions[1] * n))
-    if min(n_train, n_val, n - n_train - n_val) < 1:
-        raise SimganError(f"prepare: {n} events are too few to split into train/val/test with fractions {tuple(fractions)}")
-    return {"train": np.sort(perm[:n_train]), "val": np.sort(perm[n_train:n_train + n_val]),
-            "test": np.sort(perm[n_train + n_val:])}
-
-
 def run(cfg: ExperimentConfig, ctx: Context) -> dict[str, Path]:
     t0 = time.time()
+    done = run_domain_stage("prepare", cfg, ctx, inputs(cfg), outputs(cfg))
+    if done is not None:
+        return done
     src = inputs(cfg)["source"]
     p = cfg.prepare
     # the domain's geometry is checked against the file's own (or given to files without one)

@@ -41,13 +41,12 @@ def _register_dir(run_dir: Path, name: str, uri: str, alias: str, retries: int) 
         run_id = None  # the training run lives in another store
     train_split = run_dir / "prepare" / "train.h5"
     data_hash = input_hashes({"t": train_split})["t"] if train_split.is_file() else "unknown"
-    from simgan.data.calochallenge import inspect
+    from simgan.train.trainer import checkpoint_binning, load_checkpoint
 
-    xml = inspect(train_split).binning.to_xml() if train_split.is_file() else None
-    if xml is None:
-        from simgan.train.trainer import checkpoint_binning, load_checkpoint
-
-        xml = checkpoint_binning(load_checkpoint(model), str(model)).to_xml()
+    ckpt = load_checkpoint(model)
+    xml = None
+    if ckpt["model_args"].get("domain", "calorimeter") == "calorimeter":  # the voxel layout travels with the model
+        xml = checkpoint_binning(ckpt, str(model)).to_xml()
     return register_model(model, xml, name, uri, metrics, data_hash, run_id, alias, retries, str(metrics_path))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from pipeline.contract import Context, stage_dir, write_manifest
+from pipeline.contract import Context, run_domain_stage, stage_dir, write_manifest
 from simgan.config import ExperimentConfig
 from simgan.errors import SimganError
 from simgan.sim.produce import merge_shards, simulate_to_file
@@ -27,6 +27,9 @@ def shard_dir(cfg: ExperimentConfig) -> Path:
 def run(cfg: ExperimentConfig, ctx: Context, shards: list[Path] | None = None) -> dict[str, Path]:
     """The simulate stage; with `shards` (the files of a job array), those are merged into the
     stage's showers instead of simulating here, after checking they are this run's."""
+    done = run_domain_stage("simulate", cfg, ctx, inputs(cfg), outputs(cfg)) if shards is None else None
+    if done is not None:
+        return done
     t0 = time.time()
     out = outputs(cfg)
     if shards is not None:

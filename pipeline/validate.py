@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from pipeline import generate, prepare
-from pipeline.contract import Context, stage_dir, write_manifest
+from pipeline.contract import Context, run_domain_stage, stage_dir, write_manifest
 from simgan.config import ExperimentConfig, ValidateConfig
 from simgan.errors import GateFailed, SimganError
 from simgan.io import check_output_dir
@@ -54,6 +54,9 @@ def dask_client(enabled: bool, workers: int, scheduler: str | None = None):
 
 
 def run(cfg: ExperimentConfig, ctx: Context) -> dict[str, Path]:
+    done = run_domain_stage("validate", cfg, ctx, inputs(cfg), outputs(cfg))
+    if done is not None:
+        return done
     t0 = time.time()
     ins, out = inputs(cfg), outputs(cfg)
     if ins["candidate"].suffix == ".root":
@@ -73,6 +76,14 @@ def verdict_line(cfg: ExperimentConfig) -> str:
 
 def summary_text(m: dict, report) -> str:
     fl = m["floor"]
+    if m.get("domain") == "airshower":
+        def pct(k):
+            return f"{100 * m[k]:.1f}% [{100 * fl[k]:.1f}%]"
+        return (f"validation: {verdict(m)} (AUC observables {m['auc']:.3f} [simulator floor {fl['auc']:.3f}], "
+                f"footprints {m['auc_footprints']:.3f} [{fl['auc_footprints']:.3f}]; mean separation "
+                f"{m['separation_power_mean']:.4f} [{fl['separation_power_mean']:.4f}]; stations within "
+                f"{pct('station_count_deviation_max')}, angular resolution within "
+                f"{pct('angular_resolution_deviation_max')}, S1000 bias {pct('s1000_bias_max')}); report: {report}")
     return (f"validation: {verdict(m)} (AUC high-level {m['auc_high']:.3f} [Geant4 floor {fl['auc_high']:.3f}], "
             f"voxels {m['auc_low']:.3f} [{fl['auc_low']:.3f}]; mean separation {m['separation_power_mean']:.4f} "
             f"[{fl['separation_power_mean']:.4f}]; E_tot/E_inc separation {m['separation_power']['etot_over_einc']:.3f} "

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from simgan.domains.airshower.models import FootprintGANConfig, FootprintVAEConfig
 from simgan.errors import SimganError
 from simgan.models.gan import GANConfig
 from simgan.models.vae import VAEConfig
@@ -31,12 +32,43 @@ class Strict(ConfigModel):
 
 
 class DomainConfig(Strict):
+    """The calorimeter (the default domain)."""
+
     name: Literal["calorimeter"] = "calorimeter"
     # a shipped binning (reference, ds1-photons, ds1-pions, ds2, ds3) or a path to an XML file
     geometry: str = "reference"
     particle: str = "electron"
     # CaloChallenge evaluation threshold: 0.5 keV / 0.033 in stored (scaled) MeV
     threshold_mev: float = Field(0.01515, ge=0)
+
+
+class AirshowerDomainConfig(Strict):
+    """Surface-detector footprints (9x9 triangular grid): ../configs/domain/airshower.yaml."""
+
+    name: Literal["airshower"] = "airshower"
+    spacing_m: float = Field(1500.0, gt=0)
+    altitude_m: float = Field(1400.0, ge=0)
+    trigger_vem: float = Field(3.0, gt=0)
+
+
+AnyDomainConfig = Annotated[Union[DomainConfig, AirshowerDomainConfig], Field(discriminator="name")]
+
+
+class AirshowerSimulateConfig(Strict):
+    """The reference air-shower simulator (a fast stand-in for CORSIKA + detector)."""
+
+    events: int = Field(20000, gt=0)
+    shard_events: int = Field(5000, gt=0)
+    lg_e_min: float = Field(18.5, ge=17, le=21)
+    lg_e_max: float = Field(20.0, ge=17, le=21)
+    mass_A: Literal[0, 1, 4, 14, 56] = 1  # 0: each event's mass drawn from 1, 4, 14, 56
+    core_radius_m: float = Field(750.0, gt=0)
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.lg_e_max <= self.lg_e_min:
+            raise ValueError("lg_e_max must be > lg_e_min")
+        return self
 
 
 class SimulateConfig(Strict):
@@ -133,6 +165,18 @@ class GateConfig(Strict):
     fpd_max: float | None = None
 
 
+class AirshowerGateConfig(Strict):
+    """Air-shower gate: classifier AUC on the observables, mean separation power, mean
+    triggered stations and angular resolution per station-count bin relative to the
+    simulator's, and the fitted-S1000 bias per energy bin."""
+
+    auc_max: float = Field(0.9, gt=0, le=1)
+    separation_mean_max: float = Field(0.3, ge=0, le=1)
+    station_count_deviation_max: float | None = Field(None, gt=0)
+    angular_resolution_deviation_max: float | None = Field(None, gt=0)
+    s1000_bias_max: float | None = Field(None, gt=0)
+
+
 class ValidateConfig(Strict):
     classifier_seeds: int = Field(3, gt=0)
     classifier_max_events: int = Field(20000, gt=0)  # per class, high-level features
@@ -146,7 +190,7 @@ class ValidateConfig(Strict):
     dask: bool = False  # run-only
     dask_workers: int = Field(2, gt=0)  # run-only
     plots: bool = True
-    gate: GateConfig = GateConfig()
+    gate: Union[GateConfig, AirshowerGateConfig] = GateConfig()
 
 
 class RegisterConfig(Strict):
@@ -156,24 +200,68 @@ class RegisterConfig(Strict):
     retries: int = Field(3, ge=1)
 
 
-ModelConfig = Annotated[Union[GANConfig, VAEConfig], Field(discriminator="family")]
+ModelConfig = Annotated[Union[GANConfig, VAEConfig, FootprintGANConfig, FootprintVAEConfig],
+                        Field(discriminator="family")]
+DOMAIN_FAMILIES = {"calorimeter": ("gan", "vae"), "airshower": ("footprint_gan", "footprint_vae")}
 
 
 warnings.filterwarnings("ignore", message='Field name "(validate|register)"', category=UserWarning)
+
+
+class SectionError(ValueError):
+    pass
+
+
+def _section(cls, data: dict, where: str):
+    """Validate a domain-chosen section, its errors named like the top-level ones."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise SectionError(_format_error("", exc, prefix=f"{where}.")[2:]) from None
 
 
 class ExperimentConfig(Strict):
     name: str
     runs_dir: str = "runs"
     seed: int = 42
-    domain: DomainConfig = DomainConfig()
+    domain: AnyDomainConfig = DomainConfig()
     model: ModelConfig = GANConfig()
-    simulate: SimulateConfig = SimulateConfig()
+    simulate: Union[SimulateConfig, AirshowerSimulateConfig] = SimulateConfig()
     prepare: PrepareConfig = PrepareConfig()
     train: TrainConfig = TrainConfig()
     generate: GenerateConfig = GenerateConfig()
     validate: ValidateConfig = ValidateConfig()
     register: RegisterConfig = RegisterConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _domain_sections(cls, data):
+        """The simulate section and the gate are the domain's: validate them with its classes."""
+        if not isinstance(data, dict):
+            return data
+        dom = data.get("domain") or {}
+        name = dom.get("name", "calorimeter") if isinstance(dom, dict) else getattr(dom, "name", "calorimeter")
+        sim_cls, gate_cls = ((AirshowerSimulateConfig, AirshowerGateConfig) if name == "airshower"
+                             else (SimulateConfig, GateConfig))
+        data = dict(data)
+        sim = data.get("simulate", {})
+        if isinstance(sim, dict):
+            data["simulate"] = _section(sim_cls, sim, "simulate")
+        val = data.get("validate") or {}
+        if isinstance(val, dict) and isinstance(val.get("gate", {}), dict):
+            data["validate"] = {**val, "gate": _section(gate_cls, val.get("gate", {}), "validate.gate")}
+        return data
+
+    @model_validator(mode="after")
+    def _family_fits_domain(self):
+        families = DOMAIN_FAMILIES[self.domain.name]
+        if self.model.family not in families:
+            raise ValueError(f"model.family {self.model.family!r} does not fit domain {self.domain.name!r} "
+                             f"(expected one of {families})")
+        sim_cls = AirshowerSimulateConfig if self.domain.name == "airshower" else SimulateConfig
+        if not isinstance(self.simulate, sim_cls):
+            raise ValueError(f"simulate: keys of another domain than {self.domain.name!r}")
+        return self
 
     @property
     def run_dir(self) -> Path:
@@ -246,10 +334,14 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def _format_error(source: str, exc: ValidationError) -> str:
+def _format_error(source: str, exc: ValidationError, prefix: str = "") -> str:
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        inner = err.get("ctx", {}).get("error")
+        if isinstance(inner, SectionError):  # a domain section, already formatted
+            lines.append(str(inner))
+            continue
+        loc = prefix + ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
         # discriminated unions put the tag in the location; drop it for readability
         loc = loc.replace("model.gan.", "model.").replace("model.vae.", "model.")
         msg = err["msg"]
@@ -257,7 +349,7 @@ def _format_error(source: str, exc: ValidationError) -> str:
             msg = "unknown key"
         field = err.get("ctx", {}).get("error")
         if isinstance(field, BooleanNotNumber):  # raised for the model: name the field
-            loc, msg = f"{loc}.{field.field}" if loc else field.field, str(field)
+            loc, msg = f"{loc.rstrip('.')}.{field.field}" if loc.rstrip(".") else field.field, str(field)
         got = err.get("input")
         got_s = "" if isinstance(got, dict) or err["type"] == "missing" else f" (got {got!r})"
         lines.append(f"key '{loc}': {msg}{got_s}")

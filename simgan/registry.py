@@ -52,17 +52,28 @@ def _pyfunc_class():
         def load_context(self, context):
             import torch
 
-            from simgan.data.binning import parse_binning_xml
+            from simgan.domains import domain_of_args
             from simgan.train.trainer import model_from_checkpoint
 
             self.model, ckpt = model_from_checkpoint(context.artifacts["checkpoint"], "cpu")
+            self.ckpt = {k: v for k, v in ckpt.items() if k not in ("model", "ema", "optimizers")}
+            self.domain = domain_of_args(ckpt["model_args"])
             self.extra = list(ckpt.get("extra_conditions", []))
-            self.binning_xml = Path(context.artifacts["binning"]).read_text()
-            self.binning = parse_binning_xml(self.binning_xml, "model binning")
+            if "binning" in context.artifacts:
+                from simgan.data.binning import parse_binning_xml
+                self.binning_xml = Path(context.artifacts["binning"]).read_text()
+                self.binning = parse_binning_xml(self.binning_xml, "model binning")
             self.torch = torch
 
         def predict(self, context, model_input, params=None):
             torch = self.torch
+            if self.domain.name != "calorimeter":  # the schema's conditions, by name
+                params = params or {}
+                precision = str(params.get("precision", "fp32"))
+                if precision not in ("fp32", "bf16"):
+                    raise ValueError(f"params 'precision' must be 'fp32' or 'bf16' (got {precision!r})")
+                return self.domain.pyfunc_predict(self.model, self.ckpt, model_input, int(params.get("seed", 0)),
+                                                  precision)
             cols = getattr(model_input, "columns", None)
             if cols is None or ENERGY_COLUMN not in cols:
                 raise ValueError(f"input needs a float64 column '{ENERGY_COLUMN}' (MeV)")
@@ -82,6 +93,22 @@ def _pyfunc_class():
             return self.model.sample(torch.tensor(e), x, g, precision=precision).numpy()
 
     return ShowerSurrogate
+
+
+HEADLINE = {"auc_high": "auc_high", "auc_low": "auc_low", "fpd": "fpd", "kpd": "kpd",
+            "separation_power_mean": "separation_mean", "auc": "auc", "auc_footprints": "auc_footprints",
+            "angular_resolution_deviation_max": "angular_resolution_deviation_max",
+            "station_count_deviation_max": "station_count_deviation_max", "s1000_bias_max": "s1000_bias_max"}
+
+
+def headline(metrics: dict) -> dict[str, float]:
+    """The validation figures a registered version carries (those of its domain present)."""
+    out = {}
+    for key, name in HEADLINE.items():
+        v = metrics.get(key)
+        if isinstance(v, (int, float)) and np.isfinite(v):
+            out[name] = float(v)
+    return out
 
 
 def _git_commit() -> str:
@@ -116,7 +143,7 @@ def gate_verdict(metrics: dict | None, checkpoint, source: str = "metrics.json")
     return True
 
 
-def register_model(checkpoint, binning_xml: str, name: str, uri: str, metrics: dict | None, data_hash: str,
+def register_model(checkpoint, binning_xml: str | None, name: str, uri: str, metrics: dict | None, data_hash: str,
                    run_id: str | None = None, alias: str = "champion", retries: int = 3,
                    metrics_source: str = "metrics.json") -> dict:
     """Log the pyfunc under the training run, register a version, tag it, move the alias if the gate passed."""
@@ -151,38 +178,45 @@ def register_model(checkpoint, binning_xml: str, name: str, uri: str, metrics: d
 
     from simgan.train.trainer import model_from_checkpoint
 
+    from simgan.domains import domain_of_args
+
     model, ckpt = model_from_checkpoint(checkpoint)
-    extra = list(ckpt.get("extra_conditions", []))
-    example = pd.DataFrame({ENERGY_COLUMN: np.array([1000.0, 10000.0, 50000.0], dtype=np.float64),
-                            **{k: np.zeros(3, dtype=np.float64) for k in extra}})
+    domain = domain_of_args(ckpt["model_args"])
     import torch
 
-    with torch.no_grad():
-        x = torch.as_tensor(np.stack([example[k].to_numpy() for k in extra], 1)) if extra else None
-        out_example = model.sample(torch.as_tensor(example[ENERGY_COLUMN].to_numpy().copy()), x).numpy()
+    if domain.name == "calorimeter":
+        extra = list(ckpt.get("extra_conditions", []))
+        example = pd.DataFrame({ENERGY_COLUMN: np.array([1000.0, 10000.0, 50000.0], dtype=np.float64),
+                                **{k: np.zeros(3, dtype=np.float64) for k in extra}})
+        with torch.no_grad():
+            x = torch.as_tensor(np.stack([example[k].to_numpy() for k in extra], 1)) if extra else None
+            out_example = model.sample(torch.as_tensor(example[ENERGY_COLUMN].to_numpy().copy()), x).numpy()
+    else:
+        example = domain.pyfunc_example(ckpt)
+        out_example = domain.pyfunc_predict(model, ckpt, example, 0, "fp32")
     signature = infer_signature(example, out_example, params={"seed": 0, "precision": "fp32"})
     with tempfile.TemporaryDirectory() as td:
-        xml = Path(td) / "binning.xml"
-        xml.write_text(binning_xml)
+        artifacts = {"checkpoint": str(checkpoint)}
+        if binning_xml is not None:
+            xml = Path(td) / "binning.xml"
+            xml.write_text(binning_xml)
+            artifacts["binning"] = str(xml)
         if not run_id:  # the training run is in another store: log under an experiment of this one
             mlflow.set_experiment(f"{name}-registrations")
         ctx = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(run_name="register")
         with ctx as run:
-            info = mlflow.pyfunc.log_model(name="surrogate", python_model=_pyfunc_class()(),
-                                           artifacts={"checkpoint": str(checkpoint), "binning": str(xml)},
+            info = mlflow.pyfunc.log_model(name="surrogate", python_model=_pyfunc_class()(), artifacts=artifacts,
                                            signature=signature, input_example=example)
             if metrics:
-                mlflow.log_metrics({"val_auc_high": metrics["auc_high"], "val_auc_low": metrics["auc_low"],
-                                    "val_fpd": metrics["fpd"], "val_separation_mean": metrics["separation_power_mean"]})
+                mlflow.log_metrics({f"val_{k}": v for k, v in headline(metrics).items()})
             run_id = run.info.run_id
     mv = mlflow.register_model(info.model_uri, name)
     client = MlflowClient(uri)
     tags = {"gate": "pass" if gate_pass else "fail", "data_hash": data_hash, "git_commit": _git_commit(),
-            "family": ckpt["model_args"]["config"]["family"], "simgan_version": ckpt["simgan_version"]}
+            "family": ckpt["model_args"]["config"]["family"], "simgan_version": ckpt["simgan_version"],
+            "domain": domain.name}
     if metrics:
-        tags.update({"auc_high": f"{metrics['auc_high']:.4f}", "auc_low": f"{metrics['auc_low']:.4f}",
-                     "separation_mean": f"{metrics['separation_power_mean']:.4f}", "fpd": f"{metrics['fpd']:.4f}",
-                     "kpd": f"{metrics['kpd']:.6f}"})
+        tags.update({k: f"{v:.6g}" for k, v in headline(metrics).items()})
     for k, v in tags.items():
         client.set_model_version_tag(name, mv.version, k, v)
     if gate_pass:

@@ -1,0 +1,69 @@
+"""Physics domains behind one interface (a plain registry by name).
+
+A domain gives the trainer, the stages and the registry what they must not guess: how to
+read its files, the schema (sample shape, channels, condition names and units) that every
+checkpoint stores, how to build a model from that schema, the training table, the
+features the validation monitor compares, a condition sampler and an optional reference
+simulator. The calorimeter's stages still hold its simulate/prepare/generate/validate
+bodies; domains that bring their own (air showers) provide them here.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from simgan.errors import SimganError
+
+NAMES = ("calorimeter", "airshower")
+
+
+class Domain:
+    """The interface. Data objects are domain-specific (ShowerData, Footprints); each has len()."""
+
+    name = ""
+    # stage name -> function(cfg, inputs, outputs, progress) -> {"counts", "extra"} for the manifest,
+    # for the stages a domain runs itself
+    stages: dict = {}
+    # the conditions a consumer passes to the registered model (DataFrame columns)
+    condition_columns: tuple[str, ...] = ()
+
+    def read(self, path, max_events: int | None = None):
+        raise NotImplementedError
+
+    def model_args(self, cfg, data) -> dict:
+        """What a checkpoint stores to rebuild its model: config, schema, shapes."""
+        raise NotImplementedError
+
+    def build_model(self, args: dict):
+        raise NotImplementedError
+
+    def fit_model(self, model, data) -> dict:
+        """Fit the model's transform on the training data; the trainer's tables."""
+        raise NotImplementedError
+
+    def checkpoint_fields(self, data) -> dict:
+        return {}
+
+    def features(self, data, cfg):
+        """(N, F) per-event features for the validation monitor."""
+        raise NotImplementedError
+
+    def sample_like(self, model, data, generator, precision: str = "fp32"):
+        """Generated samples for the conditions of `data`, as the same kind of object."""
+        raise NotImplementedError
+
+
+_CACHE: dict[str, Domain] = {}
+
+
+def get_domain(name: str) -> Domain:
+    if name not in NAMES:
+        raise SimganError(f"domain {name!r}: unknown (known: {', '.join(NAMES)})")
+    if name not in _CACHE:
+        _CACHE[name] = importlib.import_module(f"simgan.domains.{name}.domain").DOMAIN
+    return _CACHE[name]
+
+
+def domain_of_args(args: dict) -> Domain:
+    """The domain a checkpoint's model_args belong to (calorimeter before domains were stored)."""
+    return get_domain(args.get("domain", "calorimeter"))

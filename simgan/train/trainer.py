@@ -39,8 +39,6 @@ from simgan.data import calochallenge as cc
 from simgan.errors import SimganError
 from simgan.io import atomic_path, write_json_atomic
 from simgan.metrics.distances import wasserstein1_scaled
-from simgan.metrics.features import high_level_features
-from simgan.models.registry import build_model, model_from_args
 
 CKPT_FORMAT = 3  # 3: training tables, EMA, fingerprint; 2: threshold-aware transform
 
@@ -80,12 +78,6 @@ def checkpoint_binning(ckpt: dict, source: str = "<checkpoint>"):
     return load_binning(config_from_dict(ckpt["config"], source).domain.geometry)
 
 
-def model_args(cfg: ExperimentConfig, binning, n_extra: int) -> dict:
-    return {"config": cfg.model.model_dump(mode="json"), "n_voxels": binning.n_voxels,
-            "layer_voxels": [l.n_voxels for l in binning.layers if l.n_voxels],
-            "n_extra": n_extra, "threshold_mev": cfg.domain.threshold_mev}
-
-
 def fingerprint(cfg: ExperimentConfig, train_path, val_path) -> str:
     """What a checkpoint was trained under: the model, train and domain config (run-only keys
     excluded), the seed and the content of the training and validation files."""
@@ -116,7 +108,8 @@ def load_checkpoint(path) -> dict:
 
 def model_from_checkpoint(path, device="cpu"):
     ckpt = load_checkpoint(path)
-    model = model_from_args(ckpt["model_args"])
+    from simgan.domains import domain_of_args
+    model = domain_of_args(ckpt["model_args"]).build_model(ckpt["model_args"])
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), ckpt
 
@@ -161,24 +154,23 @@ class Trainer:
             torch.cuda.set_device(self.device)
         self.fingerprint = fingerprint(cfg, train_path, val_path)
         self.train_path = Path(train_path)
-        data = cc.read(train_path)
-        self.binning = data.binning
-        self.extra_keys = sorted(data.conditions)
-        extra = np.stack([data.conditions[k] for k in self.extra_keys], 1) if self.extra_keys else None
-        self.args = model_args(cfg, data.binning, len(self.extra_keys))
+        from simgan.domains import get_domain
+        self.domain = get_domain(cfg.domain.name)
+        data = self.domain.read(train_path)
+        self.args = self.domain.model_args(cfg, data)
+        self.ckpt_fields = self.domain.checkpoint_fields(data)
         torch.manual_seed(cfg.seed)  # the initial weights, the same on every rank
-        self.model = build_model(cfg.model, **{k: self.args[k] for k in ("n_voxels", "layer_voxels", "n_extra", "threshold_mev")})
+        self.model = self.domain.build_model(self.args)
         # fitted and encoded on the CPU, where the data are, then moved with the model
-        tables = self.model.fit(data.energies, data.showers, extra, data.binning)
+        tables = self.domain.fit_model(self.model, data)
         self.tables = {k: tuple(t.to(self.device) for t in v) for k, v in tables.items()}
         # batch-size warnings once per run, from rank 0 (the others start as if they had warned)
         self._warned: set[str] = set() if self.rank == 0 else set(self.tables)
         self.model.to(self.device)
-        self.n_train = len(data.energies)
+        self.n_train = len(data)
         del data, tables
-        self.val = cc.read(val_path, max_events=cfg.train.val_events)
-        self.val_features = high_level_features(self.val.showers, self.val.energies, self.binning,
-                                                cfg.domain.threshold_mev)
+        self.val = self.domain.read(val_path, max_events=cfg.train.val_events)
+        self.val_features = self.domain.features(self.val, cfg)
         if self.distributed:
             self._wrap_ddp()
         self.opts = self.model.make_optimizers()
@@ -316,8 +308,7 @@ class Trainer:
             "ema": {k: v.detach().cpu() for k, v in self.ema.state_dict().items()} if self.ema is not None else {},
             "optimizers": {k: o.state_dict() for k, o in self.opts.items()},
             "torch_rng": torch.get_rng_state(), "mlflow_run_id": self.mlflow_run_id or "",
-            "extra_conditions": self.extra_keys, "best_score": self.best_score, "best_step": self.best_step,
-            "binning_xml": self.binning.to_xml(),  # the training data's own layout (not always the config's)
+            "best_score": self.best_score, "best_step": self.best_step, **self.ckpt_fields,
         }
 
     def save(self, path, averaged: bool = False) -> None:
@@ -349,21 +340,18 @@ class Trainer:
 
     # -- validation ----------------------------------------------------------------------------
     def val_metrics(self) -> dict[str, float]:
-        """The averaged model against the validation split: separation power of the high-level
-        features (mean, and of E_tot/E_inc) and W1 of E_tot/E_inc scaled by its spread."""
+        """The averaged model against the validation split: separation power of the domain's
+        features (mean, and of the first: E_tot/E_inc for the calorimeter) and W1 of the first
+        scaled by its spread."""
         from simgan.metrics.distances import separation_power
 
         g = torch.Generator(device=self.device)
         g.manual_seed(self.cfg.seed)
-        e = torch.as_tensor(self.val.energies, device=self.device)
-        extra = None
-        if self.extra_keys:
-            extra = torch.as_tensor(np.stack([self.val.conditions[k] for k in self.extra_keys], 1), device=self.device)
         with self.averaged() as model:
             model.eval()
-            gen = model.sample(e, extra, g).cpu().numpy()
+            gen = self.domain.sample_like(model, self.val, g)
             model.train()
-        feats = high_level_features(gen, self.val.energies, self.binning, self.cfg.domain.threshold_mev)
+        feats = self.domain.features(gen, self.cfg)
         seps = [separation_power(self.val_features[:, j], feats[:, j]) for j in range(feats.shape[1])]
         return {"val_sep_mean": float(np.mean(seps)), "val_sep_etot": float(seps[0]),
                 "val_w1_etot": wasserstein1_scaled(self.val_features[:, 0], feats[:, 0])}

@@ -1,0 +1,225 @@
+"""The air-shower domain: surface-detector footprints on a 9x9 triangular grid.
+
+Schema: samples (9, 9) per channel (signal VEM, time ns, triggered); conditions
+log10_energy_eV, zenith_rad, azimuth_rad, core_x_m, core_y_m (the condition vector and the
+registered model's DataFrame columns, in this order); the reference simulator for data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from simgan.domains import Domain
+from simgan.domains.airshower import io as aio
+from simgan.domains.airshower.models import CONDITIONS, FAMILIES
+from simgan.domains.airshower.simulator import ArrayParams, simulate
+from simgan.errors import SimganError
+
+SCHEMA = {"domain": "airshower", "sample_shape": [9, 9], "channels": ["signal_vem", "time_ns", "triggered"],
+          "conditions": list(CONDITIONS),
+          "units": {"log10_energy_eV": "log10(E/eV)", "zenith_rad": "rad", "azimuth_rad": "rad", "core_x_m": "m",
+                    "core_y_m": "m"}}
+
+
+def params_of_cfg(cfg) -> ArrayParams:
+    d, s = cfg.domain, cfg.simulate
+    return ArrayParams(spacing_m=d.spacing_m, altitude_m=d.altitude_m, trigger_vem=d.trigger_vem,
+                       lg_e_min=s.lg_e_min, lg_e_max=s.lg_e_max, mass_A=s.mass_A, core_radius_m=s.core_radius_m)
+
+
+def condition_array(fp: aio.Footprints) -> np.ndarray:
+    return np.stack([fp.conditions[k] for k in CONDITIONS], 1).astype(np.float32)
+
+
+def condition_ranges(fp: aio.Footprints) -> dict:
+    return {k: [float(np.min(fp.conditions[k])), float(np.max(fp.conditions[k]))] for k in CONDITIONS}
+
+
+def warn_outside(ranges: dict, cond: dict, source: str) -> None:
+    """Generating outside the range a model was trained on: say which condition and the range."""
+    import sys
+    for k, (lo, hi) in ranges.items():
+        v = np.asarray(cond[k])
+        span = (hi - lo) * 0.01
+        out = (v < lo - span) | (v > hi + span)
+        if out.any():
+            print(f"simgan: warning: {source}: {int(out.sum())} of {len(v)} events have {k} outside the training "
+                  f"range [{lo:.4g}, {hi:.4g}] (e.g. {v[out][0]:.4g}); the model extrapolates there",
+                  file=sys.stderr)
+
+
+class Airshower(Domain):
+    name = "airshower"
+    condition_columns = CONDITIONS
+
+    def read(self, path, max_events=None):
+        return aio.read(path, max_events)
+
+    def model_args(self, cfg, data) -> dict:
+        p = {"spacing_m": float(data.attrs.get("spacing_m", cfg.domain.spacing_m)),
+             "altitude_m": float(data.attrs.get("altitude_m", cfg.domain.altitude_m))}
+        return {"domain": "airshower", "config": cfg.model.model_dump(mode="json"), "params": p,
+                "threshold_vem": float(data.attrs.get("trigger_vem", cfg.domain.trigger_vem)), "schema": SCHEMA}
+
+    def build_model(self, args):
+        family = args["config"]["family"]
+        if family not in FAMILIES:
+            raise SimganError(f"model family {family!r} is not an air-shower model ({sorted(FAMILIES)})")
+        cfg_cls, cls = FAMILIES[family]
+        return cls(cfg_cls.model_validate(args["config"]), args["params"], args["threshold_vem"])
+
+    def fit_model(self, model, data):
+        return model.fit(data.signal, data.time, data.triggered, condition_array(data))
+
+    def checkpoint_fields(self, data):
+        return {"schema": SCHEMA, "condition_ranges": condition_ranges(data), "extra_conditions": []}
+
+    def features(self, data, cfg):
+        from simgan.domains.airshower.validate import features
+        f = features(data)
+        keys = ("n_triggered", "log10_total_signal", "log10_max_signal", "s1000_fit_over_nominal",
+                "barycentre_dx_m", "barycentre_dy_m", "plane_fit_angle_deg", "mean_time_residual_ns")
+        return np.nan_to_num(np.stack([f[k] for k in keys], 1), nan=0.0)
+
+    def sample_like(self, model, data, generator, precision="fp32", block: int = 4096):
+        device = next(model.parameters()).device
+        c = torch.as_tensor(condition_array(data), device=device)
+        parts = [model.sample(c[lo:lo + block], None, generator, precision=precision).cpu().numpy()
+                 for lo in range(0, len(c), block)]
+        out = np.concatenate(parts) if parts else np.zeros((0, 3, 9, 9), np.float32)
+        return aio.Footprints(out[:, 0], out[:, 1], out[:, 2] > 0, dict(data.conditions), data.xyz, {},
+                              {k: v for k, v in data.attrs.items() if k in ("spacing_m", "altitude_m", "trigger_vem")})
+
+    # -- stage bodies ------------------------------------------------------------------------
+    def stage_simulate(self, cfg, ins, out, progress):
+        p = params_of_cfg(cfg)
+        t0 = time.perf_counter()
+        ev = simulate(cfg.simulate.events, cfg.seed, p, cfg.simulate.shard_events, progress)
+        seconds = time.perf_counter() - t0
+        fp = aio.from_simulation(ev, p, cfg.seed)
+        fp.attrs["simulator"] = "simgan reference surface-detector simulator (a parametric stand-in for CORSIKA)"
+        aio.write(out["showers"], fp)
+        return {"counts": {"events": len(fp)}, "extra": {"simulator_seconds": seconds,
+                                                         "events_per_s": len(fp) / max(seconds, 1e-9)}}
+
+    def stage_prepare(self, cfg, ins, out, progress):
+        from simgan.data.splits import split_indices
+        src = ins["source"]
+        if str(src).endswith(".root"):
+            fp = aio.read_root(src, cfg.prepare.root_tree if cfg.prepare.root_tree != "showers" else "footprints")
+        else:
+            fp = aio.read(src)
+        idx = split_indices(len(fp), cfg.prepare.fractions, cfg.seed)
+        for name, rows in idx.items():
+            part = fp.subset(rows)
+            part.attrs = {**part.attrs, "split": name, "prepared_from": str(src)}
+            aio.write(out[name], part)
+        return {"counts": {k: int(len(v)) for k, v in idx.items()}}
+
+    def stage_generate(self, cfg, ins, out, progress):
+        from simgan.generate import checkpoint_metadata
+        from simgan.io import write_json_atomic
+        from simgan.train.trainer import model_from_checkpoint, resolve_device
+
+        device = resolve_device(cfg.generate.device)
+        model, ckpt = model_from_checkpoint(ins["model"], device)
+        test = aio.read(ins["test"], cfg.generate.events)
+        warn_outside(ckpt.get("condition_ranges", {}), test.conditions, str(ins["test"]))
+        timing = generate_footprints(model, test, out["showers"], cfg.generate.batch_size, cfg.seed,
+                                     cfg.generate.precision, checkpoint_metadata(ins["model"]))
+        write_json_atomic(out["timing"], timing)
+        print(f"[generate] {timing['events']} footprints at {timing['events_per_s']:.0f} events/s ({device})")
+        return {"counts": {"events": timing["events"]}, "extra": {"timing": timing}}
+
+    def stage_validate(self, cfg, ins, out, progress):
+        m = validate_files(ins["reference"], ins["candidate"], ins["floor"], out["metrics"].parent, cfg.validate)
+        return {"counts": {"reference": m["n_reference"], "candidate": m["n_candidate"]},
+                "extra": {"gate_pass": m["gate"]["pass"]}}
+
+    @property
+    def stages(self):
+        return {"simulate": self.stage_simulate, "prepare": self.stage_prepare, "generate": self.stage_generate,
+                "validate": self.stage_validate}
+
+    # -- the registered model ------------------------------------------------------------------
+    def pyfunc_example(self, ckpt):
+        import pandas as pd
+        return pd.DataFrame({"log10_energy_eV": [18.7, 19.3, 19.8], "zenith_rad": [0.2, 0.5, 0.9],
+                             "azimuth_rad": [0.0, 2.0, 4.0], "core_x_m": [0.0, 300.0, -200.0],
+                             "core_y_m": [0.0, -100.0, 400.0]})
+
+    def pyfunc_predict(self, model, ckpt, frame, seed: int, precision: str):
+        missing = [k for k in CONDITIONS if k not in frame.columns]
+        if missing:
+            raise ValueError(f"input needs the float64 column(s) {missing} (have {list(frame.columns)})")
+        cond = {k: np.asarray(frame[k], np.float64) for k in CONDITIONS}
+        aio.check_condition_units(cond, "model input")
+        g = torch.Generator()
+        g.manual_seed(int(seed))
+        c = torch.as_tensor(np.stack([cond[k] for k in CONDITIONS], 1), dtype=torch.float32)
+        return model.sample(c, None, g, precision=precision).numpy()
+
+
+def generate_footprints(model, test: aio.Footprints, out, batch_size: int, seed: int, precision: str,
+                        metadata: dict) -> dict:
+    """Footprints for the conditions of `test`, each batch seeded by (seed, its first row); written atomically."""
+    device = next(model.parameters()).device
+    c = torch.as_tensor(condition_array(test), device=device)
+    parts, t0 = [], time.perf_counter()
+    g = torch.Generator(device=device)
+    for lo in range(0, len(c), batch_size):
+        g.manual_seed(int(np.random.SeedSequence([seed, lo]).generate_state(1)[0]))
+        parts.append(model.sample(c[lo:lo + batch_size], None, g, precision=precision).cpu().numpy())
+    seconds = time.perf_counter() - t0
+    arr = np.concatenate(parts) if parts else np.zeros((0, 3, 9, 9), np.float32)
+    fp = aio.Footprints(arr[:, 0], arr[:, 1], arr[:, 2] > 0, dict(test.conditions), test.xyz, {},
+                        {**{k: v for k, v in test.attrs.items() if k in ("spacing_m", "altitude_m", "trigger_vem")},
+                         "metadata": json.dumps(metadata, sort_keys=True)})
+    aio.write(out, fp)
+    return {"events": len(fp), "sample_seconds": seconds, "events_per_s": len(fp) / max(seconds, 1e-9),
+            "device": str(device), "precision": precision}
+
+
+def validate_files(reference, candidate, floor, out_dir, vcfg) -> dict:
+    """The candidate and (at the same size) an independent simulated sample against the reference."""
+    from simgan.domains.airshower import validate as av
+    from simgan.io import check_output_dir, write_json_atomic
+    from simgan.validate import same_file
+
+    out_dir = check_output_dir(out_dir)
+    if same_file(reference, candidate):
+        raise SimganError(f"--candidate {candidate} is the reference file itself: nothing would be validated")
+    ref, cand = aio.read(reference), aio.read(candidate)
+    if len(ref) < 20 or len(cand) < 20:
+        raise SimganError(f"{candidate if len(cand) < 20 else reference}: {min(len(ref), len(cand))} events; "
+                          "validation needs at least 20 in each sample")
+    same_conditions = len(ref) == len(cand) and all(
+        np.allclose(ref.conditions[k], cand.conditions[k]) for k in CONDITIONS)
+    if not same_conditions:
+        raise SimganError(f"{candidate}: its conditions are not the reference's row by row; generate from "
+                          f"{reference}")
+    meta = json.loads(cand.attrs.get("metadata", "{}") or "{}")
+    m = av.compare(ref, cand, vcfg.classifier_seeds, vcfg.classifier_max_events)
+    fl_src = aio.read(floor)
+    rows = np.random.default_rng(0).choice(len(fl_src), min(len(ref), len(fl_src)), replace=False)
+    fl_fp = fl_src.subset(np.sort(rows))
+    fl = av.compare(ref, fl_fp, vcfg.classifier_seeds, vcfg.classifier_max_events)
+    m.update({"reference": str(reference), "candidate": str(candidate), "n_reference": len(ref),
+              "n_candidate": len(cand), "floor": fl,
+              "floor_source": f"{len(fl_fp)} simulated events of {floor} (independent of the reference, "
+                              "the candidate's size)",
+              "candidate_checkpoint_sha256": meta.get("checkpoint_sha256"), "domain": "airshower"})
+    m["gate"] = av.gate(m, vcfg.gate)
+    plots = av.plots(ref, cand, m, out_dir) if vcfg.plots else []
+    av.write_report(out_dir, m, plots)
+    write_json_atomic(out_dir / "metrics.json", m)
+    return m
+
+
+DOMAIN = Airshower()

@@ -1,0 +1,294 @@
+"""Conditional surrogates of 9x9 footprints: a VAE and a WGAN-GP, convolutional over the grid.
+
+Model view: per station log10 S, the time residual to the plane front through the true core
+(standardised), and the trigger mask; per station also the geometry the conditions fix (the
+distance to the axis and the position along it), so the convolutions see where each station
+sits in the shower. The condition vector is (lgE - 19.25)/0.75, cos theta, cos phi, sin phi,
+core_x/750, core_y/750 (never raw phi: it wraps).
+
+A station triggers when its signal reaches the threshold (3 VEM), as in the detector: the
+VAE's decoder gives each station a log-normal signal censored at the threshold (silent
+stations contribute the probability of falling below it; the Tobit likelihood) and a
+Gaussian time residual; the GAN's generator draws the signal and the residual, and the
+trigger follows from the signal. Generated footprints are consistent by construction.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from simgan.domains.airshower.simulator import C_M_PER_NS, GRID, ArrayParams, station_xyz
+from simgan.schema import ConfigModel
+
+CONDITIONS = ("log10_energy_eV", "zenith_rad", "azimuth_rad", "core_x_m", "core_y_m")
+LN10 = math.log(10.0)
+
+
+class FootprintVAEConfig(ConfigModel):
+    family: Literal["footprint_vae"] = "footprint_vae"
+    latent_dim: int = Field(8, gt=0)
+    width: int = Field(64, gt=0)
+    depth: int = Field(4, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    kl_weight: float = Field(1.0, ge=0)
+    kl_warmup: int = Field(500, ge=0)
+
+
+class FootprintGANConfig(ConfigModel):
+    family: Literal["footprint_gan"] = "footprint_gan"
+    latent_dim: int = Field(16, gt=0)
+    station_noise: int = Field(4, ge=0)  # per-station noise channels
+    width: int = Field(64, gt=0)
+    depth: int = Field(4, gt=0)
+    critic_width: int = Field(64, gt=0)
+    gp_lambda: float = Field(10.0, ge=0)
+    n_critic: int = Field(5, gt=0)
+    lr_g: float = Field(2e-4, gt=0)
+    lr_d: float = Field(2e-4, gt=0)
+    betas: tuple[float, float] = (0.5, 0.9)
+    soft_trigger: float = Field(0.05, gt=0)  # width in log10 S of the mask the critic sees on generated footprints
+
+
+def condition_vector(c: torch.Tensor) -> torch.Tensor:
+    """(N, 5) conditions in CONDITIONS order -> (N, 6) network conditions."""
+    lg, th, ph, cx, cy = c.unbind(1)
+    return torch.stack([(lg - 19.25) / 0.75, torch.cos(th), torch.cos(ph), torch.sin(ph), cx / 750.0, cy / 750.0], 1)
+
+
+class Geometry(nn.Module):
+    """Per station, from the conditions: distance to the axis r and position along it (m)."""
+
+    def __init__(self, params: dict):
+        super().__init__()
+        p = ArrayParams(**params)
+        self.register_buffer("xyz", torch.as_tensor(station_xyz(p).reshape(-1, 3), dtype=torch.float32))
+        self.altitude = p.altitude_m
+
+    def forward(self, c: torch.Tensor):
+        th, ph = c[:, 1], c[:, 2]
+        u = torch.stack([torch.sin(th) * torch.cos(ph), torch.sin(th) * torch.sin(ph), torch.cos(th)], 1)
+        core = torch.stack([c[:, 3], c[:, 4], torch.full_like(c[:, 3], self.altitude)], 1)
+        d = self.xyz.to(c.dtype)[None] - core[:, None, :]
+        along = (d * u[:, None, :]).sum(-1)
+        r = torch.sqrt(torch.clamp((d * d).sum(-1) - along**2, min=0.0))
+        return r, along  # (N, 81) each
+
+    def channels(self, c: torch.Tensor) -> torch.Tensor:
+        """(N, 3, 9, 9): log10 of max(r, 150 m) / 1000 m, r / 3000 m, along / 3000 m."""
+        r, along = self(c)
+        ch = torch.stack([torch.log10(torch.clamp(r, min=150.0) / 1000.0), r / 3000.0, along / 3000.0], 1)
+        return ch.view(len(c), 3, GRID, GRID)
+
+
+def conv_stack(n_in: int, width: int, depth: int, n_out: int) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(n_in, width, 3, padding=1), nn.LeakyReLU(0.2)]
+    for _ in range(depth - 1):
+        layers += [nn.Conv2d(width, width, 3, padding=1), nn.LeakyReLU(0.2)]
+    layers.append(nn.Conv2d(width, n_out, 1))
+    return nn.Sequential(*layers)
+
+
+def broadcast(v: torch.Tensor) -> torch.Tensor:
+    return v[:, :, None, None].expand(-1, -1, GRID, GRID)
+
+
+class FootprintSurrogate(nn.Module):
+    """What both families share: the transform between footprints and the model view, the
+    geometry channels, fit() and the sample() the pipeline calls."""
+
+    domain = "airshower"
+
+    def __init__(self, cfg, params: dict, threshold_vem: float):
+        super().__init__()
+        self.cfg = cfg
+        self.geometry = Geometry(params)
+        self.log_thr = math.log10(threshold_vem)
+        self.register_buffer("t_mean", torch.zeros(()))
+        self.register_buffer("t_std", torch.ones(()))
+
+    # -- transform -------------------------------------------------------------------------
+    def to_view(self, signal, time, trig, c):
+        """Footprints (N, 9, 9) each + conditions (N, 5) -> view (N, 3, 9, 9): log10 S (0 where
+        silent), standardised time residual (0 where silent), mask."""
+        _, along = self.geometry(c)
+        m = trig.reshape(len(c), -1).float()
+        logs = torch.log10(torch.clamp(signal.reshape(len(c), -1), min=1e-6)) * m
+        resid = (time.reshape(len(c), -1) + along / C_M_PER_NS - self.t_mean) / self.t_std * m
+        return torch.stack([logs, resid, m], 1).view(len(c), 3, GRID, GRID)
+
+    def from_view(self, logs, resid, mask, c):
+        """(N, 81) each -> (N, 3, 9, 9): signal VEM, time ns, triggered (0/1)."""
+        _, along = self.geometry(c)
+        signal = torch.where(mask > 0, 10.0**logs, torch.zeros_like(logs))
+        time = torch.where(mask > 0, resid * self.t_std + self.t_mean - along / C_M_PER_NS, torch.zeros_like(logs))
+        return torch.stack([signal, time, mask], 1).view(len(c), 3, GRID, GRID)
+
+    def fit(self, signal: np.ndarray, time: np.ndarray, trig: np.ndarray, cond: np.ndarray) -> dict:
+        """The time standardisation from the training set; returns the training table."""
+        c = torch.as_tensor(cond, dtype=torch.float32)
+        _, along = self.geometry(c)
+        m = torch.as_tensor(trig.reshape(len(c), -1), dtype=torch.bool)
+        resid = torch.as_tensor(time.reshape(len(c), -1), dtype=torch.float32) + along / C_M_PER_NS
+        self.t_mean.fill_(float(resid[m].mean()))
+        self.t_std.fill_(float(resid[m].std()) or 1.0)
+        view = self.to_view(torch.as_tensor(signal), torch.as_tensor(time), m, c)
+        return {"main": (view, c)}
+
+    def run_modules(self) -> dict[str, nn.Module]:
+        return {}
+
+    def phases(self):
+        return [(None, None)]
+
+    def inputs(self, c: torch.Tensor) -> torch.Tensor:
+        """Per-station conditioning channels: geometry and the broadcast condition vector."""
+        return torch.cat([self.geometry.channels(c), broadcast(condition_vector(c))], 1)
+
+    n_cond_channels = 3 + 6
+
+
+class FootprintVAE(FootprintSurrogate):
+    family = "footprint_vae"
+
+    def __init__(self, cfg: FootprintVAEConfig, params: dict, threshold_vem: float):
+        super().__init__(cfg, params, threshold_vem)
+        k = self.n_cond_channels
+        self.encoder = nn.Sequential(conv_stack(3 + k, cfg.width, cfg.depth, cfg.width), nn.AdaptiveAvgPool2d(1),
+                                     nn.Flatten(), nn.Linear(cfg.width, 2 * cfg.latent_dim))
+        # per station: mean and log sd of log10 S (censored at the threshold), of the time residual
+        self.decoder = conv_stack(cfg.latent_dim + k, cfg.width, cfg.depth, 4)
+
+    def run_modules(self):
+        return {"encoder": self._modules["encoder"], "decoder": self._modules["decoder"]}
+
+    def ema_modules(self):
+        return [self._modules["decoder"]]
+
+    def make_optimizers(self):
+        return {"vae": torch.optim.Adam(self.parameters(), lr=self.cfg.lr)}
+
+    def decode(self, z, inputs):
+        out = self.decoder(torch.cat([broadcast(z), inputs], 1)).flatten(2)  # (N, 4, 81)
+        mu_s, ls_s, mu_t, ls_t = out.unbind(1)
+        return mu_s, ls_s.clamp(-6, 2), mu_t, ls_t.clamp(-6, 2)
+
+    def train_step(self, batches, opts, step, autocast, gens):
+        view, c = next(batches)
+        inputs = self.inputs(c)
+        eps = torch.randn(len(c), self.cfg.latent_dim, generator=gens["noise"], device=c.device)
+        with autocast():
+            mu, logvar = self.encoder(torch.cat([view, inputs], 1)).float().chunk(2, 1)
+            logvar = logvar.clamp(-12, 6)
+            z = mu + torch.exp(0.5 * logvar) * eps
+            mu_s, ls_s, mu_t, ls_t = (t.float() for t in self.decode(z, inputs))
+        logs, resid, m = view.flatten(2).unbind(1)
+        sd_s = torch.exp(ls_s)
+        # Tobit: triggered stations the density of log10 S, silent ones P(log10 S < threshold)
+        nll_trig = 0.5 * ((logs - mu_s) / sd_s) ** 2 + ls_s + 0.5 * math.log(2 * math.pi)
+        below = torch.special.log_ndtr((self.log_thr - mu_s) / sd_s)
+        nll_s = torch.where(m > 0, nll_trig, -below).sum(1)
+        nll_t = ((0.5 * ((resid - mu_t) / torch.exp(ls_t)) ** 2 + ls_t + 0.5 * math.log(2 * math.pi)) * m).sum(1)
+        kl = (-0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(1)).mean()
+        warm = min(1.0, (step + 1) / self.cfg.kl_warmup) if self.cfg.kl_warmup else 1.0
+        rec = (nll_s + nll_t).mean()
+        loss = rec + self.cfg.kl_weight * warm * kl
+        opts["vae"].zero_grad(set_to_none=True)
+        loss.backward()
+        opts["vae"].step()
+        return {"loss": float(loss.detach()), "recon": float(rec.detach()), "kl": float(kl.detach())}
+
+    @torch.no_grad()
+    def sample(self, conditions: torch.Tensor, extra=None, generator=None, precision: str = "fp32", **_):
+        c = conditions.float()
+        z = torch.randn(len(c), self.cfg.latent_dim, generator=generator, device=c.device)
+        with torch.autocast(device_type=c.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            mu_s, ls_s, mu_t, ls_t = (t.float() for t in self.decode(z, self.inputs(c)))
+        noise = torch.randn(2, *mu_s.shape, generator=generator, device=c.device)
+        logs = mu_s + torch.exp(ls_s) * noise[0]
+        mask = (logs >= self.log_thr).float()
+        resid = mu_t + torch.exp(ls_t) * noise[1]
+        return self.from_view(logs, resid, mask, c)
+
+
+class FootprintGAN(FootprintSurrogate):
+    family = "footprint_gan"
+
+    def __init__(self, cfg: FootprintGANConfig, params: dict, threshold_vem: float):
+        super().__init__(cfg, params, threshold_vem)
+        k = self.n_cond_channels
+        self.generator = conv_stack(cfg.latent_dim + cfg.station_noise + k, cfg.width, cfg.depth, 2)
+        self.critic = nn.Sequential(conv_stack(3 + k, cfg.critic_width, cfg.depth, cfg.critic_width),
+                                    nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cfg.critic_width, 1))
+
+    def run_modules(self):
+        return {"generator": self._modules["generator"], "critic": self._modules["critic"]}
+
+    def ema_modules(self):
+        return [self._modules["generator"]]
+
+    def make_optimizers(self):
+        c = self.cfg
+        g = [p for n, p in self.named_parameters() if n.startswith("generator.")]
+        d = [p for n, p in self.named_parameters() if n.startswith("critic.")]
+        return {"g": torch.optim.Adam(g, lr=c.lr_g, betas=c.betas), "d": torch.optim.Adam(d, lr=c.lr_d, betas=c.betas)}
+
+    def generate_view(self, c, inputs, generator, soft: bool):
+        n = len(c)
+        z = torch.randn(n, self.cfg.latent_dim, generator=generator, device=c.device)
+        zs = torch.randn(n, self.cfg.station_noise, GRID, GRID, generator=generator, device=c.device)
+        out = self.generator(torch.cat([broadcast(z), zs, inputs], 1)).flatten(2)
+        logs, resid = out[:, 0], out[:, 1]
+        if soft:  # differentiable trigger for the critic
+            mask = torch.sigmoid((logs - self.log_thr) / self.cfg.soft_trigger)
+        else:
+            mask = (logs >= self.log_thr).float()
+        return logs, resid, mask
+
+    def train_step(self, batches, opts, step, autocast, gens):
+        cfg = self.cfg
+        g = gens["noise"]
+        for _ in range(cfg.n_critic):
+            view, c = next(batches)
+            inputs = self.inputs(c)
+            with torch.no_grad():
+                logs, resid, mask = self.generate_view(c, inputs, g, soft=True)
+                fake = torch.stack([logs * mask, resid * mask, mask], 1).view_as(view)
+            alpha = torch.rand(len(c), 1, 1, 1, generator=g, device=c.device)
+            mixed = (alpha * view + (1 - alpha) * fake).requires_grad_(True)
+            with autocast():
+                d_real = self.critic(torch.cat([view, inputs], 1)).float()
+                d_fake = self.critic(torch.cat([fake, inputs], 1)).float()
+            d_mix = self.critic(torch.cat([mixed, inputs], 1))
+            grad, = torch.autograd.grad(d_mix.sum(), mixed, create_graph=True)
+            gp = ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+            loss_d = d_fake.mean() - d_real.mean() + cfg.gp_lambda * gp
+            opts["d"].zero_grad(set_to_none=True)
+            loss_d.backward()
+            opts["d"].step()
+        view, c = next(batches)
+        inputs = self.inputs(c)
+        with autocast():
+            logs, resid, mask = self.generate_view(c, inputs, g, soft=True)
+            fake = torch.stack([logs * mask, resid * mask, mask], 1).view_as(view)
+            loss_g = -self.critic(torch.cat([fake, inputs], 1)).float().mean()
+        opts["g"].zero_grad(set_to_none=True)
+        loss_g.backward()
+        opts["g"].step()
+        return {"loss_d": float(loss_d.detach()), "loss_g": float(loss_g.detach()), "gp": float(gp.detach())}
+
+    @torch.no_grad()
+    def sample(self, conditions: torch.Tensor, extra=None, generator=None, precision: str = "fp32", **_):
+        c = conditions.float()
+        with torch.autocast(device_type=c.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logs, resid, mask = self.generate_view(c, self.inputs(c), generator, soft=False)
+        return self.from_view(logs.float(), resid.float(), mask.float(), c)
+
+
+FAMILIES = {"footprint_vae": (FootprintVAEConfig, FootprintVAE), "footprint_gan": (FootprintGANConfig, FootprintGAN)}

@@ -1,0 +1,189 @@
+"""Air-shower validation: the spec's observables, simulation (held out) against generated, with
+the simulator-vs-simulator floor at the same size beside every figure, plots and the gate."""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+
+import numpy as np
+
+from simgan.domains.airshower.io import Footprints
+from simgan.domains.airshower.observables import (STATION_BINS, angular_resolution, event_features,
+                                                  lateral_profile, time_residual_profile)
+from simgan.domains.airshower.simulator import ArrayParams
+from simgan.io import atomic_path
+from simgan.metrics.classifier import classifier_test
+from simgan.metrics.distances import separation_power
+
+# observables the classifier and the separation powers use (NaN where undefined: trees take it)
+LG_BINS = (18.5, 19.0, 19.5, 20.0)
+
+
+def params_of(fp: Footprints) -> ArrayParams:
+    return ArrayParams(spacing_m=float(fp.attrs.get("spacing_m", 1500.0)),
+                       altitude_m=float(fp.attrs.get("altitude_m", 1400.0)),
+                       trigger_vem=float(fp.attrs.get("trigger_vem", 3.0)))
+
+
+def features(fp: Footprints) -> dict[str, np.ndarray]:
+    return event_features(fp.signal, fp.time, fp.triggered, fp.conditions, fp.xyz, params_of(fp))
+
+
+def condition_matrix(fp: Footprints) -> np.ndarray:
+    c = fp.conditions
+    return np.stack([c["log10_energy_eV"], np.cos(c["zenith_rad"]), np.cos(c["azimuth_rad"]),
+                     np.sin(c["azimuth_rad"]), c["core_x_m"], c["core_y_m"]], 1)
+
+
+def _finite_sep(a, b) -> float:
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    return separation_power(a, b) if len(a) > 1 and len(b) > 1 else math.nan
+
+
+def compare(ref: Footprints, cand: Footprints, seeds: int, max_events: int) -> dict:
+    """Every figure of `cand` against `ref` (same conditions row by row for the generated sample)."""
+    rf, cf = features(ref), features(cand)
+    names = list(rf)
+    seps = {k: _finite_sep(rf[k], cf[k]) for k in names}
+    x_ref = np.concatenate([np.stack([rf[k] for k in names], 1), condition_matrix(ref)], 1)
+    x_cand = np.concatenate([np.stack([cf[k] for k in names], 1), condition_matrix(cand)], 1)
+    clf = classifier_test(x_ref, x_cand, seeds=seeds, max_events=max_events)
+    fp_ref = np.concatenate([np.log10(1 + ref.signal.reshape(len(ref), -1)), ref.triggered.reshape(len(ref), -1),
+                             condition_matrix(ref)], 1)
+    fp_cand = np.concatenate([np.log10(1 + cand.signal.reshape(len(cand), -1)),
+                              cand.triggered.reshape(len(cand), -1), condition_matrix(cand)], 1)
+    clf_fp = classifier_test(fp_ref, fp_cand, seeds=seeds, max_events=max_events)
+    lg_r, lg_c = ref.conditions["log10_energy_eV"], cand.conditions["log10_energy_eV"]
+    stations, s1000 = [], []
+    for lo, hi in zip(LG_BINS[:-1], LG_BINS[1:]):
+        mr, mc = (lg_r >= lo) & (lg_r < hi), (lg_c >= lo) & (lg_c < hi)
+        if mr.sum() < 10 or mc.sum() < 10:
+            continue
+        nr, nc = rf["n_triggered"][mr].mean(), cf["n_triggered"][mc].mean()
+        sr, sc = np.nanmedian(rf["s1000_fit_over_nominal"][mr]), np.nanmedian(cf["s1000_fit_over_nominal"][mc])
+        stations.append({"lg_lo": lo, "lg_hi": hi, "reference": float(nr), "candidate": float(nc),
+                         "deviation": float(nc / nr - 1)})
+        s1000.append({"lg_lo": lo, "lg_hi": hi, "reference": float(sr), "candidate": float(sc),
+                      "bias": float(sc / sr - 1)})
+    ang_r = angular_resolution(rf["plane_fit_angle_deg"], rf["n_triggered"])
+    ang_c = angular_resolution(cf["plane_fit_angle_deg"], cf["n_triggered"])
+    ang = [{"stations": k, "reference": ang_r[k], "candidate": ang_c[k],
+            "deviation": ang_c[k] / ang_r[k] - 1 if np.isfinite(ang_r[k]) and np.isfinite(ang_c[k]) else math.nan}
+           for k in ang_r]
+    corr = lambda f: float(np.corrcoef(f["log10_total_signal"], f["n_triggered"])[0, 1])  # noqa: E731
+    finite = [v for v in seps.values() if np.isfinite(v)]
+    dev = lambda rows, key: max((abs(r[key]) for r in rows if np.isfinite(r[key])), default=math.nan)  # noqa: E731
+    return {"auc": clf["auc"], "auc_std": clf["auc_std"], "auc_footprints": clf_fp["auc"],
+            "separation_power": seps, "separation_power_mean": float(np.mean(finite)),
+            "stations_by_energy": stations, "station_count_deviation_max": dev(stations, "deviation"),
+            "s1000_by_energy": s1000, "s1000_bias_max": dev(s1000, "bias"),
+            "angular_resolution": ang, "angular_resolution_deviation_max": dev(ang, "deviation"),
+            "corr_total_signal_vs_stations": {"reference": corr(rf), "candidate": corr(cf)}}
+
+
+GATE_KEYS = {"auc": "auc_max", "separation_power_mean": "separation_mean_max",
+             "station_count_deviation_max": "station_count_deviation_max",
+             "angular_resolution_deviation_max": "angular_resolution_deviation_max",
+             "s1000_bias_max": "s1000_bias_max"}
+
+
+def gate(m: dict, gcfg) -> dict:
+    checks = {}
+    for key, limit_key in GATE_KEYS.items():
+        limit = getattr(gcfg, limit_key)
+        if limit is None:
+            continue
+        v = m[key]
+        checks[key] = {"value": v, "max": limit, "pass": bool(np.isfinite(v) and v <= limit)}
+    return {"pass": all(c["pass"] for c in checks.values()), "checks": checks}
+
+
+def plots(ref: Footprints, cand: Footprints, m: dict, out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    # footprint maps: the same conditions, simulated and generated
+    n_show = min(4, len(ref))
+    idx = np.argsort(-ref.conditions["log10_energy_eV"])[:n_show]
+    fig, axes = plt.subplots(2, n_show, figsize=(3.2 * n_show, 6.2), squeeze=False)
+    x, y = ref.xyz[..., 0].ravel() / 1000, ref.xyz[..., 1].ravel() / 1000
+    for k, i in enumerate(idx):
+        for row, (fp, label) in enumerate(((ref, "simulated"), (cand, "generated"))):
+            ax = axes[row, k]
+            s = fp.signal[i].ravel()
+            on = s > 0
+            ax.scatter(x[~on], y[~on], s=4, c="lightgrey")
+            ax.scatter(x[on], y[on], s=20 + 40 * np.log10(1 + s[on]), c=fp.time[i].ravel()[on], cmap="viridis")
+            ax.plot(fp.conditions["core_x_m"][i] / 1000, fp.conditions["core_y_m"][i] / 1000, "r*")
+            ax.set_title(f"{label}: lgE {fp.conditions['log10_energy_eV'][i]:.2f}, "
+                         f"θ {math.degrees(fp.conditions['zenith_rad'][i]):.0f}°", fontsize=8)
+            ax.set_aspect("equal")
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.tight_layout()
+    paths.append(out_dir / "footprints.png")
+    fig.savefig(paths[-1], dpi=90)
+    plt.close(fig)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for fp, label, color in ((ref, "simulation (held out)", "k"), (cand, "surrogate", "tab:red")):
+        p = params_of(fp)
+        r, med = lateral_profile(fp.signal, fp.triggered, fp.conditions, fp.xyz, p)
+        axes[0].plot(r, med, "o-", color=color, label=label)
+        r, med = time_residual_profile(fp.time, fp.triggered, fp.conditions, fp.xyz, p)
+        axes[1].plot(r, med, "o-", color=color, label=label)
+    axes[0].set(xlabel="distance to axis r [m]", ylabel="median log10 S [VEM]", title="lateral distribution")
+    axes[1].set(xlabel="distance to axis r [m]", ylabel="median time after plane front [ns]", title="time residuals")
+    ang = m["angular_resolution"]
+    labels = [a["stations"] for a in ang]
+    axes[2].plot(labels, [a["reference"] for a in ang], "o-", color="k", label="simulation (held out)")
+    axes[2].plot(labels, [a["candidate"] for a in ang], "o-", color="tab:red", label="surrogate")
+    axes[2].set(xlabel="triggered stations", ylabel="68% space angle [deg]", title="angular resolution (plane fit)")
+    for ax in axes:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(out_dir / "observables.png")
+    fig.savefig(paths[-1], dpi=90)
+    plt.close(fig)
+    return paths
+
+
+def write_report(out_dir: Path, m: dict, plot_paths: list[Path]) -> None:
+    fl = m["floor"]
+
+    def f(v, d=3):
+        return "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{d}f}"
+
+    md = [f"# Air-shower validation report: {'PASS' if m['gate']['pass'] else 'FAIL'}", "",
+          f"Reference: `{m['reference']}` ({m['n_reference']} events); candidate: `{m['candidate']}` "
+          f"({m['n_candidate']} events). Floor: {m['floor_source']}.", "",
+          "| gate | value | max | result |", "|---|---|---|---|",
+          *[f"| {k} | {f(c['value'], 4)} | {f(c['max'], 4)} | {'pass' if c['pass'] else 'FAIL'} |"
+            for k, c in m["gate"]["checks"].items()], "",
+          "| metric | candidate | simulator floor |", "|---|---|---|",
+          *[f"| {k} | {f(m[k], 4)} | {f(fl[k], 4)} |" for k in
+            ("auc", "auc_footprints", "separation_power_mean", "station_count_deviation_max",
+             "angular_resolution_deviation_max", "s1000_bias_max")], "",
+          "| observable | separation | floor |", "|---|---|---|",
+          *[f"| {k} | {f(v, 4)} | {f(fl['separation_power'][k], 4)} |" for k, v in m["separation_power"].items()], "",
+          "| stations | angular resolution simulation [deg] | surrogate | deviation |", "|---|---|---|---|",
+          *[f"| {a['stations']} | {f(a['reference'])} | {f(a['candidate'])} | {f(a['deviation'])} |"
+            for a in m["angular_resolution"]], "",
+          "| lgE | mean stations simulation | surrogate | S1000 fit/nominal simulation | surrogate |",
+          "|---|---|---|---|---|",
+          *[f"| {s['lg_lo']}-{s['lg_hi']} | {f(s['reference'], 2)} | {f(s['candidate'], 2)} | {f(t['reference'])} | "
+            f"{f(t['candidate'])} |" for s, t in zip(m["stations_by_energy"], m["s1000_by_energy"])], "",
+          *[f"![{p.stem}]({p.name})" for p in plot_paths], ""]
+    with atomic_path(out_dir / "report.md") as tmp:
+        tmp.write_text("\n".join(md))
+    body = [f'<img src="{html.escape(ln[ln.index("(") + 1:-1])}" style="max-width:100%">' if ln.startswith("![")
+            else f"<h1>{html.escape(ln[2:])}</h1>" if ln.startswith("# ")
+            else f"<pre>{html.escape(ln)}</pre>" if ln.startswith("|") else f"<p>{html.escape(ln)}</p>"
+            for ln in md if ln]
+    with atomic_path(out_dir / "report.html") as tmp:
+        tmp.write_text("<html><head><meta charset='utf-8'><title>simgan air-shower validation</title></head><body>"
+                       + "\n".join(body) + "</body></html>\n")

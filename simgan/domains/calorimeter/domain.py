@@ -1,0 +1,51 @@
+"""The calorimeter domain: CaloChallenge-style showers (incident energy, voxels)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from simgan.data import calochallenge as cc
+from simgan.domains import Domain
+from simgan.metrics.features import high_level_features
+
+
+class Calorimeter(Domain):
+    name = "calorimeter"
+    condition_columns = ("incident_energy",)
+
+    def read(self, path, max_events=None):
+        return cc.read(path, max_events=max_events)
+
+    def model_args(self, cfg, data) -> dict:
+        b = data.binning
+        return {"config": cfg.model.model_dump(mode="json"), "n_voxels": b.n_voxels,
+                "layer_voxels": [l.n_voxels for l in b.layers if l.n_voxels],
+                "n_extra": len(data.conditions), "threshold_mev": cfg.domain.threshold_mev}
+
+    def build_model(self, args):
+        from simgan.models.registry import model_from_args
+        return model_from_args(args)
+
+    def fit_model(self, model, data):
+        keys = sorted(data.conditions)
+        extra = np.stack([data.conditions[k] for k in keys], 1) if keys else None
+        return model.fit(data.energies, data.showers, extra, data.binning)
+
+    def checkpoint_fields(self, data):
+        # the training data's own layout (not always the config's geometry)
+        return {"extra_conditions": sorted(data.conditions), "binning_xml": data.binning.to_xml()}
+
+    def features(self, data, cfg):
+        return high_level_features(data.showers, data.energies, data.binning, cfg.domain.threshold_mev)
+
+    def sample_like(self, model, data, generator, precision="fp32"):
+        device = next(model.parameters()).device
+        keys = sorted(data.conditions)
+        extra = torch.as_tensor(np.stack([data.conditions[k] for k in keys], 1), device=device) if keys else None
+        gen = model.sample(torch.as_tensor(data.energies, device=device), extra, generator,
+                           precision=precision).cpu().numpy()
+        return cc.ShowerData(data.energies, gen, data.binning, data.conditions)
+
+
+DOMAIN = Calorimeter()
