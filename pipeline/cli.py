@@ -56,6 +56,14 @@ def cmd_simulate(args) -> int:
     _shards(args)
     extra = [f"simulate.events={args.events}"] if args.events is not None else []
     cfg = _config(args, extra)
+    if cfg.domain.name == "airshower":
+        from simgan.domains.airshower.domain import simulate_file
+        if args.dask:
+            raise SimganError("the air-shower simulator is vectorised numpy: run it without --dask")
+        fp = simulate_file(cfg, args.out, not args.quiet, args.shard_index, args.shard_count)
+        print(f"wrote {args.out}: {len(fp)} air-shower events" + (f" (shard {args.shard_index} of {args.shard_count})"
+                                                                  if args.shard_count else ""))
+        return 0
     from pipeline.validate import dask_client
 
     with dask_client(args.dask, cfg.simulate.workers or os.cpu_count() or 1, args.scheduler) as client:
@@ -94,7 +102,12 @@ def cmd_merge(args) -> int:
         raise SimganError("give the shard files and --out FILE (or --stage STAGE -c CONFIG)")
 
     check_output_file(args.out, {f"shard #{i}": s for i, s in enumerate(args.shards)})
-    merge_shards(args.shards, args.out)
+    from pipeline.validate import _file_domain
+    if _file_domain(args.shards[0]) == "airshower":
+        from simgan.domains.airshower.io import merge_shards as merge_footprints
+        merge_footprints(args.shards, args.out)
+    else:
+        merge_shards(args.shards, args.out)
     print(f"wrote {args.out} from {len(args.shards)} shards")
     return 0
 

@@ -129,6 +129,32 @@ def compare_geant4(cfg: ExperimentConfig, model, energies: np.ndarray, conds: di
     return res
 
 
+def _checkpoint_domain(path) -> str:
+    from simgan.train.trainer import load_checkpoint
+    return load_checkpoint(path)["model_args"].get("domain", "calorimeter")
+
+
+def _generate_footprints_cli(args, out, fmt) -> int:
+    """An air-shower checkpoint: footprints for the conditions of --energies-from (a footprint file)."""
+    from simgan.domains.airshower import io as aio
+    from simgan.domains.airshower.domain import generate_footprints, warn_outside
+
+    if not args.energies_from or args.layer_energies_from or args.energy_range or fmt != "hdf5":
+        raise SimganError("an air-shower model generates HDF5 footprints for the conditions of a footprint file: "
+                          "give --energies-from FILE (its conditions are used) and an .h5 --out")
+    if args.shard_index is not None or args.shard_count is not None or args.dask or args.compare_geant4:
+        raise SimganError("an air-shower model generates in one process (no --shard-index, --dask or "
+                          "--compare-geant4)")
+    model, ckpt = model_from_checkpoint(args.checkpoint, resolve_device(args.device))
+    src = aio.read(args.energies_from, args.events)
+    warn_outside(ckpt.get("condition_ranges", {}), src.conditions, str(args.energies_from))
+    timing = generate_footprints(model, src, out, args.batch_size, args.seed, args.precision,
+                                 checkpoint_metadata(args.checkpoint))
+    print(f"wrote {out}: {timing['events']} footprints at {timing['events_per_s']:.0f} events/s")
+    print(json.dumps(timing))
+    return 0
+
+
 def generate_cli(args) -> int:
     """`simgan generate --checkpoint CKPT | --model URI --out FILE ...`"""
     out = check_output_file(args.out, {"--energies-from": args.energies_from,
@@ -139,6 +165,8 @@ def generate_cli(args) -> int:
         raise SimganError(f"{out}: HDF5 output needs a .h5 or .hdf5 name (or --format root with .root)")
     if fmt == "root" and out.suffix.lower() != ".root":
         raise SimganError(f"{out}: --format root needs a .root name")
+    if args.checkpoint and _checkpoint_domain(args.checkpoint) == "airshower":
+        return _generate_footprints_cli(args, out, fmt)
     conds: dict = {}
     if args.layer_energies_from and (args.energies_from or args.energy_range or args.model):
         raise SimganError("--layer-energies-from takes the energies from that file: give it with --checkpoint, "

@@ -91,6 +91,16 @@ def summary_text(m: dict, report) -> str:
             f"[{100 * fl['response_deviation_max']:.1f}%]); report: {report}")
 
 
+def _file_domain(path) -> str:
+    """The domain a data file declares (footprint files carry domain=airshower; others: calorimeter)."""
+    import h5py
+    try:
+        with h5py.File(path, "r") as f:
+            return str(f.attrs.get("domain", "calorimeter"))
+    except OSError:
+        return "calorimeter"  # the calorimeter reader names the problem
+
+
 def validate_cli(args) -> int:
     if args.config:
         from simgan.config import load_config
@@ -107,6 +117,19 @@ def validate_cli(args) -> int:
         vcfg = vcfg.model_copy(update={"classifier": args.classifier})
     extra = {ABLATION_LABEL: args.ablation} if args.ablation else None
     check_output_dir(args.out, create=False)  # before the work, not after
+    if _file_domain(args.reference) == "airshower":
+        from simgan.config import AirshowerGateConfig
+        from simgan.domains.airshower.domain import validate_files
+        if not args.floor:
+            raise SimganError("air-shower validation needs --floor: an independent simulated sample")
+        if not args.config:
+            vcfg = vcfg.model_copy(update={"gate": AirshowerGateConfig()})
+        m = validate_files(args.reference, args.candidate, args.floor, args.out, vcfg)
+        print(summary_text(m, Path(args.out) / "report.html"))
+        if not m["gate"]["pass"]:
+            failed = [k for k, c in m["gate"]["checks"].items() if not c["pass"]]
+            raise GateFailed(f"validation gate failed: {', '.join(failed)} (see {Path(args.out) / 'metrics.json'})")
+        return 0
     with dask_client(args.dask or vcfg.dask, vcfg.dask_workers, args.scheduler) as client:
         m = validate(args.reference, args.candidate, args.out, vcfg, threshold, client, floor=args.floor,
                      extra_candidates=extra)

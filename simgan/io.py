@@ -184,6 +184,19 @@ def check_output_dir(out: str | os.PathLike, flag: str = "--out", create: bool =
     return out
 
 
+def open_hdf5(path: str | os.PathLike):
+    """An HDF5 file opened for reading, or a SimganError naming it (missing, truncated, corrupt)."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise SimganError(f"{path}: file not found")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise SimganError(f"{path}: not a readable HDF5 file (truncated or corrupt?): {exc}") from None
+
+
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
     with atomic_path(path, suffix=".json") as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")

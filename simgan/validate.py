@@ -19,7 +19,7 @@ import numpy as np
 from simgan.config import ValidateConfig
 from simgan.data import calochallenge as cc
 from simgan.errors import SimganError
-from simgan.io import atomic_path, file_sha256, write_json_atomic
+from simgan.io import atomic_path, file_sha256, open_hdf5, write_json_atomic
 from simgan.metrics.classifier import (classifier_test, dnn_classifier_test, dnn_high_level_inputs,
                                        dnn_low_level_inputs, high_level_inputs, low_level_inputs)
 from simgan.metrics.distances import separation_power, wasserstein1_scaled
@@ -38,7 +38,7 @@ def _sample_rows(path, n_total: int, n: int, seed: int, rows: np.ndarray | None 
     if rows is None:
         rows = np.random.default_rng(seed).choice(n_total, min(n, n_total), replace=False)
     idx = np.sort(rows)
-    with cc._open(path) as f:
+    with open_hdf5(path) as f:
         return np.asarray(f[cc.SHOWER_KEY][idx], np.float32), np.asarray(f[cc.ENERGY_KEY][idx], np.float64).reshape(-1)
 
 

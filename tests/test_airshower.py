@@ -147,3 +147,116 @@ def test_bad_footprints_are_named_and_nothing_is_written(tmp_path, case, match):
                 f["footprint/time"][4] = t
         with pytest.raises(SimganError, match=match):
             aio.read(good)
+
+
+# -- the domain end to end ----------------------------------------------------------------------
+from tests.conftest import REPO  # noqa: E402
+
+AIR = REPO / "configs" / "experiment" / "airshower_quickstart.yaml"
+AIR_TINY = ["simulate.events=3000", "simulate.shard_events=1000", "train.steps=60", "train.batch_size=64",
+            "train.val_every=30", "train.checkpoint_every=30", "train.log_every=30", "train.val_events=200",
+            "model.width=16", "model.depth=2", "validate.classifier_seeds=1", "validate.plots=true",
+            "train.progress=false"]
+OPEN_GATE = ["validate.gate.auc_max=1.0", "validate.gate.separation_mean_max=1.0",
+             "validate.gate.station_count_deviation_max=10", "validate.gate.angular_resolution_deviation_max=10",
+             "validate.gate.s1000_bias_max=10"]
+
+
+@pytest.fixture(scope="module")
+def air_chain(tmp_path_factory):
+    from pipeline.runner import run_chain
+    from simgan.config import load_config
+    tmp = tmp_path_factory.mktemp("air")
+    cfg = load_config(AIR, [f"runs_dir={tmp}", f"register.tracking_uri=sqlite:///{tmp}/mlflow.db",
+                            "register.name=air-tiny", *AIR_TINY, *OPEN_GATE])
+    assert run_chain(cfg, progress=False) == 0
+    return tmp, cfg
+
+
+def test_airshower_chain_registers_and_a_consumer_predicts_from_a_dataframe(air_chain):
+    import json
+
+    import mlflow
+    import pandas as pd
+    tmp, cfg = air_chain
+    run = cfg.run_dir
+    reg = json.loads((run / "register" / "registered.json").read_text())
+    assert reg["alias_uri"] == "models:/air-tiny@champion"
+    m = json.loads((run / "validate" / "metrics.json").read_text())
+    assert m["domain"] == "airshower" and 0.3 < m["floor"]["auc"] < 0.7 and m["gate"]["pass"]
+    assert (run / "validate" / "footprints.png").is_file() and (run / "validate" / "observables.png").is_file()
+    mlflow.set_tracking_uri(cfg.register.tracking_uri)
+    model = mlflow.pyfunc.load_model("models:/air-tiny@champion")
+    frame = pd.DataFrame({"log10_energy_eV": [19.0, 19.5, 19.9], "zenith_rad": [0.1, 0.6, 0.9],
+                          "azimuth_rad": [0.0, 1.0, 5.0], "core_x_m": [0.0, 100.0, -300.0],
+                          "core_y_m": [0.0, 50.0, 200.0]})
+    out = model.predict(frame, params={"seed": 3})
+    assert out.shape == (3, 3, 9, 9)
+    signal, time, trig = out[:, 0], out[:, 1], out[:, 2]
+    assert set(np.unique(trig)) <= {0.0, 1.0} and (signal[trig > 0] >= 3).all() and (signal[trig == 0] == 0).all()
+    assert (time[trig == 0] == 0).all()
+    np.testing.assert_array_equal(model.predict(frame, params={"seed": 3}), out)
+    with pytest.raises(Exception, match="zenith_rad.*degrees"):
+        model.predict(frame.assign(zenith_rad=[10.0, 30.0, 50.0]))
+    with pytest.raises(Exception, match="core_y_m"):
+        model.predict(frame.drop(columns=["core_y_m"]))
+
+
+def test_checkpoint_carries_the_schema_and_generate_warns_outside_the_training_range(air_chain, tmp_path, capsys):
+    from pipeline.cli import main
+    from simgan.train.trainer import load_checkpoint, model_from_checkpoint
+    tmp, cfg = air_chain
+    ckpt_path = cfg.run_dir / "train" / "model.pt"
+    ckpt = load_checkpoint(ckpt_path)
+    assert ckpt["model_args"]["domain"] == "airshower"
+    assert ckpt["schema"]["conditions"] == list(aio.CONDITIONS) and ckpt["schema"]["sample_shape"] == [9, 9]
+    lo, hi = ckpt["condition_ranges"]["log10_energy_eV"]
+    assert 18.5 <= lo < hi <= 20.0
+    model, _ = model_from_checkpoint(ckpt_path)  # rebuilt from the checkpoint alone
+    test = aio.read(cfg.run_dir / "prepare" / "test.h5")
+    test.conditions["log10_energy_eV"] = np.full(len(test), 20.6)  # beyond the training range
+    src = aio.write(tmp_path / "high.h5", test.subset(np.arange(50)))
+    capsys.readouterr()
+    assert main(["generate", "--checkpoint", str(ckpt_path), "--energies-from", str(src), "--out",
+                 str(tmp_path / "gen.h5")]) == 0
+    assert "log10_energy_eV outside the training range" in capsys.readouterr().err
+    gen = aio.read(tmp_path / "gen.h5")
+    assert gen.signal.shape == (50, 9, 9) and (gen.signal[gen.triggered] >= 3).all()
+
+
+def test_bad_airshower_input_stops_prepare_with_nothing_written(tmp_path, capsys):
+    from pipeline.cli import main
+    fp = _fp(100)
+    path = aio.write(tmp_path / "in.h5", fp)
+    with h5py.File(path, "a") as f:
+        f["conditions/zenith_rad"][5] = 35.0
+    assert main(["run", "-c", str(AIR), "-q", f"runs_dir={tmp_path / 'runs'}", f"prepare.input={path}",
+                 "--until", "prepare"]) == 2
+    assert "conditions/zenith_rad' row 5: 35: looks like degrees" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "airshower_quickstart" / "prepare" / "train.h5").exists()
+
+
+def test_footprint_gan_trains_through_the_shared_trainer(air_chain, tmp_path):
+    import json
+
+    from simgan.config import load_config
+    from simgan.train.trainer import Trainer
+    tmp, cfg = air_chain
+    gcfg = load_config(AIR, [f"runs_dir={tmp_path}", "model=footprint_gan", "model.width=16", "model.depth=2",
+                             "model.critic_width=16", "model.n_critic=2", "train.steps=8", "train.batch_size=32",
+                             "train.log_every=2", "train.val_every=4", "train.val_events=100",
+                             "train.checkpoint_every=4", "train.mlflow=false", "train.progress=false"])
+    prep = cfg.run_dir / "prepare"
+    info = Trainer(gcfg, prep / "train.h5", prep / "val.h5", tmp_path / "train", progress=False).fit()
+    assert info["steps"] == 8 and info["complete"]
+    rows = [json.loads(x) for x in (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss_d", "loss_g", "gp", "val_sep_mean"} <= set().union(*rows)
+    assert len({r["loss_d"] for r in rows}) > 1
+
+
+def test_a_family_of_another_domain_is_refused():
+    from simgan.config import load_config
+    with pytest.raises(SimganError, match="model.family 'vae' does not fit domain 'airshower'"):
+        load_config(AIR, ["model=vae"])
+    with pytest.raises(SimganError, match="simulate.particle': unknown key"):
+        load_config(AIR, ["simulate.particle=e-"])

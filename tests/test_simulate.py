@@ -2,6 +2,7 @@ import numpy as np
 
 from pipeline.cli import main
 from simgan.data import calochallenge as cc
+from simgan.io import open_hdf5
 from simgan.sim.g4data import tsai_scaled_dcs
 from tests.conftest import QUICKSTART, REPO
 
@@ -9,7 +10,7 @@ from tests.conftest import QUICKSTART, REPO
 def test_simulate_cli_writes_dataset2_shape(g4_sample):
     d = cc.read(g4_sample)
     assert d.energies.shape == (200,) and d.showers.shape == (200, 6480)
-    with cc._open(g4_sample) as f:
+    with open_hdf5(g4_sample) as f:
         assert f["incident_energies"].shape == (200, 1)
     assert 1000 <= d.energies.min() and d.energies.max() <= 16000
     m = d.metadata

@@ -19,7 +19,7 @@ import numpy as np
 
 from simgan.data.binning import Binning, load_binning, parse_binning_xml
 from simgan.errors import SimganError
-from simgan.io import atomic_path, quiet_failed_hdf5
+from simgan.io import atomic_path, open_hdf5, quiet_failed_hdf5
 
 ENERGY_KEY = "incident_energies"
 SHOWER_KEY = "showers"
@@ -47,16 +47,6 @@ class ShowerData:
                           {k: v[idx] for k, v in self.conditions.items()}, dict(self.metadata))
 
 
-def _open(path: str | os.PathLike) -> h5py.File:
-    path = Path(path)
-    if not path.is_file():
-        raise SimganError(f"{path}: file not found")
-    try:
-        return h5py.File(path, "r")
-    except OSError as exc:
-        raise SimganError(f"{path}: not a readable HDF5 file (truncated or corrupt?): {exc}") from exc
-
-
 @dataclass
 class FileInfo:
     path: Path
@@ -69,7 +59,7 @@ class FileInfo:
 def inspect(path: str | os.PathLike, binning: Binning | str | None = None) -> FileInfo:
     """Check layout (datasets, shapes, dtypes, geometry) without reading the data."""
     path = Path(path)
-    with _open(path) as f:
+    with open_hdf5(path) as f:
         for key in (ENERGY_KEY, SHOWER_KEY):
             if key not in f:
                 raise SimganError(f"{path}: missing dataset '{key}' (found {sorted(f.keys())})")
@@ -185,7 +175,7 @@ def iter_chunks(path, chunk_size: int = 2000, binning=None, start: int = 0, stop
     """
     info = inspect(path, binning)
     stop = info.n_events if stop is None else min(stop, info.n_events)
-    with _open(path) as f:
+    with open_hdf5(path) as f:
         e_ds, s_ds = f[ENERGY_KEY], f[SHOWER_KEY]
         for lo in range(start, stop, chunk_size):
             hi = min(lo + chunk_size, stop)

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from simgan.data.binning import Binning, Layer
 from simgan.data.calochallenge import ShowerData, check_values
 from simgan.errors import SimganError
+from simgan.io import open_hdf5
 
 LAYERS = {"layer_0": (3, 96), "layer_1": (12, 12), "layer_2": (12, 6)}
 # CaloGAN energies are GeV (the published samples: 1-100 GeV); more than this means MeV
@@ -28,13 +28,7 @@ def calogan_binning() -> Binning:
 
 def read_calogan(path, check: bool = True) -> ShowerData:
     path = Path(path)
-    if not path.is_file():
-        raise SimganError(f"{path}: file not found")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise SimganError(f"{path}: not a readable HDF5 file: {exc}") from exc
-    with f:
+    with open_hdf5(path) as f:
         for key in (*LAYERS, "energy"):
             if key not in f:
                 raise SimganError(f"{path}: missing dataset '{key}' for CaloGAN format")

@@ -12,8 +12,8 @@ from simgan.errors import SimganError
 from simgan.io import atomic_path
 
 
-def read_root(path, binning: Binning, tree: str = "showers", energy_branch: str = "incident_energy",
-              shower_branch: str = "showers", chunk_size: int = 5000, check: bool = True) -> ShowerData:
+def open_root_tree(path, tree: str):
+    """(the open ROOT file, its TTree `tree`), or a SimganError naming the file and what is wrong."""
     import uproot
 
     path = Path(path)
@@ -22,11 +22,20 @@ def read_root(path, binning: Binning, tree: str = "showers", energy_branch: str 
     try:
         f = uproot.open(path)
     except Exception as exc:
-        raise SimganError(f"{path}: not a readable ROOT file: {exc}") from exc
+        raise SimganError(f"{path}: not a readable ROOT file: {exc}") from None
+    if tree not in f:
+        f.close()
+        raise SimganError(f"{path}: no TTree '{tree}' (found {list(f.keys())})")
+    return f, f[tree]
+
+
+def read_root(path, binning: Binning, tree: str = "showers", energy_branch: str = "incident_energy",
+              shower_branch: str = "showers", chunk_size: int = 5000, check: bool = True) -> ShowerData:
+    import uproot
+
+    path = Path(path)
+    f, t = open_root_tree(path, tree)
     with f:
-        if tree not in f:
-            raise SimganError(f"{path}: no TTree '{tree}' (found {list(f.keys())})")
-        t = f[tree]
         for b in (energy_branch, shower_branch):
             if b not in t.keys():
                 raise SimganError(f"{path}: TTree '{tree}' has no branch '{b}' (found {t.keys()})")

@@ -98,13 +98,9 @@ class Airshower(Domain):
 
     # -- stage bodies ------------------------------------------------------------------------
     def stage_simulate(self, cfg, ins, out, progress):
-        p = params_of_cfg(cfg)
         t0 = time.perf_counter()
-        ev = simulate(cfg.simulate.events, cfg.seed, p, cfg.simulate.shard_events, progress)
+        fp = simulate_file(cfg, out["showers"], progress)
         seconds = time.perf_counter() - t0
-        fp = aio.from_simulation(ev, p, cfg.seed)
-        fp.attrs["simulator"] = "simgan reference surface-detector simulator (a parametric stand-in for CORSIKA)"
-        aio.write(out["showers"], fp)
         return {"counts": {"events": len(fp)}, "extra": {"simulator_seconds": seconds,
                                                          "events_per_s": len(fp) / max(seconds, 1e-9)}}
 
@@ -164,6 +160,30 @@ class Airshower(Domain):
         g.manual_seed(int(seed))
         c = torch.as_tensor(np.stack([cond[k] for k in CONDITIONS], 1), dtype=torch.float32)
         return model.sample(c, None, g, precision=precision).numpy()
+
+
+def simulate_file(cfg, out, progress: bool = True, shard_index: int | None = None,
+                  shard_count: int | None = None) -> aio.Footprints:
+    """The reference simulator's events for the config into `out` (atomically). A shard I of K
+    holds a contiguous block of the simulator's seeded shards, so merged shards equal one run."""
+    p = params_of_cfg(cfg)
+    s = cfg.simulate
+    n_sim = math.ceil(s.events / s.shard_events)
+    shards = None
+    if shard_count:
+        shards = range(shard_index * n_sim // shard_count, (shard_index + 1) * n_sim // shard_count)
+        if not len(shards):
+            raise SimganError(f"--shard-count {shard_count} exceeds the simulator's {n_sim} shards of "
+                              f"{s.shard_events} events: lower it or simulate.shard_events")
+    ev = simulate(s.events, cfg.seed, p, s.shard_events, progress, shards)
+    fp = aio.from_simulation(ev, p, cfg.seed)
+    fp.attrs.update({"simulator": "simgan reference surface-detector simulator (a parametric stand-in for CORSIKA)",
+                     "events_total": s.events, "shard_events": s.shard_events})
+    if shard_count:
+        fp.attrs.update({"shard_index": shard_index, "shard_count": shard_count,
+                         "first_event": shards.start * s.shard_events})
+    aio.write(out, fp)
+    return fp
 
 
 def generate_footprints(model, test: aio.Footprints, out, batch_size: int, seed: int, precision: str,

@@ -21,7 +21,8 @@ import numpy as np
 
 from simgan.domains.airshower.simulator import GRID, ArrayParams, station_xyz
 from simgan.errors import SimganError
-from simgan.io import atomic_path, quiet_failed_hdf5
+from simgan.data.rootio import open_root_tree
+from simgan.io import atomic_path, open_hdf5, quiet_failed_hdf5
 
 SCHEMA_VERSION = 1
 CONDITIONS = ("log10_energy_eV", "zenith_rad", "azimuth_rad", "core_x_m", "core_y_m")
@@ -166,13 +167,7 @@ def check_condition_units(cond: dict, where: str, start: int = 0) -> None:
 
 def read(path, max_events: int | None = None, check_values: bool = True) -> Footprints:
     path = Path(path)
-    if not path.is_file():
-        raise SimganError(f"{path}: file not found")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise SimganError(f"{path}: not a readable HDF5 file (truncated or corrupt?): {exc}") from None
-    with f:
+    with open_hdf5(path) as f:
         for name in CHANNELS:
             key = f"footprint/{name}"
             if key not in f:
@@ -226,16 +221,8 @@ def read_root(path, tree: str = "footprints", branches: dict[str, str] | None = 
             raise SimganError(f"branch map: unknown name(s) {unknown}; known: {sorted(names)}")
         names.update(branches)
     path = Path(path)
-    if not path.is_file():
-        raise SimganError(f"{path}: file not found")
-    try:
-        f = uproot.open(path)
-    except Exception as exc:
-        raise SimganError(f"{path}: not a readable ROOT file: {exc}") from None
+    f, t = open_root_tree(path, tree)
     with f:
-        if tree not in f:
-            raise SimganError(f"{path}: no TTree '{tree}' (found {list(f.keys())})")
-        t = f[tree]
         have = set(t.keys())
         required = [*CHANNELS, *CONDITIONS]
         missing = [f"{k} (branch '{names[k]}')" for k in required if names[k] not in have]
@@ -276,3 +263,29 @@ def write_root(path, fp: Footprints, tree: str = "footprints") -> Path:
                        "triggered": fp.triggered.reshape(n, -1).astype(np.uint8),
                        **{k: np.asarray(v, np.float64) for k, v in fp.conditions.items()}}
     return path
+
+
+def merge_shards(paths, out) -> Path:
+    """Shards of one simulation (same seed and size, shard_count of them, each index once) into
+    one file, in index order: the events of one unsharded run."""
+    parts = sorted((read(q) for q in paths), key=lambda fp: int(fp.attrs.get("shard_index", -1)))
+    first = parts[0].attrs
+    if any("shard_index" not in fp.attrs for fp in parts):
+        raise SimganError(f"{paths[0]}: not a shard file (no shard_index attribute); merge takes the files of "
+                          "`simgan simulate --shard-index I --shard-count K`")
+    count = int(first["shard_count"])
+    have = [int(fp.attrs["shard_index"]) for fp in parts]
+    if have != list(range(count)):
+        raise SimganError(f"shards {have} given, expected each of 0..{count - 1} once")
+    for fp, q in zip(parts, paths):
+        if (fp.attrs.get("seed"), fp.attrs.get("events_total")) != (first.get("seed"), first.get("events_total")):
+            raise SimganError(f"{q}: a shard of another simulation (seed {fp.attrs.get('seed')}, "
+                              f"{fp.attrs.get('events_total')} events)")
+    merged = Footprints(np.concatenate([fp.signal for fp in parts]), np.concatenate([fp.time for fp in parts]),
+                        np.concatenate([fp.triggered for fp in parts]),
+                        {k: np.concatenate([fp.conditions[k] for fp in parts]) for k in parts[0].conditions},
+                        parts[0].xyz, {k: np.concatenate([fp.truth[k] for fp in parts]) for k in parts[0].truth},
+                        {k: v for k, v in first.items() if k not in ("shard_index", "shard_count", "first_event")})
+    if len(merged) != int(first["events_total"]):
+        raise SimganError(f"merged {len(merged)} events, the simulation has {first['events_total']}")
+    return write(out, merged)
