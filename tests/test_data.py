@@ -40,15 +40,20 @@ def test_roundtrip_hdf5_and_root_exact(tmp_path):
     np.testing.assert_array_equal(cc.read(tmp_path / "b.h5").showers, d.showers)
 
 
-def test_public_style_file_without_xml_needs_binning(tmp_path):
+def test_public_style_file_without_xml_takes_the_layout_of_its_voxel_count(tmp_path):
     d = _tiny(5)
     p = tmp_path / "pub.h5"
     with h5py.File(p, "w") as f:
         f["incident_energies"] = d.energies.reshape(-1, 1)
         f["showers"] = d.showers
-    with pytest.raises(SimganError, match="carries no binning"):
-        cc.read(p)
+    assert cc.read(p).binning.digest() == load_binning("ds2").digest()
     assert cc.read(p, "ds2").showers.shape == (5, 6480)
+    odd = tmp_path / "odd.h5"
+    with h5py.File(odd, "w") as f:
+        f["incident_energies"] = d.energies.reshape(-1, 1)
+        f["showers"] = d.showers[:, :100]
+    with pytest.raises(SimganError, match="carries no binning XML and 100 voxels per shower match no shipped"):
+        cc.read(odd)
 
 
 def _write_raw(p, energies, showers):

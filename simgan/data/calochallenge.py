@@ -92,8 +92,8 @@ def inspect(path: str | os.PathLike, binning: Binning | str | None = None) -> Fi
         if binning is not None and file_binning is not None and binning.digest() != file_binning.digest():
             raise SimganError(f"{path}: geometry in the file ({file_binning.n_voxels} voxels) differs from the expected binning {binning.source!r}")
         binning = file_binning or binning
-        if binning is None:
-            raise SimganError(f"{path}: the file carries no binning XML; pass one (a shipped name or an XML path)")
+        if binning is None:  # a public CaloChallenge file: the layout its voxel count names
+            binning = binning_for_voxels(s.shape[1], path)
         if s.shape[1] != binning.n_voxels:
             raise SimganError(f"{path}: dataset '{SHOWER_KEY}' has {s.shape[1]} voxels per shower but the binning {binning.source!r} has {binning.n_voxels}")
         n = s.shape[0]
@@ -104,6 +104,23 @@ def inspect(path: str | os.PathLike, binning: Binning | str | None = None) -> Fi
             if ds.shape[:1] == (n,) and ds.size == n and ds.dtype.kind == "f":
                 cond.append(key)
         return FileInfo(path, n, binning, sorted(cond), meta)
+
+
+def binning_for_voxels(n_voxels: int, path) -> Binning:
+    """The shipped layout with this many voxels (the CaloChallenge datasets: 368, 533, 6480,
+    40500), for files that carry no binning XML."""
+    from simgan.data.binning import SHIPPED
+
+    layouts = {}
+    for name in SHIPPED:
+        b = load_binning(name)
+        if b.n_voxels == n_voxels:
+            layouts.setdefault(b.digest(), b)
+    if len(layouts) != 1:
+        raise SimganError(f"{path}: the file carries no binning XML and {n_voxels} voxels per shower match "
+                          f"{'no' if not layouts else 'more than one'} shipped layout; pass one (--binning: "
+                          f"{', '.join(SHIPPED)} or an XML path)")
+    return next(iter(layouts.values()))
 
 
 def why_not_condition(path, key: str) -> str:
