@@ -60,6 +60,7 @@ def _distorted(path, out):
     return cc.write(out, d)
 
 
+@pytest.mark.slow
 def test_validate_geant4_vs_geant4_passes_and_distorted_fails(g4_pair, tmp_path, capsys):
     a, b = g4_pair
     assert main(["validate", "--reference", str(a), "--candidate", str(b), "--out", str(tmp_path / "same")]) == 0
@@ -75,6 +76,7 @@ def test_validate_geant4_vs_geant4_passes_and_distorted_fails(g4_pair, tmp_path,
     assert m["auc_high"] > 0.95 and not m["gate"]["pass"]
 
 
+@pytest.mark.slow
 def test_validate_with_dask_matches_in_process(g4_pair, tmp_path):
     from distributed import Client, LocalCluster
 
@@ -111,6 +113,7 @@ def test_dnn_classifier_equal_and_distorted(g4_pair, tmp_path):
     assert diff["auc"] > 0.95
 
 
+@pytest.mark.slow
 def test_validate_cli_dnn_floor_and_breakdown(g4_pair, tmp_path, capsys):
     import json
     from tests.conftest import QUICKSTART

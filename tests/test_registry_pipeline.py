@@ -248,6 +248,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_register_against_real_mlflow_server(chain, tmp_path):
     tmp, cfg = chain
     port = _free_port()

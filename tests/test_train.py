@@ -125,6 +125,7 @@ def test_time_budget_stage_writes_no_manifest_and_the_rerun_finishes(tmp_path, s
     assert (run_dir / "train" / "manifest.json").exists()
 
 
+@pytest.mark.slow
 def test_kill9_then_resume(tmp_path, splits):
     """A real `simgan train` process killed with SIGKILL resumes from its last checkpoint."""
     import signal
@@ -273,6 +274,7 @@ def test_interrupted_training_is_killed_in_mlflow(tmp_path, splits):
         assert mlflow.active_run() is None
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_gloo(tmp_path, splits):
     run_dir = _stage_dir(tmp_path, splits)
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")

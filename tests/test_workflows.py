@@ -153,6 +153,7 @@ def test_quickstart_chain_on_a_real_slurm_resumes_after_the_time_limit(local_slu
     assert out.stdout.count("up to date, skipped") == 6, out.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.slurm
 def test_dask_jobqueue_on_a_real_slurm_equals_the_in_process_run(local_slurm, tmp_path, monkeypatch):
     """workflows/dask_jobqueue_recipe.py: simulate and validate with dask workers that are
