@@ -14,6 +14,7 @@ from simgan.config import ExperimentConfig
 from simgan.errors import SimganError
 from simgan.generate import (checkpoint_metadata, energies_from_file, generate_to_file, layer_energies_from_file,
                              log_uniform_energies, model_conditions)
+from simgan.domains import warn_outside
 from simgan.io import check_output_file
 from simgan.train.trainer import model_from_checkpoint, resolve_device
 
@@ -50,6 +51,7 @@ def run(cfg: ExperimentConfig, ctx: Context, shards: list[Path] | None = None) -
     model, ckpt = model_from_checkpoint(ins["model"], device)
     energies, conds = energies_from_file(ins["test"], cfg.generate.events)
     conds = model_conditions(ckpt, conds, ins["test"])
+    warn_outside(ckpt.get("condition_ranges", {}), {"incident_energy": energies, **conds}, str(ins["test"]))
     from simgan.data.calochallenge import inspect
     binning = inspect(ins["test"]).binning
     g = cfg.generate
@@ -137,7 +139,7 @@ def _checkpoint_domain(path) -> str:
 def _generate_footprints_cli(args, out, fmt) -> int:
     """An air-shower checkpoint: footprints for the conditions of --energies-from (a footprint file)."""
     from simgan.domains.airshower import io as aio
-    from simgan.domains.airshower.domain import generate_footprints, warn_outside
+    from simgan.domains.airshower.domain import generate_footprints
 
     if not args.energies_from or args.layer_energies_from or args.energy_range or fmt != "hdf5":
         raise SimganError("an air-shower model generates HDF5 footprints for the conditions of a footprint file: "
@@ -180,8 +182,10 @@ def generate_cli(args) -> int:
     else:
         raise SimganError("give --energies-from FILE, or --events N with --energy-range MIN_GEV MAX_GEV")
     if args.checkpoint:
-        conds = model_conditions(model_from_checkpoint(args.checkpoint)[1], conds,
-                                 args.layer_energies_from or args.energies_from or "--energy-range")
+        source = args.layer_energies_from or args.energies_from or "--energy-range"
+        ckpt = model_from_checkpoint(args.checkpoint)[1]
+        conds = model_conditions(ckpt, conds, source)
+        warn_outside(ckpt.get("condition_ranges", {}), {"incident_energy": energies, **conds}, source)
     sharded = args.shard_index is not None or args.shard_count is not None
     if args.layer_energies_from and (sharded or args.dask):
         raise SimganError("--layer-energies-from runs in one process (no --shard-index or --dask)")

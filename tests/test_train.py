@@ -359,3 +359,40 @@ def test_generate_takes_the_models_extra_conditions_by_name(tmp_path, g4_sample,
                  str(tmp_path / "g.h5"), "-q"]) == 0
     np.testing.assert_array_equal(cc.read(tmp_path / "g.h5").conditions["incident_theta"], theta)
     assert list(cc.read(tmp_path / "g.h5").conditions) == ["incident_theta"]
+
+
+def test_a_calogan_trained_model_generates_calogan_showers_and_warns_outside_its_range(tmp_path, capsys):
+    """The voxel layout and the energy range travel in the checkpoint: a model trained on converted
+    CaloGAN data (504 voxels) generates 504-voxel showers, and energies beyond its training
+    range are named in a warning."""
+    import h5py
+
+    from pipeline.cli import main
+    from simgan.data import calochallenge as cc
+    from simgan.data.calogan import LAYERS
+    r = np.random.default_rng(3)
+    n = 300
+    src = tmp_path / "calogan.h5"
+    e_gev = r.uniform(10, 50, n)
+    with h5py.File(src, "w") as f:
+        for key, shape in LAYERS.items():
+            f[key] = (r.gamma(0.5, 1.0, (n, *shape)) * (r.random((n, *shape)) < 0.3) * e_gev[:, None, None] * 3
+                      ).astype(np.float32)
+        f["energy"] = e_gev.reshape(-1, 1)
+    assert main(["convert", str(src), "--out", str(tmp_path / "c.h5")]) == 0
+    xml = tmp_path / "calogan.xml"
+    xml.write_text(cc.inspect(tmp_path / "c.h5").binning.to_xml())
+    data = [f"prepare.input={tmp_path / 'c.h5'}", f"domain.geometry={xml}"]
+    sp = prepare.run(small_cfg(tmp_path, *data), Context(progress=False))
+    Trainer(small_cfg(tmp_path, *TINY, "train.steps=1", *data), sp["train"], sp["val"], tmp_path / "train",
+            progress=False).fit()
+    xml.unlink()  # the checkpoint carries the layout: the config's XML is not needed any more
+    ckpt = tmp_path / "train" / "model.pt"
+    capsys.readouterr()
+    assert main(["generate", "--checkpoint", str(ckpt), "--energies-from", str(sp["test"]), "--out",
+                 str(tmp_path / "g.h5"), "-q"]) == 0
+    assert cc.read(tmp_path / "g.h5", check=False).showers.shape[1] == 504
+    assert "outside the training range" not in capsys.readouterr().err
+    assert main(["generate", "--checkpoint", str(ckpt), "--events", "20", "--energy-range", "80", "90",
+                 "--out", str(tmp_path / "high.h5"), "-q"]) == 0
+    assert "have incident_energy outside the training range" in capsys.readouterr().err

@@ -11,6 +11,9 @@ bodies; domains that bring their own (air showers) provide them here.
 from __future__ import annotations
 
 import importlib
+import sys
+
+import numpy as np
 
 from simgan.errors import SimganError
 
@@ -51,6 +54,20 @@ class Domain:
     def sample_like(self, model, data, generator, precision: str = "fp32"):
         """Generated samples for the conditions of `data`, as the same kind of object."""
         raise NotImplementedError
+
+
+def warn_outside(ranges: dict, cond: dict, source: str) -> None:
+    """Generating outside the range a model was trained on: say which condition and the range."""
+    for k, (lo, hi) in ranges.items():
+        if k not in cond:
+            continue
+        v = np.asarray(cond[k])
+        span = (hi - lo) * 0.05  # a held-out split reaches a little past the training extremes
+        out = (v < lo - span) | (v > hi + span)
+        if out.any():
+            print(f"simgan: warning: {source}: {int(out.sum())} of {len(v)} events have {k} outside the training "
+                  f"range [{lo:.4g}, {hi:.4g}] (e.g. {v[out][0]:.4g}); the model extrapolates there",
+                  file=sys.stderr)
 
 
 _CACHE: dict[str, Domain] = {}

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from simgan.domains import Domain
+from simgan.domains import Domain, warn_outside
 from simgan.domains.airshower import io as aio
 from simgan.domains.airshower.models import CONDITIONS, FAMILIES
 from simgan.domains.airshower.simulator import ArrayParams, simulate
@@ -39,19 +39,6 @@ def condition_array(fp: aio.Footprints) -> np.ndarray:
 
 def condition_ranges(fp: aio.Footprints) -> dict:
     return {k: [float(np.min(fp.conditions[k])), float(np.max(fp.conditions[k]))] for k in CONDITIONS}
-
-
-def warn_outside(ranges: dict, cond: dict, source: str) -> None:
-    """Generating outside the range a model was trained on: say which condition and the range."""
-    import sys
-    for k, (lo, hi) in ranges.items():
-        v = np.asarray(cond[k])
-        span = (hi - lo) * 0.01
-        out = (v < lo - span) | (v > hi + span)
-        if out.any():
-            print(f"simgan: warning: {source}: {int(out.sum())} of {len(v)} events have {k} outside the training "
-                  f"range [{lo:.4g}, {hi:.4g}] (e.g. {v[out][0]:.4g}); the model extrapolates there",
-                  file=sys.stderr)
 
 
 class Airshower(Domain):

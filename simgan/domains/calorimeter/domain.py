@@ -34,7 +34,10 @@ class Calorimeter(Domain):
 
     def checkpoint_fields(self, data):
         # the training data's own layout (not always the config's geometry)
-        return {"extra_conditions": sorted(data.conditions), "binning_xml": data.binning.to_xml()}
+        ranges = {k: [float(np.min(v)), float(np.max(v))] for k, v in
+                  {"incident_energy": data.energies, **data.conditions}.items() if len(v)}
+        return {"extra_conditions": sorted(data.conditions), "binning_xml": data.binning.to_xml(),
+                "condition_ranges": ranges}
 
     def features(self, data, cfg):
         return high_level_features(data.showers, data.energies, data.binning, cfg.domain.threshold_mev)
