@@ -48,7 +48,7 @@ def throughput(model, device, batch: int, total: int, precision: str) -> float:
 
 
 def _one_process_rate(checkpoint: str, energies: np.ndarray, precision: str, start: float) -> float:
-    from simgan.train.trainer import model_from_checkpoint
+    from simgan.checkpoint import model_from_checkpoint
 
     torch.set_num_threads(1)
     model, _ = model_from_checkpoint(checkpoint)
@@ -83,7 +83,7 @@ def compare(checkpoint: str, model, energies: np.ndarray, label: str) -> dict:
 
 
 def main(checkpoint: str | None = None, g4_events: int = 200) -> dict:
-    from simgan.train.trainer import model_from_checkpoint
+    from simgan.checkpoint import model_from_checkpoint
 
     checkpoint = checkpoint or DEFAULT_CHECKPOINT
     if not Path(checkpoint).is_file():

@@ -19,7 +19,7 @@ def main(checkpoint: str, n: int = 100_000) -> dict:
     from benchmarks.common import machine_info
     from simgan.data.binning import reference_binning
     from simgan.generate import generate_to_file, log_uniform_energies
-    from simgan.train.trainer import model_from_checkpoint
+    from simgan.checkpoint import model_from_checkpoint
 
     model, _ = model_from_checkpoint(checkpoint)
     with tempfile.TemporaryDirectory() as td:

@@ -64,7 +64,7 @@ def cmd_simulate(args) -> int:
         print(f"wrote {args.out}: {len(fp)} air-shower events" + (f" (shard {args.shard_index} of {args.shard_count})"
                                                                   if args.shard_count else ""))
         return 0
-    from pipeline.validate import dask_client
+    from simgan.cluster import dask_client
 
     with dask_client(args.dask, cfg.simulate.workers or os.cpu_count() or 1, args.scheduler) as client:
         pool = None
@@ -102,8 +102,8 @@ def cmd_merge(args) -> int:
         raise SimganError("give the shard files and --out FILE (or --stage STAGE -c CONFIG)")
 
     check_output_file(args.out, {f"shard #{i}": s for i, s in enumerate(args.shards)})
-    from pipeline.validate import _file_domain
-    if _file_domain(args.shards[0]) == "airshower":
+    from simgan.domains import file_domain
+    if file_domain(args.shards[0]) == "airshower":
         from simgan.domains.airshower.io import merge_shards as merge_footprints
         merge_footprints(args.shards, args.out)
     else:

@@ -16,7 +16,7 @@ from simgan.generate import (checkpoint_metadata, energies_from_file, generate_t
                              log_uniform_energies, model_conditions)
 from simgan.domains import warn_outside
 from simgan.io import check_output_file
-from simgan.train.trainer import model_from_checkpoint, resolve_device
+from simgan.checkpoint import model_from_checkpoint, resolve_device
 
 
 def inputs(cfg: ExperimentConfig) -> dict[str, Path]:
@@ -61,7 +61,7 @@ def run(cfg: ExperimentConfig, ctx: Context, shards: list[Path] | None = None) -
     elif g.dask:
         if g.format != "hdf5":
             raise SimganError("generate.dask=true writes HDF5; set generate.format=hdf5")
-        from pipeline.validate import dask_client
+        from simgan.cluster import dask_client
         from simgan.generate import generate_with_dask
         with dask_client(True, g.dask_workers) as client:
             timing = generate_with_dask(ins["model"], energies, conds, out["showers"], g.batch_size, cfg.seed, client,
@@ -132,7 +132,7 @@ def compare_geant4(cfg: ExperimentConfig, model, energies: np.ndarray, conds: di
 
 
 def _checkpoint_domain(path) -> str:
-    from simgan.train.trainer import load_checkpoint
+    from simgan.checkpoint import load_checkpoint
     return load_checkpoint(path)["model_args"].get("domain", "calorimeter")
 
 
@@ -194,7 +194,7 @@ def generate_cli(args) -> int:
     if (sharded or args.dask) and fmt != "hdf5":
         raise SimganError("sharded and dask generation write HDF5 (merge, then `simgan convert`)")
     if args.dask:
-        from pipeline.validate import dask_client
+        from simgan.cluster import dask_client
         from simgan.generate import generate_with_dask
         with dask_client(True, args.dask_workers, args.scheduler) as client:
             timing = generate_with_dask(args.checkpoint, energies, conds, out, args.batch_size, args.seed, client,
@@ -203,7 +203,7 @@ def generate_cli(args) -> int:
         device = resolve_device(args.device)
         model, ckpt = model_from_checkpoint(args.checkpoint, device)
         from simgan.config import config_from_dict
-        from simgan.train.trainer import checkpoint_binning
+        from simgan.checkpoint import checkpoint_binning
         cfg = config_from_dict(ckpt["config"], args.checkpoint)
         binning = checkpoint_binning(ckpt, str(args.checkpoint))
         rows = None

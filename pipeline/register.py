@@ -11,7 +11,8 @@ from pipeline.contract import Context, input_hashes, stage_dir, write_manifest
 from simgan.config import ExperimentConfig
 from simgan.errors import SimganError
 from simgan.io import write_json_atomic
-from simgan.registry import register_model, tracking_uri
+from simgan.registry import register_model
+from simgan.tracking import tracking_uri
 
 
 def inputs(cfg: ExperimentConfig) -> dict[str, Path]:
@@ -41,7 +42,7 @@ def _register_dir(run_dir: Path, name: str, uri: str, alias: str, retries: int) 
         run_id = None  # the training run lives in another store
     train_split = run_dir / "prepare" / "train.h5"
     data_hash = input_hashes({"t": train_split})["t"] if train_split.is_file() else "unknown"
-    from simgan.train.trainer import checkpoint_binning, load_checkpoint
+    from simgan.checkpoint import checkpoint_binning, load_checkpoint
 
     ckpt = load_checkpoint(model)
     xml = None

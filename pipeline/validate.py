@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from pathlib import Path
@@ -11,6 +10,8 @@ from pipeline import generate, prepare
 from pipeline.contract import Context, run_domain_stage, stage_dir, write_manifest
 from simgan.config import ExperimentConfig, ValidateConfig
 from simgan.errors import GateFailed, SimganError
+from simgan.cluster import dask_client
+from simgan.domains import file_domain
 from simgan.io import check_output_dir
 from simgan.validate import validate, verdict
 
@@ -33,24 +34,6 @@ EXTRA_LABELS = {"ablation": ABLATION_LABEL, "uncalibrated": "without calibration
 def outputs(cfg: ExperimentConfig) -> dict[str, Path]:
     d = stage_dir(cfg, "validate")
     return {"metrics": d / "metrics.json", "report": d / "report.html"}
-
-
-@contextlib.contextmanager
-def dask_client(enabled: bool, workers: int, scheduler: str | None = None):
-    if not enabled:
-        yield None
-        return
-    import os
-
-    os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
-    from dask.distributed import Client, LocalCluster
-
-    if scheduler:
-        with Client(scheduler) as c:
-            yield c
-        return
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cl, Client(cl) as c:
-        yield c
 
 
 def run(cfg: ExperimentConfig, ctx: Context) -> dict[str, Path]:
@@ -91,16 +74,6 @@ def summary_text(m: dict, report) -> str:
             f"[{100 * fl['response_deviation_max']:.1f}%]); report: {report}")
 
 
-def _file_domain(path) -> str:
-    """The domain a data file declares (footprint files carry domain=airshower; others: calorimeter)."""
-    import h5py
-    try:
-        with h5py.File(path, "r") as f:
-            return str(f.attrs.get("domain", "calorimeter"))
-    except OSError:
-        return "calorimeter"  # the calorimeter reader names the problem
-
-
 def validate_cli(args) -> int:
     if args.config:
         from simgan.config import load_config
@@ -117,7 +90,7 @@ def validate_cli(args) -> int:
         vcfg = vcfg.model_copy(update={"classifier": args.classifier})
     extra = {ABLATION_LABEL: args.ablation} if args.ablation else None
     check_output_dir(args.out, create=False)  # before the work, not after
-    if _file_domain(args.reference) == "airshower":
+    if file_domain(args.reference) == "airshower":
         from simgan.config import AirshowerGateConfig
         from simgan.domains.airshower.domain import validate_files
         if not args.floor:

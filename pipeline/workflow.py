@@ -13,7 +13,7 @@ import yaml
 from simgan.config import ExperimentConfig
 from simgan.errors import SimganError
 from simgan.io import atomic_path, check_output_dir
-from simgan.registry import tracking_uri
+from simgan.tracking import tracking_uri
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "workflows" / "slurm"
 

@@ -14,6 +14,7 @@ from simgan.data.binning import Binning
 from simgan.data.rootio import write_root
 from simgan.errors import SimganError
 from simgan.io import atomic_path, file_sha256
+from simgan.seeding import derive_seed
 
 
 def checkpoint_metadata(checkpoint, **extra) -> dict:
@@ -112,7 +113,7 @@ def write_generated(out, energies: np.ndarray, conditions: dict, binning: Binnin
 
 
 def _block_seed(seed: int, row: int) -> int:
-    return int(np.random.SeedSequence([seed, row]).generate_state(1, dtype=np.uint64)[0] % (2**62))
+    return derive_seed(seed, row)
 
 
 def shard_rows(n: int, batch_size: int, index: int, count: int) -> tuple[int, int]:
@@ -173,7 +174,7 @@ def _shard_task(checkpoint: str, energies, conditions, out: str, batch_size: int
     import os
 
     os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
-    from simgan.train.trainer import checkpoint_binning, model_from_checkpoint
+    from simgan.checkpoint import checkpoint_binning, model_from_checkpoint
 
     # the caller's thread count: float32 matrix products round differently with another
     # split, and the shards should reproduce the in-process run exactly on the same CPU

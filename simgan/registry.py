@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -10,35 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from simgan.errors import SimganError
+from simgan.tracking import check_store_writable, mlflow_env, tracking_uri
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 ENERGY_COLUMN = "incident_energy"
-
-
-def tracking_uri(configured: str | None = None) -> str:
-    return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-
-
-def check_store_writable(uri: str) -> None:
-    """A local sqlite store must be writable (the file and, for its journal, its folder); sqlite
-    would otherwise retry its locks for minutes before failing."""
-    if not uri.startswith("sqlite:///"):
-        return
-    db = Path(uri[len("sqlite:///"):])
-    folder = db.parent if str(db.parent) else Path(".")
-    if db.exists() and not os.access(db, os.W_OK):
-        raise SimganError(f"MLflow store {db} ({uri}) is read-only; give a writable register.tracking_uri "
-                          "(or --tracking-uri)")
-    if folder.is_dir() and not os.access(folder, os.W_OK):
-        raise SimganError(f"MLflow store {db} ({uri}): its folder {folder} is read-only (sqlite writes a journal "
-                          "beside the file); give a writable register.tracking_uri (or --tracking-uri)")
-
-
-def mlflow_env() -> None:
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    # bounded: an unreachable registry fails in seconds, not minutes
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 
 def _pyfunc_class():
@@ -53,7 +26,7 @@ def _pyfunc_class():
             import torch
 
             from simgan.domains import domain_of_args
-            from simgan.train.trainer import model_from_checkpoint
+            from simgan.checkpoint import model_from_checkpoint
 
             self.model, ckpt = model_from_checkpoint(context.artifacts["checkpoint"], "cpu")
             self.ckpt = {k: v for k, v in ckpt.items() if k not in ("model", "ema", "optimizers")}
@@ -176,7 +149,7 @@ def register_model(checkpoint, binning_xml: str | None, name: str, uri: str, met
         raise SimganError(f"MLflow registry at {uri} unreachable after {retries} tries: {last_exc}")
     import tempfile
 
-    from simgan.train.trainer import model_from_checkpoint
+    from simgan.checkpoint import model_from_checkpoint
 
     from simgan.domains import domain_of_args
 

@@ -204,7 +204,7 @@ def test_airshower_chain_registers_and_a_consumer_predicts_from_a_dataframe(air_
 
 def test_checkpoint_carries_the_schema_and_generate_warns_outside_the_training_range(air_chain, tmp_path, capsys):
     from pipeline.cli import main
-    from simgan.train.trainer import load_checkpoint, model_from_checkpoint
+    from simgan.checkpoint import load_checkpoint, model_from_checkpoint
     tmp, cfg = air_chain
     ckpt_path = cfg.run_dir / "train" / "model.pt"
     ckpt = load_checkpoint(ckpt_path)

@@ -85,7 +85,7 @@ def test_cli_refuses_arguments_that_would_run_something_else(tmp_path, capsys, a
 def test_device_and_output_format_are_checked(tmp_path, capsys):
     with pytest.raises(SimganError, match=r"key 'train.device': String should match pattern"):
         load_config(QUICKSTART, ["train.device=tpu"])
-    from simgan.train.trainer import resolve_device
+    from simgan.checkpoint import resolve_device
     with pytest.raises(SimganError, match="device 'tpu': expected auto, cpu, cuda, cuda:N or mps"):
         resolve_device("tpu")
     assert main(["generate", "--checkpoint", "m.pt", "--events", "2", "--energy-range", "1", "2", "--format", "root",
@@ -95,7 +95,7 @@ def test_device_and_output_format_are_checked(tmp_path, capsys):
 
 def test_broken_checkpoints_and_unknown_geometry_say_what_is_wrong(tmp_path):
     from simgan.data.binning import load_binning
-    from simgan.train.trainer import load_checkpoint
+    from simgan.checkpoint import load_checkpoint
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")
     with pytest.raises(SimganError, match="empty.pt: checkpoint is empty"):

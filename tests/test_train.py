@@ -10,7 +10,8 @@ import torch
 from pipeline import prepare
 from pipeline.contract import Context
 from simgan.errors import SimganError
-from simgan.train.trainer import Trainer, load_checkpoint
+from simgan.checkpoint import load_checkpoint
+from simgan.train.trainer import Trainer
 from tests.conftest import REPO, small_cfg
 
 # the quickstart's two-stage VAE, shrunk: 3 energy-flow steps, then train.steps shape steps
@@ -321,7 +322,7 @@ def test_checkpoint_carries_the_training_datas_binning(tmp_path, splits):
     """Generation takes the voxel layout from the checkpoint (the training data's), not from
     domain.geometry, which for converted data (CaloGAN) may name another or a missing file."""
     from simgan.data import calochallenge as cc
-    from simgan.train.trainer import checkpoint_binning
+    from simgan.checkpoint import checkpoint_binning
     _trainer(tmp_path, splits, "train.steps=1").fit()
     ckpt = load_checkpoint(tmp_path / "train" / "model.pt")
     assert checkpoint_binning(ckpt).digest() == cc.inspect(splits["train"]).binning.digest()

@@ -106,7 +106,7 @@ def test_quickstart_chain_on_a_real_slurm_resumes_after_the_time_limit(local_slu
     step and registers the model. `simgan run` on the same config afterwards finds every stage done."""
     import json
 
-    from simgan.train.trainer import load_checkpoint
+    from simgan.checkpoint import load_checkpoint
     env = {**os.environ, "SLURM_CONF": local_slurm, "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}",
            "MLFLOW_DISABLE_TELEMETRY": "true"}
     wf, runs = tmp_path / "wf", tmp_path / "runs"

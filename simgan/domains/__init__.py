@@ -70,6 +70,16 @@ def warn_outside(ranges: dict, cond: dict, source: str) -> None:
                   file=sys.stderr)
 
 
+def file_domain(path) -> str:
+    """The domain a data file declares (footprint files carry domain=airshower; others: calorimeter)."""
+    import h5py
+    try:
+        with h5py.File(path, "r") as f:
+            return str(f.attrs.get("domain", "calorimeter"))
+    except OSError:
+        return "calorimeter"  # the calorimeter reader names the problem
+
+
 _CACHE: dict[str, Domain] = {}
 
 

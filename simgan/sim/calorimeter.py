@@ -20,6 +20,8 @@ import multiprocessing as mp
 
 import numpy as np
 
+from simgan.seeding import derive_seed
+
 N_PHYS_LAYERS = 90
 N_LAYERS = 45
 N_ALPHA = 16
@@ -231,7 +233,7 @@ def _shard_task(args):
 
 
 def shard_seed(seed: int, shard: int) -> int:
-    return int(np.random.SeedSequence([seed, shard]).generate_state(1)[0] % 900_000_000) + 1
+    return derive_seed(seed, shard, bound=900_000_000, bits=32) + 1  # Geant4 takes a positive int
 
 
 class GeantPool:

@@ -20,7 +20,6 @@ import contextlib
 import json
 import math
 import os
-import re
 import shutil
 import signal
 import sys
@@ -34,25 +33,14 @@ import torch.distributed as dist
 from torch import nn
 
 import simgan
-from simgan.config import DEVICE_PATTERN, ExperimentConfig
+from simgan.checkpoint import CKPT_FORMAT, load_checkpoint, model_from_checkpoint, resolve_device
+from simgan.config import ExperimentConfig
 from simgan.data import calochallenge as cc
 from simgan.errors import SimganError
 from simgan.io import atomic_path, write_json_atomic
 from simgan.metrics.distances import wasserstein1_scaled
+from simgan.seeding import derive_seed
 
-CKPT_FORMAT = 3  # 3: training tables, EMA, fingerprint; 2: threshold-aware transform
-
-
-def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
-    if not re.fullmatch(DEVICE_PATTERN, spec):  # the rule the config fields use
-        raise SimganError(f"device {spec!r}: expected auto, cpu, cuda, cuda:N or mps")
-    if spec == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise SimganError(f"device {spec!r} requested but CUDA is not available")
-    if spec == "cuda":  # an index, so that set_device and the memory counters accept it
-        return torch.device(f"cuda:{local_rank}")
-    return torch.device(spec)
 
 
 def _dist_info() -> tuple[int, int, int, bool]:
@@ -64,18 +52,7 @@ def _dist_info() -> tuple[int, int, int, bool]:
 
 
 def _step_seed(seed: int, step: int, rank: int, k: int = 0) -> int:
-    return int(np.random.SeedSequence([seed, step, rank, k]).generate_state(1, dtype=np.uint64)[0] % (2**62))
-
-
-def checkpoint_binning(ckpt: dict, source: str = "<checkpoint>"):
-    """The voxel layout a checkpoint generates: the training data's, stored in it (older
-    checkpoints: the config's domain.geometry)."""
-    from simgan.config import config_from_dict
-    from simgan.data.binning import load_binning, parse_binning_xml
-
-    if ckpt.get("binning_xml"):
-        return parse_binning_xml(ckpt["binning_xml"], source=f"{source} (binning_xml)")
-    return load_binning(config_from_dict(ckpt["config"], source).domain.geometry)
+    return derive_seed(seed, step, rank, k)
 
 
 def fingerprint(cfg: ExperimentConfig, train_path, val_path) -> str:
@@ -88,30 +65,6 @@ def fingerprint(cfg: ExperimentConfig, train_path, val_path) -> str:
     view["seed"] = cfg.seed
     view["data"] = [file_sha256(train_path), file_sha256(val_path)]
     return text_sha256(json.dumps(view, sort_keys=True))
-
-
-def load_checkpoint(path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise SimganError(f"{path}: checkpoint not found")
-    if path.stat().st_size == 0:
-        raise SimganError(f"{path}: checkpoint is empty (0 bytes): a copy or a write that did not finish")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SimganError(f"{path}: not a readable simgan checkpoint ({reason})") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT or "model_args" not in ckpt:
-        raise SimganError(f"{path}: not a simgan checkpoint (format {CKPT_FORMAT})")
-    return ckpt
-
-
-def model_from_checkpoint(path, device="cpu"):
-    ckpt = load_checkpoint(path)
-    from simgan.domains import domain_of_args
-    model = domain_of_args(ckpt["model_args"]).build_model(ckpt["model_args"])
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), ckpt
 
 
 class _Batches:
@@ -512,7 +465,7 @@ class _Tracker:
     """MLflow tracking on rank 0; a no-op elsewhere."""
 
     def __init__(self, cfg: ExperimentConfig, enabled: bool, run_id: str | None):
-        from simgan.registry import check_store_writable, mlflow_env, tracking_uri
+        from simgan.tracking import check_store_writable, mlflow_env, tracking_uri
 
         self.enabled = enabled
         self.uri = tracking_uri(cfg.register.tracking_uri)

@@ -20,6 +20,7 @@ from simgan.domains.airshower import io as aio
 from simgan.domains.airshower.models import CONDITIONS, FAMILIES
 from simgan.domains.airshower.simulator import ArrayParams, simulate
 from simgan.errors import SimganError
+from simgan.seeding import derive_seed
 
 SCHEMA = {"domain": "airshower", "sample_shape": [9, 9], "channels": ["signal_vem", "time_ns", "triggered"],
           "conditions": list(CONDITIONS),
@@ -108,7 +109,7 @@ class Airshower(Domain):
     def stage_generate(self, cfg, ins, out, progress):
         from simgan.generate import checkpoint_metadata
         from simgan.io import write_json_atomic
-        from simgan.train.trainer import model_from_checkpoint, resolve_device
+        from simgan.checkpoint import model_from_checkpoint, resolve_device
 
         device = resolve_device(cfg.generate.device)
         model, ckpt = model_from_checkpoint(ins["model"], device)
@@ -181,7 +182,7 @@ def generate_footprints(model, test: aio.Footprints, out, batch_size: int, seed:
     parts, t0 = [], time.perf_counter()
     g = torch.Generator(device=device)
     for lo in range(0, len(c), batch_size):
-        g.manual_seed(int(np.random.SeedSequence([seed, lo]).generate_state(1)[0]))
+        g.manual_seed(derive_seed(seed, lo))
         parts.append(model.sample(c[lo:lo + batch_size], None, g, precision=precision).cpu().numpy())
     seconds = time.perf_counter() - t0
     arr = np.concatenate(parts) if parts else np.zeros((0, 3, 9, 9), np.float32)

@@ -1,0 +1,23 @@
+"""A dask.distributed client for the stages that fan out (simulate, generate, validate)."""
+
+from __future__ import annotations
+
+import contextlib
+
+
+@contextlib.contextmanager
+def dask_client(enabled: bool, workers: int, scheduler: str | None = None):
+    if not enabled:
+        yield None
+        return
+    import os
+
+    os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
+    from dask.distributed import Client, LocalCluster
+
+    if scheduler:
+        with Client(scheduler) as c:
+            yield c
+        return
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cl, Client(cl) as c:
+        yield c
