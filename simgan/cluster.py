@@ -13,7 +13,10 @@ def dask_client(enabled: bool, workers: int, scheduler: str | None = None):
     import os
 
     os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
-    from dask.distributed import Client, LocalCluster
+    from simgan.extras import require
+
+    dd = require("dask.distributed")
+    Client, LocalCluster = dd.Client, dd.LocalCluster
 
     if scheduler:
         with Client(scheduler) as c:

@@ -261,3 +261,13 @@ def test_corrupt_metadata_and_empty_root_tree_are_named(tmp_path):
     write_root(tmp_path / "e.root", empty)
     with pytest.raises(SimganError, match="e.root: TTree 'showers' has no entries"):
         read_root(tmp_path / "e.root", reference_binning())
+
+
+def test_a_missing_optional_part_names_its_extra(tmp_path, monkeypatch, capsys):
+    import sys
+    monkeypatch.setitem(sys.modules, "uproot", None)  # as if simgan[root] were not installed
+    cc.write(tmp_path / "in.h5", _tiny(2))
+    assert main(["convert", str(tmp_path / "in.h5"), "--out", str(tmp_path / "o.root")]) == 2
+    err = capsys.readouterr().err
+    assert "ROOT files needs the Python package behind 'uproot'" in err and "pip install 'simgan[root]'" in err
+    assert not (tmp_path / "o.root").exists()

@@ -27,8 +27,10 @@ def slurm_client(queue: str, jobs: int = 2, cores: int = 1, memory: str = "4GB",
     """A dask Client on `jobs` Slurm jobs of `cores` single-threaded worker processes each,
     waited for until all have joined; the jobs' logs go to `log_directory` (default: the
     current folder, Slurm's slurm-JOBID.out)."""
-    from dask.distributed import Client
-    from dask_jobqueue import SLURMCluster
+    from simgan.extras import require
+
+    Client = require("dask.distributed").Client
+    SLURMCluster = require("dask_jobqueue").SLURMCluster
 
     cluster = SLURMCluster(queue=queue, cores=cores, processes=cores, memory=memory, walltime=walltime,
                            python=sys.executable, log_directory=log_directory,

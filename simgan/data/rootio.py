@@ -9,12 +9,13 @@ import numpy as np
 from simgan.data.binning import Binning
 from simgan.data.calochallenge import ShowerData, check_energy_units, check_values
 from simgan.errors import SimganError
+from simgan.extras import require
 from simgan.io import atomic_path
 
 
 def open_root_tree(path, tree: str):
     """(the open ROOT file, its TTree `tree`), or a SimganError naming the file and what is wrong."""
-    import uproot
+    uproot = require("uproot")
 
     path = Path(path)
     if not path.is_file():
@@ -31,7 +32,7 @@ def open_root_tree(path, tree: str):
 
 def read_root(path, binning: Binning, tree: str = "showers", energy_branch: str = "incident_energy",
               shower_branch: str = "showers", chunk_size: int = 5000, check: bool = True) -> ShowerData:
-    import uproot
+    uproot = require("uproot")
 
     path = Path(path)
     f, t = open_root_tree(path, tree)
@@ -69,7 +70,7 @@ def read_root(path, binning: Binning, tree: str = "showers", energy_branch: str 
 
 def write_root(path, data: ShowerData, tree: str = "showers", energy_branch: str = "incident_energy",
                shower_branch: str = "showers", chunk_size: int = 5000) -> Path:
-    import uproot
+    uproot = require("uproot")
 
     path = Path(path)
     with atomic_path(path, suffix=".root") as tmp:

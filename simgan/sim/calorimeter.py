@@ -20,6 +20,7 @@ import multiprocessing as mp
 
 import numpy as np
 
+from simgan.extras import require
 from simgan.seeding import derive_seed
 
 N_PHYS_LAYERS = 90
@@ -49,7 +50,7 @@ def _build(settings: G4Settings):
     from simgan.sim.g4data import ensure_geant4_data
 
     ensure_geant4_data()
-    import geant4_pybind as g4
+    g4 = require("geant4_pybind")
 
     keep = []  # Python references keep the Geant4 objects alive
 

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from simgan.extras import require
+
 DATA_VERSION = "g4data-v2"
 ALPHA = 1.0 / 137.035999
 RE2_MB = 79.4079  # classical electron radius squared, millibarn
@@ -80,7 +82,7 @@ def _write_sb(folder: Path) -> None:
 
 
 def _write_photoelectric(folder: Path) -> None:
-    import geant4_pybind as g4  # the caller has set the data variables
+    g4 = require("geant4_pybind")  # the caller has set the data variables
 
     folder.mkdir(parents=True)
     # the Sandia tables are filled when the first material is built: without one they read as garbage

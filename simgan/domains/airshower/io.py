@@ -19,9 +19,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from simgan.data.rootio import open_root_tree
 from simgan.domains.airshower.simulator import GRID, ArrayParams, station_xyz
 from simgan.errors import SimganError
-from simgan.data.rootio import open_root_tree
+from simgan.extras import require
 from simgan.io import atomic_path, open_hdf5, quiet_failed_hdf5
 
 SCHEMA_VERSION = 1
@@ -212,7 +213,7 @@ def read_root(path, tree: str = "footprints", branches: dict[str, str] | None = 
     """A ROOT TTree with one entry per event: fixed-size 81-value (or 9x9) branches for signal,
     time and triggered, one value per condition. `branches` maps this format's names (signal,
     time, triggered and the condition names) to the tree's branch names."""
-    import uproot
+    uproot = require("uproot")
 
     names = {k: k for k in (*CHANNELS, *CONDITIONS, *OPTIONAL_CONDITIONS)}
     if branches:
@@ -252,7 +253,7 @@ def read_root(path, tree: str = "footprints", branches: dict[str, str] | None = 
 
 def write_root(path, fp: Footprints, tree: str = "footprints") -> Path:
     """The inverse of read_root with the default branch names (for tests and exchange)."""
-    import uproot
+    uproot = require("uproot")
 
     path = Path(path)
     with atomic_path(path, suffix=".root") as tmp:

@@ -1,0 +1,24 @@
+"""Optional parts and how to install them: Geant4 (the reference calorimeter simulation),
+ROOT files (uproot), dask (scale-out), dask-jobqueue (Slurm clusters)."""
+
+from __future__ import annotations
+
+import importlib
+
+from simgan.errors import SimganError
+
+# module -> (extra, what it is for)
+EXTRAS = {"geant4_pybind": ("geant4", "the Geant4 reference simulation"),
+          "uproot": ("root", "ROOT files"),
+          "dask.distributed": ("dask", "dask scale-out (--dask, generate.dask, validate.dask)"),
+          "dask_jobqueue": ("slurm", "dask-jobqueue on Slurm")}
+
+
+def require(module: str):
+    """Import an optional module, or say which extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        extra, purpose = EXTRAS[module]
+        raise SimganError(f"{purpose} needs the Python package behind '{module}', which is not installed "
+                          f"({exc}): pip install 'simgan[{extra}]' (or 'simgan[all]')") from None
