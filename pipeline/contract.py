@@ -16,6 +16,7 @@ from pathlib import Path
 
 import simgan
 from simgan.config import ExperimentConfig, hashable_view
+from simgan.errors import SimganError
 from simgan.io import file_sha256, text_sha256, write_json_atomic
 
 STAGES = ("simulate", "prepare", "train", "generate", "validate", "register")
@@ -97,16 +98,23 @@ def is_complete(cfg: ExperimentConfig, stage: str, inputs: dict[str, Path]) -> b
 
 
 def run_domain_stage(stage: str, cfg: ExperimentConfig, ctx: Context, ins: dict[str, Path],
-                     out: dict[str, Path]) -> dict[str, Path] | None:
-    """Run a stage through the domain when the domain brings its own body for it (air showers);
-    None when the stage's own (calorimeter) body runs. The manifest is written here."""
+                     out: dict[str, Path], shards: list[Path] | None = None) -> dict[str, Path]:
+    """Run a stage's body for the config's domain and write the stage's manifest. `shards`: the
+    files of a job array to merge into the stage's output (the domains that run on Slurm)."""
     from simgan.domains import get_domain
 
-    body = get_domain(cfg.domain.name).stages.get(stage)
+    domain = get_domain(cfg.domain.name)
+    body = domain.stages.get(stage)
     if body is None:
-        return None
+        raise SimganError(f"stage {stage}: the {domain.name} domain has no body for it")
     t0 = time.time()
-    info = body(cfg, ins, out, ctx.progress) or {}
+    if shards is not None:
+        if stage not in domain.sharded_stages:
+            raise SimganError(f"stage {stage}: the {domain.name} domain does not merge job-array shards "
+                              "(merge them with `simgan merge FILES --out FILE`)")
+        info = body(cfg, ins, out, ctx.progress, shards=shards) or {}
+    else:
+        info = body(cfg, ins, out, ctx.progress) or {}
     write_manifest(cfg, stage, ins, out, t0, counts=info.get("counts"), extra=info.get("extra"))
     return out
 

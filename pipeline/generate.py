@@ -1,22 +1,20 @@
-"""Stage generate: showers for the held-out test energies (or a given number/range)."""
+"""Stage generate: samples for the held-out test conditions; `simgan generate` on the command line."""
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
-import numpy as np
-
 from pipeline import prepare, train
-from pipeline.contract import Context, run_domain_stage, stage_dir, write_manifest
+from pipeline.contract import Context, run_domain_stage, stage_dir
+from simgan.checkpoint import model_from_checkpoint, resolve_device
 from simgan.config import ExperimentConfig
+from simgan.domains import warn_outside
+from simgan.domains.calorimeter.stages import compare_geant4, model_layer_voxels
 from simgan.errors import SimganError
 from simgan.generate import (checkpoint_metadata, energies_from_file, generate_to_file, layer_energies_from_file,
                              log_uniform_energies, model_conditions)
-from simgan.domains import warn_outside
 from simgan.io import check_output_file
-from simgan.checkpoint import model_from_checkpoint, resolve_device
 
 
 def inputs(cfg: ExperimentConfig) -> dict[str, Path]:
@@ -41,94 +39,8 @@ def shard_dir(cfg: ExperimentConfig) -> Path:
 
 def run(cfg: ExperimentConfig, ctx: Context, shards: list[Path] | None = None) -> dict[str, Path]:
     """The generate stage; with `shards` (the files of a job array), those are merged into the
-    stage's showers instead of generating them here, after checking they are this run's."""
-    done = run_domain_stage("generate", cfg, ctx, inputs(cfg), outputs(cfg)) if shards is None else None
-    if done is not None:
-        return done
-    t0 = time.time()
-    ins, out = inputs(cfg), outputs(cfg)
-    device = resolve_device(cfg.generate.device)
-    model, ckpt = model_from_checkpoint(ins["model"], device)
-    energies, conds = energies_from_file(ins["test"], cfg.generate.events)
-    conds = model_conditions(ckpt, conds, ins["test"])
-    warn_outside(ckpt.get("condition_ranges", {}), {"incident_energy": energies, **conds}, str(ins["test"]))
-    from simgan.data.calochallenge import inspect
-    binning = inspect(ins["test"]).binning
-    g = cfg.generate
-    meta = checkpoint_metadata(ins["model"])
-    if shards is not None:
-        timing = _merge_generated(shards, out["showers"], meta, len(energies))
-    elif g.dask:
-        if g.format != "hdf5":
-            raise SimganError("generate.dask=true writes HDF5; set generate.format=hdf5")
-        from simgan.cluster import dask_client
-        from simgan.generate import generate_with_dask
-        with dask_client(True, g.dask_workers) as client:
-            timing = generate_with_dask(ins["model"], energies, conds, out["showers"], g.batch_size, cfg.seed, client,
-                                        precision=g.precision)
-    else:
-        timing = generate_to_file(model, energies, conds, out["showers"], binning, g.batch_size, device, cfg.seed,
-                                  g.format, meta, ctx.progress, precision=g.precision)
-    if g.ablation:
-        given = layer_energies_from_file(ins["test"], model_layer_voxels(model), cfg.domain.threshold_mev, g.events)
-        timing["ablation"] = generate_to_file(
-            model, energies, conds, out["ablation"], binning, g.batch_size, device, cfg.seed, "hdf5",
-            {**meta, "layer_energies_from": str(ins["test"])}, ctx.progress,
-            precision=g.precision, layer_energies=given)
-    if "uncalibrated" in out:  # the report shows the showers with and without the calibration
-        timing["uncalibrated"] = generate_to_file(
-            model, energies, conds, out["uncalibrated"], binning, g.batch_size, device, cfg.seed, "hdf5",
-            {**meta, "calibrated": False}, ctx.progress, precision=g.precision,
-            calibrated=False)
-    if g.compare_geant4:
-        timing["geant4"] = compare_geant4(cfg, model, energies, conds, g.compare_geant4, device)
-    from simgan.io import write_json_atomic
-    write_json_atomic(out["timing"], timing)
-    print(f"[generate] {timing['events']} showers at {timing['showers_per_s']:.0f} showers/s ({device})")
-    write_manifest(cfg, "generate", ins, out, t0, counts={"events": timing["events"]}, extra={"timing": timing})
-    return out
-
-
-def _merge_generated(shards: list[Path], out: Path, meta: dict, n: int) -> dict:
-    from simgan.data.calochallenge import inspect
-    from simgan.sim.produce import merge_shards
-
-    if not shards:
-        raise SimganError("no generate shards to merge (expected RUN/generate/shards/shard_*.h5)")
-    seconds = 0.0
-    for p in shards:
-        m = inspect(p).metadata
-        if m.get("checkpoint_sha256") != meta["checkpoint_sha256"]:
-            raise SimganError(f"{p}: generated from another checkpoint than {meta['checkpoint']}; generate the "
-                              "shards again")
-        if m.get("rows_total") != n:
-            raise SimganError(f"{p}: a shard of {m.get('rows_total')} rows, but this run generates {n}")
-        seconds += (m.get("timing") or {}).get("sample_seconds", 0.0)
-    merge_shards(shards, out)
-    return {"events": n, "merged_from": len(shards), "sample_seconds": seconds,
-            "showers_per_s": n / seconds if seconds > 0 else float("inf"), "device": "job array"}
-
-
-def model_layer_voxels(model) -> list[int]:
-    if not hasattr(model, "layer_voxels"):
-        raise SimganError("the ablation mode (layer energies given) needs a two-stage model (model.output=layers)")
-    return model.layer_voxels
-
-
-def compare_geant4(cfg: ExperimentConfig, model, energies: np.ndarray, conds: dict, n: int, device) -> dict:
-    """Same energies through Geant4 and the surrogate in this run, on this machine."""
-    from simgan.generate import geant4_rate, surrogate_rate
-
-    e = energies[:n]
-    keys = sorted(conds)
-    x = np.stack([conds[k][:n] for k in keys], 1) if keys else None
-    g4, workers = geant4_rate(cfg.simulate, cfg.seed, e)
-    sur = surrogate_rate(model, e, device, precision=cfg.generate.precision, conditions=x)
-    res = {"events": int(n), "geant4_showers_per_s": g4, "geant4_workers": workers,
-           "surrogate_showers_per_s": sur, "speedup": sur / g4, "mean_energy_gev": float(e.mean() / 1e3)}
-    print(f"[compare] {n} showers: Geant4 {g4:.1f}/s ({workers} processes), "
-          f"surrogate {sur:.0f}/s on {device}: speed-up x{res['speedup']:.0f}")
-    return res
+    stage's output instead of generating here, after checking they are this run's."""
+    return run_domain_stage("generate", cfg, ctx, inputs(cfg), outputs(cfg), shards)
 
 
 def _checkpoint_domain(path) -> str:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from pipeline import generate, prepare
-from pipeline.contract import Context, run_domain_stage, stage_dir, write_manifest
-from simgan.config import ExperimentConfig, ValidateConfig
-from simgan.errors import GateFailed, SimganError
+from pipeline.contract import Context, run_domain_stage, stage_dir
 from simgan.cluster import dask_client
+from simgan.config import ExperimentConfig, ValidateConfig
 from simgan.domains import file_domain
+from simgan.domains.calorimeter.stages import ABLATION_LABEL
+from simgan.errors import GateFailed, SimganError
 from simgan.io import check_output_dir
 from simgan.validate import validate, verdict
 
@@ -27,8 +27,6 @@ def inputs(cfg: ExperimentConfig) -> dict[str, Path]:
     return ins
 
 
-ABLATION_LABEL = "shape only (Geant4 layer energies)"
-EXTRA_LABELS = {"ablation": ABLATION_LABEL, "uncalibrated": "without calibration"}
 
 
 def outputs(cfg: ExperimentConfig) -> dict[str, Path]:
@@ -37,20 +35,7 @@ def outputs(cfg: ExperimentConfig) -> dict[str, Path]:
 
 
 def run(cfg: ExperimentConfig, ctx: Context) -> dict[str, Path]:
-    done = run_domain_stage("validate", cfg, ctx, inputs(cfg), outputs(cfg))
-    if done is not None:
-        return done
-    t0 = time.time()
-    ins, out = inputs(cfg), outputs(cfg)
-    if ins["candidate"].suffix == ".root":
-        raise SimganError(f"{ins['candidate']}: validate reads canonical HDF5; convert ROOT output with `simgan convert`")
-    extra = {label: ins[key] for key, label in EXTRA_LABELS.items() if key in ins} or None
-    with dask_client(cfg.validate.dask, cfg.validate.dask_workers) as client:
-        m = validate(ins["reference"], ins["candidate"], stage_dir(cfg, "validate"), cfg.validate,
-                     cfg.domain.threshold_mev, client, floor=ins["floor"], extra_candidates=extra)
-    write_manifest(cfg, "validate", ins, out, t0, counts={"reference": m["n_reference"], "candidate": m["n_candidate"]},
-                   extra={"gate_pass": m["gate"]["pass"]})
-    return out
+    return run_domain_stage("validate", cfg, ctx, inputs(cfg), outputs(cfg))
 
 
 def verdict_line(cfg: ExperimentConfig) -> str:

@@ -11,6 +11,7 @@ from pipeline import prepare
 from pipeline.contract import Context
 from simgan.errors import SimganError
 from simgan.checkpoint import load_checkpoint
+from simgan.data.splits import split_indices
 from simgan.train.trainer import Trainer
 from tests.conftest import REPO, small_cfg
 
@@ -53,8 +54,8 @@ def test_prepare_splits_are_disjoint_and_deterministic(splits, g4_sample):
     e = {k: cc.read(v).energies for k, v in splits.items()}
     assert sum(len(v) for v in e.values()) == 200
     assert not (set(e["train"]) & set(e["test"])) and not (set(e["val"]) & set(e["test"]))
-    idx1 = prepare.split_indices(200, (0.6, 0.1, 0.3), 42)
-    idx2 = prepare.split_indices(200, (0.6, 0.1, 0.3), 42)
+    idx1 = split_indices(200, (0.6, 0.1, 0.3), 42)
+    idx2 = split_indices(200, (0.6, 0.1, 0.3), 42)
     assert all(np.array_equal(idx1[k], idx2[k]) for k in idx1)
 
 

@@ -4,8 +4,8 @@ A domain gives the trainer, the stages and the registry what they must not guess
 read its files, the schema (sample shape, channels, condition names and units) that every
 checkpoint stores, how to build a model from that schema, the training table, the
 features the validation monitor compares, a condition sampler and an optional reference
-simulator. The calorimeter's stages still hold its simulate/prepare/generate/validate
-bodies; domains that bring their own (air showers) provide them here.
+simulator, and its stage bodies (simulate, prepare, generate, validate); `pipeline/` keeps
+the generic parts (paths, manifests, the runner).
 """
 
 from __future__ import annotations
@@ -24,9 +24,11 @@ class Domain:
     """The interface. Data objects are domain-specific (ShowerData, Footprints); each has len()."""
 
     name = ""
-    # stage name -> function(cfg, inputs, outputs, progress) -> {"counts", "extra"} for the manifest,
-    # for the stages a domain runs itself
+    # stage name -> function(cfg, inputs, outputs, progress) -> {"counts", "extra"} for the manifest
+    # (simulate, prepare, generate, validate; train is the shared trainer, register the registry)
     stages: dict = {}
+    # stages whose body also takes shards=[files of a job array] to merge (the Slurm chain)
+    sharded_stages: tuple[str, ...] = ()
     # the conditions a consumer passes to the registered model (DataFrame columns)
     condition_columns: tuple[str, ...] = ()
 

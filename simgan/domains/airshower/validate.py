@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from simgan.domains.airshower.io import Footprints
-from simgan.domains.airshower.observables import (STATION_BINS, angular_resolution, event_features,
+from simgan.domains.airshower.observables import (angular_resolution, event_features,
                                                   lateral_profile, time_residual_profile)
 from simgan.domains.airshower.simulator import ArrayParams
 from simgan.io import atomic_path

@@ -13,6 +13,12 @@ from simgan.metrics.features import high_level_features
 class Calorimeter(Domain):
     name = "calorimeter"
     condition_columns = ("incident_energy",)
+    sharded_stages = ("simulate", "generate")
+
+    @property
+    def stages(self):
+        from simgan.domains.calorimeter.stages import STAGES
+        return STAGES
 
     def read(self, path, max_events=None):
         return cc.read(path, max_events=max_events)
