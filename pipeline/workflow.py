@@ -39,6 +39,9 @@ def render(cfg: ExperimentConfig, config_path: str, out_dir, partition: str = "c
     if not SLURM_TIME.fullmatch(time_train) or not any(c != "0" for c in re.sub(r"\D", "", time_train)):
         raise SimganError(f"--time-train {time_train!r}: expected a Slurm time limit above 0 (minutes, MM:SS, "
                           "HH:MM:SS or D-HH[:MM[:SS]])")
+    if cfg.domain.name != "calorimeter":
+        raise SimganError(f"domain {cfg.domain.name!r}: the Slurm chain renders calorimeter experiments (Geant4 "
+                          "job arrays); run this one with `simgan run` (its simulator is vectorised numpy)")
     if cfg.generate.format != "hdf5":
         raise SimganError("generate.format: the Slurm generate array writes HDF5 shards; use hdf5 (convert afterwards)")
     if cfg.prepare.input:

@@ -254,6 +254,13 @@ def test_footprint_gan_trains_through_the_shared_trainer(air_chain, tmp_path):
     assert len({r["loss_d"] for r in rows}) > 1
 
 
+def test_the_slurm_chain_refuses_an_airshower_config(tmp_path, capsys):
+    from pipeline.cli import main
+    assert main(["workflow", "-c", str(AIR), "--out", str(tmp_path / "wf")]) == 2
+    assert "renders calorimeter experiments" in capsys.readouterr().err
+    assert not (tmp_path / "wf").exists()
+
+
 def test_a_family_of_another_domain_is_refused():
     from simgan.config import load_config
     with pytest.raises(SimganError, match="model.family 'vae' does not fit domain 'airshower'"):
