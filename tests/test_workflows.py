@@ -110,9 +110,10 @@ def test_quickstart_chain_on_a_real_slurm_resumes_after_the_time_limit(local_slu
     env = {**os.environ, "SLURM_CONF": local_slurm, "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}",
            "MLFLOW_DISABLE_TELEMETRY": "true"}
     wf, runs = tmp_path / "wf", tmp_path / "runs"
-    # about 105 s of training on this 2-core machine (320 steps/s): past the kill at 60-90 s even on a
-    # somewhat faster machine (a run that ends before its limit fails this test)
-    steps, energy_steps = 33000, 200
+    # about 140 s of training on this 2-core machine (320 steps/s; the kill came at 51-59% of
+    # 33,200 steps): past the kill at 60-90 s even on a machine 50% faster (a run that ends
+    # before its limit fails this test)
+    steps, energy_steps = 45000, 200
     flags = ["-c", str(QUICKSTART), "--out", str(wf), "--partition", "debug", "--gpu-partition", "debug",
              "--gpus-per-node", "0", "--cpus", "2", "--generate-shards", "2"]
     overrides = [f"runs_dir={runs}", "simulate.events=100", "simulate.shard_events=25", f"train.steps={steps}",
