@@ -8,62 +8,41 @@ from pathlib import Path
 
 import numpy as np
 
+from simgan.domains.calorimeter.domain import ENERGY_COLUMN
 from simgan.errors import SimganError
 from simgan.tracking import check_store_writable, mlflow_env, tracking_uri
-
-ENERGY_COLUMN = "incident_energy"
 
 
 def _pyfunc_class():
     import mlflow.pyfunc
 
     class ShowerSurrogate(mlflow.pyfunc.PythonModel):
-        """Input: a table of float64 conditions (incident_energy in MeV, extra conditions).
-        Output: (N, n_voxels) float32 showers in MeV, CaloChallenge voxel order.
+        """Input: a table of float64 conditions, the columns the checkpoint's domain names
+        (calorimeter: incident_energy in MeV and the extra conditions; air showers:
+        log10_energy_eV, zenith_rad, azimuth_rad, core_x_m, core_y_m).
+        Output: the domain's samples (calorimeter: (N, n_voxels) float32 showers in MeV,
+        CaloChallenge voxel order; air showers: (N, 3, 9, 9) signal, time, triggered).
         Params: seed (int), precision ('fp32' or 'bf16': the network in bfloat16)."""
 
         def load_context(self, context):
-            import torch
-
-            from simgan.domains import domain_of_args
             from simgan.checkpoint import model_from_checkpoint
+            from simgan.domains import domain_of_args
 
             self.model, ckpt = model_from_checkpoint(context.artifacts["checkpoint"], "cpu")
             self.ckpt = {k: v for k, v in ckpt.items() if k not in ("model", "ema", "optimizers")}
             self.domain = domain_of_args(ckpt["model_args"])
-            self.extra = list(ckpt.get("extra_conditions", []))
             if "binning" in context.artifacts:
                 from simgan.data.binning import parse_binning_xml
                 self.binning_xml = Path(context.artifacts["binning"]).read_text()
                 self.binning = parse_binning_xml(self.binning_xml, "model binning")
-            self.torch = torch
 
         def predict(self, context, model_input, params=None):
-            torch = self.torch
-            if self.domain.name != "calorimeter":  # the schema's conditions, by name
-                params = params or {}
-                precision = str(params.get("precision", "fp32"))
-                if precision not in ("fp32", "bf16"):
-                    raise ValueError(f"params 'precision' must be 'fp32' or 'bf16' (got {precision!r})")
-                return self.domain.pyfunc_predict(self.model, self.ckpt, model_input, int(params.get("seed", 0)),
-                                                  precision)
-            cols = getattr(model_input, "columns", None)
-            if cols is None or ENERGY_COLUMN not in cols:
-                raise ValueError(f"input needs a float64 column '{ENERGY_COLUMN}' (MeV)")
-            e = np.asarray(model_input[ENERGY_COLUMN], dtype=np.float64)
-            if not np.all(np.isfinite(e)) or np.any(e <= 0):
-                raise ValueError(f"'{ENERGY_COLUMN}' must be finite and > 0 MeV")
-            x = None
-            if self.extra:
-                x = torch.as_tensor(np.stack([np.asarray(model_input[k], np.float64) for k in self.extra], 1))
             params = params or {}
             precision = str(params.get("precision", "fp32"))
             if precision not in ("fp32", "bf16"):
                 raise ValueError(f"params 'precision' must be 'fp32' or 'bf16' (got {precision!r})")
-            g = torch.Generator()
-            g.manual_seed(int(params.get("seed", 0)))
-            # a copy: the input may be read-only
-            return self.model.sample(torch.tensor(e), x, g, precision=precision).numpy()
+            return self.domain.pyfunc_predict(self.model, self.ckpt, model_input, int(params.get("seed", 0)),
+                                              precision)
 
     return ShowerSurrogate
 
@@ -131,7 +110,6 @@ def register_model(checkpoint, binning_xml: str | None, name: str, uri: str, met
     except MlflowException as exc:
         raise SimganError(f"register name {name!r}: {exc.message}") from None
     import mlflow
-    import pandas as pd
     from mlflow.models import infer_signature
     from mlflow.tracking import MlflowClient
 
@@ -150,23 +128,12 @@ def register_model(checkpoint, binning_xml: str | None, name: str, uri: str, met
     import tempfile
 
     from simgan.checkpoint import model_from_checkpoint
-
     from simgan.domains import domain_of_args
 
     model, ckpt = model_from_checkpoint(checkpoint)
     domain = domain_of_args(ckpt["model_args"])
-    import torch
-
-    if domain.name == "calorimeter":
-        extra = list(ckpt.get("extra_conditions", []))
-        example = pd.DataFrame({ENERGY_COLUMN: np.array([1000.0, 10000.0, 50000.0], dtype=np.float64),
-                                **{k: np.zeros(3, dtype=np.float64) for k in extra}})
-        with torch.no_grad():
-            x = torch.as_tensor(np.stack([example[k].to_numpy() for k in extra], 1)) if extra else None
-            out_example = model.sample(torch.as_tensor(example[ENERGY_COLUMN].to_numpy().copy()), x).numpy()
-    else:
-        example = domain.pyfunc_example(ckpt)
-        out_example = domain.pyfunc_predict(model, ckpt, example, 0, "fp32")
+    example = domain.pyfunc_example(ckpt)
+    out_example = domain.pyfunc_predict(model, ckpt, example, 0, "fp32")
     signature = infer_signature(example, out_example, params={"seed": 0, "precision": "fp32"})
     with tempfile.TemporaryDirectory() as td:
         artifacts = {"checkpoint": str(checkpoint)}

@@ -29,8 +29,6 @@ class Domain:
     stages: dict = {}
     # stages whose body also takes shards=[files of a job array] to merge (the Slurm chain)
     sharded_stages: tuple[str, ...] = ()
-    # the conditions a consumer passes to the registered model (DataFrame columns)
-    condition_columns: tuple[str, ...] = ()
 
     def read(self, path, max_events: int | None = None):
         raise NotImplementedError
@@ -55,6 +53,14 @@ class Domain:
 
     def sample_like(self, model, data, generator, precision: str = "fp32"):
         """Generated samples for the conditions of `data`, as the same kind of object."""
+        raise NotImplementedError
+
+    def pyfunc_example(self, ckpt):
+        """The registered model's input example: a DataFrame of the schema's conditions."""
+        raise NotImplementedError
+
+    def pyfunc_predict(self, model, ckpt, frame, seed: int, precision: str):
+        """The registered model's predict: the frame's conditions checked, then sampled."""
         raise NotImplementedError
 
 

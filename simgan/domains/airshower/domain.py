@@ -43,7 +43,6 @@ def condition_ranges(fp: aio.Footprints) -> dict:
 
 class Airshower(Domain):
     name = "airshower"
-    condition_columns = CONDITIONS
 
     def read(self, path, max_events=None):
         return aio.read(path, max_events)

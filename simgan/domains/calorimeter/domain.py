@@ -9,10 +9,11 @@ from simgan.data import calochallenge as cc
 from simgan.domains import Domain
 from simgan.metrics.features import high_level_features
 
+ENERGY_COLUMN = "incident_energy"  # the registered model's input column, MeV
+
 
 class Calorimeter(Domain):
     name = "calorimeter"
-    condition_columns = ("incident_energy",)
     sharded_stages = ("simulate", "generate")
 
     @property
@@ -39,7 +40,7 @@ class Calorimeter(Domain):
         return model.fit(data.energies, data.showers, extra, data.binning)
 
     def checkpoint_fields(self, data):
-        # the training data's own layout (not always the config's geometry)
+        # binning_xml: the training data's own layout (not always the config's geometry)
         ranges = {k: [float(np.min(v)), float(np.max(v))] for k, v in
                   {"incident_energy": data.energies, **data.conditions}.items() if len(v)}
         return {"extra_conditions": sorted(data.conditions), "binning_xml": data.binning.to_xml(),
@@ -55,6 +56,26 @@ class Calorimeter(Domain):
         gen = model.sample(torch.as_tensor(data.energies, device=device), extra, generator,
                            precision=precision).cpu().numpy()
         return cc.ShowerData(data.energies, gen, data.binning, data.conditions)
+
+    # -- the registered model ------------------------------------------------------------------
+    def pyfunc_example(self, ckpt):
+        import pandas as pd
+        return pd.DataFrame({ENERGY_COLUMN: np.array([1000.0, 10000.0, 50000.0], dtype=np.float64),
+                             **{k: np.zeros(3, dtype=np.float64) for k in ckpt.get("extra_conditions", [])}})
+
+    def pyfunc_predict(self, model, ckpt, frame, seed: int, precision: str):
+        cols = getattr(frame, "columns", None)
+        if cols is None or ENERGY_COLUMN not in cols:
+            raise ValueError(f"input needs a float64 column '{ENERGY_COLUMN}' (MeV)")
+        e = np.asarray(frame[ENERGY_COLUMN], dtype=np.float64)
+        if not np.all(np.isfinite(e)) or np.any(e <= 0):
+            raise ValueError(f"'{ENERGY_COLUMN}' must be finite and > 0 MeV")
+        extra = list(ckpt.get("extra_conditions", []))
+        x = torch.as_tensor(np.stack([np.asarray(frame[k], np.float64) for k in extra], 1)) if extra else None
+        g = torch.Generator()
+        g.manual_seed(int(seed))
+        # a copy: the input may be read-only
+        return model.sample(torch.tensor(e), x, g, precision=precision).numpy()
 
 
 DOMAIN = Calorimeter()
