@@ -211,11 +211,12 @@ def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, 
                      gen: torch.Generator | None) -> torch.Tensor:
     """In fp32, out of autocast; out-of-place autograd.grad so it is correct under DDP."""
     with torch.autocast(device_type=real.device.type, enabled=False):
-        eps = torch.rand(len(real), 1, generator=gen, device=real.device)
+        # one mixing weight per sample, for (N, F) rows as for (N, C, H, W) grids
+        eps = torch.rand(len(real), *([1] * (real.dim() - 1)), generator=gen, device=real.device)
         inter = (eps * real.float() + (1 - eps) * fake.float()).requires_grad_(True)
         out = critic(torch.cat([inter, cond.float()], 1))
         (grad,) = torch.autograd.grad(out.sum(), inter, create_graph=True)
-        return ((grad.norm(2, dim=1) - 1) ** 2).mean()
+        return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
 
 
 def adversarial_step(model, batches, opts, autocast, gens) -> dict[str, float]:
@@ -263,7 +264,7 @@ def adversarial_step(model, batches, opts, autocast, gens) -> dict[str, float]:
         loss_g = F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake))
     else:
         loss_g = -d_fake.mean()
-    if c.energy_aux_weight > 0:
+    if getattr(c, "energy_aux_weight", 0.0) > 0:  # the calorimeter's energy aid
         aux = model.energy_aux(fake, real)
         loss_g = loss_g + c.energy_aux_weight * aux
         logs["energy_aux"] = float(aux.detach())

@@ -73,14 +73,8 @@ class Airshower(Domain):
                 "barycentre_dx_m", "barycentre_dy_m", "plane_fit_angle_deg", "mean_time_residual_ns")
         return np.nan_to_num(np.stack([f[k] for k in keys], 1), nan=0.0)
 
-    def sample_like(self, model, data, generator, precision="fp32", block: int = 4096):
-        device = next(model.parameters()).device
-        c = torch.as_tensor(condition_array(data), device=device)
-        parts = [model.sample(c[lo:lo + block], None, generator, precision=precision).cpu().numpy()
-                 for lo in range(0, len(c), block)]
-        out = np.concatenate(parts) if parts else np.zeros((0, 3, 9, 9), np.float32)
-        return aio.Footprints(out[:, 0], out[:, 1], out[:, 2] > 0, dict(data.conditions), data.xyz, {},
-                              {k: v for k, v in data.attrs.items() if k in ("spacing_m", "altitude_m", "trigger_vem")})
+    def sample_like(self, model, data, generator, precision="fp32"):
+        return sample_footprints(model, data, 4096, precision, generator=generator)
 
     # -- stage bodies ------------------------------------------------------------------------
     def stage_simulate(self, cfg, ins, out, progress):
@@ -172,21 +166,31 @@ def simulate_file(cfg, out, progress: bool = True, shard_index: int | None = Non
     return fp
 
 
+def sample_footprints(model, src: aio.Footprints, batch_size: int, precision: str, generator=None,
+                      seed: int | None = None) -> aio.Footprints:
+    """Generated footprints for the conditions of `src`, `batch_size` at a time: drawn from
+    `generator`, or with each batch seeded by (seed, its first row)."""
+    device = next(model.parameters()).device
+    c = torch.as_tensor(condition_array(src), device=device)
+    g = generator if seed is None else torch.Generator(device=device)
+    parts = []
+    for lo in range(0, len(c), batch_size):
+        if seed is not None:
+            g.manual_seed(derive_seed(seed, lo))
+        parts.append(model.sample(c[lo:lo + batch_size], None, g, precision=precision).cpu().numpy())
+    arr = np.concatenate(parts) if parts else np.zeros((0, 3, 9, 9), np.float32)
+    return aio.Footprints(arr[:, 0], arr[:, 1], arr[:, 2] > 0, dict(src.conditions), src.xyz, {},
+                          {k: v for k, v in src.attrs.items() if k in ("spacing_m", "altitude_m", "trigger_vem")})
+
+
 def generate_footprints(model, test: aio.Footprints, out, batch_size: int, seed: int, precision: str,
                         metadata: dict) -> dict:
     """Footprints for the conditions of `test`, each batch seeded by (seed, its first row); written atomically."""
-    device = next(model.parameters()).device
-    c = torch.as_tensor(condition_array(test), device=device)
-    parts, t0 = [], time.perf_counter()
-    g = torch.Generator(device=device)
-    for lo in range(0, len(c), batch_size):
-        g.manual_seed(derive_seed(seed, lo))
-        parts.append(model.sample(c[lo:lo + batch_size], None, g, precision=precision).cpu().numpy())
+    t0 = time.perf_counter()
+    fp = sample_footprints(model, test, batch_size, precision, seed=seed)
     seconds = time.perf_counter() - t0
-    arr = np.concatenate(parts) if parts else np.zeros((0, 3, 9, 9), np.float32)
-    fp = aio.Footprints(arr[:, 0], arr[:, 1], arr[:, 2] > 0, dict(test.conditions), test.xyz, {},
-                        {**{k: v for k, v in test.attrs.items() if k in ("spacing_m", "altitude_m", "trigger_vem")},
-                         "metadata": json.dumps(metadata, sort_keys=True)})
+    fp.attrs["metadata"] = json.dumps(metadata, sort_keys=True)
+    device = next(model.parameters()).device
     aio.write(out, fp)
     return {"events": len(fp), "sample_seconds": seconds, "events_per_s": len(fp) / max(seconds, 1e-9),
             "device": str(device), "precision": precision}

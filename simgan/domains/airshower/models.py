@@ -24,6 +24,7 @@ from pydantic import Field
 from torch import nn
 
 from simgan.domains.airshower.simulator import C_M_PER_NS, GRID, ArrayParams, station_xyz
+from simgan.models.gan import adversarial_step, gan_optimizers
 from simgan.schema import ConfigModel
 
 CONDITIONS = ("log10_energy_eV", "zenith_rad", "azimuth_rad", "core_x_m", "core_y_m")
@@ -42,6 +43,7 @@ class FootprintVAEConfig(ConfigModel):
 
 class FootprintGANConfig(ConfigModel):
     family: Literal["footprint_gan"] = "footprint_gan"
+    loss: Literal["wgan_gp"] = "wgan_gp"  # read by the shared adversarial step and optimisers
     latent_dim: int = Field(16, gt=0)
     station_noise: int = Field(4, ge=0)  # per-station noise channels
     width: int = Field(64, gt=0)
@@ -226,23 +228,24 @@ class FootprintGAN(FootprintSurrogate):
         self.critic = nn.Sequential(conv_stack(3 + k, cfg.critic_width, cfg.depth, cfg.critic_width),
                                     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cfg.critic_width, 1))
 
+        # what the trainer runs (DDP wrappers under torchrun), as in the calorimeter GAN
+        object.__setattr__(self, "g_run", self.generator)
+        object.__setattr__(self, "d_run", self.critic)
+
     def run_modules(self):
-        return {"generator": self._modules["generator"], "critic": self._modules["critic"]}
+        return {"g_run": self.generator, "d_run": self.critic}
 
     def ema_modules(self):
         return [self._modules["generator"]]
 
     def make_optimizers(self):
-        c = self.cfg
-        g = [p for n, p in self.named_parameters() if n.startswith("generator.")]
-        d = [p for n, p in self.named_parameters() if n.startswith("critic.")]
-        return {"g": torch.optim.Adam(g, lr=c.lr_g, betas=c.betas), "d": torch.optim.Adam(d, lr=c.lr_d, betas=c.betas)}
+        return gan_optimizers(self.cfg, self.generator, self.critic)
 
-    def generate_view(self, c, inputs, generator, soft: bool):
-        n = len(c)
-        z = torch.randn(n, self.cfg.latent_dim, generator=generator, device=c.device)
-        zs = torch.randn(n, self.cfg.station_noise, GRID, GRID, generator=generator, device=c.device)
-        out = self.generator(torch.cat([broadcast(z), zs, inputs], 1)).flatten(2)
+    def generate_view(self, inputs, generator, soft: bool):
+        n, device = len(inputs), inputs.device
+        z = torch.randn(n, self.cfg.latent_dim, generator=generator, device=device)
+        zs = torch.randn(n, self.cfg.station_noise, GRID, GRID, generator=generator, device=device)
+        out = self.g_run(torch.cat([broadcast(z), zs, inputs], 1)).flatten(2)
         logs, resid = out[:, 0], out[:, 1]
         if soft:  # differentiable trigger for the critic
             mask = torch.sigmoid((logs - self.log_thr) / self.cfg.soft_trigger)
@@ -250,43 +253,26 @@ class FootprintGAN(FootprintSurrogate):
             mask = (logs >= self.log_thr).float()
         return logs, resid, mask
 
-    def train_step(self, batches, opts, step, autocast, gens):
-        cfg = self.cfg
-        g = gens["noise"]
-        for _ in range(cfg.n_critic):
-            view, c = next(batches)
-            inputs = self.inputs(c)
-            with torch.no_grad():
-                logs, resid, mask = self.generate_view(c, inputs, g, soft=True)
-                fake = torch.stack([logs * mask, resid * mask, mask], 1).view_as(view)
-            alpha = torch.rand(len(c), 1, 1, 1, generator=g, device=c.device)
-            mixed = (alpha * view + (1 - alpha) * fake).requires_grad_(True)
-            with autocast():
-                d_real = self.critic(torch.cat([view, inputs], 1)).float()
-                d_fake = self.critic(torch.cat([fake, inputs], 1)).float()
-            d_mix = self.critic(torch.cat([mixed, inputs], 1))
-            grad, = torch.autograd.grad(d_mix.sum(), mixed, create_graph=True)
-            gp = ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
-            loss_d = d_fake.mean() - d_real.mean() + cfg.gp_lambda * gp
-            opts["d"].zero_grad(set_to_none=True)
-            loss_d.backward()
-            opts["d"].step()
+    # what the shared adversarial step needs; its "cond" is the per-station conditioning channels
+    def real_batch(self, batches):
         view, c = next(batches)
-        inputs = self.inputs(c)
-        with autocast():
-            logs, resid, mask = self.generate_view(c, inputs, g, soft=True)
-            fake = torch.stack([logs * mask, resid * mask, mask], 1).view_as(view)
-            loss_g = -self.critic(torch.cat([fake, inputs], 1)).float().mean()
-        opts["g"].zero_grad(set_to_none=True)
-        loss_g.backward()
-        opts["g"].step()
-        return {"loss_d": float(loss_d.detach()), "loss_g": float(loss_g.detach()), "gp": float(gp.detach())}
+        return view, self.inputs(c)
+
+    def fake(self, inputs, generator):
+        logs, resid, mask = self.generate_view(inputs, generator, soft=True)
+        return torch.stack([logs * mask, resid * mask, mask], 1).view(len(inputs), 3, GRID, GRID)
+
+    def critic_view(self, x, cond=None):
+        return x
+
+    def train_step(self, batches, opts, step, autocast, gens):
+        return adversarial_step(self, batches, opts, autocast, gens)
 
     @torch.no_grad()
     def sample(self, conditions: torch.Tensor, extra=None, generator=None, precision: str = "fp32", **_):
         c = conditions.float()
         with torch.autocast(device_type=c.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            logs, resid, mask = self.generate_view(c, self.inputs(c), generator, soft=False)
+            logs, resid, mask = self.generate_view(self.inputs(c), generator, soft=False)
         return self.from_view(logs.float(), resid.float(), mask.float(), c)
 
 
