@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pipeline import prepare, train
 from pipeline.contract import Context, run_domain_stage, stage_dir
-from simgan.checkpoint import model_from_checkpoint, resolve_device
+from simgan.checkpoint import checkpoint_binning, load_checkpoint, model_of, resolve_device
 from simgan.config import ExperimentConfig
 from simgan.domains import warn_outside
 from simgan.domains.calorimeter.stages import compare_geant4, model_layer_voxels
@@ -43,12 +43,7 @@ def run(cfg: ExperimentConfig, ctx: Context, shards: list[Path] | None = None) -
     return run_domain_stage("generate", cfg, ctx, inputs(cfg), outputs(cfg), shards)
 
 
-def _checkpoint_domain(path) -> str:
-    from simgan.checkpoint import load_checkpoint
-    return load_checkpoint(path)["model_args"].get("domain", "calorimeter")
-
-
-def _generate_footprints_cli(args, out, fmt) -> int:
+def _generate_footprints_cli(args, ckpt: dict, out, fmt) -> int:
     """An air-shower checkpoint: footprints for the conditions of --energies-from (a footprint file)."""
     from simgan.domains.airshower import io as aio
     from simgan.domains.airshower.domain import generate_footprints
@@ -59,7 +54,7 @@ def _generate_footprints_cli(args, out, fmt) -> int:
     if args.shard_index is not None or args.shard_count is not None or args.dask or args.compare_geant4:
         raise SimganError("an air-shower model generates in one process (no --shard-index, --dask or "
                           "--compare-geant4)")
-    model, ckpt = model_from_checkpoint(args.checkpoint, resolve_device(args.device))
+    model = model_of(ckpt, resolve_device(args.device))
     src = aio.read(args.energies_from, args.events)
     warn_outside(ckpt.get("condition_ranges", {}), src.conditions, str(args.energies_from))
     timing = generate_footprints(model, src, out, args.batch_size, args.seed, args.precision,
@@ -79,8 +74,9 @@ def generate_cli(args) -> int:
         raise SimganError(f"{out}: HDF5 output needs a .h5 or .hdf5 name (or --format root with .root)")
     if fmt == "root" and out.suffix.lower() != ".root":
         raise SimganError(f"{out}: --format root needs a .root name")
-    if args.checkpoint and _checkpoint_domain(args.checkpoint) == "airshower":
-        return _generate_footprints_cli(args, out, fmt)
+    ckpt = load_checkpoint(args.checkpoint) if args.checkpoint else None  # read once, used throughout
+    if ckpt is not None and ckpt["model_args"].get("domain", "calorimeter") == "airshower":
+        return _generate_footprints_cli(args, ckpt, out, fmt)
     conds: dict = {}
     if args.layer_energies_from and (args.energies_from or args.energy_range or args.model):
         raise SimganError("--layer-energies-from takes the energies from that file: give it with --checkpoint, "
@@ -93,9 +89,8 @@ def generate_cli(args) -> int:
         energies = log_uniform_energies(args.events, *args.energy_range, args.seed)
     else:
         raise SimganError("give --energies-from FILE, or --events N with --energy-range MIN_GEV MAX_GEV")
-    if args.checkpoint:
+    if ckpt is not None:
         source = args.layer_energies_from or args.energies_from or "--energy-range"
-        ckpt = model_from_checkpoint(args.checkpoint)[1]
         conds = model_conditions(ckpt, conds, source)
         warn_outside(ckpt.get("condition_ranges", {}), {"incident_energy": energies, **conds}, source)
     sharded = args.shard_index is not None or args.shard_count is not None
@@ -113,9 +108,8 @@ def generate_cli(args) -> int:
                                         args.shards, args.precision)
     elif args.checkpoint:
         device = resolve_device(args.device)
-        model, ckpt = model_from_checkpoint(args.checkpoint, device)
+        model = model_of(ckpt, device)
         from simgan.config import config_from_dict
-        from simgan.checkpoint import checkpoint_binning
         cfg = config_from_dict(ckpt["config"], args.checkpoint)
         binning = checkpoint_binning(ckpt, str(args.checkpoint))
         rows = None

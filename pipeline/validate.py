@@ -83,14 +83,10 @@ def validate_cli(args) -> int:
         if not args.config:
             vcfg = vcfg.model_copy(update={"gate": AirshowerGateConfig()})
         m = validate_files(args.reference, args.candidate, args.floor, args.out, vcfg)
-        print(summary_text(m, Path(args.out) / "report.html"))
-        if not m["gate"]["pass"]:
-            failed = [k for k, c in m["gate"]["checks"].items() if not c["pass"]]
-            raise GateFailed(f"validation gate failed: {', '.join(failed)} (see {Path(args.out) / 'metrics.json'})")
-        return 0
-    with dask_client(args.dask or vcfg.dask, vcfg.dask_workers, args.scheduler) as client:
-        m = validate(args.reference, args.candidate, args.out, vcfg, threshold, client, floor=args.floor,
-                     extra_candidates=extra)
+    else:
+        with dask_client(args.dask or vcfg.dask, vcfg.dask_workers, args.scheduler) as client:
+            m = validate(args.reference, args.candidate, args.out, vcfg, threshold, client, floor=args.floor,
+                         extra_candidates=extra)
     print(summary_text(m, Path(args.out) / "report.html"))
     if "auc_high_dnn" in m:
         print(f"CaloChallenge DNN classifier ({m['dnn_runs']} runs): AUC high-level {m['auc_high_dnn']:.3f}"

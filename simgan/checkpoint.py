@@ -55,7 +55,12 @@ def load_checkpoint(path) -> dict:
 
 def model_from_checkpoint(path, device="cpu"):
     ckpt = load_checkpoint(path)
+    return model_of(ckpt, device), ckpt
+
+
+def model_of(ckpt: dict, device="cpu"):
+    """The model a loaded checkpoint holds, rebuilt by its domain, in eval mode on `device`."""
     from simgan.domains import domain_of_args
     model = domain_of_args(ckpt["model_args"]).build_model(ckpt["model_args"])
     model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), ckpt
+    return model.to(device).eval()
