@@ -203,6 +203,10 @@ class RegisterConfig(Strict):
 ModelConfig = Annotated[Union[GANConfig, VAEConfig, FootprintGANConfig, FootprintVAEConfig],
                         Field(discriminator="family")]
 DOMAIN_FAMILIES = {"calorimeter": ("gan", "vae"), "airshower": ("footprint_gan", "footprint_vae")}
+# the domain's own classes for the simulate section and the gate
+DOMAIN_SECTIONS = {"calorimeter": (SimulateConfig, GateConfig), "airshower": (AirshowerSimulateConfig, AirshowerGateConfig)}
+# discriminated unions put their tag in an error's location (model.vae.lr): dropped when reported
+UNION_TAGS = {"model": {f for fams in DOMAIN_FAMILIES.values() for f in fams}, "domain": set(DOMAIN_FAMILIES)}
 
 
 warnings.filterwarnings("ignore", message='Field name "(validate|register)"', category=UserWarning)
@@ -241,8 +245,7 @@ class ExperimentConfig(Strict):
             return data
         dom = data.get("domain") or {}
         name = dom.get("name", "calorimeter") if isinstance(dom, dict) else getattr(dom, "name", "calorimeter")
-        sim_cls, gate_cls = ((AirshowerSimulateConfig, AirshowerGateConfig) if name == "airshower"
-                             else (SimulateConfig, GateConfig))
+        sim_cls, gate_cls = DOMAIN_SECTIONS.get(name, DOMAIN_SECTIONS["calorimeter"])
         data = dict(data)
         sim = data.get("simulate", {})
         if isinstance(sim, dict):
@@ -258,8 +261,7 @@ class ExperimentConfig(Strict):
         if self.model.family not in families:
             raise ValueError(f"model.family {self.model.family!r} does not fit domain {self.domain.name!r} "
                              f"(expected one of {families})")
-        sim_cls = AirshowerSimulateConfig if self.domain.name == "airshower" else SimulateConfig
-        if not isinstance(self.simulate, sim_cls):
+        if not isinstance(self.simulate, DOMAIN_SECTIONS[self.domain.name][0]):
             raise ValueError(f"simulate: keys of another domain than {self.domain.name!r}")
         return self
 
@@ -341,9 +343,10 @@ def _format_error(source: str, exc: ValidationError, prefix: str = "") -> str:
         if isinstance(inner, SectionError):  # a domain section, already formatted
             lines.append(str(inner))
             continue
-        loc = prefix + ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
-        # discriminated unions put the tag in the location; drop it for readability
-        loc = loc.replace("model.gan.", "model.").replace("model.vae.", "model.")
+        parts = [str(p) for p in err["loc"] if not str(p).startswith("function-")]
+        if len(parts) > 1 and parts[1] in UNION_TAGS.get(parts[0], ()):
+            del parts[1]
+        loc = prefix + ".".join(parts)
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"

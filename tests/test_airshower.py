@@ -267,3 +267,6 @@ def test_a_family_of_another_domain_is_refused():
         load_config(AIR, ["model=vae"])
     with pytest.raises(SimganError, match="simulate.particle': unknown key"):
         load_config(AIR, ["simulate.particle=e-"])
+    for override, key in (("model.width=-1", "model.width"), ("domain.spacing_m=-1", "domain.spacing_m")):
+        with pytest.raises(SimganError, match=f"key '{key}'"):  # the union tag is not part of the key
+            load_config(AIR, [override])

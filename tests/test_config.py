@@ -26,7 +26,8 @@ def test_layered_model_config_errors_name_the_key():
                                            ("train.steps=abc", "train.steps"), ("bogus=1", "bogus"),
                                            ("train.steps=true", "train.steps"),  # pydantic alone: 1
                                            ("model.energy.lr=false", "model.energy.lr"),
-                                           ("validate.gate.auc_high_max=true", "validate.gate.auc_high_max")])
+                                           ("validate.gate.auc_high_max=true", "validate.gate.auc_high_max"),
+                                           ("domain.threshold_mev=-1", "domain.threshold_mev")])
 def test_bad_keys_and_types_name_file_and_key(override, key):
     with pytest.raises(SimganError) as exc:
         load_config(QUICKSTART, [override])
