@@ -215,11 +215,12 @@ def validate_files(reference, candidate, floor, out_dir, vcfg) -> dict:
         raise SimganError(f"{candidate}: its conditions are not the reference's row by row; generate from "
                           f"{reference}")
     meta = json.loads(cand.attrs.get("metadata", "{}") or "{}")
-    m = av.compare(ref, cand, vcfg.classifier_seeds, vcfg.classifier_max_events)
+    reference = av.summarise(ref)  # once, for the candidate and for the floor
+    m = av.compare(reference, av.summarise(cand), vcfg.classifier_seeds, vcfg.classifier_max_events)
     fl_src = aio.read(floor)
     rows = np.random.default_rng(0).choice(len(fl_src), min(len(ref), len(fl_src)), replace=False)
     fl_fp = fl_src.subset(np.sort(rows))
-    fl = av.compare(ref, fl_fp, vcfg.classifier_seeds, vcfg.classifier_max_events)
+    fl = av.compare(reference, av.summarise(fl_fp), vcfg.classifier_seeds, vcfg.classifier_max_events)
     m.update({"reference": str(reference), "candidate": str(candidate), "n_reference": len(ref),
               "n_candidate": len(cand), "floor": fl,
               "floor_source": f"{len(fl_fp)} simulated events of {floor} (independent of the reference, "

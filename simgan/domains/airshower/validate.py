@@ -42,19 +42,22 @@ def _finite_sep(a, b) -> float:
     return separation_power(a, b) if len(a) > 1 and len(b) > 1 else math.nan
 
 
-def compare(ref: Footprints, cand: Footprints, seeds: int, max_events: int) -> dict:
-    """Every figure of `cand` against `ref` (same conditions row by row for the generated sample)."""
-    rf, cf = features(ref), features(cand)
-    names = list(rf)
-    seps = {k: _finite_sep(rf[k], cf[k]) for k in names}
-    x_ref = np.concatenate([np.stack([rf[k] for k in names], 1), condition_matrix(ref)], 1)
-    x_cand = np.concatenate([np.stack([cf[k] for k in names], 1), condition_matrix(cand)], 1)
-    clf = classifier_test(x_ref, x_cand, seeds=seeds, max_events=max_events)
-    fp_ref = np.concatenate([np.log10(1 + ref.signal.reshape(len(ref), -1)), ref.triggered.reshape(len(ref), -1),
-                             condition_matrix(ref)], 1)
-    fp_cand = np.concatenate([np.log10(1 + cand.signal.reshape(len(cand), -1)),
-                              cand.triggered.reshape(len(cand), -1), condition_matrix(cand)], 1)
-    clf_fp = classifier_test(fp_ref, fp_cand, seeds=seeds, max_events=max_events)
+def summarise(fp: Footprints) -> dict:
+    """What the comparison reads of one sample, computed once: the observables, and the
+    classifier inputs (observables + conditions; log signal and trigger per station + conditions)."""
+    f, c, n = features(fp), condition_matrix(fp), len(fp)
+    return {"fp": fp, "features": f, "observables": np.concatenate([np.stack(list(f.values()), 1), c], 1),
+            "footprints": np.concatenate([np.log10(1 + fp.signal.reshape(n, -1)), fp.triggered.reshape(n, -1), c], 1)}
+
+
+def compare(reference: dict, candidate: dict, seeds: int, max_events: int) -> dict:
+    """Every figure of a candidate against the reference, both `summarise`d (the generated
+    sample has the reference's conditions row by row)."""
+    ref, cand = reference["fp"], candidate["fp"]
+    rf, cf = reference["features"], candidate["features"]
+    seps = {k: _finite_sep(rf[k], cf[k]) for k in rf}
+    clf = classifier_test(reference["observables"], candidate["observables"], seeds=seeds, max_events=max_events)
+    clf_fp = classifier_test(reference["footprints"], candidate["footprints"], seeds=seeds, max_events=max_events)
     lg_r, lg_c = ref.conditions["log10_energy_eV"], cand.conditions["log10_energy_eV"]
     stations, s1000 = [], []
     for lo, hi in zip(LG_BINS[:-1], LG_BINS[1:]):
