@@ -93,31 +93,23 @@ def event_features(signal, time, triggered, cond: dict, xyz, p: ArrayParams = Ar
     return feats
 
 
-def lateral_profile(signal, triggered, cond, xyz, p: ArrayParams = ArrayParams(), bins=R_BINS):
-    """Median log10 S of triggered stations per r bin, over all events: (bin centres, medians)."""
+def radial_profiles(signal, time, triggered, cond, xyz, p: ArrayParams = ArrayParams(), bins=R_BINS):
+    """Over all events, per bin of distance to the axis (true geometry): the bin centres, the
+    median log10 S of triggered stations (lateral distribution) and their median time after the
+    plane front through the core (ns)."""
     n = len(signal)
     s = np.asarray(signal, np.float64).reshape(n, -1)
-    trig = np.asarray(triggered).reshape(n, -1).astype(bool) & (s > 0)
-    _, r, _, _ = geometry(cond, xyz, p)
-    med = []
-    for lo, hi in zip(bins[:-1], bins[1:]):
-        m = trig & (r >= lo) & (r < hi)
-        med.append(float(np.median(np.log10(s[m]))) if m.any() else math.nan)
-    return 0.5 * (bins[:-1] + bins[1:]), np.array(med)
-
-
-def time_residual_profile(time, triggered, cond, xyz, p: ArrayParams = ArrayParams(), bins=R_BINS):
-    """Median time after the plane front through the core per r bin (ns)."""
-    n = len(time)
     t = np.asarray(time, np.float64).reshape(n, -1)
     trig = np.asarray(triggered).reshape(n, -1).astype(bool)
     _, r, along, _ = geometry(cond, xyz, p)
     resid = t + along / C_M_PER_NS
-    med = []
+    ldf, front = [], []
     for lo, hi in zip(bins[:-1], bins[1:]):
         m = trig & (r >= lo) & (r < hi)
-        med.append(float(np.median(resid[m])) if m.any() else math.nan)
-    return 0.5 * (bins[:-1] + bins[1:]), np.array(med)
+        hit = m & (s > 0)
+        ldf.append(float(np.median(np.log10(s[hit]))) if hit.any() else math.nan)
+        front.append(float(np.median(resid[m])) if m.any() else math.nan)
+    return 0.5 * (bins[:-1] + bins[1:]), np.array(ldf), np.array(front)
 
 
 STATION_BINS = ((3, 5), (6, 7), (8, 10), (11, 15), (16, 25), (26, 81))
@@ -132,5 +124,5 @@ def angular_resolution(angle_deg, n_triggered, bins=STATION_BINS) -> dict[str, f
     return out
 
 
-__all__ = ["event_features", "lateral_profile", "time_residual_profile", "angular_resolution", "plane_fit",
+__all__ = ["event_features", "radial_profiles", "angular_resolution", "plane_fit",
            "nominal_s1000", "geometry", "axis"]

@@ -136,10 +136,7 @@ def simulate_events(cond: dict[str, np.ndarray], rng: np.random.Generator, p: Ar
     rc = (h - p.altitude_m) / np.cos(theta)  # h is an altitude; the array is at p.altitude_m
     to_origin = d - rc[:, None, None] * u[:, None, :]
     t = (np.linalg.norm(to_origin, axis=-1) - rc[:, None]) / C_M_PER_NS
-    nn = np.maximum(s_obs, 1.0)
-    t50 = 300.0 * r / 1000.0
-    sigma_t = np.sqrt(15.0**2 + (2 * t50 / nn) ** 2 * (nn - 1) / (nn + 1))
-    t = t + sigma_t * rng.standard_normal(t.shape)
+    t = t + timing_sigma(s_obs, r) * rng.standard_normal(t.shape)
     shape = (n, GRID, GRID)
     return {"signal": np.where(trig, s_obs, 0.0).astype(np.float32).reshape(shape),
             "time": np.where(trig, t, 0.0).astype(np.float32).reshape(shape),

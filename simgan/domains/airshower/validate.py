@@ -11,7 +11,7 @@ import numpy as np
 
 from simgan.domains.airshower.io import Footprints
 from simgan.domains.airshower.observables import (angular_resolution, event_features,
-                                                  lateral_profile, time_residual_profile)
+                                                  radial_profiles)
 from simgan.domains.airshower.simulator import ArrayParams
 from simgan.io import atomic_path
 from simgan.metrics.classifier import classifier_test
@@ -134,11 +134,9 @@ def plots(ref: Footprints, cand: Footprints, m: dict, out_dir: Path) -> list[Pat
     plt.close(fig)
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for fp, label, color in ((ref, "simulation (held out)", "k"), (cand, "surrogate", "tab:red")):
-        p = params_of(fp)
-        r, med = lateral_profile(fp.signal, fp.triggered, fp.conditions, fp.xyz, p)
-        axes[0].plot(r, med, "o-", color=color, label=label)
-        r, med = time_residual_profile(fp.time, fp.triggered, fp.conditions, fp.xyz, p)
-        axes[1].plot(r, med, "o-", color=color, label=label)
+        r, ldf, front = radial_profiles(fp.signal, fp.time, fp.triggered, fp.conditions, fp.xyz, params_of(fp))
+        axes[0].plot(r, ldf, "o-", color=color, label=label)
+        axes[1].plot(r, front, "o-", color=color, label=label)
     axes[0].set(xlabel="distance to axis r [m]", ylabel="median log10 S [VEM]", title="lateral distribution")
     axes[1].set(xlabel="distance to axis r [m]", ylabel="median time after plane front [ns]", title="time residuals")
     ang = m["angular_resolution"]
