@@ -51,39 +51,18 @@ def _config(args, extra: list[str] | None = None):
 
 
 def cmd_simulate(args) -> int:
-    from simgan.sim.produce import simulate_to_file
-
     _shards(args)
     extra = [f"simulate.events={args.events}"] if args.events is not None else []
     cfg = _config(args, extra)
-    if cfg.domain.name == "airshower":
-        from simgan.domains.airshower.domain import simulate_file
-        if args.dask:
-            raise SimganError("the air-shower simulator is vectorised numpy: run it without --dask")
-        fp = simulate_file(cfg, args.out, not args.quiet, args.shard_index, args.shard_count)
-        print(f"wrote {args.out}: {len(fp)} air-shower events" + (f" (shard {args.shard_index} of {args.shard_count})"
-                                                                  if args.shard_count else ""))
-        return 0
-    from simgan.cluster import dask_client
+    from simgan.domains import get_domain
 
-    with dask_client(args.dask, cfg.simulate.workers or os.cpu_count() or 1, args.scheduler) as client:
-        pool = None
-        if client is not None:
-            from simgan.sim.calorimeter import DaskGeantPool
-            from simgan.sim.produce import settings_of
-
-            pool = DaskGeantPool(settings_of(cfg.simulate), client)
-        meta = simulate_to_file(cfg.simulate, cfg.seed, args.out, progress=not args.quiet,
-                                shard_index=args.shard_index, shard_count=args.shard_count, pool=pool)
-    print(f"wrote {args.out}: {meta['events_total'] if args.shard_count is None else 'shard'} showers, "
-          f"{meta['geant4_cpu_seconds']:.1f} Geant4 CPU-s, sampling fraction measured "
-          f"{meta['sampling_fraction_measured']:.4f} (used {meta['sampling_fraction']})")
+    print(get_domain(cfg.domain.name).simulate_file(cfg, args.out, not args.quiet, args.shard_index, args.shard_count,
+                                                     args.dask, args.scheduler))
     return 0
 
 
 def cmd_merge(args) -> int:
     from simgan.io import check_output_file
-    from simgan.sim.produce import merge_shards
 
     if args.stage:
         if args.shards or args.out or not args.config:
@@ -102,12 +81,9 @@ def cmd_merge(args) -> int:
         raise SimganError("give the shard files and --out FILE (or --stage STAGE -c CONFIG)")
 
     check_output_file(args.out, {f"shard #{i}": s for i, s in enumerate(args.shards)})
-    from simgan.domains import file_domain
-    if file_domain(args.shards[0]) == "airshower":
-        from simgan.domains.airshower.io import merge_shards as merge_footprints
-        merge_footprints(args.shards, args.out)
-    else:
-        merge_shards(args.shards, args.out)
+    from simgan.domains import file_domain, get_domain
+
+    get_domain(file_domain(args.shards[0])).merge_files(args.shards, args.out)
     print(f"wrote {args.out} from {len(args.shards)} shards")
     return 0
 

@@ -18,8 +18,8 @@ from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from simgan.domains.airshower.models import FootprintGANConfig, FootprintVAEConfig
 from simgan.errors import SimganError
-from simgan.models.gan import GANConfig
-from simgan.models.vae import VAEConfig
+from simgan.domains.calorimeter.models.gan import GANConfig
+from simgan.domains.calorimeter.models.vae import VAEConfig
 from simgan.schema import BooleanNotNumber, ConfigModel
 
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"

@@ -54,7 +54,7 @@ def model_conditions(ckpt: dict, conditions: dict, source) -> dict:
 def layer_energies_from_file(path, layer_voxels: list[int], threshold_mev: float,
                              max_events: int | None = None) -> np.ndarray:
     """(N, L) per-layer sums of the voxels above the threshold, read chunk by chunk."""
-    from simgan.models.energy import layer_energies
+    from simgan.domains.calorimeter.models.energy import layer_energies
 
     return np.concatenate([layer_energies(s, layer_voxels, threshold_mev)
                            for _, _, s, _ in cc.iter_chunks(path, 20000, stop=max_events, check=False)])

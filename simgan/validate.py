@@ -23,7 +23,7 @@ from simgan.io import atomic_path, file_sha256, open_hdf5, write_json_atomic
 from simgan.metrics.classifier import (classifier_test, dnn_classifier_test, dnn_high_level_inputs,
                                        dnn_low_level_inputs, high_level_inputs, low_level_inputs)
 from simgan.metrics.distances import separation_power, wasserstein1_scaled
-from simgan.metrics.features import feature_names, features_from_file, features_with_dask
+from simgan.domains.calorimeter.features import feature_names, features_from_file, features_with_dask
 from simgan.metrics.fpd import fpd, kpd
 
 # feature groups for the per-group classifier AUC: name -> feature-name prefixes

@@ -8,7 +8,7 @@ from simgan.data.binning import Binning, Layer
 from simgan.errors import SimganError
 from simgan.metrics.classifier import classifier_test
 from simgan.metrics.distances import separation_power, wasserstein1_scaled
-from simgan.metrics.features import feature_names, high_level_features
+from simgan.domains.calorimeter.features import feature_names, high_level_features
 from simgan.metrics.fpd import fpd, kpd
 
 
@@ -102,7 +102,7 @@ def test_dnn_classifier_equal_and_distorted(g4_pair, tmp_path):
     """The CaloChallenge DNN classifier test: about 0.5 for Geant4 against Geant4, above 0.95
     for a visibly distorted sample (small samples: 300 showers per class)."""
     from simgan.metrics.classifier import dnn_classifier_test, dnn_high_level_inputs
-    from simgan.metrics.features import features_from_file
+    from simgan.domains.calorimeter.features import features_from_file
     a, b = g4_pair
     bad = _distorted(b, tmp_path / "bad.h5")
     (fa, ea), (fb, eb), (fx, ex) = (features_from_file(p, threshold_mev=0.01515) for p in (a, b, bad))

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from simgan.data import calochallenge as cc
-from simgan.metrics.features import feature_names, high_level_features
-from simgan.models.gan import ConditionalGAN, GANConfig
+from simgan.domains.calorimeter.features import feature_names, high_level_features
+from simgan.domains.calorimeter.models.gan import ConditionalGAN, GANConfig
 
 
 def _model(data, **over):
@@ -61,7 +61,7 @@ def test_critic_features_match_the_validation_features(g4_sample):
 
 
 def test_gaussian_vae_samples_around_the_decoder_mean(g4_sample):
-    from simgan.models.vae import ConditionalVAE, VAEConfig
+    from simgan.domains.calorimeter.models.vae import ConditionalVAE, VAEConfig
 
     data = cc.read(g4_sample, max_events=40)
     layer_voxels = [l.n_voxels for l in data.binning.layers if l.n_voxels]
@@ -84,7 +84,7 @@ def test_gaussian_vae_samples_around_the_decoder_mean(g4_sample):
 
 
 def test_zero_inflated_vae_draws_empty_voxels_by_the_hit_probability(g4_sample):
-    from simgan.models.vae import ConditionalVAE, VAEConfig
+    from simgan.domains.calorimeter.models.vae import ConditionalVAE, VAEConfig
 
     data = cc.read(g4_sample, max_events=40)
     layer_voxels = [l.n_voxels for l in data.binning.layers if l.n_voxels]
@@ -110,7 +110,7 @@ def test_zero_inflated_vae_draws_empty_voxels_by_the_hit_probability(g4_sample):
 
 def _layered(data, family="vae", **over):
     from simgan.config import load_config
-    from simgan.models.registry import build_model
+    from simgan.domains.calorimeter.models.registry import build_model
     from tests.conftest import QUICKSTART
 
     cfg = load_config(QUICKSTART, [f"model={'vae' if family == 'vae' else 'wgan_gp'}", "model.hidden=[16,16]",
@@ -124,7 +124,7 @@ def _layered(data, family="vae", **over):
 
 @pytest.mark.parametrize("order", ["cumulative", "remaining"])
 def test_u_parametrisation_inverts_exactly(g4_sample, order):
-    from simgan.models.energy import layer_energies
+    from simgan.domains.calorimeter.models.energy import layer_energies
     data = cc.read(g4_sample, max_events=80)
     m, _, lv = _layered(data, **{"energy.order": order})
     e = torch.as_tensor(layer_energies(data.showers, lv, 0.01515))
@@ -139,7 +139,7 @@ def test_u_parametrisation_inverts_exactly(g4_sample, order):
 
 
 def test_fast_coupling_sampler_equals_zuko(g4_sample):
-    from simgan.models.energy import CouplingSampler
+    from simgan.domains.calorimeter.models.energy import CouplingSampler
     data = cc.read(g4_sample, max_events=50)
     m, _, _ = _layered(data, **{"energy.transforms": 3})
     with torch.no_grad():
@@ -153,7 +153,7 @@ def test_fast_coupling_sampler_equals_zuko(g4_sample):
 
 @pytest.mark.parametrize("family", ["vae", "gan"])
 def test_shape_model_fed_geant4_layer_energies_returns_them_exactly(g4_sample, family):
-    from simgan.models.energy import layer_energies
+    from simgan.domains.calorimeter.models.energy import layer_energies
     data = cc.read(g4_sample, max_events=60)
     m, _, lv = _layered(data, family)
     e = layer_energies(data.showers, lv, 0.01515)
@@ -184,7 +184,7 @@ def test_layered_tables_hold_shares_and_conditions(g4_sample):
 def test_layered_config_errors():
     from simgan.config import load_config
     from simgan.errors import SimganError
-    from simgan.models.layered import LayeredVAE
+    from simgan.domains.calorimeter.models.layered import LayeredVAE
     from tests.conftest import QUICKSTART
     cfg = load_config(QUICKSTART, ["model.likelihood=mse"])
     with pytest.raises(SimganError, match="zero-inflated"):
@@ -196,8 +196,8 @@ def test_layered_config_errors():
 def test_calibration_maps_kept_shares_and_keeps_layer_energies(g4_sample):
     """Fitted on one sample against a distorted copy of itself, the per-layer calibration pulls
     the shares back; layer energies stay exact and nothing falls below the threshold."""
-    from simgan.models.energy import layer_energies
-    from simgan.models.layered import _log_shares
+    from simgan.domains.calorimeter.models.energy import layer_energies
+    from simgan.domains.calorimeter.models.layered import _log_shares
     data = cc.read(g4_sample, max_events=120)
     m, _, lv = _layered(data)
     e = torch.as_tensor(layer_energies(data.showers, lv, 0.01515))

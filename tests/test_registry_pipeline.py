@@ -44,7 +44,7 @@ def test_chain_writes_manifests_and_registers(chain, capsys):
     test = cc.read(cfg.run_dir / "prepare" / "test.h5")
     np.testing.assert_array_equal(gen.energies, test.energies)
     # the ablation sample: the shape model fed the test split's own layer energies keeps them exactly
-    from simgan.models.energy import layer_energies
+    from simgan.domains.calorimeter.models.energy import layer_energies
     abl = cc.read(cfg.run_dir / "generate" / "generated_ablation.h5")
     lv = [144] * 45
     np.testing.assert_allclose(layer_energies(abl.showers, lv, 0.01515), layer_energies(test.showers, lv, 0.01515),

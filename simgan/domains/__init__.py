@@ -63,6 +63,16 @@ class Domain:
         """The registered model's predict: the frame's conditions checked, then sampled."""
         raise NotImplementedError
 
+    def simulate_file(self, cfg, out, progress: bool, shard_index: int | None, shard_count: int | None,
+                      dask: str | None = None, scheduler: str | None = None) -> str:
+        """`simgan simulate`: run the reference simulator into `out` (one shard of it if given);
+        returns the line to print."""
+        raise SimganError(f"the {self.name} domain has no reference simulator: bring its data with `simgan convert`")
+
+    def merge_files(self, shards: list, out) -> None:
+        """`simgan merge`: shard files of one run (same seed) into one file."""
+        raise NotImplementedError
+
 
 def warn_outside(ranges: dict, cond: dict, source: str) -> None:
     """Generating outside the range a model was trained on: say which condition and the range."""

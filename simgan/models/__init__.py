@@ -1,1 +1,1 @@
-"""Surrogate model families; each file holds a config class beside its networks."""
+"""Generic model pieces shared by the domains (each domain keeps its own models)."""

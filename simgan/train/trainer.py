@@ -415,7 +415,7 @@ def calibrate_checkpoint(path, train_path, seed: int) -> dict:
     """Fit a two-stage model's calibration on the training split and store it in the
     checkpoint: the model fed the training showers' own layer energies, its kept voxels'
     log shares matched to theirs layer by layer."""
-    from simgan.models.energy import layer_energies
+    from simgan.domains.calorimeter.models.energy import layer_energies
 
     model, ckpt = model_from_checkpoint(path)
     if not hasattr(model, "fit_calibration"):

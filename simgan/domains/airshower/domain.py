@@ -124,6 +124,16 @@ class Airshower(Domain):
                 "validate": self.stage_validate}
 
     # -- the registered model ------------------------------------------------------------------
+    def simulate_file(self, cfg, out, progress, shard_index, shard_count, dask=None, scheduler=None) -> str:
+        if dask:
+            raise SimganError("the air-shower simulator is vectorised numpy: run it without --dask")
+        fp = simulate_file(cfg, out, progress, shard_index, shard_count)
+        return f"wrote {out}: {len(fp)} air-shower events" + (
+            f" (shard {shard_index} of {shard_count})" if shard_count else "")
+
+    def merge_files(self, shards, out):
+        aio.merge_shards(shards, out)
+
     def pyfunc_example(self, ckpt):
         import pandas as pd
         return pd.DataFrame({"log10_energy_eV": [18.7, 19.3, 19.8], "zenith_rad": [0.2, 0.5, 0.9],

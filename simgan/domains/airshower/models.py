@@ -24,7 +24,7 @@ from pydantic import Field
 from torch import nn
 
 from simgan.domains.airshower.simulator import C_M_PER_NS, GRID, ArrayParams, station_xyz
-from simgan.models.gan import adversarial_step, gan_optimizers
+from simgan.models.adversarial import adversarial_step, gan_optimizers
 from simgan.schema import ConfigModel
 
 CONDITIONS = ("log10_energy_eV", "zenith_rad", "azimuth_rad", "core_x_m", "core_y_m")

@@ -7,7 +7,7 @@ import torch
 
 from simgan.data import calochallenge as cc
 from simgan.domains import Domain
-from simgan.metrics.features import high_level_features
+from simgan.domains.calorimeter.features import high_level_features
 
 ENERGY_COLUMN = "incident_energy"  # the registered model's input column, MeV
 
@@ -31,7 +31,7 @@ class Calorimeter(Domain):
                 "n_extra": len(data.conditions), "threshold_mev": cfg.domain.threshold_mev}
 
     def build_model(self, args):
-        from simgan.models.registry import model_from_args
+        from simgan.domains.calorimeter.models.registry import model_from_args
         return model_from_args(args)
 
     def fit_model(self, model, data):
@@ -56,6 +56,27 @@ class Calorimeter(Domain):
         gen = model.sample(torch.as_tensor(data.energies, device=device), extra, generator,
                            precision=precision).cpu().numpy()
         return cc.ShowerData(data.energies, gen, data.binning, data.conditions)
+
+    def simulate_file(self, cfg, out, progress, shard_index, shard_count, dask=None, scheduler=None) -> str:
+        import os
+
+        from simgan.cluster import dask_client
+        from simgan.sim.produce import settings_of, simulate_to_file
+
+        with dask_client(dask, cfg.simulate.workers or os.cpu_count() or 1, scheduler) as client:
+            pool = None
+            if client is not None:
+                from simgan.sim.calorimeter import DaskGeantPool
+                pool = DaskGeantPool(settings_of(cfg.simulate), client)
+            meta = simulate_to_file(cfg.simulate, cfg.seed, out, progress=progress,
+                                    shard_index=shard_index, shard_count=shard_count, pool=pool)
+        return (f"wrote {out}: {meta['events_total'] if shard_count is None else 'shard'} showers, "
+                f"{meta['geant4_cpu_seconds']:.1f} Geant4 CPU-s, sampling fraction measured "
+                f"{meta['sampling_fraction_measured']:.4f} (used {meta['sampling_fraction']})")
+
+    def merge_files(self, shards, out):
+        from simgan.sim.produce import merge_shards
+        merge_shards(shards, out)
 
     # -- the registered model ------------------------------------------------------------------
     def pyfunc_example(self, ckpt):

@@ -4,7 +4,7 @@ loss=wgan_gp     gradient penalty on interpolates, n_critic critic steps, Adam
 loss=bce         non-saturating GAN with binary cross-entropy
 loss=wgan_clip   WGAN with weight clipping (RMSProp, c=0.01, n_critic=5)
 
-output=layers      two stages (simgan.models.layered): an energy flow for the response and
+output=layers      two stages (simgan.domains.calorimeter.models.layered): an energy flow for the response and
                    the layer energies, then a generator of each layer's voxel shares
                    conditioned on them, against a critic per layer
 output=voxel       the generator writes every voxel's normalised log energy
@@ -25,7 +25,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from simgan.models.energy import EnergyFlowConfig
+from simgan.domains.calorimeter.models.energy import EnergyFlowConfig
 from simgan.schema import ConfigModel
 
 
@@ -56,13 +56,13 @@ import math  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from simgan.metrics.features import layer_moments  # noqa: E402
-from simgan.models.components.blocks import body  # noqa: E402
-from simgan.models.base import ConditionalSurrogate  # noqa: E402
-from simgan.models.preprocess import ShowerTransform  # noqa: E402
+from simgan.domains.calorimeter.features import layer_moments  # noqa: E402
+from simgan.domains.calorimeter.models.blocks import body  # noqa: E402
+from simgan.domains.calorimeter.models.base import ConditionalSurrogate  # noqa: E402
+from simgan.domains.calorimeter.models.preprocess import ShowerTransform  # noqa: E402
+from simgan.models.adversarial import adversarial_step, gan_optimizers  # noqa: E402
 
 
 class FactorisedHead(nn.Module):
@@ -197,81 +197,3 @@ class ConditionalGAN(ConditionalSurrogate):
 
     def train_step(self, batches, opts, step: int, autocast, gens) -> dict[str, float]:
         return adversarial_step(self, batches, opts, autocast, gens)
-
-
-def gan_optimizers(c: GANConfig, generator: nn.Module, critic: nn.Module) -> dict[str, torch.optim.Optimizer]:
-    if c.loss == "wgan_clip":
-        return {"g": torch.optim.RMSprop(generator.parameters(), lr=c.lr_g),
-                "d": torch.optim.RMSprop(critic.parameters(), lr=c.lr_d)}
-    return {"g": torch.optim.Adam(generator.parameters(), lr=c.lr_g, betas=tuple(c.betas)),
-            "d": torch.optim.Adam(critic.parameters(), lr=c.lr_d, betas=tuple(c.betas))}
-
-
-def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, cond: torch.Tensor,
-                     gen: torch.Generator | None) -> torch.Tensor:
-    """In fp32, out of autocast; out-of-place autograd.grad so it is correct under DDP."""
-    with torch.autocast(device_type=real.device.type, enabled=False):
-        # one mixing weight per sample, for (N, F) rows as for (N, C, H, W) grids
-        eps = torch.rand(len(real), *([1] * (real.dim() - 1)), generator=gen, device=real.device)
-        inter = (eps * real.float() + (1 - eps) * fake.float()).requires_grad_(True)
-        out = critic(torch.cat([inter, cond.float()], 1))
-        (grad,) = torch.autograd.grad(out.sum(), inter, create_graph=True)
-        return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
-
-
-def adversarial_step(model, batches, opts, autocast, gens) -> dict[str, float]:
-    """One generator step after n_critic critic steps, for any GAN that provides
-    real_batch(batches) -> (real, cond), fake(cond, generator), critic_view(x, cond),
-    `critic` and its run wrapper `d_run`."""
-    c = model.cfg
-    logs: dict[str, float] = {}
-    model.critic.requires_grad_(True)
-    for _ in range(c.n_critic):
-        real, cond = model.real_batch(batches)
-        with torch.no_grad(), autocast():
-            fake = model.fake(cond, gens["noise"])
-        with torch.no_grad():
-            real, fake = model.critic_view(real, cond), model.critic_view(fake.to(real.dtype), cond)
-        with autocast():
-            d_out = model.d_run(torch.cat([torch.cat([real, fake.to(real.dtype)]), torch.cat([cond, cond])], 1)).float()
-        d_real, d_fake = d_out[: len(real)], d_out[len(real):]
-        if c.loss == "bce":
-            loss_d = F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real)) + \
-                F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
-        else:
-            wdist = d_real.mean() - d_fake.mean()
-            loss_d = -wdist
-            logs["wasserstein"] = float(wdist.detach())
-            if c.loss == "wgan_gp":
-                gp = gradient_penalty(model.critic, real, fake.detach(), cond, gens["noise"])
-                loss_d = loss_d + c.gp_lambda * gp
-                logs["gp"] = float(gp.detach())
-        opts["d"].zero_grad(set_to_none=True)
-        loss_d.backward()
-        opts["d"].step()
-        if c.loss == "wgan_clip":
-            with torch.no_grad():
-                for p in model.critic.parameters():
-                    p.clamp_(-c.clip_value, c.clip_value)
-    logs["loss_d"] = float(loss_d.detach())
-    model.critic.requires_grad_(False)
-    real, cond = model.real_batch(batches)
-    with autocast():
-        fake = model.fake(cond, gens["noise"])
-        v = model.critic_view(fake, cond)
-        d_fake = model.critic(torch.cat([v, cond.to(v.dtype)], 1)).float()
-    if c.loss == "bce":
-        loss_g = F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake))
-    else:
-        loss_g = -d_fake.mean()
-    if getattr(c, "energy_aux_weight", 0.0) > 0:  # the calorimeter's energy aid
-        aux = model.energy_aux(fake, real)
-        loss_g = loss_g + c.energy_aux_weight * aux
-        logs["energy_aux"] = float(aux.detach())
-    opts["g"].zero_grad(set_to_none=True)
-    loss_g.backward()
-    opts["g"].step()
-    model.critic.requires_grad_(True)
-    logs["loss_g"] = float(loss_g.detach())
-    return logs
-

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from simgan.errors import SimganError
-from simgan.models.preprocess import ShowerTransform
+from simgan.domains.calorimeter.models.preprocess import ShowerTransform
 
 
 class ConditionalSurrogate(nn.Module):

@@ -1,6 +1,6 @@
 """Conditional VAE: ELBO with beta and KL warm-up; the decoder generates at sampling time.
 
-output=layers        two stages (simgan.models.layered): an energy flow for the response
+output=layers        two stages (simgan.domains.calorimeter.models.layered): an energy flow for the response
                      and the layer energies, then a VAE of each layer's voxel shares
                      conditioned on them (zero-inflated log-normal shares)
 output=voxel         one VAE over all voxels, with one of these likelihoods:
@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from simgan.models.energy import EnergyFlowConfig
+from simgan.domains.calorimeter.models.energy import EnergyFlowConfig
 from simgan.schema import ConfigModel
 
 
@@ -44,8 +44,9 @@ import math  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from simgan.models.components.blocks import body  # noqa: E402
-from simgan.models.base import ConditionalSurrogate  # noqa: E402
+from simgan.domains.calorimeter.models.blocks import body  # noqa: E402
+from simgan.domains.calorimeter.models.base import ConditionalSurrogate  # noqa: E402
+from simgan.models.latent import LOGVAR_MAX, LOGVAR_MIN, encode_decode, gaussian_nll, kl_normal, kl_weight  # noqa: E402
 
 
 class ConditionalVAE(ConditionalSurrogate):
@@ -115,34 +116,6 @@ class ConditionalVAE(ConditionalSurrogate):
         loss.backward()
         opts["vae"].step()
         return {"loss": float(loss.detach()), "recon": float(rec.detach()), "kl": float(kl.detach())}
-
-
-LOGVAR_MIN, LOGVAR_MAX = -10.0, 4.0
-
-
-def encode_decode(encoder: nn.Module, decoder: nn.Module, x: torch.Tensor, cond: torch.Tensor, eps: torch.Tensor):
-    """q(z | x, c) by reparameterisation with noise eps, then the decoder: (decoded, mu, logvar)."""
-    mu, logvar = encoder(torch.cat([x, cond], 1)).chunk(2, dim=1)
-    logvar = logvar.clamp(-20, 10)
-    z = mu + torch.exp(0.5 * logvar) * eps
-    return decoder(torch.cat([z, cond], 1)), mu, logvar
-
-
-def kl_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of KL(N(mu, exp(logvar)) || N(0, 1))."""
-    return (-0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(1)).mean()
-
-
-def kl_weight(cfg: VAEConfig, step: int) -> float:
-    """beta, ramped up linearly over the first kl_warmup_steps."""
-    warm = 1.0 if cfg.kl_warmup_steps == 0 else min(1.0, step / cfg.kl_warmup_steps)
-    return cfg.beta * warm
-
-
-def gaussian_nll(mean: torch.Tensor, logvar: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Per-voxel negative log-likelihood of x under N(mean, exp(logvar)), without the constant."""
-    logvar = logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
-    return 0.5 * ((mean - x) ** 2 * torch.exp(-logvar) + logvar)
 
 
 def zero_inflated_nll(hit_logit: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor, x: torch.Tensor,

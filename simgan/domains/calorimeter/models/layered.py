@@ -1,6 +1,6 @@
 """Two-stage surrogates (output=layers): the energy flow, then the voxel shares of each layer.
 
-Stage 1 (simgan.models.energy) draws the response and the energy of every layer. Stage 2
+Stage 1 (simgan.domains.calorimeter.models.energy) draws the response and the energy of every layer. Stage 2
 draws, for each non-empty layer, the shares of its voxels, conditioned on the incident
 energy (and extra conditions), the layer's energy, its neighbours' energies and the layer
 index. One shape network serves every layer (about 30 layer samples per shower), and the
@@ -30,10 +30,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from simgan.errors import SimganError
-from simgan.models.base import ConditionalSurrogate
-from simgan.models.components.blocks import mlp
-from simgan.models.energy import CouplingSampler, LayerEnergyFlow, fast_exp
-from simgan.models.vae import LOGVAR_MAX, LOGVAR_MIN, encode_decode, kl_normal, kl_weight, zero_inflated_nll
+from simgan.domains.calorimeter.models.base import ConditionalSurrogate
+from simgan.domains.calorimeter.models.energy import CouplingSampler, LayerEnergyFlow, fast_exp
+from simgan.domains.calorimeter.models.vae import zero_inflated_nll
+from simgan.models.blocks import mlp
+from simgan.models.latent import LOGVAR_MAX, LOGVAR_MIN, encode_decode, kl_normal, kl_weight
 
 LOG_SHARE_FLOOR = math.log(1e-8)  # an empty voxel in the log-share view
 SOFT_THRESHOLD_WIDTH = 0.2  # in log energy: the GAN's differentiable readout threshold
@@ -449,11 +450,11 @@ class LayeredGAN(LayeredSurrogate):
         return ("g", "d")
 
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        from simgan.models.gan import gan_optimizers
+        from simgan.models.adversarial import gan_optimizers
 
         return {"energy": self.energy_optimizer(), **gan_optimizers(self.cfg, self.generator, self.critic)}
 
-    # what the adversarial step needs (simgan.models.gan.adversarial_step)
+    # what the adversarial step needs (simgan.domains.calorimeter.models.gan.adversarial_step)
     def real_batch(self, batches):
         return batches.take("layers")
 
@@ -498,7 +499,7 @@ class LayeredGAN(LayeredSurrogate):
             return torch.cat([v, f * self.cfg.critic_feature_weight], 1)
 
     def shape_step(self, batches, opts, step: int, autocast, gens) -> dict[str, float]:
-        from simgan.models.gan import adversarial_step
+        from simgan.models.adversarial import adversarial_step
 
         return adversarial_step(self, batches, opts, autocast, gens)
 

@@ -1,4 +1,4 @@
-"""MLP and layer-structured convolutional blocks."""
+"""Layer-structured convolutional blocks for calorimeter showers."""
 
 from __future__ import annotations
 
@@ -6,19 +6,7 @@ import torch
 from torch import nn
 
 from simgan.errors import SimganError
-
-
-def mlp(n_in: int, hidden: list[int], n_out: int, norm: bool = False) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    prev = n_in
-    for h in hidden:
-        layers.append(nn.Linear(prev, h))
-        if norm:
-            layers.append(nn.LayerNorm(h))
-        layers.append(nn.LeakyReLU(0.2))
-        prev = h
-    layers.append(nn.Linear(prev, n_out))
-    return nn.Sequential(*layers)
+from simgan.models.blocks import mlp
 
 
 class LayerConvNet(nn.Module):

@@ -1,1 +1,0 @@
-"""Plain building blocks shared by the model families."""
