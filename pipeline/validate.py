@@ -7,13 +7,10 @@ from pathlib import Path
 
 from pipeline import generate, prepare
 from pipeline.contract import Context, run_domain_stage, stage_dir
-from simgan.cluster import dask_client
 from simgan.config import ExperimentConfig, ValidateConfig
-from simgan.domains import file_domain
-from simgan.domains.calorimeter.stages import ABLATION_LABEL
+from simgan.domains import file_domain, get_domain
 from simgan.errors import GateFailed, SimganError
 from simgan.io import check_output_dir
-from simgan.validate import validate, verdict
 
 
 def inputs(cfg: ExperimentConfig) -> dict[str, Path]:
@@ -43,50 +40,30 @@ def verdict_line(cfg: ExperimentConfig) -> str:
 
 
 def summary_text(m: dict, report) -> str:
-    fl = m["floor"]
-    if m.get("domain") == "airshower":
-        def pct(k):
-            return f"{100 * m[k]:.1f}% [{100 * fl[k]:.1f}%]"
-        return (f"validation: {verdict(m)} (AUC observables {m['auc']:.3f} [simulator floor {fl['auc']:.3f}], "
-                f"footprints {m['auc_footprints']:.3f} [{fl['auc_footprints']:.3f}]; mean separation "
-                f"{m['separation_power_mean']:.4f} [{fl['separation_power_mean']:.4f}]; stations within "
-                f"{pct('station_count_deviation_max')}, angular resolution within "
-                f"{pct('angular_resolution_deviation_max')}, S1000 bias {pct('s1000_bias_max')}); report: {report}")
-    return (f"validation: {verdict(m)} (AUC high-level {m['auc_high']:.3f} [Geant4 floor {fl['auc_high']:.3f}], "
-            f"voxels {m['auc_low']:.3f} [{fl['auc_low']:.3f}]; mean separation {m['separation_power_mean']:.4f} "
-            f"[{fl['separation_power_mean']:.4f}]; E_tot/E_inc separation {m['separation_power']['etot_over_einc']:.3f} "
-            f"[{fl['separation_etot_over_einc']:.3f}]; response within {100 * m['response_deviation_max']:.1f}% "
-            f"[{100 * fl['response_deviation_max']:.1f}%]); report: {report}")
+    return get_domain(m.get("domain", "calorimeter")).summary_text(m, report)
 
 
 def validate_cli(args) -> int:
+    from simgan.config import DOMAIN_CONFIGS
+
+    name = file_domain(args.reference)
     if args.config:
         from simgan.config import load_config
 
         cfg = load_config(args.config, args.overrides)
-        vcfg, threshold = cfg.validate, cfg.domain.threshold_mev
+        if cfg.domain.name != name:
+            raise SimganError(f"--reference {args.reference} holds {name} data but {args.config} configures the "
+                              f"{cfg.domain.name} domain")
+        vcfg, dcfg = cfg.validate, cfg.domain
     else:
         if args.overrides:
             raise SimganError("key=value overrides need -c CONFIG")
-        from simgan.config import DomainConfig
-
-        vcfg, threshold = ValidateConfig(), DomainConfig().threshold_mev
+        vcfg, dcfg = ValidateConfig(gate=DOMAIN_CONFIGS[name].gate()), DOMAIN_CONFIGS[name].domain()
     if args.classifier:
         vcfg = vcfg.model_copy(update={"classifier": args.classifier})
-    extra = {ABLATION_LABEL: args.ablation} if args.ablation else None
     check_output_dir(args.out, create=False)  # before the work, not after
-    if file_domain(args.reference) == "airshower":
-        from simgan.config import AirshowerGateConfig
-        from simgan.domains.airshower.domain import validate_files
-        if not args.floor:
-            raise SimganError("air-shower validation needs --floor: an independent simulated sample")
-        if not args.config:
-            vcfg = vcfg.model_copy(update={"gate": AirshowerGateConfig()})
-        m = validate_files(args.reference, args.candidate, args.floor, args.out, vcfg)
-    else:
-        with dask_client(args.dask or vcfg.dask, vcfg.dask_workers, args.scheduler) as client:
-            m = validate(args.reference, args.candidate, args.out, vcfg, threshold, client, floor=args.floor,
-                         extra_candidates=extra)
+    m = get_domain(name).validate_files(args.reference, args.candidate, args.floor, args.out, vcfg, dcfg,
+                                        args.dask, args.scheduler, extra=args.ablation)
     print(summary_text(m, Path(args.out) / "report.html"))
     if "auc_high_dnn" in m:
         print(f"CaloChallenge DNN classifier ({m['dnn_runs']} runs): AUC high-level {m['auc_high_dnn']:.3f}"

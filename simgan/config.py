@@ -8,88 +8,30 @@ it. Unknown keys and wrong types are errors naming the file and the dotted key.
 from __future__ import annotations
 
 import copy
+import importlib
 import os
 import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-from simgan.domains.airshower.models import FootprintGANConfig, FootprintVAEConfig
-from simgan.errors import SimganError
+from simgan.domains import NAMES
+from simgan.domains.calorimeter.config import DomainConfig, GateConfig, SimulateConfig
 from simgan.domains.calorimeter.models.gan import GANConfig
-from simgan.domains.calorimeter.models.vae import VAEConfig
-from simgan.schema import BooleanNotNumber, ConfigModel
+from simgan.errors import SimganError
+from simgan.schema import BooleanNotNumber, DomainConfigs, Strict
 
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
 GROUPS = ("domain", "model")
 
-
-class Strict(ConfigModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class DomainConfig(Strict):
-    """The calorimeter (the default domain)."""
-
-    name: Literal["calorimeter"] = "calorimeter"
-    # a shipped binning (reference, ds1-photons, ds1-pions, ds2, ds3) or a path to an XML file
-    geometry: str = "reference"
-    particle: str = "electron"
-    # CaloChallenge evaluation threshold: 0.5 keV / 0.033 in stored (scaled) MeV
-    threshold_mev: float = Field(0.01515, ge=0)
-
-
-class AirshowerDomainConfig(Strict):
-    """Surface-detector footprints (9x9 triangular grid): ../configs/domain/airshower.yaml."""
-
-    name: Literal["airshower"] = "airshower"
-    spacing_m: float = Field(1500.0, gt=0)
-    altitude_m: float = Field(1400.0, ge=0)
-    trigger_vem: float = Field(3.0, gt=0)
-
-
-AnyDomainConfig = Annotated[Union[DomainConfig, AirshowerDomainConfig], Field(discriminator="name")]
-
-
-class AirshowerSimulateConfig(Strict):
-    """The reference air-shower simulator (a fast stand-in for CORSIKA + detector)."""
-
-    events: int = Field(20000, gt=0)
-    shard_events: int = Field(5000, gt=0)
-    lg_e_min: float = Field(18.5, ge=17, le=21)
-    lg_e_max: float = Field(20.0, ge=17, le=21)
-    mass_A: Literal[0, 1, 4, 14, 56] = 1  # 0: each event's mass drawn from 1, 4, 14, 56
-    core_radius_m: float = Field(750.0, gt=0)
-
-    @model_validator(mode="after")
-    def _range(self):
-        if self.lg_e_max <= self.lg_e_min:
-            raise ValueError("lg_e_max must be > lg_e_min")
-        return self
-
-
-class SimulateConfig(Strict):
-    events: int = Field(2000, gt=0)
-    particle: Literal["e-", "gamma"] = "e-"
-    energy_min_gev: float = Field(1.0, gt=0)
-    energy_max_gev: float = Field(64.0, gt=0)
-    energies_gev: list[Annotated[float, Field(gt=0)]] | None = None
-    theta_deg: float = Field(0.0, ge=0, lt=60)
-    cut_mm: float = Field(0.7, gt=0)
-    physics_list: Literal["emstandard_opt1", "emstandard_opt2"] = "emstandard_opt1"
-    sampling_fraction: float = Field(0.0229, gt=0, lt=1)
-    shard_events: int = Field(100, gt=0)
-    workers: int = Field(0, ge=0)  # 0: one per core; run-only
-
-    @model_validator(mode="after")
-    def _range(self):
-        if self.energies_gev is None and self.energy_max_gev < self.energy_min_gev:
-            raise ValueError("energy_max_gev must be >= energy_min_gev")
-        return self
-
+# each domain's config classes (simgan/domains/<name>/config.py): its `domain` section, the
+# simulate section and gate it validates, its model families
+DOMAIN_CONFIGS: dict[str, DomainConfigs] = {n: importlib.import_module(f"simgan.domains.{n}.config").CONFIGS
+                                            for n in NAMES}
+AnyDomainConfig = Annotated[Union[tuple(d.domain for d in DOMAIN_CONFIGS.values())], Field(discriminator="name")]
 
 class PrepareConfig(Strict):
     input: str | None = None  # None: the simulate stage's output
@@ -155,28 +97,6 @@ class GenerateConfig(Strict):
     dask_workers: int = Field(2, gt=0)  # run-only
 
 
-class GateConfig(Strict):
-    auc_high_max: float = Field(0.9, gt=0, le=1)
-    auc_low_max: float = Field(1.0, gt=0, le=1)
-    separation_etot_max: float = Field(0.2, ge=0, le=1)
-    separation_mean_max: float = Field(0.3, ge=0, le=1)
-    # largest |<E_tot/E_inc> generated / Geant4 - 1| over the incident-energy bins
-    response_deviation_max: float | None = Field(None, gt=0)
-    fpd_max: float | None = None
-
-
-class AirshowerGateConfig(Strict):
-    """Air-shower gate: classifier AUC on the observables, mean separation power, mean
-    triggered stations and angular resolution per station-count bin relative to the
-    simulator's, and the fitted-S1000 bias per energy bin."""
-
-    auc_max: float = Field(0.9, gt=0, le=1)
-    separation_mean_max: float = Field(0.3, ge=0, le=1)
-    station_count_deviation_max: float | None = Field(None, gt=0)
-    angular_resolution_deviation_max: float | None = Field(None, gt=0)
-    s1000_bias_max: float | None = Field(None, gt=0)
-
-
 class ValidateConfig(Strict):
     classifier_seeds: int = Field(3, gt=0)
     classifier_max_events: int = Field(20000, gt=0)  # per class, high-level features
@@ -190,7 +110,7 @@ class ValidateConfig(Strict):
     dask: bool = False  # run-only
     dask_workers: int = Field(2, gt=0)  # run-only
     plots: bool = True
-    gate: Union[GateConfig, AirshowerGateConfig] = GateConfig()
+    gate: Union[tuple(d.gate for d in DOMAIN_CONFIGS.values())] = GateConfig()
 
 
 class RegisterConfig(Strict):
@@ -200,11 +120,10 @@ class RegisterConfig(Strict):
     retries: int = Field(3, ge=1)
 
 
-ModelConfig = Annotated[Union[GANConfig, VAEConfig, FootprintGANConfig, FootprintVAEConfig],
+ModelConfig = Annotated[Union[tuple(m for d in DOMAIN_CONFIGS.values() for m in d.models)],
                         Field(discriminator="family")]
-DOMAIN_FAMILIES = {"calorimeter": ("gan", "vae"), "airshower": ("footprint_gan", "footprint_vae")}
-# the domain's own classes for the simulate section and the gate
-DOMAIN_SECTIONS = {"calorimeter": (SimulateConfig, GateConfig), "airshower": (AirshowerSimulateConfig, AirshowerGateConfig)}
+DOMAIN_FAMILIES = {n: tuple(m.model_fields["family"].default for m in d.models) for n, d in DOMAIN_CONFIGS.items()}
+DOMAIN_SECTIONS = {n: (d.simulate, d.gate) for n, d in DOMAIN_CONFIGS.items()}
 # discriminated unions put their tag in an error's location (model.vae.lr): dropped when reported
 UNION_TAGS = {"model": {f for fams in DOMAIN_FAMILIES.values() for f in fams}, "domain": set(DOMAIN_FAMILIES)}
 
@@ -230,7 +149,7 @@ class ExperimentConfig(Strict):
     seed: int = 42
     domain: AnyDomainConfig = DomainConfig()
     model: ModelConfig = GANConfig()
-    simulate: Union[SimulateConfig, AirshowerSimulateConfig] = SimulateConfig()
+    simulate: Union[tuple(d.simulate for d in DOMAIN_CONFIGS.values())] = SimulateConfig()
     prepare: PrepareConfig = PrepareConfig()
     train: TrainConfig = TrainConfig()
     generate: GenerateConfig = GenerateConfig()

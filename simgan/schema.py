@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import typing
+from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
@@ -36,3 +37,17 @@ class ConfigModel(BaseModel):
 
 def _describe(annotation) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+class Strict(ConfigModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DomainConfigs(NamedTuple):
+    """A domain's config classes: its `domain` section (tagged by `name`), the `simulate` section
+    and the gate it validates, and its model configs (tagged by `family`)."""
+
+    domain: type
+    simulate: type
+    gate: type
+    models: tuple

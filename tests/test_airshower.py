@@ -184,6 +184,7 @@ def test_airshower_chain_registers_and_a_consumer_predicts_from_a_dataframe(air_
     assert reg["alias_uri"] == "models:/air-tiny@champion"
     m = json.loads((run / "validate" / "metrics.json").read_text())
     assert m["domain"] == "airshower" and 0.3 < m["floor"]["auc"] < 0.7 and m["gate"]["pass"]
+    assert m["reference"] == str(run / "prepare" / "test.h5") and m["n_reference"] == m["n_candidate"]
     assert (run / "validate" / "footprints.png").is_file() and (run / "validate" / "observables.png").is_file()
     mlflow.set_tracking_uri(cfg.register.tracking_uri)
     model = mlflow.pyfunc.load_model("models:/air-tiny@champion")
@@ -222,6 +223,25 @@ def test_checkpoint_carries_the_schema_and_generate_warns_outside_the_training_r
     assert "log10_energy_eV outside the training range" in capsys.readouterr().err
     gen = aio.read(tmp_path / "gen.h5")
     assert gen.signal.shape == (50, 9, 9) and (gen.signal[gen.triggered] >= 3).all()
+
+
+def test_validate_cli_takes_the_domain_from_the_reference_file(air_chain, tmp_path, capsys):
+    import json
+
+    from pipeline.cli import main
+    tmp, cfg = air_chain
+    files = ["--reference", str(cfg.run_dir / "prepare" / "test.h5"), "--candidate",
+             str(cfg.run_dir / "generate" / "generated.h5"), "--floor", str(cfg.run_dir / "prepare" / "train.h5")]
+    # a calorimeter config for footprint files: refused before any work
+    assert main(["validate", "-c", str(REPO / "configs/experiment/quickstart.yaml"), *files,
+                 "--out", str(tmp_path / "v1")]) == 2
+    assert "holds airshower data but" in capsys.readouterr().err and not (tmp_path / "v1").exists()
+    # no config: the air-shower defaults (its gate), the air-shower summary line
+    main(["validate", *files, "--out", str(tmp_path / "v2")])
+    out = capsys.readouterr().out
+    assert "AUC observables" in out and "S1000 bias" in out
+    m = json.loads((tmp_path / "v2" / "metrics.json").read_text())
+    assert set(m["gate"]["checks"]) == {"auc", "separation_power_mean"} and m["reference"] == files[1]
 
 
 def test_bad_airshower_input_stops_prepare_with_nothing_written(tmp_path, capsys):

@@ -69,6 +69,21 @@ class Domain:
         returns the line to print."""
         raise SimganError(f"the {self.name} domain has no reference simulator: bring its data with `simgan convert`")
 
+    def validate_files(self, reference, candidate, floor, out_dir, vcfg, domain_cfg, dask=None, scheduler=None,
+                       extra=None) -> dict:
+        """`simgan validate`: the candidate (and the floor sample at the same size) against the
+        reference; writes metrics.json, plots and report.html into out_dir; returns the metrics."""
+        raise NotImplementedError
+
+    def summary_text(self, m: dict, report) -> str:
+        """One line: the verdict and the headline figures, each with its floor in brackets."""
+        raise NotImplementedError
+
+    def generate_cli(self, args, ckpt: dict | None, out, fmt: str) -> int:
+        """`simgan generate` for this domain's checkpoint (its conditions from the arguments);
+        out and fmt are checked already."""
+        raise NotImplementedError
+
     def merge_files(self, shards: list, out) -> None:
         """`simgan merge`: shard files of one run (same seed) into one file."""
         raise NotImplementedError

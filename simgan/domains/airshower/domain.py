@@ -131,6 +131,29 @@ class Airshower(Domain):
         return f"wrote {out}: {len(fp)} air-shower events" + (
             f" (shard {shard_index} of {shard_count})" if shard_count else "")
 
+    def validate_files(self, reference, candidate, floor, out_dir, vcfg, domain_cfg, dask=None, scheduler=None,
+                       extra=None):
+        if not floor:
+            raise SimganError("air-shower validation needs --floor: an independent simulated sample")
+        if dask or extra:
+            raise SimganError("air-shower validation takes neither --dask nor --ablation")
+        return validate_files(reference, candidate, floor, out_dir, vcfg)
+
+    def summary_text(self, m, report):
+        from simgan.validate import verdict
+        fl = m["floor"]
+
+        def pct(k):
+            return f"{100 * m[k]:.1f}% [{100 * fl[k]:.1f}%]"
+        return (f"validation: {verdict(m)} (AUC observables {m['auc']:.3f} [simulator floor {fl['auc']:.3f}], "
+                f"footprints {m['auc_footprints']:.3f} [{fl['auc_footprints']:.3f}]; mean separation "
+                f"{m['separation_power_mean']:.4f} [{fl['separation_power_mean']:.4f}]; stations within "
+                f"{pct('station_count_deviation_max')}, angular resolution within "
+                f"{pct('angular_resolution_deviation_max')}, S1000 bias {pct('s1000_bias_max')}); report: {report}")
+
+    def generate_cli(self, args, ckpt, out, fmt):
+        return generate_cli(args, ckpt, out, fmt)
+
     def merge_files(self, shards, out):
         aio.merge_shards(shards, out)
 
@@ -225,12 +248,12 @@ def validate_files(reference, candidate, floor, out_dir, vcfg) -> dict:
         raise SimganError(f"{candidate}: its conditions are not the reference's row by row; generate from "
                           f"{reference}")
     meta = json.loads(cand.attrs.get("metadata", "{}") or "{}")
-    reference = av.summarise(ref)  # once, for the candidate and for the floor
-    m = av.compare(reference, av.summarise(cand), vcfg.classifier_seeds, vcfg.classifier_max_events)
+    ref_summary = av.summarise(ref)  # once, for the candidate and for the floor
+    m = av.compare(ref_summary, av.summarise(cand), vcfg.classifier_seeds, vcfg.classifier_max_events)
     fl_src = aio.read(floor)
     rows = np.random.default_rng(0).choice(len(fl_src), min(len(ref), len(fl_src)), replace=False)
     fl_fp = fl_src.subset(np.sort(rows))
-    fl = av.compare(reference, av.summarise(fl_fp), vcfg.classifier_seeds, vcfg.classifier_max_events)
+    fl = av.compare(ref_summary, av.summarise(fl_fp), vcfg.classifier_seeds, vcfg.classifier_max_events)
     m.update({"reference": str(reference), "candidate": str(candidate), "n_reference": len(ref),
               "n_candidate": len(cand), "floor": fl,
               "floor_source": f"{len(fl_fp)} simulated events of {floor} (independent of the reference, "
@@ -241,6 +264,27 @@ def validate_files(reference, candidate, floor, out_dir, vcfg) -> dict:
     av.write_report(out_dir, m, plots)
     write_json_atomic(out_dir / "metrics.json", m)
     return m
+
+
+def generate_cli(args, ckpt: dict, out, fmt) -> int:
+    """An air-shower checkpoint: footprints for the conditions of --energies-from (a footprint file)."""
+    from simgan.checkpoint import model_of, resolve_device
+    from simgan.generate import checkpoint_metadata
+
+    if not args.energies_from or args.layer_energies_from or args.energy_range or fmt != "hdf5":
+        raise SimganError("an air-shower model generates HDF5 footprints for the conditions of a footprint file: "
+                          "give --energies-from FILE (its conditions are used) and an .h5 --out")
+    if args.shard_index is not None or args.shard_count is not None or args.dask or args.compare_geant4:
+        raise SimganError("an air-shower model generates in one process (no --shard-index, --dask or "
+                          "--compare-geant4)")
+    model = model_of(ckpt, resolve_device(args.device))
+    src = aio.read(args.energies_from, args.events)
+    warn_outside(ckpt.get("condition_ranges", {}), src.conditions, str(args.energies_from))
+    timing = generate_footprints(model, src, out, args.batch_size, args.seed, args.precision,
+                                 checkpoint_metadata(args.checkpoint))
+    print(f"wrote {out}: {timing['events']} footprints at {timing['events_per_s']:.0f} events/s")
+    print(json.dumps(timing))
+    return 0
 
 
 DOMAIN = Airshower()

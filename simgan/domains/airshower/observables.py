@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 
-from simgan.domains.airshower.simulator import (C_M_PER_NS, ArrayParams, axis, ldf, mean_xmax_proton,
+from simgan.domains.airshower.simulator import (C_M_PER_NS, ArrayParams, ldf, mean_xmax_proton,
                                                 s1000_and_beta, shower_plane_geometry, timing_sigma)
 
 R_BINS = np.array([0, 500, 750, 1000, 1250, 1500, 2000, 3000, 6000.0])

@@ -74,6 +74,30 @@ class Calorimeter(Domain):
                 f"{meta['geant4_cpu_seconds']:.1f} Geant4 CPU-s, sampling fraction measured "
                 f"{meta['sampling_fraction_measured']:.4f} (used {meta['sampling_fraction']})")
 
+    def validate_files(self, reference, candidate, floor, out_dir, vcfg, domain_cfg, dask=None, scheduler=None,
+                       extra=None):
+        from simgan.cluster import dask_client
+        from simgan.domains.calorimeter.stages import ABLATION_LABEL
+        from simgan.validate import validate
+
+        with dask_client(dask or vcfg.dask, vcfg.dask_workers, scheduler) as client:
+            return validate(reference, candidate, out_dir, vcfg, domain_cfg.threshold_mev, client, floor=floor,
+                            extra_candidates={ABLATION_LABEL: extra} if extra else None)
+
+    def summary_text(self, m, report):
+        from simgan.validate import verdict
+        fl = m["floor"]
+        return (f"validation: {verdict(m)} (AUC high-level {m['auc_high']:.3f} [Geant4 floor {fl['auc_high']:.3f}], "
+                f"voxels {m['auc_low']:.3f} [{fl['auc_low']:.3f}]; mean separation {m['separation_power_mean']:.4f} "
+                f"[{fl['separation_power_mean']:.4f}]; E_tot/E_inc separation "
+                f"{m['separation_power']['etot_over_einc']:.3f} [{fl['separation_etot_over_einc']:.3f}]; response "
+                f"within {100 * m['response_deviation_max']:.1f}% [{100 * fl['response_deviation_max']:.1f}%]); "
+                f"report: {report}")
+
+    def generate_cli(self, args, ckpt, out, fmt):
+        from simgan.domains.calorimeter.stages import generate_cli
+        return generate_cli(args, ckpt, out, fmt)
+
     def merge_files(self, shards, out):
         from simgan.sim.produce import merge_shards
         merge_shards(shards, out)

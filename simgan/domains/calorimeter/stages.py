@@ -179,3 +179,67 @@ def validate(cfg, ins, out, progress: bool) -> dict:
 
 
 STAGES = {"simulate": simulate, "prepare": prepare, "generate": generate, "validate": validate}
+
+
+def generate_cli(args, ckpt: dict | None, out, fmt: str) -> int:
+    """`simgan generate` for a calorimeter checkpoint (or a registered model): showers for the
+    energies (and extra conditions) of --energies-from, or log-uniform in --energy-range."""
+    import json
+
+    from simgan.checkpoint import checkpoint_binning, model_of
+    from simgan.generate import log_uniform_energies
+
+    conds: dict = {}
+    if args.layer_energies_from and (args.energies_from or args.energy_range or args.model):
+        raise SimganError("--layer-energies-from takes the energies from that file: give it with --checkpoint, "
+                          "without --energies-from or --energy-range")
+    if args.layer_energies_from:
+        energies, conds = energies_from_file(args.layer_energies_from, args.events)
+    elif args.energies_from:
+        energies, conds = energies_from_file(args.energies_from, args.events)
+    elif args.events and args.energy_range:
+        energies = log_uniform_energies(args.events, *args.energy_range, args.seed)
+    else:
+        raise SimganError("give --energies-from FILE, or --events N with --energy-range MIN_GEV MAX_GEV")
+    if ckpt is not None:
+        source = args.layer_energies_from or args.energies_from or "--energy-range"
+        conds = model_conditions(ckpt, conds, source)
+        warn_outside(ckpt.get("condition_ranges", {}), {"incident_energy": energies, **conds}, source)
+    sharded = args.shard_index is not None or args.shard_count is not None
+    if args.layer_energies_from and (sharded or args.dask):
+        raise SimganError("--layer-energies-from runs in one process (no --shard-index or --dask)")
+    if (sharded or args.dask) and not args.checkpoint:
+        raise SimganError("--shard-index/--shard-count and --dask work with --checkpoint")
+    if (sharded or args.dask) and fmt != "hdf5":
+        raise SimganError("sharded and dask generation write HDF5 (merge, then `simgan convert`)")
+    if args.dask:
+        from simgan.cluster import dask_client
+        from simgan.generate import generate_with_dask
+        with dask_client(True, args.dask_workers, args.scheduler) as client:
+            timing = generate_with_dask(args.checkpoint, energies, conds, out, args.batch_size, args.seed, client,
+                                        args.shards, args.precision)
+    elif args.checkpoint:
+        device = resolve_device(args.device)
+        model = model_of(ckpt, device)
+        from simgan.config import config_from_dict
+        cfg = config_from_dict(ckpt["config"], args.checkpoint)
+        binning = checkpoint_binning(ckpt, str(args.checkpoint))
+        rows = None
+        if sharded:
+            from simgan.generate import shard_rows
+            rows = shard_rows(len(energies), args.batch_size, args.shard_index, args.shard_count)
+        given = None
+        if args.layer_energies_from:
+            given = layer_energies_from_file(args.layer_energies_from, model_layer_voxels(model),
+                                             cfg.domain.threshold_mev, args.events)
+        timing = generate_to_file(model, energies, conds, out, binning, args.batch_size, device, args.seed, fmt,
+                                  checkpoint_metadata(args.checkpoint), not args.quiet, rows, args.precision, given)
+        if args.compare_geant4:
+            timing["geant4"] = compare_geant4(cfg.model_copy(update={"generate": cfg.generate.model_copy(
+                update={"precision": args.precision})}), model, energies, conds, args.compare_geant4, device)
+    else:
+        from simgan.registry import generate_from_registry
+        timing = generate_from_registry(args.model, energies, out, args.batch_size, fmt)
+    print(f"wrote {out}: {timing['events']} showers at {timing['showers_per_s']:.0f} showers/s")
+    print(json.dumps({k: v for k, v in timing.items() if k != "geant4"}))
+    return 0
