@@ -189,16 +189,9 @@ class Trainer:
                 for group in self.opts[name].param_groups:
                     group["lr"] = group["initial_lr"] * factor
 
-    def _out_of_time(self, mine: bool) -> bool:
-        """Every rank stops at the same step: rank 0's clock decides."""
-        if not (self.distributed and dist.is_initialized()):
-            return mine
-        flag = torch.tensor([float(mine)], device=self.device if self.device.type == "cuda" else "cpu")
-        dist.broadcast(flag, 0)
-        return bool(flag.item())
-
     def _any_rank(self, mine: bool) -> bool:
-        """True on every rank if it is true on any (a signal may reach the ranks a step apart)."""
+        """True on every rank if it is true on any, so all ranks stop at the same step (a signal may
+        reach the ranks a step apart; their clocks pass a time budget a moment apart)."""
         if not (self.distributed and dist.is_initialized()):
             return mine
         flag = torch.tensor([float(mine)], device=self.device if self.device.type == "cuda" else "cpu")
@@ -360,7 +353,7 @@ class Trainer:
                             tracker.log_metrics(logs, self.step)
                     if self.step % cfg.checkpoint_every == 0 or self.step == self.total_steps:
                         self.save(self.ckpt_dir / "last.pt")
-                        if cfg.max_seconds and self._out_of_time(time.perf_counter() - t0 > cfg.max_seconds):
+                        if cfg.max_seconds and self._any_rank(time.perf_counter() - t0 > cfg.max_seconds):
                             break
                     if self.step % check_every == 0 and self._any_rank(self._terminate):
                         self.save(self.ckpt_dir / "last.pt")
