@@ -10,7 +10,6 @@ reference. Optionally the CaloChallenge DNN classifier test runs beside the boos
 
 from __future__ import annotations
 
-import html
 import time
 from pathlib import Path
 
@@ -19,7 +18,8 @@ import numpy as np
 from simgan.config import ValidateConfig
 from simgan.data import calochallenge as cc
 from simgan.errors import SimganError
-from simgan.io import atomic_path, file_sha256, open_hdf5, write_json_atomic
+from simgan.report.markdown import write_markdown_report
+from simgan.io import file_sha256, open_hdf5, write_json_atomic
 from simgan.metrics.classifier import (classifier_test, dnn_classifier_test, dnn_high_level_inputs,
                                        dnn_low_level_inputs, high_level_inputs, low_level_inputs)
 from simgan.metrics.distances import separation_power, wasserstein1_scaled
@@ -288,19 +288,4 @@ def write_report(out_dir: Path, m: dict, plots: list[Path]) -> None:
           "## Largest separation powers", "", "| feature | separation | W1/σ |", "|---|---|---|",
           *[f"| {k} | {v:.4f} | {m['wasserstein1'][k]:.3f} |" for k, v in worst], "",
           *[f"![{p.stem}]({p.name})" for p in plots], ""]
-    text = "\n".join(md)
-    with atomic_path(out_dir / "report.md") as tmp:
-        tmp.write_text(text)
-    body = []
-    for ln in md:
-        if ln.startswith("!["):
-            name = ln[ln.index("(") + 1:-1]
-            body.append(f'<img src="{html.escape(name)}" style="max-width:100%">')
-        elif ln.startswith("#"):
-            level = len(ln) - len(ln.lstrip("#"))
-            body.append(f"<h{level}>{html.escape(ln.lstrip('# '))}</h{level}>")
-        elif ln:
-            body.append(f"<pre>{html.escape(ln)}</pre>" if ln.startswith("|") else f"<p>{html.escape(ln)}</p>")
-    with atomic_path(out_dir / "report.html") as tmp:
-        tmp.write_text("<html><head><meta charset='utf-8'><title>simgan validation</title></head><body>"
-                       + "\n".join(body) + "</body></html>\n")
+    write_markdown_report(out_dir, md, "simgan validation")

@@ -3,7 +3,6 @@ the simulator-vs-simulator floor at the same size beside every figure, plots and
 
 from __future__ import annotations
 
-import html
 import math
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from simgan.domains.airshower.io import Footprints
 from simgan.domains.airshower.observables import (angular_resolution, event_features,
                                                   radial_profiles)
 from simgan.domains.airshower.simulator import ArrayParams
-from simgan.io import atomic_path
+from simgan.report.markdown import write_markdown_report
 from simgan.metrics.classifier import classifier_test
 from simgan.metrics.distances import separation_power
 
@@ -179,12 +178,4 @@ def write_report(out_dir: Path, m: dict, plot_paths: list[Path]) -> None:
           *[f"| {s['lg_lo']}-{s['lg_hi']} | {f(s['reference'], 2)} | {f(s['candidate'], 2)} | {f(t['reference'])} | "
             f"{f(t['candidate'])} |" for s, t in zip(m["stations_by_energy"], m["s1000_by_energy"])], "",
           *[f"![{p.stem}]({p.name})" for p in plot_paths], ""]
-    with atomic_path(out_dir / "report.md") as tmp:
-        tmp.write_text("\n".join(md))
-    body = [f'<img src="{html.escape(ln[ln.index("(") + 1:-1])}" style="max-width:100%">' if ln.startswith("![")
-            else f"<h1>{html.escape(ln[2:])}</h1>" if ln.startswith("# ")
-            else f"<pre>{html.escape(ln)}</pre>" if ln.startswith("|") else f"<p>{html.escape(ln)}</p>"
-            for ln in md if ln]
-    with atomic_path(out_dir / "report.html") as tmp:
-        tmp.write_text("<html><head><meta charset='utf-8'><title>simgan air-shower validation</title></head><body>"
-                       + "\n".join(body) + "</body></html>\n")
+    write_markdown_report(out_dir, md, "simgan air-shower validation")
