@@ -93,7 +93,15 @@ def cmd_convert(args) -> int:
     from simgan.io import check_output_file
 
     check_output_file(args.out, {"input": args.input})
-    convert(args.input, args.out, args.format, args.binning)
+    if args.format == "swc":
+        from simgan.domains.neuron import io as nio
+        if not args.labels:
+            raise SimganError("--format swc needs --labels CSV (columns file, cell_class, optionally randomness)")
+        nio.write(args.out, nio.read_swc_dir(args.input, args.labels, args.scale_um))
+    elif args.labels:
+        raise SimganError("--labels goes with --format swc (a folder of morphologies)")
+    else:
+        convert(args.input, args.out, args.format, args.binning)
     print(f"wrote {args.out}")
     return 0
 
@@ -172,11 +180,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(overrides=[])
     s.set_defaults(func=cmd_merge)
 
-    s = sub.add_parser("convert", help="convert between CaloChallenge HDF5, CaloGAN HDF5 and ROOT")
+    s = sub.add_parser("convert", help="convert between CaloChallenge HDF5, CaloGAN HDF5 and ROOT; rasterise a "
+                                       "folder of neuron morphologies (SWC) into a neuron image file")
     s.add_argument("input")
     s.add_argument("--out", required=True)
-    s.add_argument("--format", default="auto", choices=["auto", "calochallenge", "calogan", "root"])
+    s.add_argument("--format", default="auto", choices=["auto", "calochallenge", "calogan", "root", "swc"])
     s.add_argument("--binning", help="shipped binning name or XML path (needed for ROOT input)")
+    s.add_argument("--labels", help="--format swc: CSV with columns file, cell_class (IN, PC, L5_TPC), optionally "
+                                    "randomness")
+    s.add_argument("--scale-um", type=_positive_finite, default=1.0,
+                   help="--format swc: um per unit of the morphology files (0.008 for 8 nm)")
     s.set_defaults(func=cmd_convert)
 
     for name in ("prepare", "train"):

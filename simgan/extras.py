@@ -1,5 +1,6 @@
 """Optional parts and how to install them: Geant4 (the reference calorimeter simulation),
-ROOT files (uproot), dask (scale-out), dask-jobqueue (Slurm clusters)."""
+ROOT files (uproot), dask (scale-out), dask-jobqueue (Slurm clusters), NeuroTS and morphio
+(neurons)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from simgan.errors import SimganError
 EXTRAS = {"geant4_pybind": ("geant4", "the Geant4 reference simulation"),
           "uproot": ("root", "ROOT files"),
           "dask.distributed": ("dask", "dask scale-out (--dask, generate.dask, validate.dask)"),
-          "dask_jobqueue": ("slurm", "dask-jobqueue on Slurm")}
+          "dask_jobqueue": ("slurm", "dask-jobqueue on Slurm"),
+          "neurots": ("neuron", "the NeuroTS reference neuron simulation"),
+          "morphio": ("neuron", "reading morphologies (SWC)")}
 
 
 def require(module: str):

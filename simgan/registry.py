@@ -47,19 +47,16 @@ def _pyfunc_class():
     return ShowerSurrogate
 
 
-HEADLINE = {"auc_high": "auc_high", "auc_low": "auc_low", "fpd": "fpd", "kpd": "kpd",
-            "separation_power_mean": "separation_mean", "auc": "auc", "auc_footprints": "auc_footprints",
-            "angular_resolution_deviation_max": "angular_resolution_deviation_max",
-            "station_count_deviation_max": "station_count_deviation_max", "s1000_bias_max": "s1000_bias_max"}
+SHORT_NAMES = {"separation_power_mean": "separation_mean"}
 
 
-def headline(metrics: dict) -> dict[str, float]:
-    """The validation figures a registered version carries (those of its domain present)."""
+def headline(metrics: dict, keys: tuple[str, ...]) -> dict[str, float]:
+    """The validation figures a registered version carries (its domain's headline keys present)."""
     out = {}
-    for key, name in HEADLINE.items():
+    for key in keys:
         v = metrics.get(key)
         if isinstance(v, (int, float)) and np.isfinite(v):
-            out[name] = float(v)
+            out[SHORT_NAMES.get(key, key)] = float(v)
     return out
 
 
@@ -148,7 +145,7 @@ def register_model(checkpoint, binning_xml: str | None, name: str, uri: str, met
             info = mlflow.pyfunc.log_model(name="surrogate", python_model=_pyfunc_class()(), artifacts=artifacts,
                                            signature=signature, input_example=example)
             if metrics:
-                mlflow.log_metrics({f"val_{k}": v for k, v in headline(metrics).items()})
+                mlflow.log_metrics({f"val_{k}": v for k, v in headline(metrics, domain.headline_keys).items()})
             run_id = run.info.run_id
     mv = mlflow.register_model(info.model_uri, name)
     client = MlflowClient(uri)
@@ -156,7 +153,7 @@ def register_model(checkpoint, binning_xml: str | None, name: str, uri: str, met
             "family": ckpt["model_args"]["config"]["family"], "simgan_version": ckpt["simgan_version"],
             "domain": domain.name}
     if metrics:
-        tags.update({k: f"{v:.6g}" for k, v in headline(metrics).items()})
+        tags.update({k: f"{v:.6g}" for k, v in headline(metrics, domain.headline_keys).items()})
     for k, v in tags.items():
         client.set_model_version_tag(name, mv.version, k, v)
     if gate_pass:

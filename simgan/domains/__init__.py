@@ -17,7 +17,7 @@ import numpy as np
 
 from simgan.errors import SimganError
 
-NAMES = ("calorimeter", "airshower")
+NAMES = ("calorimeter", "airshower", "neuron")
 
 
 class Domain:
@@ -29,6 +29,8 @@ class Domain:
     stages: dict = {}
     # stages whose body also takes shards=[files of a job array] to merge (the Slurm chain)
     sharded_stages: tuple[str, ...] = ()
+    # validation figures a registered version carries as metrics and tags (those present)
+    headline_keys: tuple[str, ...] = ("separation_power_mean",)
 
     def read(self, path, max_events: int | None = None):
         raise NotImplementedError

@@ -43,6 +43,8 @@ def condition_ranges(fp: aio.Footprints) -> dict:
 
 class Airshower(Domain):
     name = "airshower"
+    headline_keys = ("auc", "auc_footprints", "separation_power_mean", "angular_resolution_deviation_max",
+                     "station_count_deviation_max", "s1000_bias_max")
 
     def read(self, path, max_events=None):
         return aio.read(path, max_events)

@@ -15,6 +15,7 @@ ENERGY_COLUMN = "incident_energy"  # the registered model's input column, MeV
 class Calorimeter(Domain):
     name = "calorimeter"
     sharded_stages = ("simulate", "generate")
+    headline_keys = ("auc_high", "auc_low", "fpd", "kpd", "separation_power_mean")
 
     @property
     def stages(self):

@@ -1,0 +1,281 @@
+"""Conditional surrogates of neuron projection images: a VAE and a WGAN-GP, convolutional.
+
+Model view: v = log1p(x / 1 um) per pixel (0 where empty), one channel of 64 x 64. Conditions:
+the cell class (a learned embedding in the generator/decoder, one-hot where a network only
+reads it) and the growth randomness ((r - 0.25) / 0.15). Every network also sees two
+coordinate channels (row, column relative to the soma pixel): the images are anchored at the
+soma, so where a pixel lies matters.
+
+The VAE's decoder gives each pixel the probability that it holds neurite and, if it does, a
+Gaussian for v (zero-inflated, as the calorimeter's voxels); the GAN's generator ends in a
+ReLU, so empty pixels are exactly empty.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import nn
+
+from simgan.models.adversarial import adversarial_step, gan_optimizers
+from simgan.models.latent import kl_normal
+from simgan.schema import ConfigModel
+
+CONDITIONS = ("cell_class", "randomness")
+N_CLASSES = 3
+SCALE_UM = 1.0
+
+
+class NeuronVAEConfig(ConfigModel):
+    family: Literal["neuron_vae"] = "neuron_vae"
+    latent_dim: int = Field(32, gt=0)
+    width: int = Field(16, gt=0)  # channels at 1/4 of the image size (half at 1/2; 2x, 4x at 1/8, 1/16)
+    embed_dim: int = Field(8, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    beta: float = Field(1.0, ge=0)
+    kl_warmup_steps: int = Field(500, ge=0)
+
+
+class NeuronGANConfig(ConfigModel):
+    family: Literal["neuron_gan"] = "neuron_gan"
+    loss: Literal["wgan_gp"] = "wgan_gp"  # read by the shared adversarial step and optimisers
+    latent_dim: int = Field(64, gt=0)
+    width: int = Field(32, gt=0)
+    critic_width: int = Field(32, gt=0)
+    embed_dim: int = Field(8, gt=0)
+    gp_lambda: float = Field(10.0, ge=0)
+    n_critic: int = Field(5, gt=0)
+    lr_g: float = Field(2e-4, gt=0)
+    lr_d: float = Field(2e-4, gt=0)
+    betas: tuple[float, float] = (0.5, 0.9)
+
+
+def to_view(images: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) um per pixel -> (N, 1, H, W) log1p(x / 1 um)."""
+    return torch.log1p(images.clamp(min=0) / SCALE_UM)[:, None]
+
+
+def from_view(v: torch.Tensor) -> torch.Tensor:
+    return torch.expm1(v.clamp(min=0))[:, 0] * SCALE_UM
+
+
+def condition_array(cell_class: np.ndarray, randomness: np.ndarray) -> np.ndarray:
+    return np.stack([np.asarray(cell_class, np.float32), np.asarray(randomness, np.float32)], 1)
+
+
+def one_hot_vector(c: torch.Tensor) -> torch.Tensor:
+    """(N, 2) (class index, randomness) -> (N, 4) one-hot class and scaled randomness."""
+    oh = nn.functional.one_hot(c[:, 0].long().clamp(0, N_CLASSES - 1), N_CLASSES).to(c.dtype)
+    return torch.cat([oh, ((c[:, 1] - 0.25) / 0.15)[:, None]], 1)
+
+
+def coords(n: int, size: int, soma: tuple[int, int], device, dtype) -> torch.Tensor:
+    r = (torch.arange(size, device=device, dtype=dtype) - soma[0]) / (size / 2)
+    c = (torch.arange(size, device=device, dtype=dtype) - soma[1]) / (size / 2)
+    grid = torch.stack(torch.meshgrid(r, c, indexing="ij"))
+    return grid[None].expand(n, -1, -1, -1)
+
+
+def down(c_in: int, c_out: int, refine: bool) -> nn.Sequential:
+    layers = [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+    if refine:
+        layers += [nn.Conv2d(c_out, c_out, 3, padding=1), nn.LeakyReLU(0.2)]
+    return nn.Sequential(*layers)
+
+
+class Up(nn.Module):
+    """x2 upsampling; the coordinate channels and the condition are appended before the
+    convolution(s) (two at the coarse scales, one at the fine: the cost is at 64 x 64)."""
+
+    def __init__(self, c_in: int, c_out: int, k: int, refine: bool, full: int):
+        super().__init__()
+        self.full = full  # the image size, to place the soma at this scale
+        layers = [nn.Conv2d(c_in + 2 + k, c_out, 3, padding=1), nn.LeakyReLU(0.2)]
+        if refine:
+            layers += [nn.Conv2d(c_out, c_out, 3, padding=1), nn.LeakyReLU(0.2)]
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, h, cond_vec, soma):
+        h = nn.functional.interpolate(h, scale_factor=2, mode="nearest")
+        n, _, s, _ = h.shape
+        extra = torch.cat([coords(n, s, (soma[0] * s // self.full, soma[1] * s // self.full), h.device, h.dtype),
+                           cond_vec[:, :, None, None].expand(-1, -1, s, s).to(h.dtype)], 1)
+        return self.conv(torch.cat([h, extra], 1))
+
+
+def widths(width: int) -> list[int]:
+    """Channels at 1/2, 1/4, 1/8 and 1/16 of the image size."""
+    return [max(width // 2, 4), width, 2 * width, 4 * width]
+
+
+class Encoder(nn.Module):
+    """(N, c_in, S, S) -> (N, n_out) through four halvings to S/16."""
+
+    def __init__(self, c_in: int, width: int, n_out: int, soma: tuple[int, int], size: int):
+        super().__init__()
+        w = widths(width)
+        self.soma = soma
+        self.net = nn.Sequential(down(c_in + 2, w[0], False), down(w[0], w[1], False), down(w[1], w[2], True),
+                                 down(w[2], w[3], True), nn.Flatten(), nn.Linear(w[3] * (size // 16) ** 2, n_out))
+
+    def forward(self, x):
+        return self.net(torch.cat([x, coords(len(x), x.shape[-1], self.soma, x.device, x.dtype)], 1))
+
+
+class Decoder(nn.Module):
+    """(N, d) code + (N, k) condition -> (N, n_out, S, S) from S/16 through four doublings."""
+
+    def __init__(self, d: int, k: int, width: int, n_out: int, soma: tuple[int, int], size: int):
+        super().__init__()
+        w = widths(width)
+        self.soma, self.s0 = soma, size // 16
+        self.fc = nn.Sequential(nn.Linear(d + k, w[3] * self.s0**2), nn.LeakyReLU(0.2))
+        self.w0 = w[3]
+        self.ups = nn.ModuleList([Up(w[3], w[2], k, True, size), Up(w[2], w[1], k, True, size),
+                                  Up(w[1], w[0], k, False, size), Up(w[0], w[0], k, False, size)])
+        self.out = nn.Conv2d(w[0], n_out, 1)
+
+    def forward(self, z, cond_vec):
+        h = self.fc(torch.cat([z, cond_vec.to(z.dtype)], 1)).view(len(z), self.w0, self.s0, self.s0)
+        for up in self.ups:
+            h = up(h, cond_vec, self.soma)
+        return self.out(h)
+
+
+class NeuronSurrogate(nn.Module):
+    """What both families share: the class embedding, the soma pixel, fit() and the sample()
+    the pipeline calls with (N, 2) conditions (class index, randomness)."""
+
+    domain = "neuron"
+
+    def __init__(self, cfg, size: int, soma: tuple[int, int]):
+        super().__init__()
+        self.cfg, self.size, self.soma = cfg, int(size), (int(soma[0]), int(soma[1]))
+        self.embed = nn.Embedding(N_CLASSES, cfg.embed_dim)
+
+    def cond_vector(self, c: torch.Tensor) -> torch.Tensor:
+        """(N, 2) -> (N, embed_dim + 1): the learned class embedding and the scaled randomness."""
+        return torch.cat([self.embed(c[:, 0].long().clamp(0, N_CLASSES - 1)), ((c[:, 1] - 0.25) / 0.15)[:, None]], 1)
+
+    def fit(self, images: np.ndarray, cond: np.ndarray) -> dict:
+        return {"main": (to_view(torch.as_tensor(images, dtype=torch.float32)), torch.as_tensor(cond))}
+
+    def run_modules(self) -> dict[str, nn.Module]:
+        return {}
+
+    def phases(self):
+        return [(None, None)]
+
+
+class NeuronVAE(NeuronSurrogate):
+    family = "neuron_vae"
+
+    def __init__(self, cfg: NeuronVAEConfig, size: int, soma: tuple[int, int]):
+        super().__init__(cfg, size, soma)
+        k = cfg.embed_dim + 1
+        self.encoder = Encoder(1 + N_CLASSES + 1, cfg.width, 2 * cfg.latent_dim, self.soma, self.size)
+        self.decoder = Decoder(cfg.latent_dim, k, cfg.width, 3, self.soma, self.size)  # hit logit, mean, log sd of v
+
+    def run_modules(self):
+        return {"encoder": self._modules["encoder"], "decoder": self._modules["decoder"]}
+
+    def ema_modules(self):
+        return [self._modules["decoder"], self._modules["embed"]]
+
+    def make_optimizers(self):
+        return {"vae": torch.optim.Adam(self.parameters(), lr=self.cfg.lr)}
+
+    def _cond_channels(self, c, s):
+        return one_hot_vector(c)[:, :, None, None].expand(-1, -1, s, s)
+
+    def train_step(self, batches, opts, step, autocast, gens):
+        view, c = next(batches)
+        eps = torch.randn(len(c), self.cfg.latent_dim, generator=gens["noise"], device=c.device)
+        with autocast():
+            mu, logvar = self.encoder(torch.cat([view, self._cond_channels(c, view.shape[-1])], 1)).float().chunk(2, 1)
+            logvar = logvar.clamp(-12, 6)
+            z = mu + torch.exp(0.5 * logvar) * eps
+            out = self.decoder(z, self.cond_vector(c)).float()
+        hit_logit, mean, log_sd = out[:, 0], out[:, 1], out[:, 2].clamp(-5, 2)
+        v = view[:, 0]
+        hit = v > 0
+        bce = nn.functional.binary_cross_entropy_with_logits(hit_logit, hit.float(), reduction="none")
+        nll = 0.5 * ((v - mean) / torch.exp(log_sd)) ** 2 + log_sd + 0.5 * math.log(2 * math.pi)
+        rec = (bce + torch.where(hit, nll, torch.zeros_like(nll))).flatten(1).sum(1).mean()
+        kl = kl_normal(mu, logvar)
+        warm = 1.0 if self.cfg.kl_warmup_steps == 0 else min(1.0, (step + 1) / self.cfg.kl_warmup_steps)
+        loss = rec + self.cfg.beta * warm * kl
+        opts["vae"].zero_grad(set_to_none=True)
+        loss.backward()
+        opts["vae"].step()
+        return {"loss": float(loss.detach()), "recon": float(rec.detach()), "kl": float(kl.detach())}
+
+    @torch.no_grad()
+    def sample(self, conditions: torch.Tensor, extra=None, generator=None, precision: str = "fp32", **_):
+        c = conditions.float()
+        z = torch.randn(len(c), self.cfg.latent_dim, generator=generator, device=c.device)
+        with torch.autocast(device_type=c.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = self.decoder(z, self.cond_vector(c)).float()
+        noise = torch.rand(len(c), self.size, self.size, generator=generator, device=c.device)
+        gauss = torch.randn(len(c), self.size, self.size, generator=generator, device=c.device)
+        hit = noise < torch.sigmoid(out[:, 0])
+        v = out[:, 1] + torch.exp(out[:, 2].clamp(-5, 2)) * gauss
+        return from_view(torch.where(hit, v.clamp(min=0), torch.zeros_like(v))[:, None])
+
+
+class NeuronGAN(NeuronSurrogate):
+    family = "neuron_gan"
+
+    def __init__(self, cfg: NeuronGANConfig, size: int, soma: tuple[int, int]):
+        super().__init__(cfg, size, soma)
+        self.generator = Decoder(cfg.latent_dim, cfg.embed_dim + 1, cfg.width, 1, self.soma, self.size)
+        self.critic = Encoder(1 + N_CLASSES + 1, cfg.critic_width, 1, self.soma, self.size)
+        # what the trainer runs (DDP wrappers under torchrun), as in the other GANs
+        object.__setattr__(self, "g_run", self.generator)
+        object.__setattr__(self, "d_run", self.critic)
+
+    def run_modules(self):
+        return {"g_run": self.generator, "d_run": self.critic}
+
+    def ema_modules(self):
+        return [self._modules["generator"], self._modules["embed"]]
+
+    def make_optimizers(self):
+        opts = gan_optimizers(self.cfg, self.generator, self.critic)
+        opts["g"].add_param_group({"params": list(self.embed.parameters())})
+        return opts
+
+    # the shared adversarial step's "cond" is the one-hot condition broadcast over the image
+    def real_batch(self, batches):
+        view, c = next(batches)
+        return view, one_hot_vector(c)[:, :, None, None].expand(-1, -1, self.size, self.size)
+
+    def _conditions(self, cond_channels):
+        v = cond_channels[:, :, 0, 0]
+        return torch.stack([v[:, :N_CLASSES].argmax(1).to(v.dtype), v[:, N_CLASSES] * 0.15 + 0.25], 1)
+
+    def fake(self, cond_channels, generator):
+        c = self._conditions(cond_channels)
+        z = torch.randn(len(c), self.cfg.latent_dim, generator=generator, device=c.device)
+        return torch.relu(self.g_run(z, self.cond_vector(c)))
+
+    def critic_view(self, x, cond=None):
+        return x
+
+    def train_step(self, batches, opts, step, autocast, gens):
+        return adversarial_step(self, batches, opts, autocast, gens)
+
+    @torch.no_grad()
+    def sample(self, conditions: torch.Tensor, extra=None, generator=None, precision: str = "fp32", **_):
+        c = conditions.float()
+        z = torch.randn(len(c), self.cfg.latent_dim, generator=generator, device=c.device)
+        with torch.autocast(device_type=c.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            v = torch.relu(self.generator(z, self.cond_vector(c))).float()
+        return from_view(v)
+
+
+FAMILIES = {"neuron_vae": (NeuronVAEConfig, NeuronVAE), "neuron_gan": (NeuronGANConfig, NeuronGAN)}

@@ -1,0 +1,209 @@
+"""Neuron validation: NeuroTS (held out) against generated images, per class, with the
+NeuroTS-vs-NeuroTS floor at the same size beside every figure; a class/randomness predictor
+trained on the training split; image grids; the report and the gate."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from simgan.domains.neuron.io import NeuronImages, projection_of
+from simgan.domains.neuron.observables import KEY_OBSERVABLES, image_features
+from simgan.domains.neuron.simulator import CLASSES
+from simgan.metrics.classifier import classifier_test
+from simgan.metrics.distances import separation_power
+from simgan.report.markdown import write_markdown_report
+
+MIN_PER_CLASS = 10
+
+
+def summarise(ni: NeuronImages) -> dict:
+    """What the comparison reads of one sample, computed once."""
+    f = image_features(ni.images, projection_of(ni.attrs))
+    cond = np.concatenate([np.eye(len(CLASSES))[ni.cell_class], ni.randomness[:, None]], 1)
+    obs = np.stack([np.log(np.maximum(f["total_length"], 1.0)) if k == "total_length" else f[k] for k in f], 1)
+    return {"ni": ni, "features": f, "observables": np.concatenate([obs, cond], 1)}
+
+
+def per_class(reference: dict, candidate: dict) -> dict:
+    """Per class: mean and standard deviation of length and extent, the candidate's relative to
+    the reference's."""
+    out = {}
+    rc, cc = reference["ni"].cell_class, candidate["ni"].cell_class
+    for i, name in enumerate(CLASSES):
+        mr, mc = rc == i, cc == i
+        if mr.sum() < MIN_PER_CLASS or mc.sum() < MIN_PER_CLASS:
+            continue
+        row = {"n_reference": int(mr.sum()), "n_candidate": int(mc.sum())}
+        for k in ("total_length", "max_extent", "occupancy"):
+            a, b = reference["features"][k][mr], candidate["features"][k][mc]
+            row[k] = {"mean_reference": float(a.mean()), "mean_candidate": float(b.mean()),
+                      "mean_deviation": float(b.mean() / a.mean() - 1),
+                      "std_reference": float(a.std()), "std_candidate": float(b.std()),
+                      "std_deviation": float(b.std() / a.std() - 1) if a.std() > 0 else math.nan}
+        out[name] = row
+    return out
+
+
+def _maxabs(rows: dict, key: str, what: str) -> float:
+    vals = [abs(r[key][what]) for r in rows.values() if np.isfinite(r[key][what])]
+    return max(vals) if vals else math.nan
+
+
+def compare(reference: dict, candidate: dict, seeds: int, max_events: int) -> dict:
+    rf, cf = reference["features"], candidate["features"]
+    seps = {k: float(separation_power(rf[k], cf[k])) for k in rf}
+    clf = classifier_test(reference["observables"], candidate["observables"], seeds=seeds, max_events=max_events)
+    pc = per_class(reference, candidate)
+    return {"auc": clf["auc"], "auc_std": clf["auc_std"], "separation_power": seps,
+            "separation_power_mean": float(np.mean(list(seps.values()))), "per_class": pc,
+            "length_mean_deviation_max": _maxabs(pc, "total_length", "mean_deviation"),
+            "length_spread_deviation_max": _maxabs(pc, "total_length", "std_deviation"),
+            "extent_mean_deviation_max": _maxabs(pc, "max_extent", "mean_deviation"),
+            "extent_spread_deviation_max": _maxabs(pc, "max_extent", "std_deviation")}
+
+
+# -- the class / randomness predictor ---------------------------------------------------------
+class Predictor(nn.Module):
+    """A small CNN: log1p image -> 3 class logits and the randomness."""
+
+    def __init__(self, width: int = 16):
+        super().__init__()
+        w = width
+        self.net = nn.Sequential(
+            nn.Conv2d(1, w, 4, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(w, 2 * w, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * w, 4 * w, 4, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(4 * w, 4 * w, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Flatten(), nn.Linear(4 * w * 16, 64), nn.LeakyReLU(0.2), nn.Linear(64, len(CLASSES) + 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.log1p(images.clamp(min=0))[:, None])
+
+
+def train_predictor(train: NeuronImages, steps: int = 600, batch: int = 64, seed: int = 0) -> Predictor:
+    torch.manual_seed(seed)
+    model = Predictor()
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    x = torch.as_tensor(train.images)
+    y = torch.as_tensor(train.cell_class, dtype=torch.long)
+    r = torch.as_tensor((train.randomness - 0.25) / 0.15, dtype=torch.float32)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        i = torch.randint(len(x), (batch,), generator=g)
+        out = model(x[i])
+        loss = nn.functional.cross_entropy(out[:, :-1], y[i]) + nn.functional.mse_loss(out[:, -1], r[i])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def predictor_scores(model: Predictor, ni: NeuronImages) -> dict:
+    out = torch.cat([model(torch.as_tensor(ni.images[i:i + 1024])) for i in range(0, len(ni), 1024)])
+    pred = out[:, :-1].argmax(1).numpy()
+    r_hat = out[:, -1].numpy() * 0.15 + 0.25
+    return {"class_accuracy": float((pred == ni.cell_class).mean()),
+            "randomness_rmse": float(np.sqrt(np.mean((r_hat - ni.randomness) ** 2)))}
+
+
+GATE_KEYS = {"auc": "auc_max", "separation_power_mean": "separation_mean_max",
+             "length_mean_deviation_max": "length_mean_deviation_max",
+             "length_spread_deviation_max": "length_spread_deviation_max",
+             "extent_mean_deviation_max": "extent_mean_deviation_max",
+             "extent_spread_deviation_max": "extent_spread_deviation_max",
+             "class_accuracy_drop": "class_accuracy_drop_max"}
+
+
+def gate(m: dict, gcfg) -> dict:
+    checks = {}
+    for key, limit_key in GATE_KEYS.items():
+        limit = getattr(gcfg, limit_key)
+        if limit is None:
+            continue
+        v = m[key]
+        checks[key] = {"value": v, "max": limit, "pass": bool(np.isfinite(v) and v <= limit)}
+    return {"pass": all(c["pass"] for c in checks.values()), "checks": checks}
+
+
+def plots(ref: NeuronImages, cand: NeuronImages, reference: dict, candidate: dict, out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    n_show = 4
+    fig, axes = plt.subplots(2 * len(CLASSES), n_show, figsize=(2.2 * n_show, 2.3 * 2 * len(CLASSES)), squeeze=False)
+    for ci, name in enumerate(CLASSES):
+        rows = np.flatnonzero(ref.cell_class == ci)[:n_show]
+        for k in range(n_show):
+            for j, (ni, label) in enumerate(((ref, "NeuroTS"), (cand, "surrogate"))):
+                ax = axes[2 * ci + j, k]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if k < len(rows):
+                    ax.imshow(np.log1p(ni.images[rows[k]]), cmap="magma", vmin=0, vmax=5)
+                    ax.set_title(f"{label} {name} r={ni.randomness[rows[k]]:.2f}", fontsize=7)
+    fig.tight_layout()
+    paths.append(out_dir / "images.png")
+    fig.savefig(paths[-1], dpi=80)
+    plt.close(fig)
+    keys = (*KEY_OBSERVABLES, "radius_of_gyration")
+    fig, axes = plt.subplots(len(CLASSES), len(keys), figsize=(3 * len(keys), 2.6 * len(CLASSES)), squeeze=False)
+    for ci, name in enumerate(CLASSES):
+        mr, mc = ref.cell_class == ci, cand.cell_class == ci
+        for j, k in enumerate(keys):
+            ax = axes[ci, j]
+            a, b = reference["features"][k][mr], candidate["features"][k][mc]
+            if len(a) and len(b):
+                bins = np.histogram_bin_edges(np.concatenate([a, b]), 30)
+                ax.hist(a, bins, histtype="step", color="k", density=True, label="NeuroTS (held out)")
+                ax.hist(b, bins, histtype="step", color="tab:red", density=True, label="surrogate")
+            ax.set_title(f"{name}: {k}", fontsize=8)
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(out_dir / "observables.png")
+    fig.savefig(paths[-1], dpi=80)
+    plt.close(fig)
+    return paths
+
+
+def write_report(out_dir: Path, m: dict, plot_paths: list[Path]) -> None:
+    fl = m["floor"]
+
+    def f(v, d=3):
+        return "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{d}f}"
+
+    pc_rows = []
+    for name, r in m["per_class"].items():
+        for k in ("total_length", "max_extent", "occupancy"):
+            q, fq = r[k], fl["per_class"].get(name, {}).get(k, {})
+            pc_rows.append(f"| {name} | {k} | {f(q['mean_reference'], 1)} | {f(q['mean_candidate'], 1)} | "
+                           f"{f(q['mean_deviation'])} [{f(fq.get('mean_deviation'))}] | {f(q['std_reference'], 1)} | "
+                           f"{f(q['std_candidate'], 1)} | {f(q['std_deviation'])} [{f(fq.get('std_deviation'))}] |")
+    md = [f"# Neuron validation report: {'PASS' if m['gate']['pass'] else 'FAIL'}", "",
+          f"Reference: `{m['reference']}` ({m['n_reference']} images); candidate: `{m['candidate']}` "
+          f"({m['n_candidate']} images). Floor: {m['floor_source']}. The reference simulator is NeuroTS "
+          "(topological synthesis), standing in for real FlyCircuit-style neurons.", "",
+          "| gate | value | max | result |", "|---|---|---|---|",
+          *[f"| {k} | {f(c['value'], 4)} | {f(c['max'], 4)} | {'pass' if c['pass'] else 'FAIL'} |"
+            for k, c in m["gate"]["checks"].items()], "",
+          "| metric | candidate | NeuroTS floor |", "|---|---|---|",
+          *[f"| {k} | {f(m[k], 4)} | {f(fl[k], 4)} |" for k in
+            ("auc", "separation_power_mean", "length_mean_deviation_max", "length_spread_deviation_max",
+             "extent_mean_deviation_max", "extent_spread_deviation_max")], "",
+          f"Class predictor (CNN trained on the training split): accuracy on held-out NeuroTS "
+          f"{f(m['predictor']['reference']['class_accuracy'])}, on generated "
+          f"{f(m['predictor']['candidate']['class_accuracy'])} (drop {f(m['class_accuracy_drop'])}); randomness "
+          f"RMSE {f(m['predictor']['reference']['randomness_rmse'])} vs "
+          f"{f(m['predictor']['candidate']['randomness_rmse'])}.", "",
+          "| class | observable | mean NeuroTS | mean surrogate | deviation [floor] | sd NeuroTS | sd surrogate | "
+          "deviation [floor] |", "|---|---|---|---|---|---|---|---|", *pc_rows, "",
+          "| observable | separation | floor |", "|---|---|---|",
+          *[f"| {k} | {f(v, 4)} | {f(fl['separation_power'][k], 4)} |" for k, v in m["separation_power"].items()], "",
+          *[f"![{p.stem}]({p.name})" for p in plot_paths], ""]
+    write_markdown_report(out_dir, md, "simgan neuron validation")

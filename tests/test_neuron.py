@@ -1,0 +1,230 @@
+"""The neuron domain: NeuroTS growth and projection (the README's sanity figures), the image
+format and its checks, SWC folders, the fly neurons navis ships, and the chain end to end."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from simgan.domains.neuron import io as nio
+from simgan.domains.neuron.simulator import (CLASSES, Projection, grow, image_and_truth, orient, project, segments,
+                                             simulate)
+from simgan.errors import SimganError
+from tests.conftest import REPO
+
+NEURON = REPO / "configs/experiment/neuron_quickstart.yaml"
+SEEDS = range(100, 104)
+
+
+def _neuron(cls, r, seed):
+    seg = orient(segments(grow(cls, r, seed)))
+    img, truth = image_and_truth(seg)
+    return seg, img, truth
+
+
+@pytest.fixture(scope="module")
+def grown():
+    """Per class and randomness (0.1, 0.4): (images, truth) of seeds 100-103."""
+    out = {}
+    for cls in CLASSES:
+        for r in (0.1, 0.4):
+            rows = [_neuron(cls, r, s) for s in SEEDS]
+            out[cls, r] = (np.stack([x[1] for x in rows]), [x[2] for x in rows])
+    return out
+
+
+def test_same_seed_same_image_bit_for_bit_and_the_image_sum_is_the_in_frame_length(grown):
+    _, img, truth = _neuron("PC", 0.25, 7)
+    _, img2, _ = _neuron("PC", 0.25, 7)
+    assert img.dtype == np.float32 and img.shape == (64, 64)
+    assert np.array_equal(img, img2)
+    _, img3, _ = _neuron("PC", 0.25, 8)
+    assert not np.array_equal(img, img3)
+    for images, truths in grown.values():
+        assert (images >= 0).all()
+        for im, t in zip(images, truths):
+            assert im.sum(dtype=np.float64) == pytest.approx(t["frac_in_fov"] * t["total_length"], rel=1e-5)
+            assert 0.9 < t["frac_in_fov"] <= 1.0 + 1e-6  # float32 pixels
+
+
+def test_projection_conserves_length_of_a_known_segment():
+    # 100 um along x from the soma, 30 um along z: length 104.4 um, all in frame
+    a, b = np.array([[0.0, 0.0, 0.0]]), np.array([[100.0, 0.0, 30.0]])
+    img, total = project(a, b, Projection())
+    assert total == pytest.approx(np.hypot(100, 30)) and img.sum() == pytest.approx(total, rel=1e-5)
+    assert img[44, 32:36].sum() == pytest.approx(total, rel=1e-5)  # along the soma's row, to the right
+    # beyond the field of view: not in the image, still in the length
+    img, total = project(np.array([[0.0, 0.0, 0.0]]), np.array([[0.0, 3000.0, 0.0]]), Projection())
+    assert total == pytest.approx(3000.0) and img.sum() == pytest.approx(44.5 * 32, rel=1e-3)
+
+
+def test_randomness_keeps_length_and_tips_and_shrinks_the_shape(grown):
+    from simgan.domains.neuron.observables import image_features
+    for cls in CLASSES:
+        (_, lo), (_, hi) = grown[cls, 0.1], grown[cls, 0.4]
+        for a, b in zip(lo, hi):
+            assert b["total_length"] == pytest.approx(a["total_length"], rel=1e-6)
+            assert b["n_tips"] == a["n_tips"]
+        ext_lo = np.mean([t["max_radial_distance"] for t in lo])
+        ext_hi = np.mean([t["max_radial_distance"] for t in hi])
+        assert ext_hi < 0.85 * ext_lo, cls
+        f_lo, f_hi = (image_features(grown[cls, r][0], Projection()) for r in (0.1, 0.4))
+        assert f_hi["max_extent"].mean() < f_lo["max_extent"].mean()
+
+
+def test_class_ordering_in_length_and_the_interneuron_stays_small(grown):
+    length = {c: np.mean([t["total_length"] for r in (0.1, 0.4) for t in grown[c, r][1]]) for c in CLASSES}
+    assert length["IN"] < length["L5_TPC"] < length["PC"]
+    assert 3000 < length["IN"] < 8000 and 10000 < length["PC"] < 30000
+    assert max(t["max_radial_distance"] for r in (0.1, 0.4) for t in grown["IN", r][1]) < 450
+    # apical dendrite up: the pyramidal cells' length lies above the soma, the interneuron is unrotated
+    from simgan.domains.neuron.observables import image_features
+    for c in ("PC", "L5_TPC"):
+        assert (image_features(grown[c, 0.1][0], Projection())["centroid_dy"] > 50).all()
+
+
+def test_shards_merge_into_the_events_of_one_run(tmp_path):
+    from pipeline.cli import main
+    over = ["simulate.events=6", "simulate.workers=1", "simulate.classes=[IN]"]
+    one = tmp_path / "one.h5"
+    assert main(["simulate", "-c", str(NEURON), "-q", "--out", str(one), *over]) == 0
+    for i in range(2):
+        assert main(["simulate", "-c", str(NEURON), "-q", "--out", str(tmp_path / f"s{i}.h5"), "--shard-index",
+                     str(i), "--shard-count", "2", *over]) == 0
+    assert main(["merge", str(tmp_path / "s1.h5"), str(tmp_path / "s0.h5"), "--out", str(tmp_path / "m.h5")]) == 0
+    a, b = nio.read(one), nio.read(tmp_path / "m.h5")
+    assert np.array_equal(a.images, b.images) and np.array_equal(a.seed, b.seed)
+    assert np.array_equal(a.randomness, b.randomness) and (a.cell_class == 0).all()
+    with h5py.File(one) as f:
+        assert f.attrs["domain"] == "neuron" and list(f["conditions/cell_class"].attrs["class_names"]) == list(CLASSES)
+        assert json.loads(f.attrs["inputs_sha256"])["IN_params.json"].startswith("21bdd9")
+        assert "neurots" in json.loads(f.attrs["versions"]) and list(f.attrs["soma_pixel"]) == [44, 32]
+        assert set(f["truth"]) == {"total_length", "n_tips", "n_bifurcations", "max_radial_distance", "frac_in_fov"}
+
+
+def test_the_fly_neurons_navis_ships_measure_as_published(tmp_path):
+    """hemibrain DA1 projection neurons (units 8 nm): the measuring code on real traced neurons."""
+    navis = pytest.importorskip("navis")
+    nl = navis.example_neurons()
+    rows = ["file,cell_class"]
+    for i, n in enumerate(nl):
+        n = navis.heal_skeleton(n)  # one tree (a tracing may come in fragments)
+        if n.soma is not None:  # measured from the soma where the tracing marks one
+            n = navis.reroot_skeleton(n, n.soma)
+        nodes = n.nodes  # SWC by hand: the root a one-point soma (type 1), the rest dendrite (type 3)
+        with open(tmp_path / f"n{i}.swc", "w") as fh:
+            for nid, x, y, z, r, parent in nodes[["node_id", "x", "y", "z", "radius", "parent_id"]].itertuples(
+                    index=False):
+                fh.write(f"{nid} {1 if parent < 0 else 3} {x} {y} {z} {r} {parent}\n")
+        rows.append(f"n{i}.swc,IN")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    ni = nio.read_swc_dir(tmp_path, tmp_path / "labels.csv", scale_um=0.008)
+    assert len(ni) == 5 and ni.images.shape == (5, 64, 64)
+    length_mm = ni.truth["total_length"] / 1000
+    assert ((length_mm > 2.0) & (length_mm < 2.5)).all(), length_mm
+    assert ((ni.truth["n_tips"] >= 600) & (ni.truth["n_tips"] <= 780)).all(), ni.truth["n_tips"]
+    assert ((ni.truth["max_radial_distance"] > 170) & (ni.truth["max_radial_distance"] < 250)).all()
+    np.testing.assert_allclose(ni.images.sum((1, 2)), ni.truth["total_length"] * ni.truth["frac_in_fov"], rtol=1e-5)
+
+
+def _images(n=40, size=64):
+    rng = np.random.default_rng(0)
+    im = (rng.random((n, size, size)) < 0.05) * rng.exponential(20, (n, size, size))
+    return nio.NeuronImages(im.astype(np.float32), rng.integers(0, 3, n), rng.uniform(0.1, 0.4, n).astype(np.float32))
+
+
+@pytest.mark.parametrize("defect, message", [
+    ("negative", "dataset 'images' row 3: negative pixel"),
+    ("nan", "dataset 'images' row 3: NaN or infinite pixels"),
+    ("size", "holds 32 x 32 images, expected 64 x 64"),
+    ("label", "'conditions/cell_class' attribute class_names has \\['GRANULE'\\]"),
+])
+def test_bad_image_files_stop_prepare_with_nothing_written(tmp_path, capsys, defect, message):
+    from pipeline.cli import main
+    ni = _images(size=32 if defect == "size" else 64)
+    path = nio.write(tmp_path / "in.h5", ni)
+    with h5py.File(path, "a") as f:
+        if defect == "negative":
+            f["images"][3, 10, 10] = -2.0
+        elif defect == "nan":
+            f["images"][3, 10, 10] = np.nan
+        elif defect == "size":
+            f.attrs["projection"] = json.dumps(Projection().to_dict())
+        elif defect == "label":
+            f["conditions/cell_class"].attrs["class_names"] = ["IN", "PC", "GRANULE"]
+    assert main(["run", "-c", str(NEURON), "-q", f"runs_dir={tmp_path / 'runs'}", f"prepare.input={path}",
+                 "--until", "prepare"]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and __import__("re").search(message, err), err
+    assert not (tmp_path / "runs" / "neuron_quickstart" / "prepare" / "train.h5").exists()
+
+
+def test_bad_swc_folders_name_the_file_and_write_nothing(tmp_path, capsys):
+    from pipeline.cli import main
+    (tmp_path / "empty.swc").write_text("")
+    (tmp_path / "labels.csv").write_text("file,cell_class\nempty.swc,IN\n")
+    out = tmp_path / "out.h5"
+    assert main(["convert", str(tmp_path), "--format", "swc", "--labels", str(tmp_path / "labels.csv"),
+                 "--out", str(out)]) == 2
+    assert "empty.swc: empty morphology file" in capsys.readouterr().err and not out.exists()
+    (tmp_path / "labels.csv").write_text("file,cell_class\nempty.swc,GRANULE\n")
+    assert main(["convert", str(tmp_path), "--format", "swc", "--labels", str(tmp_path / "labels.csv"),
+                 "--out", str(out)]) == 2
+    assert "line 2: cell_class 'GRANULE' unknown" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_real_swc_folder_converts_like_the_simulator(tmp_path):
+    """A NeuroTS neuron written as SWC and read back rasterises to the simulator's image."""
+    from pipeline.cli import main
+    morph = grow("L5_TPC", 0.2, 3)
+    morph.write(str(tmp_path / "cell.swc"))
+    (tmp_path / "labels.csv").write_text("file,cell_class,randomness\ncell.swc,L5_TPC,0.2\n")
+    assert main(["convert", str(tmp_path), "--format", "swc", "--labels", str(tmp_path / "labels.csv"),
+                 "--out", str(tmp_path / "cells.h5")]) == 0
+    ni = nio.read(tmp_path / "cells.h5")
+    _, img, truth = _neuron("L5_TPC", 0.2, 3)
+    assert ni.cell_class.tolist() == [2] and ni.randomness[0] == pytest.approx(0.2)
+    # SWC stores float32 points and a soma outline: lengths agree to 0.5%
+    assert ni.truth["total_length"][0] == pytest.approx(truth["total_length"], rel=5e-3)
+    assert ni.images[0].sum() == pytest.approx(img.sum(), rel=5e-3)
+
+
+NEURON_TINY = ["simulate.events=120", "train.steps=30", "train.val_every=15", "train.checkpoint_every=15",
+               "train.val_events=18", "train.batch_size=32", "validate.classifier_seeds=1"]
+OPEN_GATE = ["validate.gate.auc_max=1.0", "validate.gate.separation_mean_max=1.0",
+             "validate.gate.length_mean_deviation_max=1e6", "validate.gate.extent_mean_deviation_max=1e6",
+             "validate.gate.class_accuracy_drop_max=1.0"]
+
+
+@pytest.mark.slow
+def test_neuron_chain_registers_and_a_consumer_predicts_from_class_names(tmp_path):
+    import mlflow
+    import pandas as pd
+
+    from pipeline.runner import run_chain
+    from simgan.checkpoint import load_checkpoint
+    from simgan.config import load_config
+    cfg = load_config(NEURON, [f"runs_dir={tmp_path}", f"register.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+                               "register.name=neuron-tiny", "prepare.fractions=[0.6,0.2,0.2]", *NEURON_TINY,
+                               *OPEN_GATE])
+    assert run_chain(cfg, progress=False) == 0
+    run = cfg.run_dir
+    m = json.loads((run / "validate" / "metrics.json").read_text())
+    assert m["domain"] == "neuron" and m["gate"]["pass"] and m["n_reference"] == 24
+    assert set(m["per_class"]) <= set(CLASSES) and "class_accuracy" in m["predictor"]["reference"]
+    assert (run / "validate" / "images.png").is_file() and (run / "validate" / "report.html").is_file()
+    ckpt = load_checkpoint(run / "train" / "model.pt")
+    assert ckpt["schema"]["conditions"] == ["cell_class", "randomness"] and ckpt["model_args"]["domain"] == "neuron"
+    mlflow.set_tracking_uri(cfg.register.tracking_uri)
+    model = mlflow.pyfunc.load_model("models:/neuron-tiny@champion")
+    frame = pd.DataFrame({"cell_class": ["IN", "PC", "L5_TPC", "PC"], "randomness": [0.1, 0.2, 0.3, 0.4]})
+    out = model.predict(frame, params={"seed": 3})
+    assert out.shape == (4, 64, 64) and (out >= 0).all() and np.isfinite(out).all()
+    np.testing.assert_array_equal(model.predict(frame, params={"seed": 3}), out)
+    with pytest.raises(Exception, match="GRANULE.*unknown"):
+        model.predict(frame.assign(cell_class=["IN", "GRANULE", "PC", "PC"]))
+    with pytest.raises(Exception, match="randomness"):
+        model.predict(frame.drop(columns=["randomness"]))
