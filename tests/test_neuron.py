@@ -228,3 +228,32 @@ def test_neuron_chain_registers_and_a_consumer_predicts_from_class_names(tmp_pat
         model.predict(frame.assign(cell_class=["IN", "GRANULE", "PC", "PC"]))
     with pytest.raises(Exception, match="randomness"):
         model.predict(frame.drop(columns=["randomness"]))
+
+
+@pytest.mark.parametrize("family", ["neuron_gan", "neuron_vae"])
+def test_image_models_train_through_the_shared_trainer_and_sample_by_class(tmp_path, family):
+    import torch
+
+    from simgan.checkpoint import model_from_checkpoint
+    from simgan.config import load_config
+    from simgan.train.trainer import Trainer
+    ni = _images(48)
+    ni.attrs = nio.projection_attrs(Projection())
+    nio.write(tmp_path / "train.h5", ni)
+    nio.write(tmp_path / "val.h5", ni.subset(np.arange(24)))
+    cfg = load_config(NEURON, [f"runs_dir={tmp_path}", f"model={family}", "model.width=8", "train.steps=6",
+                               "train.batch_size=8", "train.log_every=2", "train.val_every=3", "train.val_events=24",
+                               "train.checkpoint_every=3", "train.mlflow=false", "train.progress=false",
+                               *(["model.critic_width=8", "model.n_critic=2"] if family == "neuron_gan" else [])])
+    info = Trainer(cfg, tmp_path / "train.h5", tmp_path / "val.h5", tmp_path / "train", progress=False).fit()
+    assert info["steps"] == 6 and info["complete"]
+    rows = [json.loads(x) for x in (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()]
+    logged = {"loss_d", "loss_g", "gp"} if family == "neuron_gan" else {"recon", "kl"}
+    assert logged | {"val_sep_mean"} <= set().union(*rows)
+    model, ckpt = model_from_checkpoint(tmp_path / "train" / "model.pt")
+    assert ckpt["schema"]["sample_shape"] == [64, 64] and ckpt["condition_ranges"]["randomness"][0] >= 0.1
+    c = torch.tensor([[0, 0.2], [1, 0.2], [2, 0.3]])
+    g = torch.Generator().manual_seed(1)
+    out = model.sample(c, None, g)
+    assert out.shape == (3, 64, 64) and (out >= 0).all()
+    assert not torch.equal(out[0], out[1])  # the class reaches the generator
