@@ -36,7 +36,7 @@ def conditions_of(ni: nio.NeuronImages) -> np.ndarray:
 
 class Neuron(Domain):
     name = "neuron"
-    headline_keys = ("auc", "separation_power_mean", "length_mean_deviation_max", "length_spread_deviation_max",
+    headline_keys = ("auc", "auc_images", "separation_power_mean", "length_mean_deviation_max", "length_spread_deviation_max",
                      "extent_mean_deviation_max", "extent_spread_deviation_max", "class_accuracy_drop")
 
     def read(self, path, max_events=None):
@@ -145,7 +145,8 @@ class Neuron(Domain):
 
         def pct(k):
             return f"{100 * m[k]:.1f}% [{100 * fl[k]:.1f}%]"
-        return (f"validation: {verdict(m)} (AUC observables {m['auc']:.3f} [NeuroTS floor {fl['auc']:.3f}]; mean "
+        return (f"validation: {verdict(m)} (AUC observables {m['auc']:.3f} [NeuroTS floor {fl['auc']:.3f}], images "
+                f"(16 x 16 blocks) {m['auc_images']:.3f} [{fl['auc_images']:.3f}]; mean "
                 f"separation {m['separation_power_mean']:.4f} [{fl['separation_power_mean']:.4f}]; per class: "
                 f"length mean within {pct('length_mean_deviation_max')}, spread "
                 f"{pct('length_spread_deviation_max')}, extent mean {pct('extent_mean_deviation_max')}, spread "
