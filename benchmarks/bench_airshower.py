@@ -11,9 +11,7 @@ compares the surrogate with that stand-in, not with CORSIKA.
 from __future__ import annotations
 
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import machine_info  # noqa: E402
+from benchmarks.common import machine_info, median_seconds  # noqa: E402
 from simgan.domains.airshower.models import CONDITIONS  # noqa: E402
 from simgan.domains.airshower.simulator import ArrayParams, sample_conditions, simulate_events  # noqa: E402
 from simgan.checkpoint import model_from_checkpoint  # noqa: E402
@@ -30,13 +28,7 @@ DEFAULT_CHECKPOINT = "runs/airshower_quickstart/train/model.pt"
 
 
 def median_rate(fn, n: int, repeats: int = 3) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return n / statistics.median(times)
+    return n / median_seconds(fn, repeats)
 
 
 def main(checkpoint: str = DEFAULT_CHECKPOINT, n: int = 20000) -> dict:

@@ -8,7 +8,6 @@ one process per core; the surrogate with torch's threads; medians of 3 timed run
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -18,22 +17,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import machine_info  # noqa: E402
+from benchmarks.common import machine_info, median_seconds  # noqa: E402
 from simgan.checkpoint import model_from_checkpoint  # noqa: E402
 from simgan.domains.neuron.models import condition_array  # noqa: E402
 from simgan.domains.neuron.simulator import CLASSES, event_plan, simulate  # noqa: E402
 
 DEFAULT_CHECKPOINT = "runs/neuron_quickstart/train/model.pt"
-
-
-def median_seconds(fn, repeats: int = 3) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main(checkpoint: str = DEFAULT_CHECKPOINT, n_neurots: int = 30, n: int = 4096) -> dict:

@@ -26,3 +26,17 @@ def machine_info() -> dict:
     except ImportError:
         pass
     return info
+
+
+def median_seconds(fn, repeats: int = 3) -> float:
+    """Median wall time of `repeats` calls of fn, after one warm-up call."""
+    import statistics
+    import time
+
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)

@@ -212,3 +212,23 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 
 def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def ordered_shards(parts: list, paths: list) -> list:
+    """Shard files of one simulation (read, each with .attrs) in shard order, after checking they
+    are one complete set: each index 0..K-1 once, all of the same seed and size."""
+    if any("shard_index" not in p.attrs for p in parts):
+        bad = next(q for p, q in zip(parts, paths) if "shard_index" not in p.attrs)
+        raise SimganError(f"{bad}: not a shard file (no shard_index attribute); merge takes the files of "
+                          "`simgan simulate --shard-index I --shard-count K`")
+    pairs = sorted(zip(parts, paths), key=lambda pq: int(pq[0].attrs["shard_index"]))
+    first = pairs[0][0].attrs
+    count = int(first["shard_count"])
+    have = [int(p.attrs["shard_index"]) for p, _ in pairs]
+    if have != list(range(count)):
+        raise SimganError(f"shards {have} given, expected each of 0..{count - 1} once")
+    for p, q in pairs:
+        if (p.attrs.get("seed"), p.attrs.get("events_total")) != (first.get("seed"), first.get("events_total")):
+            raise SimganError(f"{q}: a shard of another simulation (seed {p.attrs.get('seed')}, "
+                              f"{p.attrs.get('events_total')} events)")
+    return [p for p, _ in pairs]

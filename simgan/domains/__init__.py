@@ -91,6 +91,154 @@ class Domain:
         raise NotImplementedError
 
 
+class ConditionedFileDomain(Domain):
+    """A domain whose models generate for the conditions of a file of its own kind (air showers,
+    neurons): `prepare` splits a file, `generate` samples for the test split's conditions row by
+    row, `validate` needs an independent simulated floor. A subclass gives `unit` (what one
+    sample is called), `simulator` (named in messages), `write`, `condition_matrix` (data ->
+    (N, C) float32 model conditions), `with_samples` (data, generated array -> data of the same
+    conditions), `simulate_data` (cfg, out, progress, shard_index, shard_count -> data written)
+    and `validate_data` (reference, candidate, floor, out_dir, vcfg -> metrics)."""
+
+    unit = "events"
+    simulator = "the simulator"
+    monitor_batch = 1024  # rows per sampling call in the training monitor
+    floor_note = ""  # why validate needs --floor, beyond the floor itself
+
+    def write(self, path, data):
+        raise NotImplementedError
+
+    def read_source(self, cfg, path):
+        """The prepare stage's input (a subclass may read other formats)."""
+        return self.read(path)
+
+    def condition_matrix(self, data) -> np.ndarray:
+        raise NotImplementedError
+
+    def with_samples(self, data, samples: np.ndarray):
+        raise NotImplementedError
+
+    def simulate_data(self, cfg, out, progress, shard_index=None, shard_count=None):
+        raise NotImplementedError
+
+    def validate_data(self, reference, candidate, floor, out_dir, vcfg) -> dict:
+        raise NotImplementedError
+
+    # -- what follows is shared ------------------------------------------------------------------
+    def sample(self, model, src, batch_size: int, precision: str, generator=None, seed: int | None = None):
+        """Samples for the conditions of `src`, `batch_size` at a time: drawn from `generator`, or
+        with each batch seeded by (seed, its first row), so a file's samples do not depend on how
+        it is cut."""
+        import torch
+
+        from simgan.seeding import derive_seed
+        device = next(model.parameters()).device
+        c = torch.as_tensor(self.condition_matrix(src), device=device)
+        g = generator if seed is None else torch.Generator(device=device)
+        parts = []
+        for lo in range(0, len(c), batch_size):
+            if seed is not None:
+                g.manual_seed(derive_seed(seed, lo))
+            parts.append(model.sample(c[lo:lo + batch_size], None, g, precision=precision).cpu().numpy())
+        return self.with_samples(src, np.concatenate(parts) if parts else None)
+
+    def sample_like(self, model, data, generator, precision="fp32"):
+        return self.sample(model, data, self.monitor_batch, precision, generator=generator)
+
+    def generate_file(self, model, src, out, batch_size: int, seed: int, precision: str, metadata: dict) -> dict:
+        """Samples for the conditions of `src`, written atomically with the checkpoint's metadata."""
+        import json
+        import time
+        t0 = time.perf_counter()
+        data = self.sample(model, src, batch_size, precision, seed=seed)
+        seconds = time.perf_counter() - t0
+        data.attrs["metadata"] = json.dumps(metadata, sort_keys=True)
+        self.write(out, data)
+        return {"events": len(data), "sample_seconds": seconds, "events_per_s": len(data) / max(seconds, 1e-9),
+                "device": str(next(model.parameters()).device), "precision": precision}
+
+    def stage_simulate(self, cfg, ins, out, progress):
+        import time
+        t0 = time.perf_counter()
+        data = self.simulate_data(cfg, out["showers"], progress)
+        seconds = time.perf_counter() - t0
+        return {"counts": {"events": len(data)}, "extra": {"simulator_seconds": seconds,
+                                                           "events_per_s": len(data) / max(seconds, 1e-9)}}
+
+    def stage_prepare(self, cfg, ins, out, progress):
+        from simgan.data.splits import split_indices
+        data = self.read_source(cfg, ins["source"])
+        idx = split_indices(len(data), cfg.prepare.fractions, cfg.seed)
+        for name, rows in idx.items():
+            part = data.subset(rows)
+            part.attrs = {**part.attrs, "split": name, "prepared_from": str(ins["source"])}
+            self.write(out[name], part)
+        return {"counts": {k: int(len(v)) for k, v in idx.items()}}
+
+    def stage_generate(self, cfg, ins, out, progress):
+        from simgan.checkpoint import model_from_checkpoint, resolve_device
+        from simgan.generate import checkpoint_metadata
+        from simgan.io import write_json_atomic
+
+        device = resolve_device(cfg.generate.device)
+        model, ckpt = model_from_checkpoint(ins["model"], device)
+        test = self.read(ins["test"], cfg.generate.events)
+        warn_outside(ckpt.get("condition_ranges", {}), test.conditions, str(ins["test"]))
+        timing = self.generate_file(model, test, out["showers"], cfg.generate.batch_size, cfg.seed,
+                                    cfg.generate.precision, checkpoint_metadata(ins["model"]))
+        write_json_atomic(out["timing"], timing)
+        print(f"[generate] {timing['events']} {self.unit} at {timing['events_per_s']:.0f} {self.unit}/s ({device})")
+        return {"counts": {"events": timing["events"]}, "extra": {"timing": timing}}
+
+    def stage_validate(self, cfg, ins, out, progress):
+        m = self.validate_data(ins["reference"], ins["candidate"], ins["floor"], out["metrics"].parent, cfg.validate)
+        return {"counts": {"reference": m["n_reference"], "candidate": m["n_candidate"]},
+                "extra": {"gate_pass": m["gate"]["pass"]}}
+
+    @property
+    def stages(self):
+        return {"simulate": self.stage_simulate, "prepare": self.stage_prepare, "generate": self.stage_generate,
+                "validate": self.stage_validate}
+
+    def simulate_file(self, cfg, out, progress, shard_index, shard_count, dask=None, scheduler=None) -> str:
+        if dask:
+            raise SimganError(f"{self.simulator} runs without dask: drop --dask (split it with "
+                              "--shard-index/--shard-count)")
+        data = self.simulate_data(cfg, out, progress, shard_index, shard_count)
+        return f"wrote {out}: {len(data)} {self.unit}" + (
+            f" (shard {shard_index} of {shard_count})" if shard_count else "")
+
+    def validate_files(self, reference, candidate, floor, out_dir, vcfg, domain_cfg, dask=None, scheduler=None,
+                       extra=None):
+        if not floor:
+            raise SimganError(f"{self.name} validation needs --floor: an independent simulated sample{self.floor_note}")
+        if dask or extra:
+            raise SimganError(f"{self.name} validation takes neither --dask nor --ablation")
+        return self.validate_data(reference, candidate, floor, out_dir, vcfg)
+
+    def generate_cli(self, args, ckpt, out, fmt):
+        """A checkpoint of this domain: samples for the conditions of --energies-from (a file of its kind)."""
+        import json
+
+        from simgan.checkpoint import model_of, resolve_device
+        from simgan.generate import checkpoint_metadata
+
+        if not args.energies_from or args.layer_energies_from or args.energy_range or fmt != "hdf5":
+            raise SimganError(f"a {self.name} model generates HDF5 {self.unit} for the conditions of a {self.name} "
+                              "file: give --energies-from FILE (its conditions are used) and an .h5 --out")
+        if args.shard_index is not None or args.shard_count is not None or args.dask or args.compare_geant4:
+            raise SimganError(f"a {self.name} model generates in one process (no --shard-index, --dask or "
+                              "--compare-geant4)")
+        model = model_of(ckpt, resolve_device(args.device))
+        src = self.read(args.energies_from, args.events)
+        warn_outside(ckpt.get("condition_ranges", {}), src.conditions, str(args.energies_from))
+        timing = self.generate_file(model, src, out, args.batch_size, args.seed, args.precision,
+                                    checkpoint_metadata(args.checkpoint))
+        print(f"wrote {out}: {timing['events']} {self.unit} at {timing['events_per_s']:.0f} {self.unit}/s")
+        print(json.dumps(timing))
+        return 0
+
+
 def warn_outside(ranges: dict, cond: dict, source: str) -> None:
     """Generating outside the range a model was trained on: say which condition and the range."""
     for k, (lo, hi) in ranges.items():

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import numpy as np
 import torch
 
-from simgan.domains import Domain, warn_outside
+from simgan.domains import ConditionedFileDomain
 from simgan.domains.airshower import io as aio
 from simgan.domains.airshower.models import CONDITIONS, FAMILIES
 from simgan.domains.airshower.simulator import ArrayParams, simulate
 from simgan.errors import SimganError
-from simgan.seeding import derive_seed
 
 SCHEMA = {"domain": "airshower", "sample_shape": [9, 9], "channels": ["signal_vem", "time_ns", "triggered"],
           "conditions": list(CONDITIONS),
@@ -41,8 +39,11 @@ def condition_ranges(fp: aio.Footprints) -> dict:
     return {k: [float(np.min(fp.conditions[k])), float(np.max(fp.conditions[k]))] for k in CONDITIONS}
 
 
-class Airshower(Domain):
+class Airshower(ConditionedFileDomain):
     name = "airshower"
+    unit = "footprints"
+    simulator = "the air-shower simulator (vectorised numpy)"
+    monitor_batch = 4096
     headline_keys = ("auc", "auc_footprints", "separation_power_mean", "angular_resolution_deviation_max",
                      "station_count_deviation_max", "s1000_bias_max")
 
@@ -75,70 +76,27 @@ class Airshower(Domain):
                 "barycentre_dx_m", "barycentre_dy_m", "plane_fit_angle_deg", "mean_time_residual_ns")
         return np.nan_to_num(np.stack([f[k] for k in keys], 1), nan=0.0)
 
-    def sample_like(self, model, data, generator, precision="fp32"):
-        return sample_footprints(model, data, 4096, precision, generator=generator)
+    # -- what the shared file-conditioned stages need ---------------------------------------------
+    def write(self, path, data):
+        return aio.write(path, data)
 
-    # -- stage bodies ------------------------------------------------------------------------
-    def stage_simulate(self, cfg, ins, out, progress):
-        t0 = time.perf_counter()
-        fp = simulate_file(cfg, out["showers"], progress)
-        seconds = time.perf_counter() - t0
-        return {"counts": {"events": len(fp)}, "extra": {"simulator_seconds": seconds,
-                                                         "events_per_s": len(fp) / max(seconds, 1e-9)}}
+    def read_source(self, cfg, path):
+        if str(path).endswith(".root"):
+            return aio.read_root(path, cfg.prepare.root_tree if cfg.prepare.root_tree != "showers" else "footprints")
+        return aio.read(path)
 
-    def stage_prepare(self, cfg, ins, out, progress):
-        from simgan.data.splits import split_indices
-        src = ins["source"]
-        if str(src).endswith(".root"):
-            fp = aio.read_root(src, cfg.prepare.root_tree if cfg.prepare.root_tree != "showers" else "footprints")
-        else:
-            fp = aio.read(src)
-        idx = split_indices(len(fp), cfg.prepare.fractions, cfg.seed)
-        for name, rows in idx.items():
-            part = fp.subset(rows)
-            part.attrs = {**part.attrs, "split": name, "prepared_from": str(src)}
-            aio.write(out[name], part)
-        return {"counts": {k: int(len(v)) for k, v in idx.items()}}
+    def condition_matrix(self, data):
+        return condition_array(data)
 
-    def stage_generate(self, cfg, ins, out, progress):
-        from simgan.generate import checkpoint_metadata
-        from simgan.io import write_json_atomic
-        from simgan.checkpoint import model_from_checkpoint, resolve_device
+    def with_samples(self, data, samples):
+        arr = samples if samples is not None else np.zeros((0, 3, 9, 9), np.float32)
+        return aio.Footprints(arr[:, 0], arr[:, 1], arr[:, 2] > 0, dict(data.conditions), data.xyz, {},
+                              {k: v for k, v in data.attrs.items() if k in ("spacing_m", "altitude_m", "trigger_vem")})
 
-        device = resolve_device(cfg.generate.device)
-        model, ckpt = model_from_checkpoint(ins["model"], device)
-        test = aio.read(ins["test"], cfg.generate.events)
-        warn_outside(ckpt.get("condition_ranges", {}), test.conditions, str(ins["test"]))
-        timing = generate_footprints(model, test, out["showers"], cfg.generate.batch_size, cfg.seed,
-                                     cfg.generate.precision, checkpoint_metadata(ins["model"]))
-        write_json_atomic(out["timing"], timing)
-        print(f"[generate] {timing['events']} footprints at {timing['events_per_s']:.0f} events/s ({device})")
-        return {"counts": {"events": timing["events"]}, "extra": {"timing": timing}}
+    def simulate_data(self, cfg, out, progress, shard_index=None, shard_count=None):
+        return simulate_file(cfg, out, progress, shard_index, shard_count)
 
-    def stage_validate(self, cfg, ins, out, progress):
-        m = validate_files(ins["reference"], ins["candidate"], ins["floor"], out["metrics"].parent, cfg.validate)
-        return {"counts": {"reference": m["n_reference"], "candidate": m["n_candidate"]},
-                "extra": {"gate_pass": m["gate"]["pass"]}}
-
-    @property
-    def stages(self):
-        return {"simulate": self.stage_simulate, "prepare": self.stage_prepare, "generate": self.stage_generate,
-                "validate": self.stage_validate}
-
-    # -- the registered model ------------------------------------------------------------------
-    def simulate_file(self, cfg, out, progress, shard_index, shard_count, dask=None, scheduler=None) -> str:
-        if dask:
-            raise SimganError("the air-shower simulator is vectorised numpy: run it without --dask")
-        fp = simulate_file(cfg, out, progress, shard_index, shard_count)
-        return f"wrote {out}: {len(fp)} air-shower events" + (
-            f" (shard {shard_index} of {shard_count})" if shard_count else "")
-
-    def validate_files(self, reference, candidate, floor, out_dir, vcfg, domain_cfg, dask=None, scheduler=None,
-                       extra=None):
-        if not floor:
-            raise SimganError("air-shower validation needs --floor: an independent simulated sample")
-        if dask or extra:
-            raise SimganError("air-shower validation takes neither --dask nor --ablation")
+    def validate_data(self, reference, candidate, floor, out_dir, vcfg):
         return validate_files(reference, candidate, floor, out_dir, vcfg)
 
     def summary_text(self, m, report):
@@ -152,9 +110,6 @@ class Airshower(Domain):
                 f"{m['separation_power_mean']:.4f} [{fl['separation_power_mean']:.4f}]; stations within "
                 f"{pct('station_count_deviation_max')}, angular resolution within "
                 f"{pct('angular_resolution_deviation_max')}, S1000 bias {pct('s1000_bias_max')}); report: {report}")
-
-    def generate_cli(self, args, ckpt, out, fmt):
-        return generate_cli(args, ckpt, out, fmt)
 
     def merge_files(self, shards, out):
         aio.merge_shards(shards, out)
@@ -201,36 +156,6 @@ def simulate_file(cfg, out, progress: bool = True, shard_index: int | None = Non
     return fp
 
 
-def sample_footprints(model, src: aio.Footprints, batch_size: int, precision: str, generator=None,
-                      seed: int | None = None) -> aio.Footprints:
-    """Generated footprints for the conditions of `src`, `batch_size` at a time: drawn from
-    `generator`, or with each batch seeded by (seed, its first row)."""
-    device = next(model.parameters()).device
-    c = torch.as_tensor(condition_array(src), device=device)
-    g = generator if seed is None else torch.Generator(device=device)
-    parts = []
-    for lo in range(0, len(c), batch_size):
-        if seed is not None:
-            g.manual_seed(derive_seed(seed, lo))
-        parts.append(model.sample(c[lo:lo + batch_size], None, g, precision=precision).cpu().numpy())
-    arr = np.concatenate(parts) if parts else np.zeros((0, 3, 9, 9), np.float32)
-    return aio.Footprints(arr[:, 0], arr[:, 1], arr[:, 2] > 0, dict(src.conditions), src.xyz, {},
-                          {k: v for k, v in src.attrs.items() if k in ("spacing_m", "altitude_m", "trigger_vem")})
-
-
-def generate_footprints(model, test: aio.Footprints, out, batch_size: int, seed: int, precision: str,
-                        metadata: dict) -> dict:
-    """Footprints for the conditions of `test`, each batch seeded by (seed, its first row); written atomically."""
-    t0 = time.perf_counter()
-    fp = sample_footprints(model, test, batch_size, precision, seed=seed)
-    seconds = time.perf_counter() - t0
-    fp.attrs["metadata"] = json.dumps(metadata, sort_keys=True)
-    device = next(model.parameters()).device
-    aio.write(out, fp)
-    return {"events": len(fp), "sample_seconds": seconds, "events_per_s": len(fp) / max(seconds, 1e-9),
-            "device": str(device), "precision": precision}
-
-
 def validate_files(reference, candidate, floor, out_dir, vcfg) -> dict:
     """The candidate and (at the same size) an independent simulated sample against the reference."""
     from simgan.domains.airshower import validate as av
@@ -266,27 +191,6 @@ def validate_files(reference, candidate, floor, out_dir, vcfg) -> dict:
     av.write_report(out_dir, m, plots)
     write_json_atomic(out_dir / "metrics.json", m)
     return m
-
-
-def generate_cli(args, ckpt: dict, out, fmt) -> int:
-    """An air-shower checkpoint: footprints for the conditions of --energies-from (a footprint file)."""
-    from simgan.checkpoint import model_of, resolve_device
-    from simgan.generate import checkpoint_metadata
-
-    if not args.energies_from or args.layer_energies_from or args.energy_range or fmt != "hdf5":
-        raise SimganError("an air-shower model generates HDF5 footprints for the conditions of a footprint file: "
-                          "give --energies-from FILE (its conditions are used) and an .h5 --out")
-    if args.shard_index is not None or args.shard_count is not None or args.dask or args.compare_geant4:
-        raise SimganError("an air-shower model generates in one process (no --shard-index, --dask or "
-                          "--compare-geant4)")
-    model = model_of(ckpt, resolve_device(args.device))
-    src = aio.read(args.energies_from, args.events)
-    warn_outside(ckpt.get("condition_ranges", {}), src.conditions, str(args.energies_from))
-    timing = generate_footprints(model, src, out, args.batch_size, args.seed, args.precision,
-                                 checkpoint_metadata(args.checkpoint))
-    print(f"wrote {out}: {timing['events']} footprints at {timing['events_per_s']:.0f} events/s")
-    print(json.dumps(timing))
-    return 0
 
 
 DOMAIN = Airshower()

@@ -23,7 +23,7 @@ from simgan.data.rootio import open_root_tree
 from simgan.domains.airshower.simulator import GRID, ArrayParams, station_xyz
 from simgan.errors import SimganError
 from simgan.extras import require
-from simgan.io import atomic_path, open_hdf5, quiet_failed_hdf5
+from simgan.io import atomic_path, open_hdf5, ordered_shards, quiet_failed_hdf5
 
 SCHEMA_VERSION = 1
 CONDITIONS = ("log10_energy_eV", "zenith_rad", "azimuth_rad", "core_x_m", "core_y_m")
@@ -269,19 +269,8 @@ def write_root(path, fp: Footprints, tree: str = "footprints") -> Path:
 def merge_shards(paths, out) -> Path:
     """Shards of one simulation (same seed and size, shard_count of them, each index once) into
     one file, in index order: the events of one unsharded run."""
-    parts = sorted((read(q) for q in paths), key=lambda fp: int(fp.attrs.get("shard_index", -1)))
+    parts = ordered_shards([read(q) for q in paths], list(paths))
     first = parts[0].attrs
-    if any("shard_index" not in fp.attrs for fp in parts):
-        raise SimganError(f"{paths[0]}: not a shard file (no shard_index attribute); merge takes the files of "
-                          "`simgan simulate --shard-index I --shard-count K`")
-    count = int(first["shard_count"])
-    have = [int(fp.attrs["shard_index"]) for fp in parts]
-    if have != list(range(count)):
-        raise SimganError(f"shards {have} given, expected each of 0..{count - 1} once")
-    for fp, q in zip(parts, paths):
-        if (fp.attrs.get("seed"), fp.attrs.get("events_total")) != (first.get("seed"), first.get("events_total")):
-            raise SimganError(f"{q}: a shard of another simulation (seed {fp.attrs.get('seed')}, "
-                              f"{fp.attrs.get('events_total')} events)")
     merged = Footprints(np.concatenate([fp.signal for fp in parts]), np.concatenate([fp.time for fp in parts]),
                         np.concatenate([fp.triggered for fp in parts]),
                         {k: np.concatenate([fp.conditions[k] for fp in parts]) for k in parts[0].conditions},

@@ -15,6 +15,7 @@ from simgan.domains.airshower.simulator import ArrayParams
 from simgan.report.markdown import write_markdown_report
 from simgan.metrics.classifier import classifier_test
 from simgan.metrics.distances import separation_power
+from simgan.metrics.gate import gate_checks
 
 # observables the classifier and the separation powers use (NaN where undefined: trees take it)
 LG_BINS = (18.5, 19.0, 19.5, 20.0)
@@ -92,14 +93,7 @@ GATE_KEYS = {"auc": "auc_max", "separation_power_mean": "separation_mean_max",
 
 
 def gate(m: dict, gcfg) -> dict:
-    checks = {}
-    for key, limit_key in GATE_KEYS.items():
-        limit = getattr(gcfg, limit_key)
-        if limit is None:
-            continue
-        v = m[key]
-        checks[key] = {"value": v, "max": limit, "pass": bool(np.isfinite(v) and v <= limit)}
-    return {"pass": all(c["pass"] for c in checks.values()), "checks": checks}
+    return gate_checks(m, gcfg, GATE_KEYS)
 
 
 def plots(ref: Footprints, cand: Footprints, m: dict, out_dir: Path) -> list[Path]:

@@ -13,12 +13,11 @@ import time
 import numpy as np
 import torch
 
-from simgan.domains import Domain, warn_outside
+from simgan.domains import ConditionedFileDomain, warn_outside
 from simgan.domains.neuron import io as nio
 from simgan.domains.neuron.models import CONDITIONS, FAMILIES, condition_array
 from simgan.domains.neuron.simulator import CLASSES, Projection, events_per_shard, input_hashes, simulate, versions
 from simgan.errors import SimganError
-from simgan.seeding import derive_seed
 
 SCHEMA = {"domain": "neuron", "sample_shape": [64, 64], "channels": ["neurite_length_um"],
           "conditions": list(CONDITIONS), "class_names": list(CLASSES),
@@ -34,8 +33,11 @@ def conditions_of(ni: nio.NeuronImages) -> np.ndarray:
     return condition_array(ni.cell_class, ni.randomness)
 
 
-class Neuron(Domain):
+class Neuron(ConditionedFileDomain):
     name = "neuron"
+    unit = "images"
+    simulator = "NeuroTS (one process per core)"
+    floor_note = " (the training split), which also trains the class predictor"
     headline_keys = ("auc", "auc_images", "separation_power_mean", "length_mean_deviation_max", "length_spread_deviation_max",
                      "extent_mean_deviation_max", "extent_spread_deviation_max", "class_accuracy_drop")
 
@@ -72,72 +74,28 @@ class Neuron(Domain):
                            else projection_of_cfg(cfg))
         return np.stack([np.log(np.maximum(f[k], 1.0)) if k == "total_length" else f[k] for k in KEY_OBSERVABLES], 1)
 
-    def sample_like(self, model, data, generator, precision="fp32"):
-        return sample_images(model, data, 1024, precision, generator=generator)
+    # -- what the shared file-conditioned stages need ---------------------------------------------
+    def write(self, path, data):
+        return nio.write(path, data)
 
-    # -- stage bodies ------------------------------------------------------------------------
-    def stage_simulate(self, cfg, ins, out, progress):
-        t0 = time.perf_counter()
-        ni = simulate_file(cfg, out["showers"], progress)
-        seconds = time.perf_counter() - t0
-        return {"counts": {"events": len(ni)}, "extra": {"simulator_seconds": seconds,
-                                                         "events_per_s": len(ni) / max(seconds, 1e-9)}}
+    def condition_matrix(self, data):
+        return conditions_of(data)
 
-    def stage_prepare(self, cfg, ins, out, progress):
-        from simgan.data.splits import split_indices
-        ni = nio.read(ins["source"])
-        idx = split_indices(len(ni), cfg.prepare.fractions, cfg.seed)
-        for name, rows in idx.items():
-            part = ni.subset(rows)
-            part.attrs = {**part.attrs, "split": name, "prepared_from": str(ins["source"])}
-            nio.write(out[name], part)
-        return {"counts": {k: int(len(v)) for k, v in idx.items()}}
+    def with_samples(self, data, samples):
+        size = data.images.shape[1]
+        arr = samples if samples is not None else np.zeros((0, size, size), np.float32)
+        attrs = {k: v for k, v in data.attrs.items() if k in ("pixel_um", "fov_um", "soma_pixel", "projection")}
+        return nio.NeuronImages(arr.astype(np.float32), data.cell_class.copy(), data.randomness.copy(), CLASSES, {},
+                                None, attrs)
 
-    def stage_generate(self, cfg, ins, out, progress):
-        from simgan.checkpoint import model_from_checkpoint, resolve_device
-        from simgan.generate import checkpoint_metadata
-        from simgan.io import write_json_atomic
+    def simulate_data(self, cfg, out, progress, shard_index=None, shard_count=None):
+        return simulate_file(cfg, out, progress, shard_index, shard_count)
 
-        device = resolve_device(cfg.generate.device)
-        model, ckpt = model_from_checkpoint(ins["model"], device)
-        test = nio.read(ins["test"], cfg.generate.events)
-        warn_outside(ckpt.get("condition_ranges", {}), test.conditions, str(ins["test"]))
-        timing = generate_images(model, test, out["showers"], cfg.generate.batch_size, cfg.seed,
-                                 cfg.generate.precision, checkpoint_metadata(ins["model"]))
-        write_json_atomic(out["timing"], timing)
-        print(f"[generate] {timing['events']} images at {timing['events_per_s']:.0f} images/s ({device})")
-        return {"counts": {"events": timing["events"]}, "extra": {"timing": timing}}
-
-    def stage_validate(self, cfg, ins, out, progress):
-        m = validate_files(ins["reference"], ins["candidate"], ins["floor"], out["metrics"].parent, cfg.validate)
-        return {"counts": {"reference": m["n_reference"], "candidate": m["n_candidate"]},
-                "extra": {"gate_pass": m["gate"]["pass"]}}
-
-    @property
-    def stages(self):
-        return {"simulate": self.stage_simulate, "prepare": self.stage_prepare, "generate": self.stage_generate,
-                "validate": self.stage_validate}
-
-    # -- command-line hooks --------------------------------------------------------------------
-    def simulate_file(self, cfg, out, progress, shard_index, shard_count, dask=None, scheduler=None) -> str:
-        if dask:
-            raise SimganError("the neuron simulator runs one NeuroTS process per core: run it without --dask "
-                              "(or split it with --shard-index/--shard-count)")
-        ni = simulate_file(cfg, out, progress, shard_index, shard_count)
-        return f"wrote {out}: {len(ni)} NeuroTS neurons" + (
-            f" (shard {shard_index} of {shard_count})" if shard_count else "")
+    def validate_data(self, reference, candidate, floor, out_dir, vcfg):
+        return validate_files(reference, candidate, floor, out_dir, vcfg)
 
     def merge_files(self, shards, out):
         nio.merge_shards(shards, out)
-
-    def validate_files(self, reference, candidate, floor, out_dir, vcfg, domain_cfg, dask=None, scheduler=None,
-                       extra=None):
-        if not floor:
-            raise SimganError("neuron validation needs --floor: independent NeuroTS images (the training split), "
-                              "which also train the class predictor")
-        if dask or extra:
-            raise SimganError("neuron validation takes neither --dask nor --ablation")
-        return validate_files(reference, candidate, floor, out_dir, vcfg)
 
     def summary_text(self, m, report):
         from simgan.validate import verdict
@@ -152,9 +110,6 @@ class Neuron(Domain):
                 f"{pct('length_spread_deviation_max')}, extent mean {pct('extent_mean_deviation_max')}, spread "
                 f"{pct('extent_spread_deviation_max')}; class accuracy {m['predictor']['candidate']['class_accuracy']:.3f}"
                 f" vs {m['predictor']['reference']['class_accuracy']:.3f} on NeuroTS); report: {report}")
-
-    def generate_cli(self, args, ckpt, out, fmt):
-        return generate_cli(args, ckpt, out, fmt)
 
     # -- the registered model ------------------------------------------------------------------
     def pyfunc_example(self, ckpt):
@@ -215,55 +170,6 @@ def simulate_file(cfg, out, progress: bool = True, shard_index: int | None = Non
                           ev["conditions"]["randomness"], CLASSES, ev["truth"], ev["seed"], attrs)
     nio.write(out, ni)
     return ni
-
-
-def sample_images(model, src: nio.NeuronImages, batch_size: int, precision: str, generator=None,
-                  seed: int | None = None) -> nio.NeuronImages:
-    """Generated images for the conditions of `src`, `batch_size` at a time: drawn from
-    `generator`, or with each batch seeded by (seed, its first row)."""
-    device = next(model.parameters()).device
-    c = torch.as_tensor(conditions_of(src), device=device)
-    g = generator if seed is None else torch.Generator(device=device)
-    parts = []
-    for lo in range(0, len(c), batch_size):
-        if seed is not None:
-            g.manual_seed(derive_seed(seed, lo))
-        parts.append(model.sample(c[lo:lo + batch_size], None, g, precision=precision).cpu().numpy())
-    arr = np.concatenate(parts) if parts else np.zeros((0, model.size, model.size), np.float32)
-    attrs = {k: v for k, v in src.attrs.items() if k in ("pixel_um", "fov_um", "soma_pixel", "projection")}
-    return nio.NeuronImages(arr.astype(np.float32), src.cell_class.copy(), src.randomness.copy(), CLASSES, {}, None,
-                            attrs)
-
-
-def generate_images(model, test: nio.NeuronImages, out, batch_size: int, seed: int, precision: str,
-                    metadata: dict) -> dict:
-    t0 = time.perf_counter()
-    ni = sample_images(model, test, batch_size, precision, seed=seed)
-    seconds = time.perf_counter() - t0
-    ni.attrs["metadata"] = json.dumps(metadata, sort_keys=True)
-    nio.write(out, ni)
-    return {"events": len(ni), "sample_seconds": seconds, "events_per_s": len(ni) / max(seconds, 1e-9),
-            "device": str(next(model.parameters()).device), "precision": precision}
-
-
-def generate_cli(args, ckpt: dict, out, fmt) -> int:
-    """A neuron checkpoint: images for the conditions of --energies-from (a neuron image file)."""
-    from simgan.checkpoint import model_of, resolve_device
-    from simgan.generate import checkpoint_metadata
-
-    if not args.energies_from or args.layer_energies_from or args.energy_range or fmt != "hdf5":
-        raise SimganError("a neuron model generates HDF5 images for the conditions of a neuron image file: give "
-                          "--energies-from FILE (its cell_class and randomness are used) and an .h5 --out")
-    if args.shard_index is not None or args.shard_count is not None or args.dask or args.compare_geant4:
-        raise SimganError("a neuron model generates in one process (no --shard-index, --dask or --compare-geant4)")
-    model = model_of(ckpt, resolve_device(args.device))
-    src = nio.read(args.energies_from, args.events)
-    warn_outside(ckpt.get("condition_ranges", {}), src.conditions, str(args.energies_from))
-    timing = generate_images(model, src, out, args.batch_size, args.seed, args.precision,
-                             checkpoint_metadata(args.checkpoint))
-    print(f"wrote {out}: {timing['events']} images at {timing['events_per_s']:.0f} images/s")
-    print(json.dumps(timing))
-    return 0
 
 
 def validate_files(reference, candidate, floor, out_dir, vcfg) -> dict:

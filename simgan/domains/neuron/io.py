@@ -21,7 +21,7 @@ import numpy as np
 
 from simgan.domains.neuron.simulator import CLASSES, TRUTH, Projection, image_and_truth, orient, segments
 from simgan.errors import SimganError
-from simgan.io import atomic_path, open_hdf5, quiet_failed_hdf5
+from simgan.io import atomic_path, open_hdf5, ordered_shards, quiet_failed_hdf5
 
 SCHEMA_VERSION = 1
 CONDITIONS = ("cell_class", "randomness")
@@ -159,22 +159,8 @@ def read(path, max_events: int | None = None) -> NeuronImages:
 
 def merge_shards(paths, out) -> Path:
     """Shards of one simulation (same seed and size, each index once) into one file, in order."""
-    parts = [read(q) for q in paths]
-    if any("shard_index" not in p.attrs for p in parts):
-        raise SimganError(f"{paths[0]}: not a shard file (no shard_index attribute); merge takes the files of "
-                          "`simgan simulate --shard-index I --shard-count K`")
-    order = np.argsort([int(p.attrs["shard_index"]) for p in parts])
-    parts = [parts[i] for i in order]
-    paths = [paths[i] for i in order]
+    parts = ordered_shards([read(q) for q in paths], list(paths))
     first = parts[0].attrs
-    count = int(first["shard_count"])
-    have = [int(p.attrs["shard_index"]) for p in parts]
-    if have != list(range(count)):
-        raise SimganError(f"shards {have} given, expected each of 0..{count - 1} once")
-    for p, q in zip(parts, paths):
-        if (p.attrs.get("seed"), p.attrs.get("events_total")) != (first.get("seed"), first.get("events_total")):
-            raise SimganError(f"{q}: a shard of another simulation (seed {p.attrs.get('seed')}, "
-                              f"{p.attrs.get('events_total')} events)")
     merged = NeuronImages(np.concatenate([p.images for p in parts]), np.concatenate([p.cell_class for p in parts]),
                           np.concatenate([p.randomness for p in parts]), CLASSES,
                           {k: np.concatenate([p.truth[k] for p in parts]) for k in parts[0].truth},

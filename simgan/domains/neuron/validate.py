@@ -16,6 +16,7 @@ from simgan.domains.neuron.observables import KEY_OBSERVABLES, image_features
 from simgan.domains.neuron.simulator import CLASSES
 from simgan.metrics.classifier import classifier_test
 from simgan.metrics.distances import separation_power
+from simgan.metrics.gate import gate_checks
 from simgan.report.markdown import write_markdown_report
 
 MIN_PER_CLASS = 10
@@ -123,14 +124,7 @@ GATE_KEYS = {"auc": "auc_max", "separation_power_mean": "separation_mean_max",
 
 
 def gate(m: dict, gcfg) -> dict:
-    checks = {}
-    for key, limit_key in GATE_KEYS.items():
-        limit = getattr(gcfg, limit_key)
-        if limit is None:
-            continue
-        v = m[key]
-        checks[key] = {"value": v, "max": limit, "pass": bool(np.isfinite(v) and v <= limit)}
-    return {"pass": all(c["pass"] for c in checks.values()), "checks": checks}
+    return gate_checks(m, gcfg, GATE_KEYS)
 
 
 def plots(ref: NeuronImages, cand: NeuronImages, reference: dict, candidate: dict, out_dir: Path) -> list[Path]:
