@@ -125,6 +125,27 @@ class ConditionedFileDomain(Domain):
         raise NotImplementedError
 
     # -- what follows is shared ------------------------------------------------------------------
+    def validation_inputs(self, reference, candidate, floor, out_dir):
+        """The checked output folder, the reference and candidate (at least 20 each, the same
+        conditions row by row) and the floor sample: as many rows of `floor` as the reference,
+        drawn with a fixed seed."""
+        from simgan.io import check_output_dir
+        from simgan.validate import same_file
+
+        out_dir = check_output_dir(out_dir)
+        if same_file(reference, candidate):
+            raise SimganError(f"--candidate {candidate} is the reference file itself: nothing would be validated")
+        ref, cand = self.read(reference), self.read(candidate)
+        if len(ref) < 20 or len(cand) < 20:
+            raise SimganError(f"{candidate if len(cand) < 20 else reference}: {min(len(ref), len(cand))} {self.unit}; "
+                              "validation needs at least 20 in each sample")
+        if len(ref) != len(cand) or not np.allclose(self.condition_matrix(ref), self.condition_matrix(cand)):
+            raise SimganError(f"{candidate}: its conditions are not the reference's row by row; generate from "
+                              f"{reference}")
+        src = self.read(floor)
+        rows = np.random.default_rng(0).choice(len(src), min(len(ref), len(src)), replace=False)
+        return out_dir, ref, cand, src, src.subset(np.sort(rows))
+
     def sample(self, model, src, batch_size: int, precision: str, generator=None, seed: int | None = None):
         """Samples for the conditions of `src`, `batch_size` at a time: drawn from `generator`, or
         with each batch seeded by (seed, its first row), so a file's samples do not depend on how

@@ -159,27 +159,12 @@ def simulate_file(cfg, out, progress: bool = True, shard_index: int | None = Non
 def validate_files(reference, candidate, floor, out_dir, vcfg) -> dict:
     """The candidate and (at the same size) an independent simulated sample against the reference."""
     from simgan.domains.airshower import validate as av
-    from simgan.io import check_output_dir, write_json_atomic
-    from simgan.validate import same_file
+    from simgan.io import write_json_atomic
 
-    out_dir = check_output_dir(out_dir)
-    if same_file(reference, candidate):
-        raise SimganError(f"--candidate {candidate} is the reference file itself: nothing would be validated")
-    ref, cand = aio.read(reference), aio.read(candidate)
-    if len(ref) < 20 or len(cand) < 20:
-        raise SimganError(f"{candidate if len(cand) < 20 else reference}: {min(len(ref), len(cand))} events; "
-                          "validation needs at least 20 in each sample")
-    same_conditions = len(ref) == len(cand) and all(
-        np.allclose(ref.conditions[k], cand.conditions[k]) for k in CONDITIONS)
-    if not same_conditions:
-        raise SimganError(f"{candidate}: its conditions are not the reference's row by row; generate from "
-                          f"{reference}")
+    out_dir, ref, cand, _, fl_fp = DOMAIN.validation_inputs(reference, candidate, floor, out_dir)
     meta = json.loads(cand.attrs.get("metadata", "{}") or "{}")
     ref_summary = av.summarise(ref)  # once, for the candidate and for the floor
     m = av.compare(ref_summary, av.summarise(cand), vcfg.classifier_seeds, vcfg.classifier_max_events)
-    fl_src = aio.read(floor)
-    rows = np.random.default_rng(0).choice(len(fl_src), min(len(ref), len(fl_src)), replace=False)
-    fl_fp = fl_src.subset(np.sort(rows))
     fl = av.compare(ref_summary, av.summarise(fl_fp), vcfg.classifier_seeds, vcfg.classifier_max_events)
     m.update({"reference": str(reference), "candidate": str(candidate), "n_reference": len(ref),
               "n_candidate": len(cand), "floor": fl,

@@ -25,6 +25,7 @@ from torch import nn
 
 from simgan.domains.airshower.simulator import C_M_PER_NS, GRID, ArrayParams, station_xyz
 from simgan.models.adversarial import adversarial_step, gan_optimizers
+from simgan.models.latent import kl_normal
 from simgan.schema import ConfigModel
 
 CONDITIONS = ("log10_energy_eV", "zenith_rad", "azimuth_rad", "core_x_m", "core_y_m")
@@ -196,7 +197,7 @@ class FootprintVAE(FootprintSurrogate):
         below = torch.special.log_ndtr((self.log_thr - mu_s) / sd_s)
         nll_s = torch.where(m > 0, nll_trig, -below).sum(1)
         nll_t = ((0.5 * ((resid - mu_t) / torch.exp(ls_t)) ** 2 + ls_t + 0.5 * math.log(2 * math.pi)) * m).sum(1)
-        kl = (-0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(1)).mean()
+        kl = kl_normal(mu, logvar)
         warm = min(1.0, (step + 1) / self.cfg.kl_warmup) if self.cfg.kl_warmup else 1.0
         rec = (nll_s + nll_t).mean()
         loss = rec + self.cfg.kl_weight * warm * kl

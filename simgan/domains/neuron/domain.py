@@ -175,22 +175,9 @@ def simulate_file(cfg, out, progress: bool = True, shard_index: int | None = Non
 def validate_files(reference, candidate, floor, out_dir, vcfg) -> dict:
     """The candidate and (at the same size) independent NeuroTS images against the reference."""
     from simgan.domains.neuron import validate as nv
-    from simgan.io import check_output_dir, write_json_atomic
-    from simgan.validate import same_file
+    from simgan.io import write_json_atomic
 
-    out_dir = check_output_dir(out_dir)
-    if same_file(reference, candidate):
-        raise SimganError(f"--candidate {candidate} is the reference file itself: nothing would be validated")
-    ref, cand = nio.read(reference), nio.read(candidate)
-    if len(ref) < 20 or len(cand) < 20:
-        raise SimganError(f"{candidate if len(cand) < 20 else reference}: {min(len(ref), len(cand))} images; "
-                          "validation needs at least 20 in each sample")
-    if len(ref) != len(cand) or not (np.array_equal(ref.cell_class, cand.cell_class)
-                                     and np.allclose(ref.randomness, cand.randomness)):
-        raise SimganError(f"{candidate}: its conditions are not the reference's row by row; generate from {reference}")
-    train = nio.read(floor)
-    rows = np.random.default_rng(0).choice(len(train), min(len(ref), len(train)), replace=False)
-    fl_ni = train.subset(np.sort(rows))
+    out_dir, ref, cand, train, fl_ni = DOMAIN.validation_inputs(reference, candidate, floor, out_dir)
     ref_summary = nv.summarise(ref)  # once, for the candidate and for the floor
     m = nv.compare(ref_summary, (cand_summary := nv.summarise(cand)), vcfg.classifier_seeds,
                    vcfg.classifier_max_events)

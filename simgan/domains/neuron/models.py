@@ -22,7 +22,7 @@ from pydantic import Field
 from torch import nn
 
 from simgan.models.adversarial import adversarial_step, gan_optimizers
-from simgan.models.latent import kl_normal
+from simgan.models.latent import kl_normal, kl_weight
 from simgan.schema import ConfigModel
 
 CONDITIONS = ("cell_class", "randomness")
@@ -207,8 +207,7 @@ class NeuronVAE(NeuronSurrogate):
         nll = 0.5 * ((v - mean) / torch.exp(log_sd)) ** 2 + log_sd + 0.5 * math.log(2 * math.pi)
         rec = (bce + torch.where(hit, nll, torch.zeros_like(nll))).flatten(1).sum(1).mean()
         kl = kl_normal(mu, logvar)
-        warm = 1.0 if self.cfg.kl_warmup_steps == 0 else min(1.0, (step + 1) / self.cfg.kl_warmup_steps)
-        loss = rec + self.cfg.beta * warm * kl
+        loss = rec + kl_weight(self.cfg, step) * kl
         opts["vae"].zero_grad(set_to_none=True)
         loss.backward()
         opts["vae"].step()
