@@ -65,9 +65,10 @@ def cmd_merge(args) -> int:
     from simgan.io import check_output_file
 
     if args.stage:
-        if args.shards or args.out or not args.config:
-            raise SimganError(f"--stage {args.stage} takes -c CONFIG and nothing else: it merges the stage's "
-                              "shards (RUN/STAGE/shards/shard_*.h5) into its output and writes its manifest")
+        args.overrides = [a for a in args.shards if "=" in a]  # key=value overrides of the config
+        if len(args.overrides) != len(args.shards) or args.out or not args.config:
+            raise SimganError(f"--stage {args.stage} takes -c CONFIG [key=value ...] and nothing else: it merges the "
+                              "stage's shards (RUN/STAGE/shards/shard_*.h5) into its output and writes its manifest")
         from pipeline.contract import Context
         from pipeline.runner import stage_module
 
@@ -172,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_simulate)
 
     s = sub.add_parser("merge", help="merge shard files (or complete a stage from its job array's shards)")
-    s.add_argument("shards", nargs="*")
+    s.add_argument("shards", nargs="*", help="shard files (with --stage: key=value overrides of the config)")
     s.add_argument("--out")
     s.add_argument("--stage", choices=["simulate", "generate"],
                    help="merge RUN/STAGE/shards/shard_*.h5 into the stage's output and write its manifest")

@@ -97,6 +97,14 @@ def test_shards_merge_into_the_events_of_one_run(tmp_path):
     assert main(["merge", str(tmp_path / "s1.h5"), str(tmp_path / "s0.h5"), "--out", str(tmp_path / "m.h5")]) == 0
     a, b = nio.read(one), nio.read(tmp_path / "m.h5")
     assert np.array_equal(a.images, b.images) and np.array_equal(a.seed, b.seed)
+    # the same shards as a job array's, merged into the run's simulate stage (with its manifest)
+    shard_dir = tmp_path / "runs" / "neuron_quickstart" / "simulate" / "shards"
+    shard_dir.mkdir(parents=True)
+    for i in range(2):
+        (tmp_path / f"s{i}.h5").rename(shard_dir / f"shard_{i}.h5")
+    assert main(["merge", "--stage", "simulate", "-c", str(NEURON), f"runs_dir={tmp_path / 'runs'}", *over]) == 0
+    staged = tmp_path / "runs" / "neuron_quickstart" / "simulate"
+    assert np.array_equal(nio.read(staged / "showers.h5").images, a.images) and (staged / "manifest.json").is_file()
     assert np.array_equal(a.randomness, b.randomness) and (a.cell_class == 0).all()
     with h5py.File(one) as f:
         assert f.attrs["domain"] == "neuron" and list(f["conditions/cell_class"].attrs["class_names"]) == list(CLASSES)

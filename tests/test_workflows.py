@@ -224,7 +224,7 @@ def test_merge_stage_refuses_bad_input(tmp_path, capsys):
     """`simgan merge --stage`: only -c CONFIG; no shards is named; shards of another run (seed or
     size) are refused, and the stage writes neither its output nor its manifest."""
     assert main(["merge", "--stage", "simulate", "--out", str(tmp_path / "x.h5"), "-c", str(QUICKSTART)]) == 2
-    assert "--stage simulate takes -c CONFIG and nothing else" in capsys.readouterr().err
+    assert "--stage simulate takes -c CONFIG [key=value ...] and nothing else" in capsys.readouterr().err
     import yaml
     from simgan.config import load_config
     cfg = load_config(QUICKSTART, [f"runs_dir={tmp_path}", "simulate.events=10", "simulate.shard_events=5",

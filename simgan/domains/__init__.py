@@ -178,10 +178,26 @@ class ConditionedFileDomain(Domain):
         return {"events": len(data), "sample_seconds": seconds, "events_per_s": len(data) / max(seconds, 1e-9),
                 "device": str(next(model.parameters()).device), "precision": precision}
 
-    def stage_simulate(self, cfg, ins, out, progress):
+    sharded_stages = ("simulate",)
+
+    def stage_simulate(self, cfg, ins, out, progress, shards=None):
+        """The simulator; with `shards` (files of `simulate --shard-index I --shard-count K` in
+        RUN/simulate/shards/), those are merged into the stage's output instead."""
         import time
         t0 = time.perf_counter()
-        data = self.simulate_data(cfg, out["showers"], progress)
+        if shards is not None:
+            if not shards:
+                raise SimganError(f"no simulate shards to merge (expected {out['showers'].parent}/shards/shard_*.h5)")
+            for q in shards:
+                attrs = self.read(q, 1).attrs
+                if attrs.get("seed") != cfg.seed or attrs.get("events_total") != cfg.simulate.events:
+                    raise SimganError(f"{q}: a shard of another run (seed {attrs.get('seed')}, "
+                                      f"{attrs.get('events_total')} events; this config: seed {cfg.seed}, "
+                                      f"{cfg.simulate.events})")
+            self.merge_files(shards, out["showers"])
+            data = self.read(out["showers"])
+        else:
+            data = self.simulate_data(cfg, out["showers"], progress)
         seconds = time.perf_counter() - t0
         return {"counts": {"events": len(data)}, "extra": {"simulator_seconds": seconds,
                                                            "events_per_s": len(data) / max(seconds, 1e-9)}}
