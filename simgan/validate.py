@@ -18,7 +18,7 @@ import numpy as np
 from simgan.config import ValidateConfig
 from simgan.data import calochallenge as cc
 from simgan.errors import SimganError
-from simgan.report.markdown import write_markdown_report
+from simgan.report.markdown import fmt, write_markdown_report
 from simgan.io import file_sha256, open_hdf5, write_json_atomic
 from simgan.metrics.classifier import (classifier_test, dnn_classifier_test, dnn_high_level_inputs,
                                        dnn_low_level_inputs, high_level_inputs, low_level_inputs)
@@ -243,8 +243,7 @@ def verdict(metrics: dict) -> str:
     return "PASS" if g["pass"] else "FAIL"
 
 
-def _fmt(v, digits=3) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{digits}f}"
+_fmt = fmt
 
 
 def write_report(out_dir: Path, m: dict, plots: list[Path]) -> None:

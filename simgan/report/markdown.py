@@ -24,3 +24,9 @@ def write_markdown_report(out_dir: Path, md: list[str], title: str) -> None:
     with atomic_path(Path(out_dir) / "report.html") as tmp:
         tmp.write_text(f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>"
                        + "\n".join(body) + "</body></html>\n")
+
+
+def fmt(v, digits: int = 3) -> str:
+    """A figure for a report table: n/a for a missing or non-finite value."""
+    import math
+    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"

@@ -12,7 +12,7 @@ from simgan.domains.airshower.io import Footprints
 from simgan.domains.airshower.observables import (angular_resolution, event_features,
                                                   radial_profiles)
 from simgan.domains.airshower.simulator import ArrayParams
-from simgan.report.markdown import write_markdown_report
+from simgan.report.markdown import fmt, write_markdown_report
 from simgan.metrics.classifier import classifier_test
 from simgan.metrics.distances import separation_power
 from simgan.metrics.gate import gate_checks
@@ -149,8 +149,7 @@ def plots(ref: Footprints, cand: Footprints, m: dict, out_dir: Path) -> list[Pat
 def write_report(out_dir: Path, m: dict, plot_paths: list[Path]) -> None:
     fl = m["floor"]
 
-    def f(v, d=3):
-        return "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{d}f}"
+    f = fmt
 
     md = [f"# Air-shower validation report: {'PASS' if m['gate']['pass'] else 'FAIL'}", "",
           f"Reference: `{m['reference']}` ({m['n_reference']} events); candidate: `{m['candidate']}` "

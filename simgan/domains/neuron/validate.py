@@ -17,7 +17,7 @@ from simgan.domains.neuron.simulator import CLASSES
 from simgan.metrics.classifier import classifier_test
 from simgan.metrics.distances import separation_power
 from simgan.metrics.gate import gate_checks
-from simgan.report.markdown import write_markdown_report
+from simgan.report.markdown import fmt, write_markdown_report
 
 MIN_PER_CLASS = 10
 
@@ -173,8 +173,7 @@ def plots(ref: NeuronImages, cand: NeuronImages, reference: dict, candidate: dic
 def write_report(out_dir: Path, m: dict, plot_paths: list[Path]) -> None:
     fl = m["floor"]
 
-    def f(v, d=3):
-        return "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{d}f}"
+    f = fmt
 
     pc_rows = []
     for name, r in m["per_class"].items():
