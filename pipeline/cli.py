@@ -90,19 +90,13 @@ def cmd_merge(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from simgan.data.convert import convert
+    from simgan.domains import NAMES, get_domain
     from simgan.io import check_output_file
 
     check_output_file(args.out, {"input": args.input})
-    if args.format == "swc":
-        from simgan.domains.neuron import io as nio
-        if not args.labels:
-            raise SimganError("--format swc needs --labels CSV (columns file, cell_class, optionally randomness)")
-        nio.write(args.out, nio.read_swc_dir(args.input, args.labels, args.scale_um))
-    elif args.labels:
-        raise SimganError("--labels goes with --format swc (a folder of morphologies)")
-    else:
-        convert(args.input, args.out, args.format, args.binning)
+    # the domain that reads this input format (auto: the calorimeter's formats, by extension)
+    domain = next(get_domain(n) for n in NAMES if args.format in get_domain(n).convert_formats)
+    domain.convert(args)
     print(f"wrote {args.out}")
     return 0
 
@@ -185,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "folder of neuron morphologies (SWC) into a neuron image file")
     s.add_argument("input")
     s.add_argument("--out", required=True)
-    s.add_argument("--format", default="auto", choices=["auto", "calochallenge", "calogan", "root", "swc"])
+    s.add_argument("--format", default="auto", choices=["auto", "calochallenge", "calogan", "root", "swc"],
+                   help="input format (auto: by extension; swc: a folder of neuron morphologies)")
     s.add_argument("--binning", help="shipped binning name or XML path (needed for ROOT input)")
     s.add_argument("--labels", help="--format swc: CSV with columns file, cell_class (IN, PC, L5_TPC), optionally "
                                     "randomness")

@@ -29,6 +29,8 @@ class Domain:
     stages: dict = {}
     # stages whose body also takes shards=[files of a job array] to merge (the Slurm chain)
     sharded_stages: tuple[str, ...] = ()
+    # `simgan convert --format F`: the input formats this domain's `convert` reads
+    convert_formats: tuple[str, ...] = ()
     # validation figures a registered version carries as metrics and tags (those present)
     headline_keys: tuple[str, ...] = ("separation_power_mean",)
 
@@ -84,6 +86,10 @@ class Domain:
     def generate_cli(self, args, ckpt: dict | None, out, fmt: str) -> int:
         """`simgan generate` for this domain's checkpoint (its conditions from the arguments);
         out and fmt are checked already."""
+        raise NotImplementedError
+
+    def convert(self, args) -> None:
+        """`simgan convert`: read args.input in args.format and write this domain's file to args.out."""
         raise NotImplementedError
 
     def merge_files(self, shards: list, out) -> None:

@@ -8,6 +8,7 @@ import torch
 from simgan.data import calochallenge as cc
 from simgan.domains import Domain
 from simgan.domains.calorimeter.features import high_level_features
+from simgan.errors import SimganError
 
 ENERGY_COLUMN = "incident_energy"  # the registered model's input column, MeV
 
@@ -16,6 +17,7 @@ class Calorimeter(Domain):
     name = "calorimeter"
     sharded_stages = ("simulate", "generate")
     headline_keys = ("auc_high", "auc_low", "fpd", "kpd", "separation_power_mean")
+    convert_formats = ("auto", "calochallenge", "calogan", "root")
 
     @property
     def stages(self):
@@ -98,6 +100,12 @@ class Calorimeter(Domain):
     def generate_cli(self, args, ckpt, out, fmt):
         from simgan.domains.calorimeter.stages import generate_cli
         return generate_cli(args, ckpt, out, fmt)
+
+    def convert(self, args):
+        from simgan.data.convert import convert
+        if getattr(args, "labels", None):
+            raise SimganError("--labels goes with --format swc (a folder of neuron morphologies)")
+        convert(args.input, args.out, args.format, args.binning)
 
     def merge_files(self, shards, out):
         from simgan.sim.produce import merge_shards

@@ -38,6 +38,7 @@ class Neuron(ConditionedFileDomain):
     unit = "images"
     simulator = "NeuroTS (one process per core)"
     floor_note = " (the training split), which also trains the class predictor"
+    convert_formats = ("swc",)
     headline_keys = ("auc", "auc_images", "separation_power_mean", "length_mean_deviation_max", "length_spread_deviation_max",
                      "extent_mean_deviation_max", "extent_spread_deviation_max", "class_accuracy_drop")
 
@@ -93,6 +94,12 @@ class Neuron(ConditionedFileDomain):
 
     def validate_data(self, reference, candidate, floor, out_dir, vcfg):
         return validate_files(reference, candidate, floor, out_dir, vcfg)
+
+    def convert(self, args):
+        """A folder of morphologies (SWC, or what morphio reads) and a labels CSV -> an image file."""
+        if not args.labels:
+            raise SimganError("--format swc needs --labels CSV (columns file, cell_class, optionally randomness)")
+        nio.write(args.out, nio.read_swc_dir(args.input, args.labels, args.scale_um))
 
     def merge_files(self, shards, out):
         nio.merge_shards(shards, out)
