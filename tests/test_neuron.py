@@ -238,7 +238,7 @@ def test_neuron_chain_registers_and_a_consumer_predicts_from_class_names(tmp_pat
         model.predict(frame.drop(columns=["randomness"]))
 
 
-@pytest.mark.parametrize("family", ["neuron_gan", "neuron_vae"])
+@pytest.mark.parametrize("family", ["neuron_gan", "neuron_vae", "neuron_vae_flow"])
 def test_image_models_train_through_the_shared_trainer_and_sample_by_class(tmp_path, family):
     import torch
 
@@ -249,10 +249,13 @@ def test_image_models_train_through_the_shared_trainer_and_sample_by_class(tmp_p
     ni.attrs = nio.projection_attrs(Projection())
     nio.write(tmp_path / "train.h5", ni)
     nio.write(tmp_path / "val.h5", ni.subset(np.arange(24)))
+    flow = family.endswith("_flow")
+    family = family.removesuffix("_flow")
     cfg = load_config(NEURON, [f"runs_dir={tmp_path}", f"model={family}", "model.width=8", "train.steps=6",
                                "train.batch_size=8", "train.log_every=2", "train.val_every=3", "train.val_events=24",
                                "train.checkpoint_every=3", "train.mlflow=false", "train.progress=false",
-                               *(["model.critic_width=8", "model.n_critic=2"] if family == "neuron_gan" else [])])
+                               *(["model.critic_width=8", "model.n_critic=2"] if family == "neuron_gan" else []),
+                               *(["model.latent_sampler=flow", "model.flow_steps=30"] if flow else [])])
     info = Trainer(cfg, tmp_path / "train.h5", tmp_path / "val.h5", tmp_path / "train", progress=False).fit()
     assert info["steps"] == 6 and info["complete"]
     rows = [json.loads(x) for x in (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()]
@@ -265,3 +268,8 @@ def test_image_models_train_through_the_shared_trainer_and_sample_by_class(tmp_p
     out = model.sample(c, None, g)
     assert out.shape == (3, 64, 64) and (out >= 0).all()
     assert not torch.equal(out[0], out[1])  # the class reaches the generator
+    if flow:  # fitted after training, stored in model.pt; its codes differ from the prior's, a seed repeats them
+        assert info["calibration"]["latent_flow_steps"] == 30 and bool(model.flow_fitted)
+        z = model.draw_codes(c, torch.Generator().manual_seed(5))
+        assert torch.equal(z, model.draw_codes(c, torch.Generator().manual_seed(5)))
+        assert not torch.equal(z, torch.randn(3, model.cfg.latent_dim, generator=torch.Generator().manual_seed(5)))

@@ -51,6 +51,11 @@ class Domain:
     def checkpoint_fields(self, data) -> dict:
         return {}
 
+    def after_training(self, model_path, train_path, seed: int) -> dict | None:
+        """A fit after training on the training split, stored in the checkpoint at model_path
+        (atomically); returns what to record, or None when there is nothing to fit."""
+        return None
+
     def features(self, data, cfg):
         """(N, F) per-event features for the validation monitor."""
         raise NotImplementedError

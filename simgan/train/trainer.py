@@ -384,6 +384,10 @@ class Trainer:
                 self.save(self.out_dir / "model.pt", averaged=True)
             if complete and cfg.calibrate:
                 self.calibration = calibrate_checkpoint(self.out_dir / "model.pt", self.train_path, self.cfg.seed)
+            if complete:  # a domain's post-training fit on the training split (e.g. a latent sampler)
+                post = self.domain.after_training(self.out_dir / "model.pt", self.train_path, self.cfg.seed)
+                if post:
+                    self.calibration = {**(getattr(self, "calibration", None) or {}), **post}
         info = {"steps": self.step, "total_steps": self.total_steps, "resumed_from_step": s0,
                 "samples_per_s": per_step * gsteps * self.world / elapsed if elapsed > 0 else 0.0,
                 "train_seconds": elapsed, "complete": complete, "world_size": self.world, "ddp": self.distributed,

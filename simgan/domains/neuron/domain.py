@@ -69,6 +69,24 @@ class Neuron(ConditionedFileDomain):
                 "condition_ranges": {"randomness": [float(data.randomness.min()), float(data.randomness.max())]},
                 "classes_seen": sorted({CLASSES[i] for i in np.unique(data.cell_class)})}
 
+    def after_training(self, model_path, train_path, seed):
+        """model.latent_sampler=flow: fit the latent flow on the training split, into model.pt."""
+        from simgan.checkpoint import load_checkpoint
+        from simgan.io import atomic_path
+
+        ckpt = load_checkpoint(model_path)
+        if ckpt["model_args"]["config"].get("latent_sampler", "prior") != "flow":
+            return None
+        model = self.build_model(ckpt["model_args"])
+        model.load_state_dict(ckpt["model"])
+        model.eval()
+        data = nio.read(train_path)
+        info = model.fit_latent_flow(data.images, conditions_of(data), seed)
+        ckpt["model"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        with atomic_path(model_path, suffix=".pt") as tmp:
+            torch.save(ckpt, tmp)
+        return info
+
     def features(self, data, cfg):
         from simgan.domains.neuron.observables import KEY_OBSERVABLES, image_features
         f = image_features(data.images, nio.projection_of(data.attrs) if "projection" in data.attrs

@@ -38,6 +38,11 @@ class NeuronVAEConfig(ConfigModel):
     lr: float = Field(1e-3, gt=0)
     beta: float = Field(1.0, ge=0)
     kl_warmup_steps: int = Field(500, ge=0)
+    # where generation draws the code: the N(0, 1) prior, or a conditional flow fitted after
+    # training to the encoder's means on the training split (for a small beta, whose codes
+    # leave the prior's holes; ex-post density estimation)
+    latent_sampler: Literal["prior", "flow"] = "prior"
+    flow_steps: int = Field(3000, gt=0)
 
 
 class NeuronGANConfig(ConfigModel):
@@ -179,6 +184,40 @@ class NeuronVAE(NeuronSurrogate):
         k = cfg.embed_dim + 1
         self.encoder = Encoder(1 + N_CLASSES + 1, cfg.width, 2 * cfg.latent_dim, self.soma, self.size)
         self.decoder = Decoder(cfg.latent_dim, k, cfg.width, 3, self.soma, self.size)  # hit logit, mean, log sd of v
+        if cfg.latent_sampler == "flow":
+            import zuko
+            self.latent_flow = zuko.flows.NSF(features=cfg.latent_dim, context=N_CLASSES + 1, transforms=3,
+                                              hidden_features=[128, 128])
+            self.register_buffer("flow_fitted", torch.zeros((), dtype=torch.bool))
+
+    def draw_codes(self, c: torch.Tensor, generator=None) -> torch.Tensor:
+        """Latent codes for conditions c: the prior, or the fitted flow (its base noise drawn
+        from `generator`, so a seed gives the same codes)."""
+        eps = torch.randn(len(c), self.cfg.latent_dim, generator=generator, device=c.device)
+        if self.cfg.latent_sampler != "flow" or not bool(self.flow_fitted):
+            return eps  # the prior; the flow is fitted when training completes (the monitor uses the prior)
+        return self.latent_flow(one_hot_vector(c)).transform.inv(eps)
+
+    def fit_latent_flow(self, images: np.ndarray, cond: np.ndarray, seed: int, batch: int = 256) -> dict:
+        """The flow fitted to the encoder's means of the training images (maximum likelihood)."""
+        g = torch.Generator().manual_seed(seed)
+        c = torch.as_tensor(cond, dtype=torch.float32)
+        with torch.no_grad():
+            mu = torch.cat([self.encoder(torch.cat([to_view(torch.as_tensor(images[i:i + 512])),
+                                                    self._cond_channels(c[i:i + 512], self.size)], 1)
+                                         ).chunk(2, 1)[0] for i in range(0, len(images), 512)])
+        ctx = one_hot_vector(c)
+        opt = torch.optim.Adam(self.latent_flow.parameters(), lr=1e-3)
+        for _ in range(self.cfg.flow_steps):
+            i = torch.randint(len(mu), (min(batch, len(mu)),), generator=g)
+            loss = -self.latent_flow(ctx[i]).log_prob(mu[i]).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        self.flow_fitted.fill_(True)
+        with torch.no_grad():
+            nll = float(-self.latent_flow(ctx).log_prob(mu).mean())
+        return {"latent_flow_nll": nll, "latent_flow_steps": self.cfg.flow_steps, "latent_flow_rows": len(mu)}
 
     def run_modules(self):
         return {"encoder": self._modules["encoder"], "decoder": self._modules["decoder"]}
@@ -216,7 +255,7 @@ class NeuronVAE(NeuronSurrogate):
     @torch.no_grad()
     def sample(self, conditions: torch.Tensor, extra=None, generator=None, precision: str = "fp32", **_):
         c = conditions.float()
-        z = torch.randn(len(c), self.cfg.latent_dim, generator=generator, device=c.device)
+        z = self.draw_codes(c, generator)
         with torch.autocast(device_type=c.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             out = self.decoder(z, self.cond_vector(c)).float()
         noise = torch.rand(len(c), self.size, self.size, generator=generator, device=c.device)
