@@ -16,7 +16,7 @@ from simgan.errors import SimganError
 from tests.conftest import REPO
 
 NEURON = REPO / "configs/experiment/neuron_quickstart.yaml"
-SEEDS = range(100, 104)
+SEEDS = range(100, 103)
 
 
 def _neuron(cls, r, seed):
@@ -27,7 +27,7 @@ def _neuron(cls, r, seed):
 
 @pytest.fixture(scope="module")
 def grown():
-    """Per class and randomness (0.1, 0.4): (images, truth) of seeds 100-103."""
+    """Per class and randomness (0.1, 0.4): (images, truth) of seeds 100-102."""
     out = {}
     for cls in CLASSES:
         for r in (0.1, 0.4):
