@@ -205,13 +205,12 @@ class ConditionedFileDomain(Domain):
                     raise SimganError(f"{q}: a shard of another run (seed {attrs.get('seed')}, "
                                       f"{attrs.get('events_total')} events; this config: seed {cfg.seed}, "
                                       f"{cfg.simulate.events})")
-            self.merge_files(shards, out["showers"])
-            data = self.read(out["showers"])
+            self.merge_files(shards, out["showers"])  # checks the merged file holds events_total
+            n = cfg.simulate.events
         else:
-            data = self.simulate_data(cfg, out["showers"], progress)
+            n = len(self.simulate_data(cfg, out["showers"], progress))
         seconds = time.perf_counter() - t0
-        return {"counts": {"events": len(data)}, "extra": {"simulator_seconds": seconds,
-                                                           "events_per_s": len(data) / max(seconds, 1e-9)}}
+        return {"counts": {"events": n}, "extra": {"simulator_seconds": seconds, "events_per_s": n / max(seconds, 1e-9)}}
 
     def stage_prepare(self, cfg, ins, out, progress):
         from simgan.data.splits import split_indices

@@ -85,3 +85,26 @@ def adversarial_step(model, batches, opts, autocast, gens) -> dict[str, float]:
     logs["loss_g"] = float(loss_g.detach())
     return logs
 
+
+
+class AdversarialModel:
+    """What a GAN needs to train through the shared trainer and step, for models whose critic
+    sees samples as they are (put it before the nn.Module base): `set_networks` registers the
+    generator and critic and the handles the trainer runs (DDP wrappers under torchrun)."""
+
+    def set_networks(self, generator: nn.Module, critic: nn.Module) -> None:
+        self.generator, self.critic = generator, critic
+        object.__setattr__(self, "g_run", generator)
+        object.__setattr__(self, "d_run", critic)
+
+    def run_modules(self) -> dict[str, nn.Module]:
+        return {"g_run": self.generator, "d_run": self.critic}
+
+    def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return gan_optimizers(self.cfg, self.generator, self.critic)
+
+    def critic_view(self, x, cond=None):
+        return x
+
+    def train_step(self, batches, opts, step, autocast, gens) -> dict[str, float]:
+        return adversarial_step(self, batches, opts, autocast, gens)

@@ -24,7 +24,7 @@ from pydantic import Field
 from torch import nn
 
 from simgan.domains.airshower.simulator import C_M_PER_NS, GRID, ArrayParams, station_xyz
-from simgan.models.adversarial import adversarial_step, gan_optimizers
+from simgan.models.adversarial import AdversarialModel
 from simgan.models.latent import kl_normal
 from simgan.schema import ConfigModel
 
@@ -219,28 +219,18 @@ class FootprintVAE(FootprintSurrogate):
         return self.from_view(logs, resid, mask, c)
 
 
-class FootprintGAN(FootprintSurrogate):
+class FootprintGAN(AdversarialModel, FootprintSurrogate):
     family = "footprint_gan"
 
     def __init__(self, cfg: FootprintGANConfig, params: dict, threshold_vem: float):
         super().__init__(cfg, params, threshold_vem)
         k = self.n_cond_channels
-        self.generator = conv_stack(cfg.latent_dim + cfg.station_noise + k, cfg.width, cfg.depth, 2)
-        self.critic = nn.Sequential(conv_stack(3 + k, cfg.critic_width, cfg.depth, cfg.critic_width),
-                                    nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cfg.critic_width, 1))
-
-        # what the trainer runs (DDP wrappers under torchrun), as in the calorimeter GAN
-        object.__setattr__(self, "g_run", self.generator)
-        object.__setattr__(self, "d_run", self.critic)
-
-    def run_modules(self):
-        return {"g_run": self.generator, "d_run": self.critic}
+        self.set_networks(conv_stack(cfg.latent_dim + cfg.station_noise + k, cfg.width, cfg.depth, 2),
+                          nn.Sequential(conv_stack(3 + k, cfg.critic_width, cfg.depth, cfg.critic_width),
+                                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cfg.critic_width, 1)))
 
     def ema_modules(self):
         return [self._modules["generator"]]
-
-    def make_optimizers(self):
-        return gan_optimizers(self.cfg, self.generator, self.critic)
 
     def generate_view(self, inputs, generator, soft: bool):
         n, device = len(inputs), inputs.device
@@ -262,12 +252,6 @@ class FootprintGAN(FootprintSurrogate):
     def fake(self, inputs, generator):
         logs, resid, mask = self.generate_view(inputs, generator, soft=True)
         return torch.stack([logs * mask, resid * mask, mask], 1).view(len(inputs), 3, GRID, GRID)
-
-    def critic_view(self, x, cond=None):
-        return x
-
-    def train_step(self, batches, opts, step, autocast, gens):
-        return adversarial_step(self, batches, opts, autocast, gens)
 
     @torch.no_grad()
     def sample(self, conditions: torch.Tensor, extra=None, generator=None, precision: str = "fp32", **_):

@@ -21,7 +21,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from simgan.models.adversarial import adversarial_step, gan_optimizers
+from simgan.models.adversarial import AdversarialModel
 from simgan.models.latent import kl_normal, kl_weight
 from simgan.schema import ConfigModel
 
@@ -265,25 +265,19 @@ class NeuronVAE(NeuronSurrogate):
         return from_view(torch.where(hit, v.clamp(min=0), torch.zeros_like(v))[:, None])
 
 
-class NeuronGAN(NeuronSurrogate):
+class NeuronGAN(AdversarialModel, NeuronSurrogate):
     family = "neuron_gan"
 
     def __init__(self, cfg: NeuronGANConfig, size: int, soma: tuple[int, int]):
         super().__init__(cfg, size, soma)
-        self.generator = Decoder(cfg.latent_dim, cfg.embed_dim + 1, cfg.width, 1, self.soma, self.size)
-        self.critic = Encoder(1 + N_CLASSES + 1, cfg.critic_width, 1, self.soma, self.size)
-        # what the trainer runs (DDP wrappers under torchrun), as in the other GANs
-        object.__setattr__(self, "g_run", self.generator)
-        object.__setattr__(self, "d_run", self.critic)
-
-    def run_modules(self):
-        return {"g_run": self.generator, "d_run": self.critic}
+        self.set_networks(Decoder(cfg.latent_dim, cfg.embed_dim + 1, cfg.width, 1, self.soma, self.size),
+                          Encoder(1 + N_CLASSES + 1, cfg.critic_width, 1, self.soma, self.size))
 
     def ema_modules(self):
         return [self._modules["generator"], self._modules["embed"]]
 
     def make_optimizers(self):
-        opts = gan_optimizers(self.cfg, self.generator, self.critic)
+        opts = super().make_optimizers()
         opts["g"].add_param_group({"params": list(self.embed.parameters())})
         return opts
 
@@ -300,12 +294,6 @@ class NeuronGAN(NeuronSurrogate):
         c = self._conditions(cond_channels)
         z = torch.randn(len(c), self.cfg.latent_dim, generator=generator, device=c.device)
         return torch.relu(self.g_run(z, self.cond_vector(c)))
-
-    def critic_view(self, x, cond=None):
-        return x
-
-    def train_step(self, batches, opts, step, autocast, gens):
-        return adversarial_step(self, batches, opts, autocast, gens)
 
     @torch.no_grad()
     def sample(self, conditions: torch.Tensor, extra=None, generator=None, precision: str = "fp32", **_):
