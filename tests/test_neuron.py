@@ -86,7 +86,7 @@ def test_class_ordering_in_length_and_the_interneuron_stays_small(grown):
         assert (image_features(grown[c, 0.1][0], Projection())["centroid_dy"] > 50).all()
 
 
-def test_shards_merge_into_the_events_of_one_run(tmp_path):
+def test_shards_merge_into_the_events_of_one_run(tmp_path, capsys):
     from pipeline.cli import main
     over = ["simulate.events=6", "simulate.workers=1", "simulate.classes=[IN]"]
     one = tmp_path / "one.h5"
@@ -105,6 +105,15 @@ def test_shards_merge_into_the_events_of_one_run(tmp_path):
     assert main(["merge", "--stage", "simulate", "-c", str(NEURON), f"runs_dir={tmp_path / 'runs'}", *over]) == 0
     staged = tmp_path / "runs" / "neuron_quickstart" / "simulate"
     assert np.array_equal(nio.read(staged / "showers.h5").images, a.images) and (staged / "manifest.json").is_file()
+    # a shard of another run (another seed) is refused, and the stage writes nothing
+    other = tmp_path / "runs2" / "neuron_quickstart" / "simulate"
+    (other / "shards").mkdir(parents=True)
+    assert main(["simulate", "-c", str(NEURON), "-q", "--out", str(other / "shards" / "shard_0.h5"), "--shard-index",
+                 "0", "--shard-count", "2", "seed=1", *over]) == 0
+    capsys.readouterr()
+    assert main(["merge", "--stage", "simulate", "-c", str(NEURON), f"runs_dir={tmp_path / 'runs2'}", *over]) == 2
+    assert "shard_0.h5: a shard of another run (seed 1" in capsys.readouterr().err
+    assert not (other / "showers.h5").exists() and not (other / "manifest.json").exists()
     assert np.array_equal(a.randomness, b.randomness) and (a.cell_class == 0).all()
     with h5py.File(one) as f:
         assert f.attrs["domain"] == "neuron" and list(f["conditions/cell_class"].attrs["class_names"]) == list(CLASSES)
