@@ -10,9 +10,9 @@ import time
 import numpy as np
 
 from benchmarks.common import machine_info
-from simgan.config import SimulateConfig
-from simgan.sim.calorimeter import G4Settings, GeantPool
-from simgan.sim.produce import simulate_energies
+from simgan.domains.calorimeter.config import SimulateConfig
+from simgan.domains.calorimeter.sim.geant4 import G4Settings, GeantPool
+from simgan.domains.calorimeter.sim.produce import simulate_energies
 
 
 def main(n_per_energy: int = 20) -> dict:

@@ -25,8 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import machine_info  # noqa: E402
-from simgan.config import SimulateConfig  # noqa: E402
-from simgan.generate import geant4_rate, surrogate_rate  # noqa: E402
+from simgan.domains.calorimeter.config import SimulateConfig  # noqa: E402
+from simgan.domains.calorimeter.generate import geant4_rate, surrogate_rate  # noqa: E402
 
 DEFAULT_CHECKPOINT = "runs/quickstart/train/model.pt"
 REPEATS = 3  # every rate in the comparison is the median of 3 timed runs (this VM's rates vary by 10-20%)
@@ -48,7 +48,7 @@ def throughput(model, device, batch: int, total: int, precision: str) -> float:
 
 
 def _one_process_rate(checkpoint: str, energies: np.ndarray, precision: str, start: float) -> float:
-    from simgan.checkpoint import model_from_checkpoint
+    from simgan.domains import model_from_checkpoint
 
     torch.set_num_threads(1)
     model, _ = model_from_checkpoint(checkpoint)
@@ -83,7 +83,7 @@ def compare(checkpoint: str, model, energies: np.ndarray, label: str) -> dict:
 
 
 def main(checkpoint: str | None = None, g4_events: int = 200) -> dict:
-    from simgan.checkpoint import model_from_checkpoint
+    from simgan.domains import model_from_checkpoint
 
     checkpoint = checkpoint or DEFAULT_CHECKPOINT
     if not Path(checkpoint).is_file():

@@ -19,8 +19,8 @@ import numpy as np
 
 
 def make_file(path: Path, n: int) -> None:
-    from simgan.data import calochallenge as cc
-    from simgan.data.binning import reference_binning
+    from simgan.domains.calorimeter.data import calochallenge as cc
+    from simgan.domains.calorimeter.data.binning import reference_binning
 
     b = reference_binning()
     rng = np.random.default_rng(0)
@@ -42,14 +42,14 @@ def child(mode: str, path: str, chunk: int) -> None:
             for lo in range(0, ds.shape[0], chunk):
                 rows += len(ds[lo:lo + chunk])
     elif mode == "chunks":
-        from simgan.data.calochallenge import iter_chunks
+        from simgan.domains.calorimeter.data.calochallenge import iter_chunks
 
         for _, e, s, _ in iter_chunks(path, chunk, check=True):
             rows += len(e)
     else:
         from torch.utils.data import DataLoader
 
-        from simgan.data.stream import ChunkedShowerDataset
+        from simgan.domains.calorimeter.data.stream import ChunkedShowerDataset
 
         if mode == "torch":  # one shower per item, collated by the DataLoader
             loader = DataLoader(ChunkedShowerDataset(path, chunk), batch_size=256)

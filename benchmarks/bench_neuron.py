@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import machine_info, median_seconds  # noqa: E402
-from simgan.checkpoint import model_from_checkpoint  # noqa: E402
+from simgan.domains import model_from_checkpoint  # noqa: E402
 from simgan.domains.neuron.models import condition_array  # noqa: E402
 from simgan.domains.neuron.simulator import CLASSES, event_plan, simulate  # noqa: E402
 

@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from benchmarks.common import machine_info  # noqa: E402
-from simgan.config import load_config  # noqa: E402
+from simgan.domains import load_config  # noqa: E402
+from simgan.domains import get_domain  # noqa: E402
 from simgan.train.trainer import Trainer  # noqa: E402
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "configs" / "experiment" / "quickstart.yaml"
@@ -32,9 +33,9 @@ def measure(cfg_path, data: str, precision: str, steps: int, overrides: list[str
             "train.val_every=1000000", "train.log_every=1000000", "train.checkpoint_every=1000000"]
     with tempfile.TemporaryDirectory() as tmp:
         warm = load_config(cfg_path, base + ["train.steps=10"] + overrides)
-        Trainer(warm, data, data, Path(tmp) / "warm", progress=False).fit()
+        Trainer(warm, get_domain(warm.domain.name), data, data, Path(tmp) / "warm", progress=False).fit()
         cfg = load_config(cfg_path, base + [f"train.steps={steps}"] + overrides)
-        trainer = Trainer(cfg, data, data, Path(tmp) / "run", progress=False)
+        trainer = Trainer(cfg, get_domain(cfg.domain.name), data, data, Path(tmp) / "run", progress=False)
         if trainer.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         info = trainer.fit()
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data
         if data is None:
-            from simgan.sim.produce import simulate_to_file
+            from simgan.domains.calorimeter.sim.produce import simulate_to_file
 
             cfg = load_config(args.config, ["simulate.events=400", "simulate.shard_events=50"])
             data = str(Path(tmp) / "train.h5")

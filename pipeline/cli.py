@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from simgan.errors import SimganError
+from simgan.io import check_output_file
 
 
 def _int_at_least(lo: int):
@@ -45,7 +47,7 @@ def _shards(args) -> None:
 
 
 def _config(args, extra: list[str] | None = None):
-    from simgan.config import load_config
+    from simgan.domains import load_config  # lazy: the domains load torch; `simgan --help` stays fast
 
     return load_config(args.config, list(args.overrides) + (extra or []))
 
@@ -54,7 +56,7 @@ def cmd_simulate(args) -> int:
     _shards(args)
     extra = [f"simulate.events={args.events}"] if args.events is not None else []
     cfg = _config(args, extra)
-    from simgan.domains import get_domain
+    from simgan.domains import get_domain  # lazy: see _config
 
     print(get_domain(cfg.domain.name).simulate_file(cfg, args.out, not args.quiet, args.shard_index, args.shard_count,
                                                      args.dask, args.scheduler))
@@ -62,14 +64,12 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from simgan.io import check_output_file
-
     if args.stage:
         args.overrides = [a for a in args.shards if "=" in a]  # key=value overrides of the config
         if len(args.overrides) != len(args.shards) or args.out or not args.config:
             raise SimganError(f"--stage {args.stage} takes -c CONFIG [key=value ...] and nothing else: it merges the "
                               "stage's shards (RUN/STAGE/shards/shard_*.h5) into its output and writes its manifest")
-        from pipeline.contract import Context
+        from pipeline.contract import Context  # lazy: see _config
         from pipeline.runner import stage_module
 
         cfg = _config(args)
@@ -82,7 +82,7 @@ def cmd_merge(args) -> int:
         raise SimganError("give the shard files and --out FILE (or --stage STAGE -c CONFIG)")
 
     check_output_file(args.out, {f"shard #{i}": s for i, s in enumerate(args.shards)})
-    from simgan.domains import file_domain, get_domain
+    from simgan.domains import file_domain, get_domain  # lazy: see _config
 
     get_domain(file_domain(args.shards[0])).merge_files(args.shards, args.out)
     print(f"wrote {args.out} from {len(args.shards)} shards")
@@ -90,20 +90,24 @@ def cmd_merge(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from simgan.domains import NAMES, get_domain
-    from simgan.io import check_output_file
+    from simgan.domains import get_domain, names  # lazy: see _config
+    from simgan.domains.base import ConvertRequest
 
-    check_output_file(args.out, {"input": args.input})
+    check_output_file(args.out, {"input": args.input, "--labels": args.labels})
     # the domain that reads this input format (auto: the calorimeter's formats, by extension)
-    domain = next(get_domain(n) for n in NAMES if args.format in get_domain(n).convert_formats)
-    domain.convert(args)
+    readers = {f: n for n in reversed(names()) for f in get_domain(n).convert_formats}
+    if args.format not in readers:
+        raise SimganError(f"--format {args.format!r}: expected one of {', '.join(readers)}")
+    get_domain(readers[args.format]).convert(ConvertRequest(
+        input=Path(args.input), out=Path(args.out), format=args.format, binning=args.binning,
+        labels=Path(args.labels) if args.labels else None, scale_um=args.scale_um))
     print(f"wrote {args.out}")
     return 0
 
 
 def _stage(name):
     def run(args) -> int:
-        from pipeline.runner import run_stages
+        from pipeline.runner import run_stages  # lazy: see _config
 
         cfg = _config(args)
         run_stages(cfg, [name], force=True, progress=not args.quiet, fresh=False)  # resumes
@@ -112,33 +116,33 @@ def _stage(name):
 
 
 def cmd_run(args) -> int:
-    from pipeline.runner import run_chain
+    from pipeline.runner import run_chain  # lazy: see _config
 
     cfg = _config(args)
     return run_chain(cfg, force=args.force, start=args.from_stage, until=args.until, progress=not args.quiet)
 
 
 def cmd_generate(args) -> int:
-    from pipeline.generate import generate_cli
+    from pipeline.generate import generate_cli  # lazy: see _config
 
     _shards(args)
     return generate_cli(args)
 
 
 def cmd_validate(args) -> int:
-    from pipeline.validate import validate_cli
+    from pipeline.validate import validate_cli  # lazy: see _config
 
     return validate_cli(args)
 
 
 def cmd_register(args) -> int:
-    from pipeline.register import register_cli
+    from pipeline.register import register_cli  # lazy: see _config
 
     return register_cli(args)
 
 
 def cmd_workflow(args) -> int:
-    from pipeline.workflow import render
+    from pipeline.workflow import render  # lazy: see _config
 
     cfg = _config(args)
     for path in render(cfg, args.config, args.out, args.partition, args.gpu_partition, args.nodes, args.gpus_per_node,
@@ -179,8 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
                                        "folder of neuron morphologies (SWC) into a neuron image file")
     s.add_argument("input")
     s.add_argument("--out", required=True)
-    s.add_argument("--format", default="auto", choices=["auto", "calochallenge", "calogan", "root", "swc"],
-                   help="input format (auto: by extension; swc: a folder of neuron morphologies)")
+    s.add_argument("--format", default="auto",
+                   help="input format, one a domain reads: auto (calorimeter files by extension), calochallenge, "
+                        "calogan, root; swc (a folder of neuron morphologies)")
     s.add_argument("--binning", help="shipped binning name or XML path (needed for ROOT input)")
     s.add_argument("--labels", help="--format swc: CSV with columns file, cell_class (IN, PC, L5_TPC), optionally "
                                     "randomness")

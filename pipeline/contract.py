@@ -16,6 +16,7 @@ from pathlib import Path
 
 import simgan
 from simgan.config import ExperimentConfig, hashable_view
+from simgan.domains import get_domain
 from simgan.errors import SimganError
 from simgan.io import file_sha256, text_sha256, write_json_atomic
 
@@ -101,8 +102,6 @@ def run_domain_stage(stage: str, cfg: ExperimentConfig, ctx: Context, ins: dict[
                      out: dict[str, Path], shards: list[Path] | None = None) -> dict[str, Path]:
     """Run a stage's body for the config's domain and write the stage's manifest. `shards`: the
     files of a job array to merge into the stage's output (the domains that run on Slurm)."""
-    from simgan.domains import get_domain
-
     domain = get_domain(cfg.domain.name)
     body = domain.stages.get(stage)
     if body is None:

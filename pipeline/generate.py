@@ -8,9 +8,11 @@ from pipeline import prepare, train
 from pipeline.contract import Context, run_domain_stage, stage_dir
 from simgan.checkpoint import load_checkpoint
 from simgan.config import ExperimentConfig
-from simgan.domains import domain_of_args
+from simgan.domains import domain_of_checkpoint, get_domain
+from simgan.domains.base import GenerateRequest
 from simgan.errors import SimganError
 from simgan.io import check_output_file
+from simgan.registry import load_surrogate
 
 
 def inputs(cfg: ExperimentConfig) -> dict[str, Path]:
@@ -18,14 +20,7 @@ def inputs(cfg: ExperimentConfig) -> dict[str, Path]:
 
 
 def outputs(cfg: ExperimentConfig) -> dict[str, Path]:
-    ext = "root" if cfg.generate.format == "root" else "h5"
-    d = stage_dir(cfg, "generate")
-    out = {"showers": d / f"generated.{ext}", "timing": d / "timing.json"}
-    if cfg.generate.ablation:
-        out["ablation"] = d / "generated_ablation.h5"
-    if cfg.train.calibrate:
-        out["uncalibrated"] = d / "generated_uncalibrated.h5"
-    return out
+    return get_domain(cfg.domain.name).generate_outputs(cfg, stage_dir(cfg, "generate"))
 
 
 def shard_dir(cfg: ExperimentConfig) -> Path:
@@ -50,7 +45,18 @@ def generate_cli(args) -> int:
     if fmt == "root" and out.suffix.lower() != ".root":
         raise SimganError(f"{out}: --format root needs a .root name")
     ckpt = load_checkpoint(args.checkpoint) if args.checkpoint else None  # read once, used throughout
-    if ckpt is None:
-        from simgan.domains import get_domain
-        return get_domain("calorimeter").generate_cli(args, None, out, fmt)  # a registered calorimeter model
-    return domain_of_args(ckpt["model_args"]).generate_cli(args, ckpt, out, fmt)
+    path = lambda v: Path(v) if v else None  # noqa: E731
+    req = GenerateRequest(
+        out=out, fmt=fmt, checkpoint=path(args.checkpoint), ckpt=ckpt, model_uri=args.model, events=args.events,
+        energies_from=path(args.energies_from), layer_energies_from=path(args.layer_energies_from),
+        energy_range=tuple(args.energy_range) if args.energy_range else None, batch_size=args.batch_size,
+        device=args.device, precision=args.precision, seed=args.seed, compare_geant4=args.compare_geant4,
+        shard_index=args.shard_index, shard_count=args.shard_count, dask=args.dask, scheduler=args.scheduler,
+        dask_workers=args.dask_workers, shards=args.shards, progress=not args.quiet)
+    if ckpt is not None:
+        domain = domain_of_checkpoint(ckpt, str(args.checkpoint))
+    else:  # a registered model: loaded once here, its pyfunc knows its domain
+        req.loaded = load_surrogate(args.model)
+        domain = req.loaded.unwrap_python_model().domain
+    print(domain.generate_to(req))
+    return 0

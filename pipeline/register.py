@@ -8,7 +8,9 @@ from pathlib import Path
 
 from pipeline import train, validate
 from pipeline.contract import Context, input_hashes, stage_dir, write_manifest
+from simgan.checkpoint import load_checkpoint
 from simgan.config import ExperimentConfig
+from simgan.domains import domain_of_checkpoint, load_config
 from simgan.errors import SimganError
 from simgan.io import write_json_atomic
 from simgan.registry import register_model
@@ -42,13 +44,8 @@ def _register_dir(run_dir: Path, name: str, uri: str, alias: str, retries: int) 
         run_id = None  # the training run lives in another store
     train_split = run_dir / "prepare" / "train.h5"
     data_hash = input_hashes({"t": train_split})["t"] if train_split.is_file() else "unknown"
-    from simgan.checkpoint import checkpoint_binning, load_checkpoint
-
-    ckpt = load_checkpoint(model)
-    xml = None
-    if ckpt["model_args"].get("domain", "calorimeter") == "calorimeter":  # the voxel layout travels with the model
-        xml = checkpoint_binning(ckpt, str(model)).to_xml()
-    return register_model(model, xml, name, uri, metrics, data_hash, run_id, alias, retries, str(metrics_path))
+    domain = domain_of_checkpoint(load_checkpoint(model), str(model))
+    return register_model(model, domain, name, uri, metrics, data_hash, run_id, alias, retries, str(metrics_path))
 
 
 def run(cfg: ExperimentConfig, ctx: Context) -> dict[str, Path]:
@@ -73,12 +70,8 @@ def register_cli(args) -> int:
         run_dir = Path(args.run_dir)
         cfg = None
         if args.config:
-            from simgan.config import load_config
-
             cfg = load_config(args.config, args.overrides)
     elif args.config:
-        from simgan.config import load_config
-
         cfg = load_config(args.config, args.overrides)
         run_dir = cfg.run_dir
     else:

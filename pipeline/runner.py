@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import importlib
-
+from pipeline import generate, prepare, register, simulate, train, validate
 from pipeline.contract import STAGES, Context, is_complete
 from simgan.config import ExperimentConfig
 from simgan.errors import SimganError
 
 
+MODULES = {"simulate": simulate, "prepare": prepare, "train": train, "generate": generate, "validate": validate,
+           "register": register}
+
+
 def stage_module(name: str):
-    return importlib.import_module(f"pipeline.{name}")
+    return MODULES[name]
 
 
 def chain_for(cfg: ExperimentConfig) -> list[str]:
@@ -55,9 +58,7 @@ def run_chain(cfg: ExperimentConfig, force: bool = False, start: str | None = No
         results.update(run_stages(cfg, [name], force=force or (start is not None), progress=progress))
     summary = results.get("register") or {}
     if "validate" in results:
-        from pipeline.validate import verdict_line
-        print(verdict_line(cfg))
+        print(validate.verdict_line(cfg))
     if summary:
-        from pipeline.register import summary_line
-        print(summary_line(cfg))
+        print(register.summary_line(cfg))
     return 0

@@ -8,6 +8,7 @@ from pathlib import Path
 from pipeline import prepare
 from pipeline.contract import Context, manifest_path, stage_dir, write_manifest
 from simgan.config import ExperimentConfig
+from simgan.domains import get_domain
 from simgan.train.trainer import Trainer
 
 
@@ -28,7 +29,7 @@ def run(cfg: ExperimentConfig, ctx: Context) -> dict[str, Path]:
     if ctx.extra.get("fresh"):  # `run --force` starts from scratch; `simgan train` resumes
         last = stage_dir(cfg, "train") / "checkpoints" / "last.pt"
         last.unlink(missing_ok=True)
-    info = Trainer(cfg, ins["train"], ins["val"], stage_dir(cfg, "train"), progress=ctx.progress).fit()
+    info = Trainer(cfg, get_domain(cfg.domain.name), ins["train"], ins["val"], stage_dir(cfg, "train"), progress=ctx.progress).fit()
     if not info["complete"]:
         # no manifest: the stage is not done, and the next run resumes from the checkpoint
         manifest_path(cfg, "train").unlink(missing_ok=True)

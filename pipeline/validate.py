@@ -7,8 +7,8 @@ from pathlib import Path
 
 from pipeline import generate, prepare
 from pipeline.contract import Context, run_domain_stage, stage_dir
-from simgan.config import ExperimentConfig, ValidateConfig
-from simgan.domains import file_domain, get_domain
+from simgan.config import ExperimentConfig
+from simgan.domains import domain_configs, domain_of_metrics, file_domain, get_domain, load_config
 from simgan.errors import GateFailed, SimganError
 from simgan.io import check_output_dir
 
@@ -18,12 +18,10 @@ def inputs(cfg: ExperimentConfig) -> dict[str, Path]:
     showers, as many as the test split taken from it) gives the Geant4-vs-Geant4 floor."""
     ins = {"reference": prepare.outputs(cfg)["test"], "candidate": generate.outputs(cfg)["showers"],
            "floor": prepare.outputs(cfg)["train"]}
-    for key in ("ablation", "uncalibrated"):
-        if key in generate.outputs(cfg):
-            ins[key] = generate.outputs(cfg)[key]
+    for key, path in generate.outputs(cfg).items():  # the extra samples the domain reports beside
+        if key not in ("showers", "timing"):
+            ins[key] = path
     return ins
-
-
 
 
 def outputs(cfg: ExperimentConfig) -> dict[str, Path]:
@@ -40,16 +38,12 @@ def verdict_line(cfg: ExperimentConfig) -> str:
 
 
 def summary_text(m: dict, report) -> str:
-    return get_domain(m.get("domain", "calorimeter")).summary_text(m, report)
+    return domain_of_metrics(m, str(report)).summary_text(m, report)
 
 
 def validate_cli(args) -> int:
-    from simgan.config import DOMAIN_CONFIGS
-
     name = file_domain(args.reference)
     if args.config:
-        from simgan.config import load_config
-
         cfg = load_config(args.config, args.overrides)
         if cfg.domain.name != name:
             raise SimganError(f"--reference {args.reference} holds {name} data but {args.config} configures the "
@@ -58,8 +52,10 @@ def validate_cli(args) -> int:
     else:
         if args.overrides:
             raise SimganError("key=value overrides need -c CONFIG")
-        vcfg, dcfg = ValidateConfig(gate=DOMAIN_CONFIGS[name].gate()), DOMAIN_CONFIGS[name].domain()
+        vcfg, dcfg = domain_configs(name).validate(), domain_configs(name).domain()
     if args.classifier:
+        if "classifier" not in type(vcfg).model_fields:
+            raise SimganError(f"--classifier: the {name} validation has no classifier choice (a calorimeter option)")
         vcfg = vcfg.model_copy(update={"classifier": args.classifier})
     check_output_dir(args.out, create=False)  # before the work, not after
     m = get_domain(name).validate_files(args.reference, args.candidate, args.floor, args.out, vcfg, dcfg,

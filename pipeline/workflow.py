@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from pathlib import Path
@@ -11,6 +10,7 @@ from string import Template
 import yaml
 
 from simgan.config import ExperimentConfig
+from simgan.domains import get_domain
 from simgan.errors import SimganError
 from simgan.io import atomic_path, check_output_dir
 from simgan.tracking import tracking_uri
@@ -39,10 +39,11 @@ def render(cfg: ExperimentConfig, config_path: str, out_dir, partition: str = "c
     if not SLURM_TIME.fullmatch(time_train) or not any(c != "0" for c in re.sub(r"\D", "", time_train)):
         raise SimganError(f"--time-train {time_train!r}: expected a Slurm time limit above 0 (minutes, MM:SS, "
                           "HH:MM:SS or D-HH[:MM[:SS]])")
-    if cfg.domain.name != "calorimeter":
-        raise SimganError(f"domain {cfg.domain.name!r}: the Slurm chain renders calorimeter experiments (Geant4 "
-                          "job arrays); run this one with `simgan run` (its simulator is vectorised numpy)")
-    if cfg.generate.format != "hdf5":
+    domain = get_domain(cfg.domain.name)
+    if "simulate" not in domain.sharded_stages:
+        raise SimganError(f"domain {cfg.domain.name!r}: its simulate stage does not merge job-array shards; run it "
+                          "with `simgan run`")
+    if getattr(cfg.generate, "format", "hdf5") != "hdf5":
         raise SimganError("generate.format: the Slurm generate array writes HDF5 shards; use hdf5 (convert afterwards)")
     if cfg.prepare.input:
         raise SimganError("prepare.input is set: the Slurm chain simulates; run `simgan run` for given data")
@@ -56,7 +57,8 @@ def render(cfg: ExperimentConfig, config_path: str, out_dir, partition: str = "c
     with atomic_path(config, suffix=".yaml") as tmp:
         tmp.write_text(f"# {cfg.name}, resolved from {os.path.abspath(config_path)} by `simgan workflow`: "
                        "every job reads this file\n" + yaml.safe_dump(resolved.model_dump(mode="json"), sort_keys=False))
-    shards = math.ceil(cfg.simulate.events / cfg.simulate.shard_events)
+    shards = domain.simulate_shards(cfg)
+    gen_array = "generate" in domain.sharded_stages  # else one generate job
     gpu = gpus_per_node > 0
     values = {
         "name": cfg.name, "config": str(config.resolve()), "run_dir": os.path.abspath(resolved.run_dir),
@@ -69,14 +71,19 @@ def render(cfg: ExperimentConfig, config_path: str, out_dir, partition: str = "c
         "last_gen_shard": generate_shards - 1, "gen_cpus": min(4, train_cpus),
         "events_arg": f"--events {cfg.generate.events}" if cfg.generate.events else "",
         "precision": cfg.generate.precision,
+        "workers_arg": "simulate.workers=1" if "workers" in type(cfg.simulate).model_fields else "",
+        "stages": " ".join(["simulate:simulate_array", "prepare:merge", "train:train"]
+                           + (["generate:generate_array", "generate-merge:generate_merge"] if gen_array
+                              else ["generate:generate"]) + ["validate:validate", "register:register"]),
     }
     written = [config]
     for tpl in sorted(TEMPLATES.glob("*.in")):
-        if tpl.name == "stage.sbatch.in":
+        if tpl.name == "stage.sbatch.in" or (not gen_array and tpl.name.startswith("generate_")):
             continue
         written.append(_write(out_dir / tpl.name[:-3], Template(tpl.read_text()).substitute(values)))
     stage_tpl = Template((TEMPLATES / "stage.sbatch.in").read_text())
-    for stage, cpus in (("validate", train_cpus), ("register", 1)):
+    single = [("validate", train_cpus), ("register", 1)] + ([] if gen_array else [("generate", min(4, train_cpus))])
+    for stage, cpus in single:
         written.append(_write(out_dir / f"{stage}.sbatch", stage_tpl.substitute(values, stage=stage, cpus=cpus)))
     return written
 

@@ -1,5 +1,5 @@
-"""Checkpoints: the format, loading (weights_only) and rebuilding a model of any domain, the
-voxel layout a calorimeter checkpoint generates, and the device rule."""
+"""Checkpoints: the format, loading (weights_only), rebuilding a model with the domain that
+owns it, what a generated file records of its checkpoint, and the device rule."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 
 from simgan.config import DEVICE_PATTERN
 from simgan.errors import SimganError
+from simgan.io import file_sha256
 
 CKPT_FORMAT = 3  # 3: training tables, EMA, fingerprint; 2: threshold-aware transform
 
@@ -24,17 +25,6 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
     if spec == "cuda":  # an index, so that set_device and the memory counters accept it
         return torch.device(f"cuda:{local_rank}")
     return torch.device(spec)
-
-
-def checkpoint_binning(ckpt: dict, source: str = "<checkpoint>"):
-    """The voxel layout a checkpoint generates: the training data's, stored in it (older
-    checkpoints: the config's domain.geometry)."""
-    from simgan.config import config_from_dict
-    from simgan.data.binning import load_binning, parse_binning_xml
-
-    if ckpt.get("binning_xml"):
-        return parse_binning_xml(ckpt["binning_xml"], source=f"{source} (binning_xml)")
-    return load_binning(config_from_dict(ckpt["config"], source).domain.geometry)
 
 
 def load_checkpoint(path) -> dict:
@@ -53,14 +43,15 @@ def load_checkpoint(path) -> dict:
     return ckpt
 
 
-def model_from_checkpoint(path, device="cpu"):
-    ckpt = load_checkpoint(path)
-    return model_of(ckpt, device), ckpt
-
-
-def model_of(ckpt: dict, device="cpu"):
-    """The model a loaded checkpoint holds, rebuilt by its domain, in eval mode on `device`."""
-    from simgan.domains import domain_of_args
-    model = domain_of_args(ckpt["model_args"]).build_model(ckpt["model_args"])
+def build_model(ckpt: dict, domain, device="cpu"):
+    """The model a loaded checkpoint holds, rebuilt by its domain (simgan.domains.domain_of_checkpoint
+    finds it), in eval mode on `device`."""
+    model = domain.build_model(ckpt["model_args"])
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval()
+
+
+def checkpoint_metadata(checkpoint, **extra) -> dict:
+    """What a generated file records of its checkpoint: the path and its SHA-256, which binds a
+    validation to the checkpoint that `register` may promote."""
+    return {"checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint), **extra}

@@ -1,48 +1,40 @@
 """Typed experiment configuration: YAML (safe_load) -> validated pydantic models.
 
 An experiment file names its groups under `defaults` (domain, model); each group is
-loaded from configs/<group>/<name>.yaml and the experiment's own section is merged over
-it. Unknown keys and wrong types are errors naming the file and the dotted key.
+loaded from configs/<group>/<name>.yaml (the model group per domain:
+configs/model/<domain>/<family>.yaml) and the experiment's own section is merged over it.
+Unknown keys and wrong types are errors naming the file and the dotted key.
+
+This module is the core's half: the sections every domain shares and the loading
+machinery. A domain's sections (its `domain`, `simulate`, gate and model configs, and its
+own keys of the shared sections) come from its config module, handed over as a
+{name: DomainConfigs} table in the validation context: `simgan.domains.load_config` does
+that, so the core imports no domain.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib
 import os
+import sys
 import warnings
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal, NamedTuple
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, SerializeAsAny, ValidationError, ValidationInfo, model_validator
 
-from simgan.domains import NAMES
-from simgan.domains.calorimeter.config import DomainConfig, GateConfig, SimulateConfig
-from simgan.domains.calorimeter.models.gan import GANConfig
 from simgan.errors import SimganError
-from simgan.schema import BooleanNotNumber, DomainConfigs, Strict
+from simgan.schema import BooleanNotNumber, ConfigModel, Strict
 
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
 GROUPS = ("domain", "model")
 
-# each domain's config classes (simgan/domains/<name>/config.py): its `domain` section, the
-# simulate section and gate it validates, its model families
-DOMAIN_CONFIGS: dict[str, DomainConfigs] = {n: importlib.import_module(f"simgan.domains.{n}.config").CONFIGS
-                                            for n in NAMES}
-AnyDomainConfig = Annotated[Union[tuple(d.domain for d in DOMAIN_CONFIGS.values())], Field(discriminator="name")]
 
 class PrepareConfig(Strict):
     input: str | None = None  # None: the simulate stage's output
-    format: Literal["auto", "calochallenge", "calogan", "root"] = "auto"
-    root_tree: str = "showers"
-    root_energy_branch: str = "incident_energy"
-    root_shower_branch: str = "showers"
     fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
-    # the input's datasets besides energies and showers that become model conditions: None
-    # takes all (and says which), a list takes exactly those (a missing one is an error)
-    conditions: list[str] | None = None
 
     @model_validator(mode="after")
     def _fractions(self):
@@ -72,117 +64,154 @@ class TrainConfig(Strict):
     warmup_steps: int = Field(0, ge=0)
     lr_min_factor: float = Field(0.05, ge=0, le=1)
     # the model kept: the checkpoint with the best validation-split score (mean separation
-    # power of the high-level features, checked every val_every steps), or the last one
+    # power of the domain's monitor features, checked every val_every steps), or the last one
     select: Literal["best_val", "last"] = "best_val"
-    # two-stage models: after training, fit a per-layer map of the kept voxels' log shares
-    # (quantile matching against the training split); generation then writes the showers
-    # with it and, for the report, without it
-    calibrate: bool = False
     mlflow: bool = True
     progress: bool = True  # run-only
 
 
 class GenerateConfig(Strict):
-    events: int | None = Field(None, gt=0)  # None: the held-out test energies
+    events: int | None = Field(None, gt=0)  # None: the held-out test split's conditions
     batch_size: int = Field(1000, gt=0)
-    format: Literal["hdf5", "root"] = "hdf5"
     device: str = Field("auto", pattern=DEVICE_PATTERN)  # run-only
-    compare_geant4: int = Field(0, ge=0)
     # bf16: the sampling network in bfloat16 (2-3x faster on CPUs with AVX512-BF16 or AMX)
     precision: Literal["fp32", "bf16"] = "fp32"
-    # also write generated_ablation.h5: the shape model fed the test split's Geant4 layer
-    # energies (output=layers models), validated beside the full chain
-    ablation: bool = False
-    dask: bool = False  # run-only: shards on a dask cluster, then one merge (same showers)
-    dask_workers: int = Field(2, gt=0)  # run-only
 
 
 class ValidateConfig(Strict):
+    """The shared validation keys; a domain's subclass adds its own and its gate."""
+
     classifier_seeds: int = Field(3, gt=0)
-    classifier_max_events: int = Field(20000, gt=0)  # per class, high-level features
-    classifier_max_events_low: int = Field(10000, gt=0)  # per class, voxels (memory: N x n_voxels x 8 B)
-    chunk_size: int = Field(2000, gt=0)
-    # incident-energy bins (logarithmic, over the reference's range) for the per-bin AUC and response
-    energy_bins: int = Field(3, gt=0)
-    # gbdt: boosted trees only; dnn: also the CaloChallenge DNN classifier test (dnn_runs runs)
-    classifier: Literal["gbdt", "dnn"] = "gbdt"
-    dnn_runs: int = Field(10, gt=0)
-    dask: bool = False  # run-only
-    dask_workers: int = Field(2, gt=0)  # run-only
+    classifier_max_events: int = Field(20000, gt=0)  # per class
     plots: bool = True
-    gate: Union[tuple(d.gate for d in DOMAIN_CONFIGS.values())] = GateConfig()
 
 
 class RegisterConfig(Strict):
-    name: str = "simgan-calorimeter"
+    name: str = "simgan-model"
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db
     alias: str = "champion"
     retries: int = Field(3, ge=1)
 
 
-ModelConfig = Annotated[Union[tuple(m for d in DOMAIN_CONFIGS.values() for m in d.models)],
-                        Field(discriminator="family")]
-DOMAIN_FAMILIES = {n: tuple(m.model_fields["family"].default for m in d.models) for n, d in DOMAIN_CONFIGS.items()}
-DOMAIN_SECTIONS = {n: (d.simulate, d.gate) for n, d in DOMAIN_CONFIGS.items()}
-# discriminated unions put their tag in an error's location (model.vae.lr): dropped when reported
-UNION_TAGS = {"model": {f for fams in DOMAIN_FAMILIES.values() for f in fams}, "domain": set(DOMAIN_FAMILIES)}
+class DomainConfigs(NamedTuple):
+    """A domain's config classes: its `domain` section (tagged by `name`), the `simulate`
+    section, the gate, its model configs (tagged by `family`), and its versions of the shared
+    sections (a subclass adds the domain's own keys; the validate section carries its gate)."""
+
+    domain: type
+    simulate: type
+    gate: type
+    models: tuple
+    validate: type
+    prepare: type = PrepareConfig
+    train: type = TrainConfig
+    generate: type = GenerateConfig
 
 
 warnings.filterwarnings("ignore", message='Field name "(validate|register)"', category=UserWarning)
+
+# the sections whose class the domain chooses, in the order they are checked
+DOMAIN_SECTIONS = ("domain", "model", "simulate", "prepare", "train", "generate", "validate")
 
 
 class SectionError(ValueError):
     pass
 
 
-def _section(cls, data: dict, where: str):
-    """Validate a domain-chosen section, its errors named like the top-level ones."""
+def _families(dc: DomainConfigs) -> tuple[str, ...]:
+    return tuple(m.model_fields["family"].default for m in dc.models)
+
+
+def _section_class(dc: DomainConfigs, section: str, data: dict, domain: str) -> type:
+    if section != "model":
+        return getattr(dc, section)
+    family = data.get("family")
+    for m in dc.models:
+        if m.model_fields["family"].default == family:
+            return m
+    raise SectionError(f"key 'model.family': {family!r} does not fit domain {domain!r} (expected one of "
+                       f"{_families(dc)}; choose a model group: model={domain}/<family>)")
+
+
+def _section(section: str, data: dict, domain: str, domains: dict[str, DomainConfigs]):
+    """A domain-chosen section, validated by the domain's class; its errors named like the
+    top-level ones, and a key that is another domain's setting said to be so."""
+    cls = _section_class(domains[domain], section, data, domain)
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        raise SectionError(_format_error("", exc, prefix=f"{where}.")[2:]) from None
+        lines = []
+        for err in exc.errors():
+            key = str(err["loc"][0]) if err["loc"] else ""
+            if err["type"] == "extra_forbidden" and len(err["loc"]) == 1:
+                owners = [n for n, dc in domains.items() if n != domain and _has_key(dc, section, key)]
+                if owners:
+                    lines.append(f"key '{section}.{key}': a setting of the {' and '.join(owners)} domain; the "
+                                 f"{domain} domain has no such key")
+                    continue
+            lines.append(_format_error("", ValidationError.from_exception_data(exc.title, [err]),
+                                       prefix=f"{section}.")[2:])
+        raise SectionError("; ".join(lines)) from None
+
+
+def _has_key(dc: DomainConfigs, section: str, key: str) -> bool:
+    classes = dc.models if section == "model" else (getattr(dc, section),)
+    return any(key in c.model_fields for c in classes)
 
 
 class ExperimentConfig(Strict):
+    """One experiment. The domain-chosen sections are typed by their shared base here and
+    validated by the domain's classes (from the validation context)."""
+
     name: str
     runs_dir: str = "runs"
     seed: int = 42
-    domain: AnyDomainConfig = DomainConfig()
-    model: ModelConfig = GANConfig()
-    simulate: Union[tuple(d.simulate for d in DOMAIN_CONFIGS.values())] = SimulateConfig()
-    prepare: PrepareConfig = PrepareConfig()
-    train: TrainConfig = TrainConfig()
-    generate: GenerateConfig = GenerateConfig()
-    validate: ValidateConfig = ValidateConfig()
+    domain: SerializeAsAny[ConfigModel]
+    model: SerializeAsAny[ConfigModel]
+    simulate: SerializeAsAny[ConfigModel]
+    prepare: SerializeAsAny[PrepareConfig]
+    train: SerializeAsAny[TrainConfig]
+    generate: SerializeAsAny[GenerateConfig]
+    validate: SerializeAsAny[ValidateConfig]
     register: RegisterConfig = RegisterConfig()
 
     @model_validator(mode="before")
     @classmethod
-    def _domain_sections(cls, data):
-        """The simulate section and the gate are the domain's: validate them with its classes."""
+    def _domain_sections(cls, data, info: ValidationInfo):
+        """Each domain-chosen section validated with the domain's class (the domain from
+        `domain.name`, which every experiment names)."""
         if not isinstance(data, dict):
             return data
-        dom = data.get("domain") or {}
-        name = dom.get("name", "calorimeter") if isinstance(dom, dict) else getattr(dom, "name", "calorimeter")
-        sim_cls, gate_cls = DOMAIN_SECTIONS.get(name, DOMAIN_SECTIONS["calorimeter"])
+        domains = (info.context or {}).get("domains")
+        if domains is None:
+            raise SectionError("an experiment config is validated against the domains' config classes: load it "
+                               "with simgan.domains.load_config or config_from_dict")
+        dom = data.get("domain")
+        name = dom.get("name") if isinstance(dom, dict) else getattr(dom, "name", None)
+        if name is None:
+            raise SectionError("key 'domain.name': missing: every experiment names its domain (defaults: {domain: "
+                               f"NAME}}, one of {', '.join(domains)})")
+        if name not in domains:
+            raise SectionError(f"key 'domain.name': unknown domain {name!r} (known: {', '.join(domains)})")
+        if data.get("model") is None:
+            raise SectionError(f"key 'model': missing: choose a model group (model={name}/<family>, one of "
+                               f"{_families(domains[name])})")
         data = dict(data)
-        sim = data.get("simulate", {})
-        if isinstance(sim, dict):
-            data["simulate"] = _section(sim_cls, sim, "simulate")
-        val = data.get("validate") or {}
-        if isinstance(val, dict) and isinstance(val.get("gate", {}), dict):
-            data["validate"] = {**val, "gate": _section(gate_cls, val.get("gate", {}), "validate.gate")}
+        errors = []
+        for section in DOMAIN_SECTIONS:
+            value = data.get(section, {})
+            if value is None:
+                value = {}
+            if isinstance(value, dict):
+                try:
+                    data[section] = _section(section, value, name, domains)
+                except SectionError as exc:
+                    errors.append(str(exc))
+            elif not isinstance(value, _section_class(domains[name], section, value.model_dump(), name)):
+                errors.append(f"key '{section}': a section of another domain than {name!r}")
+        if errors:
+            raise SectionError("; ".join(errors))
         return data
-
-    @model_validator(mode="after")
-    def _family_fits_domain(self):
-        families = DOMAIN_FAMILIES[self.domain.name]
-        if self.model.family not in families:
-            raise ValueError(f"model.family {self.model.family!r} does not fit domain {self.domain.name!r} "
-                             f"(expected one of {families})")
-        if not isinstance(self.simulate, DOMAIN_SECTIONS[self.domain.name][0]):
-            raise ValueError(f"simulate: keys of another domain than {self.domain.name!r}")
-        return self
 
     @property
     def run_dir(self) -> Path:
@@ -263,8 +292,6 @@ def _format_error(source: str, exc: ValidationError, prefix: str = "") -> str:
             lines.append(str(inner))
             continue
         parts = [str(p) for p in err["loc"] if not str(p).startswith("function-")]
-        if len(parts) > 1 and parts[1] in UNION_TAGS.get(parts[0], ()):
-            del parts[1]
         loc = prefix + ".".join(parts)
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
@@ -300,28 +327,41 @@ def compose(path: str | os.PathLike, overrides: list[str] | None = None) -> dict
     for group, name in defaults.items():
         if group not in GROUPS:
             raise SimganError(f"{path}: key 'defaults.{group}': unknown group (expected one of {GROUPS})")
-        group_file = root / group / f"{name}.yaml"
-        if not group_file.is_file():
-            raise SimganError(f"{path}: key 'defaults.{group}': no config {group_file}")
-        merged[group] = _read_yaml(group_file)
+        merged[group] = _read_yaml(_group_file(path, root, group, str(name), defaults.get("domain")))
     merged = _merge(merged, data)
     return apply_overrides(merged, overrides or [])
 
 
-def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> ExperimentConfig:
-    data = compose(path, overrides)
-    data.setdefault("name", Path(path).stem)
-    try:
-        return ExperimentConfig.model_validate(data)
-    except ValidationError as exc:
-        raise SimganError(_format_error(str(path), exc)) from None
+def _group_file(path: Path, root: Path, group: str, name: str, domain) -> Path:
+    """configs/<group>/<name>.yaml; the model group lives per domain (model/<domain>/<family>.yaml).
+    A model named without its domain (model=vae, the names before the groups mirrored the
+    packages) is found in the domain's folder, with a deprecation message: that spelling goes in
+    the next release."""
+    group_file = root / group / f"{name}.yaml"
+    if group_file.is_file():
+        return group_file
+    if group == "model" and "/" not in name and domain:
+        moved = root / group / str(domain) / f"{name}.yaml"
+        if moved.is_file():
+            print(f"simgan: deprecated: model={name} (in {path} or on the command line) is now model={domain}/{name}; "
+                  "the old name works until the next release", file=sys.stderr)
+            return moved
+    raise SimganError(f"{path}: key 'defaults.{group}': no config {group_file}")
 
 
-def config_from_dict(data: dict, source: str = "<config>") -> ExperimentConfig:
+def validate_experiment(data: dict, domains: dict[str, DomainConfigs], source: str = "<config>") -> ExperimentConfig:
+    """The validated experiment, each domain-chosen section by the classes of `domains`."""
     try:
-        return ExperimentConfig.model_validate(data)
+        return ExperimentConfig.model_validate(data, context={"domains": domains})
     except ValidationError as exc:
         raise SimganError(_format_error(source, exc)) from None
+
+
+def load_experiment(path: str | os.PathLike, overrides: list[str] | None, domains: dict[str, DomainConfigs]
+                    ) -> ExperimentConfig:
+    data = compose(path, overrides)
+    data.setdefault("name", Path(path).stem)
+    return validate_experiment(data, domains, str(path))
 
 
 def hashable_view(cfg: ExperimentConfig, sections: tuple[str, ...]) -> dict:

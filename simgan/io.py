@@ -232,3 +232,9 @@ def ordered_shards(parts: list, paths: list) -> list:
             raise SimganError(f"{q}: a shard of another simulation (seed {p.attrs.get('seed')}, "
                               f"{p.attrs.get('events_total')} events)")
     return [p for p, _ in pairs]
+
+
+def same_file(a, b) -> bool:
+    """The same file: one path, or the same bytes under two names."""
+    a, b = Path(a), Path(b)
+    return a.resolve() == b.resolve() or (a.stat().st_size == b.stat().st_size and file_sha256(a) == file_sha256(b))

@@ -1,4 +1,6 @@
-"""MLflow: tracking URI, the pyfunc wrapper, register, promote, load."""
+"""MLflow: the pyfunc wrapper, register, promote, load. The domain of the model is handed in
+(simgan.domains.domain_of_checkpoint finds it): it gives the pyfunc's input example, its
+predict, the files the model carries and the headline figures."""
 
 from __future__ import annotations
 
@@ -8,33 +10,32 @@ from pathlib import Path
 
 import numpy as np
 
-from simgan.domains.calorimeter.domain import ENERGY_COLUMN
+from simgan.checkpoint import build_model, load_checkpoint
 from simgan.errors import SimganError
+from simgan.io import file_sha256
 from simgan.tracking import check_store_writable, mlflow_env, tracking_uri
 
 
 def _pyfunc_class():
-    import mlflow.pyfunc
+    import mlflow.pyfunc  # heavy: only registering and loading need it
 
     class ShowerSurrogate(mlflow.pyfunc.PythonModel):
         """Input: a table of float64 conditions, the columns the checkpoint's domain names
         (calorimeter: incident_energy in MeV and the extra conditions; air showers:
-        log10_energy_eV, zenith_rad, azimuth_rad, core_x_m, core_y_m).
-        Output: the domain's samples (calorimeter: (N, n_voxels) float32 showers in MeV,
-        CaloChallenge voxel order; air showers: (N, 3, 9, 9) signal, time, triggered).
+        log10_energy_eV, zenith_rad, azimuth_rad, core_x_m, core_y_m; neurons: cell_class,
+        randomness). Output: the domain's samples (calorimeter: (N, n_voxels) float32 showers in
+        MeV, CaloChallenge voxel order; air showers: (N, 3, 9, 9) signal, time, triggered;
+        neurons: (N, 64, 64) um per pixel).
         Params: seed (int), precision ('fp32' or 'bf16': the network in bfloat16)."""
 
-        def load_context(self, context):
-            from simgan.checkpoint import model_from_checkpoint
-            from simgan.domains import domain_of_args
+        def __init__(self, domain):
+            self.domain = domain  # pickled by reference (its module and name)
 
-            self.model, ckpt = model_from_checkpoint(context.artifacts["checkpoint"], "cpu")
+        def load_context(self, context):
+            ckpt = load_checkpoint(context.artifacts["checkpoint"])
+            self.model = build_model(ckpt, self.domain, "cpu")
             self.ckpt = {k: v for k, v in ckpt.items() if k not in ("model", "ema", "optimizers")}
-            self.domain = domain_of_args(ckpt["model_args"])
-            if "binning" in context.artifacts:
-                from simgan.data.binning import parse_binning_xml
-                self.binning_xml = Path(context.artifacts["binning"]).read_text()
-                self.binning = parse_binning_xml(self.binning_xml, "model binning")
+            self.extras = self.domain.pyfunc_load(self.ckpt, dict(context.artifacts))
 
         def predict(self, context, model_input, params=None):
             params = params or {}
@@ -81,8 +82,6 @@ def gate_verdict(metrics: dict | None, checkpoint, source: str = "metrics.json")
                           "run `simgan validate` again")
     if not gate["pass"]:
         return False
-    from simgan.io import file_sha256
-
     bound, actual = metrics.get("candidate_checkpoint_sha256"), file_sha256(checkpoint)
     if bound != actual:
         what = f"checkpoint sha256 {bound[:12]}" if bound else "no recorded checkpoint"
@@ -92,7 +91,7 @@ def gate_verdict(metrics: dict | None, checkpoint, source: str = "metrics.json")
     return True
 
 
-def register_model(checkpoint, binning_xml: str | None, name: str, uri: str, metrics: dict | None, data_hash: str,
+def register_model(checkpoint, domain, name: str, uri: str, metrics: dict | None, data_hash: str,
                    run_id: str | None = None, alias: str = "champion", retries: int = 3,
                    metrics_source: str = "metrics.json") -> dict:
     """Log the pyfunc under the training run, register a version, tag it, move the alias if the gate passed."""
@@ -124,25 +123,18 @@ def register_model(checkpoint, binning_xml: str | None, name: str, uri: str, met
         raise SimganError(f"MLflow registry at {uri} unreachable after {retries} tries: {last_exc}")
     import tempfile
 
-    from simgan.checkpoint import model_from_checkpoint
-    from simgan.domains import domain_of_args
-
-    model, ckpt = model_from_checkpoint(checkpoint)
-    domain = domain_of_args(ckpt["model_args"])
+    ckpt = load_checkpoint(checkpoint)
+    model = build_model(ckpt, domain)
     example = domain.pyfunc_example(ckpt)
     out_example = domain.pyfunc_predict(model, ckpt, example, 0, "fp32")
     signature = infer_signature(example, out_example, params={"seed": 0, "precision": "fp32"})
     with tempfile.TemporaryDirectory() as td:
-        artifacts = {"checkpoint": str(checkpoint)}
-        if binning_xml is not None:
-            xml = Path(td) / "binning.xml"
-            xml.write_text(binning_xml)
-            artifacts["binning"] = str(xml)
+        artifacts = {"checkpoint": str(checkpoint), **domain.pyfunc_artifacts(ckpt, str(checkpoint), Path(td))}
         if not run_id:  # the training run is in another store: log under an experiment of this one
             mlflow.set_experiment(f"{name}-registrations")
         ctx = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(run_name="register")
         with ctx as run:
-            info = mlflow.pyfunc.log_model(name="surrogate", python_model=_pyfunc_class()(), artifacts=artifacts,
+            info = mlflow.pyfunc.log_model(name="surrogate", python_model=_pyfunc_class()(domain), artifacts=artifacts,
                                            signature=signature, input_example=example)
             if metrics:
                 mlflow.log_metrics({f"val_{k}": v for k, v in headline(metrics, domain.headline_keys).items()})
@@ -172,19 +164,3 @@ def load_surrogate(model_uri: str, uri: str | None = None):
         return mlflow.pyfunc.load_model(model_uri)
     except Exception as exc:
         raise SimganError(f"cannot load {model_uri} from {tracking_uri(uri)}: {exc}") from exc
-
-
-def generate_from_registry(model_uri: str, energies: np.ndarray, out, batch_size: int, fmt: str) -> dict:
-    import pandas as pd
-
-    from simgan.generate import write_generated
-
-    loaded = load_surrogate(model_uri)
-    binning = loaded.unwrap_python_model().binning
-
-    def sample_batch(lo: int, hi: int) -> np.ndarray:
-        return loaded.predict(pd.DataFrame({ENERGY_COLUMN: energies[lo:hi]}), params={"seed": lo})
-
-    timing = write_generated(out, energies, {}, binning, batch_size, sample_batch, fmt, {"model_uri": model_uri},
-                             progress=False)
-    return {**timing, "model_uri": model_uri}

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import typing
-from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
@@ -41,13 +40,3 @@ def _describe(annotation) -> str:
 
 class Strict(ConfigModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class DomainConfigs(NamedTuple):
-    """A domain's config classes: its `domain` section (tagged by `name`), the `simulate` section
-    and the gate it validates, and its model configs (tagged by `family`)."""
-
-    domain: type
-    simulate: type
-    gate: type
-    models: tuple

@@ -11,7 +11,7 @@ import pytest
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
 
-from simgan.config import load_config  # noqa: E402
+from simgan.domains import load_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 QUICKSTART = REPO / "configs" / "experiment" / "quickstart.yaml"
@@ -25,7 +25,7 @@ def small_cfg(tmp: Path, *overrides: str):
 @pytest.fixture(scope="session")
 def g4_sample(tmp_path_factory) -> Path:
     """200 real Geant4 electron showers, 1-16 GeV."""
-    from simgan.sim.produce import simulate_to_file
+    from simgan.domains.calorimeter.sim.produce import simulate_to_file
 
     cfg = load_config(QUICKSTART, ["simulate.events=200", "simulate.energy_max_gev=16", "simulate.shard_events=50"])
     out = tmp_path_factory.mktemp("g4") / "showers.h5"
@@ -36,10 +36,10 @@ def g4_sample(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def g4_pair(tmp_path_factory):
     """Two independent Geant4 samples with the same energies (300 showers each, 1-16 GeV)."""
-    from simgan.data import calochallenge as cc
-    from simgan.data.binning import reference_binning
-    from simgan.sim.calorimeter import GeantPool
-    from simgan.sim.produce import sample_energies_mev, settings_of, simulate_energies
+    from simgan.domains.calorimeter.data import calochallenge as cc
+    from simgan.domains.calorimeter.data.binning import reference_binning
+    from simgan.domains.calorimeter.sim.geant4 import GeantPool
+    from simgan.domains.calorimeter.sim.produce import sample_energies_mev, settings_of, simulate_energies
 
     cfg = load_config(QUICKSTART, ["simulate.events=300", "simulate.energy_max_gev=16", "simulate.shard_events=50"])
     e = sample_energies_mev(cfg.simulate, 11)

@@ -165,7 +165,7 @@ OPEN_GATE = ["validate.gate.auc_max=1.0", "validate.gate.separation_mean_max=1.0
 @pytest.fixture(scope="module")
 def air_chain(tmp_path_factory):
     from pipeline.runner import run_chain
-    from simgan.config import load_config
+    from simgan.domains import load_config
     tmp = tmp_path_factory.mktemp("air")
     cfg = load_config(AIR, [f"runs_dir={tmp}", f"register.tracking_uri=sqlite:///{tmp}/mlflow.db",
                             "register.name=air-tiny", *AIR_TINY, *OPEN_GATE])
@@ -205,7 +205,8 @@ def test_airshower_chain_registers_and_a_consumer_predicts_from_a_dataframe(air_
 
 def test_checkpoint_carries_the_schema_and_generate_warns_outside_the_training_range(air_chain, tmp_path, capsys):
     from pipeline.cli import main
-    from simgan.checkpoint import load_checkpoint, model_from_checkpoint
+    from simgan.checkpoint import load_checkpoint
+    from simgan.domains import model_from_checkpoint
     tmp, cfg = air_chain
     ckpt_path = cfg.run_dir / "train" / "model.pt"
     ckpt = load_checkpoint(ckpt_path)
@@ -259,34 +260,49 @@ def test_bad_airshower_input_stops_prepare_with_nothing_written(tmp_path, capsys
 def test_footprint_gan_trains_through_the_shared_trainer(air_chain, tmp_path):
     import json
 
-    from simgan.config import load_config
+    from simgan.domains import load_config
+    from simgan.domains import get_domain
     from simgan.train.trainer import Trainer
     tmp, cfg = air_chain
-    gcfg = load_config(AIR, [f"runs_dir={tmp_path}", "model=footprint_gan", "model.width=16", "model.depth=2",
+    gcfg = load_config(AIR, [f"runs_dir={tmp_path}", "model=airshower/footprint_gan", "model.width=16", "model.depth=2",
                              "model.critic_width=16", "model.n_critic=2", "train.steps=8", "train.batch_size=32",
                              "train.log_every=2", "train.val_every=4", "train.val_events=100",
                              "train.checkpoint_every=4", "train.mlflow=false", "train.progress=false"])
     prep = cfg.run_dir / "prepare"
-    info = Trainer(gcfg, prep / "train.h5", prep / "val.h5", tmp_path / "train", progress=False).fit()
+    info = Trainer(gcfg, get_domain(gcfg.domain.name), prep / "train.h5", prep / "val.h5", tmp_path / "train", progress=False).fit()
     assert info["steps"] == 8 and info["complete"]
     rows = [json.loads(x) for x in (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()]
     assert {"loss_d", "loss_g", "gp", "val_sep_mean"} <= set().union(*rows)
     assert len({r["loss_d"] for r in rows}) > 1
 
 
-def test_the_slurm_chain_refuses_an_airshower_config(tmp_path, capsys):
+def test_the_slurm_chain_renders_an_airshower_config(tmp_path):
+    """Sharding is part of the stage contract: the simulate stage runs as a job array of the
+    domain's simulator, generation (not sharded for this domain) as one job."""
     from pipeline.cli import main
-    assert main(["workflow", "-c", str(AIR), "--out", str(tmp_path / "wf")]) == 2
-    assert "renders calorimeter experiments" in capsys.readouterr().err
-    assert not (tmp_path / "wf").exists()
+    wf = tmp_path / "wf"
+    assert main(["workflow", "-c", str(AIR), "--out", str(wf), "simulate.events=12000",
+                 "simulate.shard_events=5000"]) == 0
+    sim = (wf / "simulate_array.sbatch").read_text()
+    assert "#SBATCH --array=0-2" in sim and "--shard-count 3" in sim and "simulate.workers" not in sim
+    submit = (wf / "submit.sh").read_text()
+    assert "generate:generate validate:validate" in submit and "generate_array" not in submit
+    assert not (wf / "generate_array.sbatch").exists()
+    assert "--from generate --until generate" in (wf / "generate.sbatch").read_text()
 
 
 def test_a_family_of_another_domain_is_refused():
-    from simgan.config import load_config
-    with pytest.raises(SimganError, match="model.family 'vae' does not fit domain 'airshower'"):
-        load_config(AIR, ["model=vae"])
-    with pytest.raises(SimganError, match="simulate.particle': unknown key"):
+    from simgan.domains import load_config
+    with pytest.raises(SimganError, match="key 'model.family': 'vae' does not fit domain 'airshower'"):
+        load_config(AIR, ["model=calorimeter/vae"])
+    with pytest.raises(SimganError, match="simulate.particle': a setting of the calorimeter domain; the airshower "
+                                          "domain has no such key"):
         load_config(AIR, ["simulate.particle=e-"])
+    for key in ("generate.ablation=true", "validate.classifier=dnn", "train.calibrate=true", "prepare.format=root"):
+        with pytest.raises(SimganError, match=f"key '{key.split('=')[0]}': a setting of the calorimeter domain"):
+            load_config(AIR, [key])
+    with pytest.raises(SimganError, match="key 'simulate.nope': unknown key"):
+        load_config(AIR, ["simulate.nope=1"])
     for override, key in (("model.width=-1", "model.width"), ("domain.spacing_m=-1", "domain.spacing_m")):
         with pytest.raises(SimganError, match=f"key '{key}'"):  # the union tag is not part of the key
             load_config(AIR, [override])

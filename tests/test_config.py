@@ -1,7 +1,7 @@
 import pytest
 
 from pipeline.cli import main
-from simgan.config import load_config
+from simgan.domains import load_config
 from simgan.errors import SimganError
 from tests.conftest import QUICKSTART
 
@@ -11,7 +11,7 @@ def test_quickstart_composes_groups_and_overrides():
     assert cfg.model.family == "vae" and cfg.model.output == "layers"
     assert cfg.train.steps == 7 and cfg.model.latent_dim == 8 and cfg.model.energy.steps == 5
     assert cfg.domain.geometry == "reference"
-    gan = load_config(QUICKSTART, ["model=wgan_gp"])
+    gan = load_config(QUICKSTART, ["model=calorimeter/wgan_gp"])
     assert gan.model.family == "gan" and gan.model.loss == "wgan_gp" and gan.model.output == "layers"
 
 
@@ -39,7 +39,7 @@ def test_unknown_key_in_yaml_file(tmp_path):
     (tmp_path / "experiment").mkdir()
     (tmp_path / "domain" / "calorimeter.yaml").write_text("name: calorimeter\n")
     exp = tmp_path / "experiment" / "x.yaml"
-    exp.write_text("defaults: {domain: calorimeter}\nname: x\ntrain: {stepps: 3}\n")
+    exp.write_text("defaults: {domain: calorimeter}\nname: x\nmodel: {family: vae}\ntrain: {stepps: 3}\n")
     with pytest.raises(SimganError, match=r"x.yaml: key 'train.stepps': unknown key"):
         load_config(exp)
 
@@ -95,7 +95,7 @@ def test_device_and_output_format_are_checked(tmp_path, capsys):
 
 
 def test_broken_checkpoints_and_unknown_geometry_say_what_is_wrong(tmp_path):
-    from simgan.data.binning import load_binning
+    from simgan.domains.calorimeter.data.binning import load_binning
     from simgan.checkpoint import load_checkpoint
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")

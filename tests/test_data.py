@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 
 from pipeline.cli import main
-from simgan.data import calochallenge as cc
-from simgan.data.binning import load_binning, reference_binning
-from simgan.data.calogan import read_calogan
-from simgan.data.convert import read_any
-from simgan.data.rootio import read_root, write_root
-from simgan.data.stream import ChunkedShowerDataset
+from simgan.domains.calorimeter.data import calochallenge as cc
+from simgan.domains.calorimeter.data.binning import load_binning, reference_binning
+from simgan.domains.calorimeter.data.calogan import read_calogan
+from simgan.domains.calorimeter.data.convert import read_any
+from simgan.domains.calorimeter.data.rootio import read_root, write_root
+from simgan.domains.calorimeter.data.stream import ChunkedShowerDataset
 from simgan.errors import SimganError
 
 
@@ -170,9 +170,9 @@ def test_calogan_reader(tmp_path):
 def test_units_of_root_calogan_and_generation_energies(tmp_path):
     """The unit checks of every reader: ROOT in GeV, CaloGAN already in MeV, and the energies
     that `generate --energies-from` takes (GeV, NaN, zero) are refused by name."""
-    from simgan.data.binning import reference_binning
-    from simgan.data.rootio import read_root, write_root
-    from simgan.generate import energies_from_file
+    from simgan.domains.calorimeter.data.binning import reference_binning
+    from simgan.domains.calorimeter.data.rootio import read_root, write_root
+    from simgan.domains.calorimeter.generate import energies_from_file
     s = np.zeros((6, 6480), np.float32)
     s[:, :10] = 6040.0  # 60.4 GeV deposited
     gev = cc.ShowerData(np.full(6, 60.4), s, reference_binning())  # energies written in GeV, above 50
@@ -197,7 +197,7 @@ def test_units_of_root_calogan_and_generation_energies(tmp_path):
 
 
 def _raw(p, energies, showers):
-    from simgan.data.binning import reference_binning
+    from simgan.domains.calorimeter.data.binning import reference_binning
     with h5py.File(p, "w") as f:
         f["incident_energies"] = energies
         f["showers"] = showers
@@ -249,8 +249,8 @@ def test_outputs_follow_the_umask_and_dead_writers_temps_are_swept(tmp_path):
 
 
 def test_corrupt_metadata_and_empty_root_tree_are_named(tmp_path):
-    from simgan.data.binning import reference_binning
-    from simgan.data.rootio import read_root, write_root
+    from simgan.domains.calorimeter.data.binning import reference_binning
+    from simgan.domains.calorimeter.data.rootio import read_root, write_root
     d = _tiny()
     cc.write(tmp_path / "a.h5", d)
     with h5py.File(tmp_path / "a.h5", "a") as f:

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 
 from pipeline.cli import main
-from simgan.config import ValidateConfig
-from simgan.data import calochallenge as cc
-from simgan.data.binning import Binning, Layer
+from simgan.domains.calorimeter.config import CaloValidateConfig as ValidateConfig
+from simgan.domains.calorimeter.data import calochallenge as cc
+from simgan.domains.calorimeter.data.binning import Binning, Layer
 from simgan.errors import SimganError
 from simgan.metrics.classifier import classifier_test
 from simgan.metrics.distances import separation_power, wasserstein1_scaled
@@ -80,7 +80,7 @@ def test_validate_geant4_vs_geant4_passes_and_distorted_fails(g4_pair, tmp_path,
 def test_validate_with_dask_matches_in_process(g4_pair, tmp_path):
     from distributed import Client, LocalCluster
 
-    from simgan.validate import validate
+    from simgan.domains.calorimeter.validate import validate
     a, b = g4_pair
     cfg = ValidateConfig(classifier_seeds=1, plots=False, chunk_size=64)
     m1 = validate(a, b, tmp_path / "p", cfg, 0.01515)
@@ -93,7 +93,7 @@ def test_mismatched_geometry_refused(g4_pair, tmp_path):
     d = cc.read(g4_pair[0])
     small = Binning("x", 0, tuple(Layer(i, (0.0, 4.65), 16) for i in range(45)))
     other = cc.write(tmp_path / "o.h5", cc.ShowerData(d.energies, np.zeros((len(d), small.n_voxels), np.float32), small))
-    from simgan.validate import validate
+    from simgan.domains.calorimeter.validate import validate
     with pytest.raises(SimganError, match="geometry"):
         validate(g4_pair[0], other, tmp_path / "v", ValidateConfig(), 0.0)
 
@@ -148,7 +148,7 @@ def test_validate_refuses_the_reference_as_candidate(g4_pair, tmp_path, capsys):
 
 
 def test_validate_refuses_samples_too_small_to_classify(g4_pair, tmp_path, capsys):
-    from simgan.data.calochallenge import read, write
+    from simgan.domains.calorimeter.data.calochallenge import read, write
     a, b = g4_pair
     d = read(b)
     for n in (0, 1, 2, 19):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from simgan.data import calochallenge as cc
+from simgan.domains.calorimeter.data import calochallenge as cc
 from simgan.domains.calorimeter.features import feature_names, high_level_features
 from simgan.domains.calorimeter.models.gan import ConditionalGAN, GANConfig
 
@@ -109,7 +109,7 @@ def test_zero_inflated_vae_draws_empty_voxels_by_the_hit_probability(g4_sample):
 # -- the two-stage models ------------------------------------------------------------------------
 
 def _layered(data, family="vae", **over):
-    from simgan.config import load_config
+    from simgan.domains import load_config
     from simgan.domains.calorimeter.models.registry import build_model
     from tests.conftest import QUICKSTART
 
@@ -182,7 +182,7 @@ def test_layered_tables_hold_shares_and_conditions(g4_sample):
 
 
 def test_layered_config_errors():
-    from simgan.config import load_config
+    from simgan.domains import load_config
     from simgan.errors import SimganError
     from simgan.domains.calorimeter.models.layered import LayeredVAE
     from tests.conftest import QUICKSTART

@@ -223,7 +223,7 @@ def test_neuron_chain_registers_and_a_consumer_predicts_from_class_names(tmp_pat
 
     from pipeline.runner import run_chain
     from simgan.checkpoint import load_checkpoint
-    from simgan.config import load_config
+    from simgan.domains import load_config
     cfg = load_config(NEURON, [f"runs_dir={tmp_path}", f"register.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
                                "register.name=neuron-tiny", "prepare.fractions=[0.6,0.2,0.2]", *NEURON_TINY,
                                *OPEN_GATE])
@@ -251,8 +251,9 @@ def test_neuron_chain_registers_and_a_consumer_predicts_from_class_names(tmp_pat
 def test_image_models_train_through_the_shared_trainer_and_sample_by_class(tmp_path, family):
     import torch
 
-    from simgan.checkpoint import model_from_checkpoint
-    from simgan.config import load_config
+    from simgan.domains import model_from_checkpoint
+    from simgan.domains import load_config
+    from simgan.domains import get_domain
     from simgan.train.trainer import Trainer
     ni = _images(48)
     ni.attrs = nio.projection_attrs(Projection())
@@ -265,7 +266,7 @@ def test_image_models_train_through_the_shared_trainer_and_sample_by_class(tmp_p
                                "train.checkpoint_every=3", "train.mlflow=false", "train.progress=false",
                                *(["model.critic_width=8", "model.n_critic=2"] if family == "neuron_gan" else []),
                                *(["model.latent_sampler=flow", "model.flow_steps=30"] if flow else [])])
-    info = Trainer(cfg, tmp_path / "train.h5", tmp_path / "val.h5", tmp_path / "train", progress=False).fit()
+    info = Trainer(cfg, get_domain(cfg.domain.name), tmp_path / "train.h5", tmp_path / "val.h5", tmp_path / "train", progress=False).fit()
     assert info["steps"] == 6 and info["complete"]
     rows = [json.loads(x) for x in (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()]
     logged = {"loss_d", "loss_g", "gp"} if family == "neuron_gan" else {"recon", "kl"}
@@ -282,3 +283,14 @@ def test_image_models_train_through_the_shared_trainer_and_sample_by_class(tmp_p
         z = model.draw_codes(c, torch.Generator().manual_seed(5))
         assert torch.equal(z, model.draw_codes(c, torch.Generator().manual_seed(5)))
         assert not torch.equal(z, torch.randn(3, model.cfg.latent_dim, generator=torch.Generator().manual_seed(5)))
+
+
+def test_a_calorimeter_setting_in_a_neuron_config_is_refused_by_name():
+    """generate.ablation=true was accepted for neurons: the generate stage then listed an output
+    it never wrote, and validate stopped on a missing input."""
+    from simgan.domains import load_config
+    with pytest.raises(SimganError, match="key 'generate.ablation': a setting of the calorimeter domain; the neuron "
+                                          "domain has no such key"):
+        load_config(NEURON, ["generate.ablation=true"])
+    from pipeline import generate
+    assert set(generate.outputs(load_config(NEURON))) == {"showers", "timing"}

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from simgan.config import load_config
-from simgan.sim.calorimeter import GeantPool
-from simgan.sim.produce import settings_of, simulate_energies
+from simgan.domains import load_config
+from simgan.domains.calorimeter.sim.geant4 import GeantPool
+from simgan.domains.calorimeter.sim.produce import settings_of, simulate_energies
 from tests.conftest import QUICKSTART
 
 ENERGIES_GEV = [1, 4, 16, 64]

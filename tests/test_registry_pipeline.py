@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.runner import run_chain
-from simgan.data import calochallenge as cc
+from simgan.domains.calorimeter.data import calochallenge as cc
 from simgan.errors import SimganError
 from tests.conftest import QUICKSTART, small_cfg
 
@@ -156,8 +156,8 @@ def test_generate_checkpoint_cli_and_bad_input(chain, tmp_path, capsys):
     out = tmp_path / "g.root"
     assert main(["generate", "--checkpoint", str(ckpt), "--out", str(out), "--events", "12",
                  "--energy-range", "1", "8", "--batch-size", "5", "-q"]) == 0
-    from simgan.data.rootio import read_root
-    from simgan.data.binning import reference_binning
+    from simgan.domains.calorimeter.data.rootio import read_root
+    from simgan.domains.calorimeter.data.binning import reference_binning
     assert read_root(out, reference_binning()).showers.shape == (12, 6480)
     capsys.readouterr()
     assert main(["generate", "--checkpoint", str(ckpt), "--out", str(tmp_path / "c.h5"), "--events", "4",

@@ -1,9 +1,9 @@
 import numpy as np
 
 from pipeline.cli import main
-from simgan.data import calochallenge as cc
+from simgan.domains.calorimeter.data import calochallenge as cc
 from simgan.io import open_hdf5
-from simgan.sim.g4data import tsai_scaled_dcs
+from simgan.domains.calorimeter.sim.g4data import tsai_scaled_dcs
 from tests.conftest import QUICKSTART, REPO
 
 

@@ -11,15 +11,18 @@ from pipeline import prepare
 from pipeline.contract import Context
 from simgan.errors import SimganError
 from simgan.checkpoint import load_checkpoint
-from simgan.data.splits import split_indices
+from simgan.splits import split_indices
+from simgan.domains import get_domain
 from simgan.train.trainer import Trainer
 from tests.conftest import REPO, small_cfg
+
+CALO = get_domain("calorimeter")
 
 # the quickstart's two-stage VAE, shrunk: 3 energy-flow steps, then train.steps shape steps
 TINY = ["model.hidden=[32,32]", "model.latent_dim=4", "model.energy.steps=3", "model.energy.hidden=[16,16]",
         "model.energy.transforms=2", "model.energy.batch_size=32", "train.batch_size=16", "train.log_every=2",
         "train.val_every=4", "train.val_events=20", "train.checkpoint_every=3", "train.mlflow=false"]
-GAN = ["model=wgan_gp", "model.critic_hidden=[32,32]", "model.n_critic=2"]
+GAN = ["model=calorimeter/wgan_gp", "model.critic_hidden=[32,32]", "model.n_critic=2"]
 ENERGY_STEPS = 3
 
 
@@ -32,7 +35,7 @@ def splits(g4_sample, tmp_path_factory):
 
 def _trainer(tmp, splits, *over):
     cfg = small_cfg(tmp, *TINY, *over)
-    return Trainer(cfg, splits["train"], splits["val"], tmp / "train", progress=False)
+    return Trainer(cfg, get_domain(cfg.domain.name), splits["train"], splits["val"], tmp / "train", progress=False)
 
 
 def _losses(tmp):
@@ -50,7 +53,7 @@ def _stage_dir(tmp, splits):
 
 
 def test_prepare_splits_are_disjoint_and_deterministic(splits, g4_sample):
-    from simgan.data import calochallenge as cc
+    from simgan.domains.calorimeter.data import calochallenge as cc
     e = {k: cc.read(v).energies for k, v in splits.items()}
     assert sum(len(v) for v in e.values()) == 200
     assert not (set(e["train"]) & set(e["test"])) and not (set(e["val"]) & set(e["test"]))
@@ -62,12 +65,12 @@ def test_prepare_splits_are_disjoint_and_deterministic(splits, g4_sample):
 FAMILIES = {
     "vae": [],  # two-stage VAE (the quickstart's)
     "wgan_gp": GAN,  # two-stage WGAN-GP
-    "wgan_gp_voxel": ["model=wgan_gp_voxel", "model.critic_hidden=[32,32]", "model.n_critic=2"],
-    "wgan_gp_fact": ["model=wgan_gp_fact", "model.critic_hidden=[32,32]", "model.n_critic=2"],
-    "gan_bce": ["model=gan_bce", "model.critic_hidden=[32,32]"],
-    "wgan_clip": ["model=wgan_clip", "model.critic_hidden=[32,32]", "model.n_critic=2"],
-    "vae_voxel": ["model=vae_voxel", "model.kl_warmup_steps=2", "model.likelihood=gaussian"],
-    "vae_voxel_mse": ["model=vae_voxel", "model.kl_warmup_steps=2", "model.likelihood=mse"],
+    "wgan_gp_voxel": ["model=calorimeter/wgan_gp_voxel", "model.critic_hidden=[32,32]", "model.n_critic=2"],
+    "wgan_gp_fact": ["model=calorimeter/wgan_gp_fact", "model.critic_hidden=[32,32]", "model.n_critic=2"],
+    "gan_bce": ["model=calorimeter/gan_bce", "model.critic_hidden=[32,32]"],
+    "wgan_clip": ["model=calorimeter/wgan_clip", "model.critic_hidden=[32,32]", "model.n_critic=2"],
+    "vae_voxel": ["model=calorimeter/vae_voxel", "model.kl_warmup_steps=2", "model.likelihood=gaussian"],
+    "vae_voxel_mse": ["model=calorimeter/vae_voxel", "model.kl_warmup_steps=2", "model.likelihood=mse"],
 }
 
 
@@ -80,7 +83,7 @@ def test_each_family_trains_and_losses_change(tmp_path, splits, family):
         cfg = small_cfg(tmp_path, *over, "train.steps=6")
     else:
         cfg = small_cfg(tmp_path, *TINY, *over, "train.steps=6")
-    info = Trainer(cfg, splits["train"], splits["val"], tmp_path / "train", progress=False).fit()
+    info = Trainer(cfg, get_domain(cfg.domain.name), splits["train"], splits["val"], tmp_path / "train", progress=False).fit()
     rows = _losses(tmp_path)
     assert all(np.isfinite(v) for r in rows for v in r.values() if v is not None)
     key = "loss" if cfg.model.family == "vae" else "loss_d"
@@ -189,7 +192,7 @@ def test_changed_config_or_data_never_resumes(tmp_path, splits, capsys):
     assert info["resumed_from_step"] == 6 + ENERGY_STEPS
     # other training data (another split) under the same config: from scratch
     cfg = small_cfg(tmp_path, *TINY, "train.steps=6", "train.batch_size=8")
-    info = Trainer(cfg, splits["test"], splits["val"], tmp_path / "train", progress=False).fit()
+    info = Trainer(cfg, get_domain(cfg.domain.name), splits["test"], splits["val"], tmp_path / "train", progress=False).fit()
     assert info["resumed_from_step"] == 0
 
 
@@ -250,7 +253,7 @@ def test_nonfinite_loss_stops_with_clear_message(tmp_path, splits):
 def test_mlflow_run_holds_params_and_metrics(tmp_path, splits):
     import mlflow
     cfg = small_cfg(tmp_path, *[t for t in TINY if t != "train.mlflow=false"], "train.steps=4")
-    info = Trainer(cfg, splits["train"], splits["val"], tmp_path / "train", progress=False).fit()
+    info = Trainer(cfg, get_domain(cfg.domain.name), splits["train"], splits["val"], tmp_path / "train", progress=False).fit()
     run = mlflow.tracking.MlflowClient(info["tracking_uri"]).get_run(info["mlflow_run_id"])
     assert run.data.params["model.family"] == "vae" and run.data.params["model.output"] == "layers"
     assert {"energy_nll", "loss", "val_sep_mean", "val_w1_etot"} <= set(run.data.metrics)
@@ -261,7 +264,7 @@ def test_interrupted_training_is_killed_in_mlflow(tmp_path, splits):
     import mlflow
     cfg = small_cfg(tmp_path, *[t for t in TINY if t != "train.mlflow=false"], "train.steps=8")
     for exc, status in ((KeyboardInterrupt, "KILLED"), (RuntimeError, "FAILED")):
-        t = Trainer(cfg, splits["train"], splits["val"], tmp_path / f"train_{status}", progress=False)
+        t = Trainer(cfg, get_domain(cfg.domain.name), splits["train"], splits["val"], tmp_path / f"train_{status}", progress=False)
         real = t.model.train_step
 
         def step(batches, opts, i, *a, real=real, exc=exc):
@@ -309,7 +312,7 @@ def test_unreachable_tracking_server_fails_fast_with_a_message(tmp_path, splits)
                     f"register.tracking_uri=http://127.0.0.1:{port}")
     t0 = time.time()
     with pytest.raises(SimganError, match=rf"MLflow tracking at http://127.0.0.1:{port} failed.*train.mlflow=false"):
-        Trainer(cfg, splits["train"], splits["val"], tmp_path / "train", progress=False).fit()
+        Trainer(cfg, get_domain(cfg.domain.name), splits["train"], splits["val"], tmp_path / "train", progress=False).fit()
     assert time.time() - t0 < 60
 
 
@@ -322,8 +325,8 @@ def test_batch_larger_than_the_data_says_so(tmp_path, splits, capsys):
 def test_checkpoint_carries_the_training_datas_binning(tmp_path, splits):
     """Generation takes the voxel layout from the checkpoint (the training data's), not from
     domain.geometry, which for converted data (CaloGAN) may name another or a missing file."""
-    from simgan.data import calochallenge as cc
-    from simgan.checkpoint import checkpoint_binning
+    from simgan.domains.calorimeter.data import calochallenge as cc
+    from simgan.domains.calorimeter.generate import checkpoint_binning
     _trainer(tmp_path, splits, "train.steps=1").fit()
     ckpt = load_checkpoint(tmp_path / "train" / "model.pt")
     assert checkpoint_binning(ckpt).digest() == cc.inspect(splits["train"]).binning.digest()
@@ -338,14 +341,14 @@ def test_generate_takes_the_models_extra_conditions_by_name(tmp_path, g4_sample,
     """A model trained with incident_theta: generate takes that dataset by name (others in the
     file are ignored), and a file without it is refused, naming it."""
     from pipeline.cli import main
-    from simgan.data import calochallenge as cc
+    from simgan.domains.calorimeter.data import calochallenge as cc
     d = cc.read(g4_sample)
     theta = np.linspace(0.0, 0.3, len(d))
     d.conditions = {"incident_theta": theta}
     src = cc.write(tmp_path / "theta.h5", d)
     cfg = small_cfg(tmp_path, f"prepare.input={src}")
     sp = prepare.run(cfg, Context(progress=False))
-    Trainer(small_cfg(tmp_path, *TINY, "train.steps=1"), sp["train"], sp["val"], tmp_path / "train",
+    Trainer(small_cfg(tmp_path, *TINY, "train.steps=1"), CALO, sp["train"], sp["val"], tmp_path / "train",
             progress=False).fit()
     ckpt = tmp_path / "train" / "model.pt"
     assert load_checkpoint(ckpt)["extra_conditions"] == ["incident_theta"]
@@ -370,8 +373,8 @@ def test_a_calogan_trained_model_generates_calogan_showers_and_warns_outside_its
     import h5py
 
     from pipeline.cli import main
-    from simgan.data import calochallenge as cc
-    from simgan.data.calogan import LAYERS
+    from simgan.domains.calorimeter.data import calochallenge as cc
+    from simgan.domains.calorimeter.data.calogan import LAYERS
     r = np.random.default_rng(3)
     n = 300
     src = tmp_path / "calogan.h5"
@@ -386,7 +389,7 @@ def test_a_calogan_trained_model_generates_calogan_showers_and_warns_outside_its
     xml.write_text(cc.inspect(tmp_path / "c.h5").binning.to_xml())
     data = [f"prepare.input={tmp_path / 'c.h5'}", f"domain.geometry={xml}"]
     sp = prepare.run(small_cfg(tmp_path, *data), Context(progress=False))
-    Trainer(small_cfg(tmp_path, *TINY, "train.steps=1", *data), sp["train"], sp["val"], tmp_path / "train",
+    Trainer(small_cfg(tmp_path, *TINY, "train.steps=1", *data), CALO, sp["train"], sp["val"], tmp_path / "train",
             progress=False).fit()
     xml.unlink()  # the checkpoint carries the layout: the config's XML is not needed any more
     ckpt = tmp_path / "train" / "model.pt"

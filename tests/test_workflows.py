@@ -15,7 +15,7 @@ def test_rendered_slurm_scripts_pass_bash_n(tmp_path, monkeypatch):
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["config.yaml", "generate_array.sbatch", "generate_merge.sbatch", "merge.sbatch",
                      "register.sbatch", "simulate_array.sbatch", "submit.sh", "train.sbatch", "validate.sbatch"]
-    from simgan.config import load_config
+    from simgan.domains import load_config
     resolved = load_config(tmp_path / "config.yaml")  # the overrides are in it, and it loads as it is
     assert resolved.simulate.events == 1000 and resolved.simulate.shard_events == 100
     assert os.path.isabs(resolved.runs_dir) and resolved.register.tracking_uri.startswith("sqlite:////")
@@ -47,8 +47,8 @@ def test_prepare_missing_input_and_merge_of_non_shard(tmp_path, capsys):
     assert not (tmp_path / "quickstart" / "prepare").exists()
     import numpy as np
 
-    from simgan.data import calochallenge as cc
-    from simgan.data.binning import reference_binning
+    from simgan.domains.calorimeter.data import calochallenge as cc
+    from simgan.domains.calorimeter.data.binning import reference_binning
     plain = cc.write(tmp_path / "plain.h5", cc.ShowerData(np.array([1000.0]), np.zeros((1, 6480), np.float32),
                                                           reference_binning()))
     out = tmp_path / "merged.h5"
@@ -161,9 +161,9 @@ def test_dask_jobqueue_on_a_real_slurm_equals_the_in_process_run(local_slurm, tm
     Slurm jobs give what the same calls give in this process."""
     import importlib.util
     import numpy as np
-    from simgan.data import calochallenge as cc
-    from simgan.sim.produce import simulate_to_file
-    from simgan.validate import validate
+    from simgan.domains.calorimeter.data import calochallenge as cc
+    from simgan.domains.calorimeter.sim.produce import simulate_to_file
+    from simgan.domains.calorimeter.validate import validate
     from tests.conftest import small_cfg
     monkeypatch.setenv("SLURM_CONF", local_slurm)
     spec = importlib.util.spec_from_file_location("recipe", REPO / "workflows" / "dask_jobqueue_recipe.py")
@@ -189,7 +189,7 @@ def test_prepare_names_the_conditions_it_takes(tmp_path, capsys, g4_sample):
     """Extra datasets no longer become model conditions silently: prepare says which, and
     prepare.conditions chooses them (a missing one is named)."""
     import numpy as np
-    from simgan.data import calochallenge as cc
+    from simgan.domains.calorimeter.data import calochallenge as cc
     d = cc.read(g4_sample)
     d.conditions = {"incident_theta": np.zeros(len(d)), "run_number": np.arange(len(d), dtype=np.float64)}
     src = cc.write(tmp_path / "with_extras.h5", d)
@@ -210,7 +210,7 @@ def test_prepare_names_the_conditions_it_takes(tmp_path, capsys, g4_sample):
 
 def test_prepare_refuses_empty_showers(tmp_path, capsys, g4_sample):
     import numpy as np
-    from simgan.data import calochallenge as cc
+    from simgan.domains.calorimeter.data import calochallenge as cc
     d = cc.read(g4_sample)
     d.showers[[3, 7]] = 0.0
     src = cc.write(tmp_path / "holes.h5", d)
@@ -226,7 +226,7 @@ def test_merge_stage_refuses_bad_input(tmp_path, capsys):
     assert main(["merge", "--stage", "simulate", "--out", str(tmp_path / "x.h5"), "-c", str(QUICKSTART)]) == 2
     assert "--stage simulate takes -c CONFIG [key=value ...] and nothing else" in capsys.readouterr().err
     import yaml
-    from simgan.config import load_config
+    from simgan.domains import load_config
     cfg = load_config(QUICKSTART, [f"runs_dir={tmp_path}", "simulate.events=10", "simulate.shard_events=5",
                                    "simulate.energy_max_gev=2"])
     conf = tmp_path / "c.yaml"

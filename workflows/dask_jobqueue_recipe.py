@@ -18,7 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from simgan.config import ExperimentConfig, load_config  # noqa: E402
+from simgan.config import ExperimentConfig
+from simgan.domains import load_config  # noqa: E402
 
 
 @contextmanager
@@ -45,15 +46,15 @@ def slurm_client(queue: str, jobs: int = 2, cores: int = 1, memory: str = "4GB",
 
 
 def simulate(cfg: ExperimentConfig, out, client) -> dict:
-    from simgan.sim.calorimeter import DaskGeantPool
-    from simgan.sim.produce import settings_of, simulate_to_file
+    from simgan.domains.calorimeter.sim.geant4 import DaskGeantPool
+    from simgan.domains.calorimeter.sim.produce import settings_of, simulate_to_file
 
     return simulate_to_file(cfg.simulate, cfg.seed, out, progress=False,
                             pool=DaskGeantPool(settings_of(cfg.simulate), client))
 
 
 def validate(cfg: ExperimentConfig, reference, candidate, out, client) -> dict:
-    from simgan.validate import validate as run
+    from simgan.domains.calorimeter.validate import validate as run
 
     return run(reference, candidate, out, cfg.validate, cfg.domain.threshold_mev, client)
 

@@ -1,326 +1,144 @@
-"""Physics domains behind one interface (a plain registry by name).
+"""The domain registry: names, lookup, the domain of a file, a checkpoint or a metrics file, and
+the experiment config validated with every domain's config classes.
 
-A domain gives the trainer, the stages and the registry what they must not guess: how to
-read its files, the schema (sample shape, channels, condition names and units) that every
-checkpoint stores, how to build a model from that schema, the training table, the
-features the validation monitor compares, a condition sampler and an optional reference
-simulator, and its stage bodies (simulate, prepare, generate, validate); `pipeline/` keeps
-the generic parts (paths, manifests, the runner).
+A plain dict maps each name to its package; `get_domain` imports the package's `domain`
+module (its `DOMAIN`), `domain_configs` its `config` module (its `CONFIGS`). Those two
+imports by name are the one place where the layers meet: the core never imports a domain,
+and a domain never imports another. A domain outside simgan (a test's, a lab's) joins with
+`register_domain(name, package)`. The interface every domain implements is in `base.py`.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
+import os
+from pathlib import Path
 
-import numpy as np
+import h5py
 
+from simgan.checkpoint import build_model, load_checkpoint
+from simgan.config import DomainConfigs, ExperimentConfig, load_experiment, validate_experiment
+from simgan.domains.base import Domain
 from simgan.errors import SimganError
 
-NAMES = ("calorimeter", "airshower", "neuron")
-
-
-class Domain:
-    """The interface. Data objects are domain-specific (ShowerData, Footprints); each has len()."""
-
-    name = ""
-    # stage name -> function(cfg, inputs, outputs, progress) -> {"counts", "extra"} for the manifest
-    # (simulate, prepare, generate, validate; train is the shared trainer, register the registry)
-    stages: dict = {}
-    # stages whose body also takes shards=[files of a job array] to merge (the Slurm chain)
-    sharded_stages: tuple[str, ...] = ()
-    # `simgan convert --format F`: the input formats this domain's `convert` reads
-    convert_formats: tuple[str, ...] = ()
-    # validation figures a registered version carries as metrics and tags (those present)
-    headline_keys: tuple[str, ...] = ("separation_power_mean",)
-
-    def read(self, path, max_events: int | None = None):
-        raise NotImplementedError
-
-    def model_args(self, cfg, data) -> dict:
-        """What a checkpoint stores to rebuild its model: config, schema, shapes."""
-        raise NotImplementedError
-
-    def build_model(self, args: dict):
-        raise NotImplementedError
-
-    def fit_model(self, model, data) -> dict:
-        """Fit the model's transform on the training data; the trainer's tables."""
-        raise NotImplementedError
-
-    def checkpoint_fields(self, data) -> dict:
-        return {}
-
-    def after_training(self, model_path, train_path, seed: int) -> dict | None:
-        """A fit after training on the training split, stored in the checkpoint at model_path
-        (atomically); returns what to record, or None when there is nothing to fit."""
-        return None
-
-    def features(self, data, cfg):
-        """(N, F) per-event features for the validation monitor."""
-        raise NotImplementedError
-
-    def sample_like(self, model, data, generator, precision: str = "fp32"):
-        """Generated samples for the conditions of `data`, as the same kind of object."""
-        raise NotImplementedError
-
-    def pyfunc_example(self, ckpt):
-        """The registered model's input example: a DataFrame of the schema's conditions."""
-        raise NotImplementedError
-
-    def pyfunc_predict(self, model, ckpt, frame, seed: int, precision: str):
-        """The registered model's predict: the frame's conditions checked, then sampled."""
-        raise NotImplementedError
-
-    def simulate_file(self, cfg, out, progress: bool, shard_index: int | None, shard_count: int | None,
-                      dask: str | None = None, scheduler: str | None = None) -> str:
-        """`simgan simulate`: run the reference simulator into `out` (one shard of it if given);
-        returns the line to print."""
-        raise SimganError(f"the {self.name} domain has no reference simulator: bring its data with `simgan convert`")
-
-    def validate_files(self, reference, candidate, floor, out_dir, vcfg, domain_cfg, dask=None, scheduler=None,
-                       extra=None) -> dict:
-        """`simgan validate`: the candidate (and the floor sample at the same size) against the
-        reference; writes metrics.json, plots and report.html into out_dir; returns the metrics."""
-        raise NotImplementedError
-
-    def summary_text(self, m: dict, report) -> str:
-        """One line: the verdict and the headline figures, each with its floor in brackets."""
-        raise NotImplementedError
-
-    def generate_cli(self, args, ckpt: dict | None, out, fmt: str) -> int:
-        """`simgan generate` for this domain's checkpoint (its conditions from the arguments);
-        out and fmt are checked already."""
-        raise NotImplementedError
-
-    def convert(self, args) -> None:
-        """`simgan convert`: read args.input in args.format and write this domain's file to args.out."""
-        raise NotImplementedError
-
-    def merge_files(self, shards: list, out) -> None:
-        """`simgan merge`: shard files of one run (same seed) into one file."""
-        raise NotImplementedError
-
-
-class ConditionedFileDomain(Domain):
-    """A domain whose models generate for the conditions of a file of its own kind (air showers,
-    neurons): `prepare` splits a file, `generate` samples for the test split's conditions row by
-    row, `validate` needs an independent simulated floor. A subclass gives `unit` (what one
-    sample is called), `simulator` (named in messages), `write`, `condition_matrix` (data ->
-    (N, C) float32 model conditions), `with_samples` (data, generated array -> data of the same
-    conditions), `simulate_data` (cfg, out, progress, shard_index, shard_count -> data written)
-    and `validate_data` (reference, candidate, floor, out_dir, vcfg -> metrics)."""
-
-    unit = "events"
-    simulator = "the simulator"
-    monitor_batch = 1024  # rows per sampling call in the training monitor
-    floor_note = ""  # why validate needs --floor, beyond the floor itself
-
-    def write(self, path, data):
-        raise NotImplementedError
-
-    def read_source(self, cfg, path):
-        """The prepare stage's input (a subclass may read other formats)."""
-        return self.read(path)
-
-    def condition_matrix(self, data) -> np.ndarray:
-        raise NotImplementedError
-
-    def with_samples(self, data, samples: np.ndarray):
-        raise NotImplementedError
-
-    def simulate_data(self, cfg, out, progress, shard_index=None, shard_count=None):
-        raise NotImplementedError
-
-    def validate_data(self, reference, candidate, floor, out_dir, vcfg) -> dict:
-        raise NotImplementedError
-
-    # -- what follows is shared ------------------------------------------------------------------
-    def validation_inputs(self, reference, candidate, floor, out_dir):
-        """The checked output folder, the reference and candidate (at least 20 each, the same
-        conditions row by row) and the floor sample: as many rows of `floor` as the reference,
-        drawn with a fixed seed."""
-        from simgan.io import check_output_dir
-        from simgan.validate import same_file
-
-        out_dir = check_output_dir(out_dir)
-        if same_file(reference, candidate):
-            raise SimganError(f"--candidate {candidate} is the reference file itself: nothing would be validated")
-        ref, cand = self.read(reference), self.read(candidate)
-        if len(ref) < 20 or len(cand) < 20:
-            raise SimganError(f"{candidate if len(cand) < 20 else reference}: {min(len(ref), len(cand))} {self.unit}; "
-                              "validation needs at least 20 in each sample")
-        if len(ref) != len(cand) or not np.allclose(self.condition_matrix(ref), self.condition_matrix(cand)):
-            raise SimganError(f"{candidate}: its conditions are not the reference's row by row; generate from "
-                              f"{reference}")
-        src = self.read(floor)
-        rows = np.random.default_rng(0).choice(len(src), min(len(ref), len(src)), replace=False)
-        return out_dir, ref, cand, src, src.subset(np.sort(rows))
-
-    def sample(self, model, src, batch_size: int, precision: str, generator=None, seed: int | None = None):
-        """Samples for the conditions of `src`, `batch_size` at a time: drawn from `generator`, or
-        with each batch seeded by (seed, its first row), so a file's samples do not depend on how
-        it is cut."""
-        import torch
-
-        from simgan.seeding import derive_seed
-        device = next(model.parameters()).device
-        c = torch.as_tensor(self.condition_matrix(src), device=device)
-        g = generator if seed is None else torch.Generator(device=device)
-        parts = []
-        for lo in range(0, len(c), batch_size):
-            if seed is not None:
-                g.manual_seed(derive_seed(seed, lo))
-            parts.append(model.sample(c[lo:lo + batch_size], None, g, precision=precision).cpu().numpy())
-        return self.with_samples(src, np.concatenate(parts) if parts else None)
-
-    def sample_like(self, model, data, generator, precision="fp32"):
-        return self.sample(model, data, self.monitor_batch, precision, generator=generator)
-
-    def generate_file(self, model, src, out, batch_size: int, seed: int, precision: str, metadata: dict) -> dict:
-        """Samples for the conditions of `src`, written atomically with the checkpoint's metadata."""
-        import json
-        import time
-        t0 = time.perf_counter()
-        data = self.sample(model, src, batch_size, precision, seed=seed)
-        seconds = time.perf_counter() - t0
-        data.attrs["metadata"] = json.dumps(metadata, sort_keys=True)
-        self.write(out, data)
-        return {"events": len(data), "sample_seconds": seconds, "events_per_s": len(data) / max(seconds, 1e-9),
-                "device": str(next(model.parameters()).device), "precision": precision}
-
-    sharded_stages = ("simulate",)
-
-    def stage_simulate(self, cfg, ins, out, progress, shards=None):
-        """The simulator; with `shards` (files of `simulate --shard-index I --shard-count K` in
-        RUN/simulate/shards/), those are merged into the stage's output instead."""
-        import time
-        t0 = time.perf_counter()
-        if shards is not None:
-            if not shards:
-                raise SimganError(f"no simulate shards to merge (expected {out['showers'].parent}/shards/shard_*.h5)")
-            for q in shards:
-                attrs = self.read(q, 1).attrs
-                if attrs.get("seed") != cfg.seed or attrs.get("events_total") != cfg.simulate.events:
-                    raise SimganError(f"{q}: a shard of another run (seed {attrs.get('seed')}, "
-                                      f"{attrs.get('events_total')} events; this config: seed {cfg.seed}, "
-                                      f"{cfg.simulate.events})")
-            self.merge_files(shards, out["showers"])  # checks the merged file holds events_total
-            n = cfg.simulate.events
-        else:
-            n = len(self.simulate_data(cfg, out["showers"], progress))
-        seconds = time.perf_counter() - t0
-        return {"counts": {"events": n}, "extra": {"simulator_seconds": seconds, "events_per_s": n / max(seconds, 1e-9)}}
-
-    def stage_prepare(self, cfg, ins, out, progress):
-        from simgan.data.splits import split_indices
-        data = self.read_source(cfg, ins["source"])
-        idx = split_indices(len(data), cfg.prepare.fractions, cfg.seed)
-        for name, rows in idx.items():
-            part = data.subset(rows)
-            part.attrs = {**part.attrs, "split": name, "prepared_from": str(ins["source"])}
-            self.write(out[name], part)
-        return {"counts": {k: int(len(v)) for k, v in idx.items()}}
-
-    def stage_generate(self, cfg, ins, out, progress):
-        from simgan.checkpoint import model_from_checkpoint, resolve_device
-        from simgan.generate import checkpoint_metadata
-        from simgan.io import write_json_atomic
-
-        device = resolve_device(cfg.generate.device)
-        model, ckpt = model_from_checkpoint(ins["model"], device)
-        test = self.read(ins["test"], cfg.generate.events)
-        warn_outside(ckpt.get("condition_ranges", {}), test.conditions, str(ins["test"]))
-        timing = self.generate_file(model, test, out["showers"], cfg.generate.batch_size, cfg.seed,
-                                    cfg.generate.precision, checkpoint_metadata(ins["model"]))
-        write_json_atomic(out["timing"], timing)
-        print(f"[generate] {timing['events']} {self.unit} at {timing['events_per_s']:.0f} {self.unit}/s ({device})")
-        return {"counts": {"events": timing["events"]}, "extra": {"timing": timing}}
-
-    def stage_validate(self, cfg, ins, out, progress):
-        m = self.validate_data(ins["reference"], ins["candidate"], ins["floor"], out["metrics"].parent, cfg.validate)
-        return {"counts": {"reference": m["n_reference"], "candidate": m["n_candidate"]},
-                "extra": {"gate_pass": m["gate"]["pass"]}}
-
-    @property
-    def stages(self):
-        return {"simulate": self.stage_simulate, "prepare": self.stage_prepare, "generate": self.stage_generate,
-                "validate": self.stage_validate}
-
-    def simulate_file(self, cfg, out, progress, shard_index, shard_count, dask=None, scheduler=None) -> str:
-        if dask:
-            raise SimganError(f"{self.simulator} runs without dask: drop --dask (split it with "
-                              "--shard-index/--shard-count)")
-        data = self.simulate_data(cfg, out, progress, shard_index, shard_count)
-        return f"wrote {out}: {len(data)} {self.unit}" + (
-            f" (shard {shard_index} of {shard_count})" if shard_count else "")
-
-    def validate_files(self, reference, candidate, floor, out_dir, vcfg, domain_cfg, dask=None, scheduler=None,
-                       extra=None):
-        if not floor:
-            raise SimganError(f"{self.name} validation needs --floor: an independent simulated sample{self.floor_note}")
-        if dask or extra:
-            raise SimganError(f"{self.name} validation takes neither --dask nor --ablation")
-        return self.validate_data(reference, candidate, floor, out_dir, vcfg)
-
-    def generate_cli(self, args, ckpt, out, fmt):
-        """A checkpoint of this domain: samples for the conditions of --energies-from (a file of its kind)."""
-        import json
-
-        from simgan.checkpoint import model_of, resolve_device
-        from simgan.generate import checkpoint_metadata
-
-        if not args.energies_from or args.layer_energies_from or args.energy_range or fmt != "hdf5":
-            raise SimganError(f"a {self.name} model generates HDF5 {self.unit} for the conditions of a {self.name} "
-                              "file: give --energies-from FILE (its conditions are used) and an .h5 --out")
-        if args.shard_index is not None or args.shard_count is not None or args.dask or args.compare_geant4:
-            raise SimganError(f"a {self.name} model generates in one process (no --shard-index, --dask or "
-                              "--compare-geant4)")
-        model = model_of(ckpt, resolve_device(args.device))
-        src = self.read(args.energies_from, args.events)
-        warn_outside(ckpt.get("condition_ranges", {}), src.conditions, str(args.energies_from))
-        timing = self.generate_file(model, src, out, args.batch_size, args.seed, args.precision,
-                                    checkpoint_metadata(args.checkpoint))
-        print(f"wrote {out}: {timing['events']} {self.unit} at {timing['events_per_s']:.0f} {self.unit}/s")
-        print(json.dumps(timing))
-        return 0
-
-
-def warn_outside(ranges: dict, cond: dict, source: str) -> None:
-    """Generating outside the range a model was trained on: say which condition and the range."""
-    for k, (lo, hi) in ranges.items():
-        if k not in cond:
-            continue
-        v = np.asarray(cond[k])
-        span = (hi - lo) * 0.05  # a held-out split reaches a little past the training extremes
-        out = (v < lo - span) | (v > hi + span)
-        if out.any():
-            print(f"simgan: warning: {source}: {int(out.sum())} of {len(v)} events have {k} outside the training "
-                  f"range [{lo:.4g}, {hi:.4g}] (e.g. {v[out][0]:.4g}); the model extrapolates there",
-                  file=sys.stderr)
-
-
-def file_domain(path) -> str:
-    """The domain a data file declares (footprint files carry domain=airshower; others: calorimeter)."""
-    import h5py
-    try:
-        with h5py.File(path, "r") as f:
-            return str(f.attrs.get("domain", "calorimeter"))
-    except OSError:
-        return "calorimeter"  # the calorimeter reader names the problem
-
-
+# name -> package holding its `domain` and `config` modules
+_PACKAGES: dict[str, str] = {n: f"simgan.domains.{n}" for n in ("calorimeter", "airshower", "neuron")}
+NAMES = tuple(_PACKAGES)  # the shipped domains
 _CACHE: dict[str, Domain] = {}
 
 
+def register_domain(name: str, package: str) -> None:
+    """Add a domain (or point a name at another package): `package.domain.DOMAIN` and
+    `package.config.CONFIGS` must exist."""
+    if not name.isidentifier():
+        raise SimganError(f"domain name {name!r}: expected an identifier")
+    _PACKAGES[name] = package
+    _CACHE.pop(name, None)
+
+
+def names() -> tuple[str, ...]:
+    """Every registered domain, the shipped ones first."""
+    return tuple(_PACKAGES)
+
+
+def _module(name: str, part: str):
+    if name not in _PACKAGES:
+        raise SimganError(f"domain {name!r}: unknown (known: {', '.join(_PACKAGES)})")
+    # the registry's import by name: the domains sit above this layer
+    return importlib.import_module(f"{_PACKAGES[name]}.{part}")
+
+
 def get_domain(name: str) -> Domain:
-    if name not in NAMES:
-        raise SimganError(f"domain {name!r}: unknown (known: {', '.join(NAMES)})")
     if name not in _CACHE:
-        _CACHE[name] = importlib.import_module(f"simgan.domains.{name}.domain").DOMAIN
+        _CACHE[name] = _module(name, "domain").DOMAIN
     return _CACHE[name]
 
 
-def domain_of_args(args: dict) -> Domain:
-    """The domain a checkpoint's model_args belong to (calorimeter before domains were stored)."""
-    return get_domain(args.get("domain", "calorimeter"))
+def domain_configs(name: str) -> DomainConfigs:
+    return _module(name, "config").CONFIGS
+
+
+def all_configs() -> dict[str, DomainConfigs]:
+    return {n: domain_configs(n) for n in _PACKAGES}
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> ExperimentConfig:
+    """An experiment file (with its groups and key=value overrides), validated."""
+    return load_experiment(path, overrides, all_configs())
+
+
+def config_from_dict(data: dict, source: str = "<config>") -> ExperimentConfig:
+    """An experiment from a plain dict (e.g. a checkpoint's), validated."""
+    return validate_experiment(data, all_configs(), source)
+
+
+def file_domain(path) -> str:
+    """The domain a data file declares in its `domain` attribute. A file without one is a
+    calorimeter file only if its content says so (files written before domains were recorded);
+    anything else is an error that names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SimganError(f"{path}: file not found")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise SimganError(f"{path}: not a readable HDF5 file ({str(exc).splitlines()[0]}); every domain's data "
+                          "is HDF5 (convert other formats with `simgan convert`)") from None
+    with f:
+        name = f.attrs.get("domain")
+        if name is not None:
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            if name not in _PACKAGES:
+                raise SimganError(f"{path}: attribute domain={name!r} names no known domain ({', '.join(_PACKAGES)})")
+            return name
+        legacy = [n for n in _PACKAGES if get_domain(n).is_legacy_file(f)]
+    if len(legacy) != 1:
+        raise SimganError(f"{path}: no 'domain' attribute, and its datasets ({_dataset_names(path)}) are not "
+                          "those of a calorimeter file (incident_energies and showers); say which domain wrote it "
+                          "(h5 attribute 'domain')")
+    return legacy[0]
+
+
+def _dataset_names(path) -> str:
+    with h5py.File(path, "r") as f:
+        keys = list(f.keys())
+    return ", ".join(keys[:8]) + (", ..." if len(keys) > 8 else "") if keys else "none"
+
+
+def domain_of_args(args: dict, source: str = "checkpoint") -> Domain:
+    """The domain a checkpoint's model_args belong to: its "domain" entry; without one, a
+    calorimeter checkpoint of the first format is recognised by its voxel count."""
+    name = args.get("domain")
+    if name is None:
+        if "n_voxels" in args and "layer_voxels" in args:
+            name = "calorimeter"
+        else:
+            raise SimganError(f"{source}: its model_args name no domain and are not a calorimeter model's "
+                              f"(keys: {', '.join(sorted(args))})")
+    return get_domain(name)
+
+
+def domain_of_checkpoint(ckpt: dict, source: str = "checkpoint") -> Domain:
+    return domain_of_args(ckpt["model_args"], source)
+
+
+def domain_of_metrics(m: dict, source: str = "metrics.json") -> Domain:
+    """The domain a validation's metrics belong to (calorimeter metrics before domains were
+    recorded have voxel AUCs)."""
+    name = m.get("domain")
+    if name is None:
+        if "auc_low" not in m:
+            raise SimganError(f"{source}: names no domain and holds no calorimeter metrics; run `simgan validate` "
+                              "again")
+        name = "calorimeter"
+    return get_domain(name)
+
+
+def model_of(ckpt: dict, device="cpu", source: str = "checkpoint"):
+    """The model a loaded checkpoint holds, rebuilt by its domain, in eval mode on `device`."""
+    return build_model(ckpt, domain_of_checkpoint(ckpt, source), device)
+
+
+def model_from_checkpoint(path, device="cpu"):
+    ckpt = load_checkpoint(path)
+    return model_of(ckpt, device, str(path)), ckpt

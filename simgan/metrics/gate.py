@@ -15,3 +15,8 @@ def gate_checks(metrics: dict, gcfg, keys: dict[str, str]) -> dict:
         v = metrics[key]
         checks[key] = {"value": v, "max": limit, "pass": bool(np.isfinite(v) and v <= limit)}
     return {"pass": all(c["pass"] for c in checks.values()), "checks": checks}
+
+
+def verdict(metrics: dict) -> str:
+    """PASS or FAIL: the word every domain's summary and report lead with."""
+    return "PASS" if metrics["gate"]["pass"] else "FAIL"

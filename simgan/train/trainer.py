@@ -33,13 +33,13 @@ import torch.distributed as dist
 from torch import nn
 
 import simgan
-from simgan.checkpoint import CKPT_FORMAT, load_checkpoint, model_from_checkpoint, resolve_device
-from simgan.config import ExperimentConfig
-from simgan.data import calochallenge as cc
+from simgan.checkpoint import CKPT_FORMAT, load_checkpoint, resolve_device
+from simgan.config import ExperimentConfig, hashable_view
 from simgan.errors import SimganError
-from simgan.io import atomic_path, write_json_atomic
-from simgan.metrics.distances import wasserstein1_scaled
+from simgan.io import atomic_path, file_sha256, text_sha256, write_json_atomic
+from simgan.metrics.distances import separation_power, wasserstein1_scaled
 from simgan.seeding import derive_seed
+from simgan.tracking import check_store_writable, mlflow_env, tracking_uri
 
 
 
@@ -58,9 +58,6 @@ def _step_seed(seed: int, step: int, rank: int, k: int = 0) -> int:
 def fingerprint(cfg: ExperimentConfig, train_path, val_path) -> str:
     """What a checkpoint was trained under: the model, train and domain config (run-only keys
     excluded), the seed and the content of the training and validation files."""
-    from simgan.config import hashable_view
-    from simgan.io import file_sha256, text_sha256
-
     view = hashable_view(cfg, ("model", "train", "domain"))
     view["seed"] = cfg.seed
     view["data"] = [file_sha256(train_path), file_sha256(val_path)]
@@ -95,7 +92,10 @@ class _Batches:
 
 
 class Trainer:
-    def __init__(self, cfg: ExperimentConfig, train_path, val_path, out_dir, progress: bool = True):
+    """Trains the configured model of `domain` (simgan.domains.get_domain(cfg.domain.name)): the
+    domain reads the data, builds the model and gives the monitor's features."""
+
+    def __init__(self, cfg: ExperimentConfig, domain, train_path, val_path, out_dir, progress: bool = True):
         self.cfg = cfg
         self.out_dir = Path(out_dir)
         self.progress = progress
@@ -107,8 +107,7 @@ class Trainer:
             torch.cuda.set_device(self.device)
         self.fingerprint = fingerprint(cfg, train_path, val_path)
         self.train_path = Path(train_path)
-        from simgan.domains import get_domain
-        self.domain = get_domain(cfg.domain.name)
+        self.domain = domain
         data = self.domain.read(train_path)
         self.args = self.domain.model_args(cfg, data)
         self.ckpt_fields = self.domain.checkpoint_fields(data)
@@ -289,8 +288,6 @@ class Trainer:
         """The averaged model against the validation split: separation power of the domain's
         features (mean, and of the first: E_tot/E_inc for the calorimeter) and W1 of the first
         scaled by its spread."""
-        from simgan.metrics.distances import separation_power
-
         g = torch.Generator(device=self.device)
         g.manual_seed(self.cfg.seed)
         with self.averaged() as model:
@@ -382,12 +379,8 @@ class Trainer:
                 selected = self.best_step
             else:
                 self.save(self.out_dir / "model.pt", averaged=True)
-            if complete and cfg.calibrate:
-                self.calibration = calibrate_checkpoint(self.out_dir / "model.pt", self.train_path, self.cfg.seed)
-            if complete:  # a domain's post-training fit on the training split (e.g. a latent sampler)
-                post = self.domain.after_training(self.out_dir / "model.pt", self.train_path, self.cfg.seed)
-                if post:
-                    self.calibration = {**(getattr(self, "calibration", None) or {}), **post}
+            if complete:  # the domain's post-training fit on the training split (a calibration, a latent sampler)
+                self.calibration = self.domain.after_training(self.cfg, self.out_dir / "model.pt", self.train_path)
         info = {"steps": self.step, "total_steps": self.total_steps, "resumed_from_step": s0,
                 "samples_per_s": per_step * gsteps * self.world / elapsed if elapsed > 0 else 0.0,
                 "train_seconds": elapsed, "complete": complete, "world_size": self.world, "ddp": self.distributed,
@@ -406,28 +399,6 @@ class Trainer:
             dist.barrier()
             dist.destroy_process_group()
         return info
-
-
-def calibrate_checkpoint(path, train_path, seed: int) -> dict:
-    """Fit a two-stage model's calibration on the training split and store it in the
-    checkpoint: the model fed the training showers' own layer energies, its kept voxels'
-    log shares matched to theirs layer by layer."""
-    from simgan.domains.calorimeter.models.energy import layer_energies
-
-    model, ckpt = model_from_checkpoint(path)
-    if not hasattr(model, "fit_calibration"):
-        raise SimganError("train.calibrate=true needs a two-stage model (model.output=layers)")
-    data = cc.read(train_path)
-    keys = list(ckpt.get("extra_conditions", []))
-    extra = torch.as_tensor(np.stack([data.conditions[k] for k in keys], 1)) if keys else None
-    given = torch.as_tensor(layer_energies(data.showers, model.layer_voxels, model.threshold))
-    g = torch.Generator().manual_seed(seed)
-    gen = model.sample(torch.as_tensor(data.energies), extra, g, layer_energies=given, calibrated=False).numpy()
-    info = model.fit_calibration(data.showers, gen)
-    ckpt["model"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(ckpt, tmp)
-    return info
 
 
 def _append_jsonl(path: Path, row: dict) -> None:
@@ -462,8 +433,6 @@ class _Tracker:
     """MLflow tracking on rank 0; a no-op elsewhere."""
 
     def __init__(self, cfg: ExperimentConfig, enabled: bool, run_id: str | None):
-        from simgan.tracking import check_store_writable, mlflow_env, tracking_uri
-
         self.enabled = enabled
         self.uri = tracking_uri(cfg.register.tracking_uri)
         self.run_id = run_id

@@ -8,7 +8,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from simgan.domains.airshower.models import FootprintGANConfig, FootprintVAEConfig
-from simgan.schema import DomainConfigs, Strict
+from simgan.config import DomainConfigs, PrepareConfig, ValidateConfig
+from simgan.schema import Strict
 
 
 class AirshowerDomainConfig(Strict):
@@ -49,5 +50,14 @@ class AirshowerGateConfig(Strict):
     s1000_bias_max: float | None = Field(None, gt=0)
 
 
+class AirshowerPrepareConfig(PrepareConfig):
+    root_tree: str = "footprints"  # the TTree of a ROOT input (simgan/domains/airshower/io.py)
+
+
+class AirshowerValidateConfig(ValidateConfig):
+    gate: AirshowerGateConfig = AirshowerGateConfig()
+
+
 CONFIGS = DomainConfigs(domain=AirshowerDomainConfig, simulate=AirshowerSimulateConfig, gate=AirshowerGateConfig,
-                        models=(FootprintGANConfig, FootprintVAEConfig))
+                        models=(FootprintGANConfig, FootprintVAEConfig), validate=AirshowerValidateConfig,
+                        prepare=AirshowerPrepareConfig)

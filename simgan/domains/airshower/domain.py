@@ -13,11 +13,14 @@ import math
 import numpy as np
 import torch
 
-from simgan.domains import ConditionedFileDomain
 from simgan.domains.airshower import io as aio
+from simgan.domains.airshower import validate as av
 from simgan.domains.airshower.models import CONDITIONS, FAMILIES
 from simgan.domains.airshower.simulator import ArrayParams, simulate
+from simgan.domains.base import ConditionedFileDomain
 from simgan.errors import SimganError
+from simgan.io import write_json_atomic
+from simgan.metrics.gate import verdict
 
 SCHEMA = {"domain": "airshower", "sample_shape": [9, 9], "channels": ["signal_vem", "time_ns", "triggered"],
           "conditions": list(CONDITIONS),
@@ -70,8 +73,7 @@ class Airshower(ConditionedFileDomain):
         return {"schema": SCHEMA, "condition_ranges": condition_ranges(data), "extra_conditions": []}
 
     def features(self, data, cfg):
-        from simgan.domains.airshower.validate import features
-        f = features(data)
+        f = av.features(data)
         keys = ("n_triggered", "log10_total_signal", "log10_max_signal", "s1000_fit_over_nominal",
                 "barycentre_dx_m", "barycentre_dy_m", "plane_fit_angle_deg", "mean_time_residual_ns")
         return np.nan_to_num(np.stack([f[k] for k in keys], 1), nan=0.0)
@@ -82,7 +84,7 @@ class Airshower(ConditionedFileDomain):
 
     def read_source(self, cfg, path):
         if str(path).endswith(".root"):
-            return aio.read_root(path, cfg.prepare.root_tree if cfg.prepare.root_tree != "showers" else "footprints")
+            return aio.read_root(path, cfg.prepare.root_tree)
         return aio.read(path)
 
     def condition_matrix(self, data):
@@ -100,7 +102,6 @@ class Airshower(ConditionedFileDomain):
         return validate_files(reference, candidate, floor, out_dir, vcfg)
 
     def summary_text(self, m, report):
-        from simgan.validate import verdict
         fl = m["floor"]
 
         def pct(k):
@@ -158,9 +159,6 @@ def simulate_file(cfg, out, progress: bool = True, shard_index: int | None = Non
 
 def validate_files(reference, candidate, floor, out_dir, vcfg) -> dict:
     """The candidate and (at the same size) an independent simulated sample against the reference."""
-    from simgan.domains.airshower import validate as av
-    from simgan.io import write_json_atomic
-
     out_dir, ref, cand, _, fl_fp = DOMAIN.validation_inputs(reference, candidate, floor, out_dir)
     meta = json.loads(cand.attrs.get("metadata", "{}") or "{}")
     ref_summary = av.summarise(ref)  # once, for the candidate and for the floor

@@ -1,5 +1,7 @@
 """The calorimeter's config sections: the domain (geometry, particle, threshold), the Geant4
-simulate section, the gate."""
+simulate section, the gate, and its own keys of the shared prepare, train, generate and
+validate sections (input formats, the calibration, the ablation and Geant4 timing, dask,
+the voxel and DNN classifiers)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ from pydantic import Field, model_validator
 
 from simgan.domains.calorimeter.models.gan import GANConfig
 from simgan.domains.calorimeter.models.vae import VAEConfig
-from simgan.schema import DomainConfigs, Strict
+from simgan.config import (DomainConfigs, GenerateConfig, PrepareConfig, TrainConfig, ValidateConfig)
+from simgan.schema import Strict
 
 
 class DomainConfig(Strict):
@@ -53,4 +56,46 @@ class GateConfig(Strict):
     fpd_max: float | None = None
 
 
-CONFIGS = DomainConfigs(domain=DomainConfig, simulate=SimulateConfig, gate=GateConfig, models=(GANConfig, VAEConfig))
+class CaloPrepareConfig(PrepareConfig):
+    format: Literal["auto", "calochallenge", "calogan", "root"] = "auto"
+    root_tree: str = "showers"
+    root_energy_branch: str = "incident_energy"
+    root_shower_branch: str = "showers"
+    # the input's datasets besides energies and showers that become model conditions: None
+    # takes all (and says which), a list takes exactly those (a missing one is an error)
+    conditions: list[str] | None = None
+
+
+class CaloTrainConfig(TrainConfig):
+    # two-stage models: after training, fit a per-layer map of the kept voxels' log shares
+    # (quantile matching against the training split); generation then writes the showers
+    # with it and, for the report, without it
+    calibrate: bool = False
+
+
+class CaloGenerateConfig(GenerateConfig):
+    format: Literal["hdf5", "root"] = "hdf5"
+    compare_geant4: int = Field(0, ge=0)
+    # also write generated_ablation.h5: the shape model fed the test split's Geant4 layer
+    # energies (output=layers models), validated beside the full chain
+    ablation: bool = False
+    dask: bool = False  # run-only: shards on a dask cluster, then one merge (same showers)
+    dask_workers: int = Field(2, gt=0)  # run-only
+
+
+class CaloValidateConfig(ValidateConfig):
+    classifier_max_events_low: int = Field(10000, gt=0)  # per class, voxels (memory: N x n_voxels x 8 B)
+    chunk_size: int = Field(2000, gt=0)
+    # incident-energy bins (logarithmic, over the reference's range) for the per-bin AUC and response
+    energy_bins: int = Field(3, gt=0)
+    # gbdt: boosted trees only; dnn: also the CaloChallenge DNN classifier test (dnn_runs runs)
+    classifier: Literal["gbdt", "dnn"] = "gbdt"
+    dnn_runs: int = Field(10, gt=0)
+    dask: bool = False  # run-only
+    dask_workers: int = Field(2, gt=0)  # run-only
+    gate: GateConfig = GateConfig()
+
+
+CONFIGS = DomainConfigs(domain=DomainConfig, simulate=SimulateConfig, gate=GateConfig, models=(GANConfig, VAEConfig),
+                        validate=CaloValidateConfig, prepare=CaloPrepareConfig, train=CaloTrainConfig,
+                        generate=CaloGenerateConfig)

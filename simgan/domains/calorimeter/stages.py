@@ -5,17 +5,26 @@ progress) and returns what the stage's manifest records."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
-from simgan.checkpoint import model_from_checkpoint, resolve_device
-from simgan.data import calochallenge as cc
-from simgan.domains import warn_outside
+from simgan.checkpoint import checkpoint_metadata, load_checkpoint, resolve_device
+from simgan.cluster import dask_client
+from simgan.domains.base import GenerateRequest, warn_outside
+from simgan.domains.calorimeter.config import SimulateConfig
+from simgan.domains.calorimeter.data import calochallenge as cc
+from simgan.domains.calorimeter.data.convert import read_any
+from simgan.domains.calorimeter.generate import (calorimeter_model, checkpoint_binning, energies_from_file,
+                                                 generate_from_registry, generate_to_file, generate_with_dask,
+                                                 geant4_rate, layer_energies_from_file, log_uniform_energies,
+                                                 model_conditions, shard_rows, surrogate_rate)
+from simgan.domains.calorimeter.sim.produce import merge_shards, simulate_to_file
+from simgan.domains.calorimeter.validate import validate as run_validation
 from simgan.errors import SimganError
-from simgan.generate import (checkpoint_metadata, energies_from_file, generate_to_file, layer_energies_from_file,
-                             model_conditions)
 from simgan.io import write_json_atomic
+from simgan.splits import split_indices
 
 SPLITS = ("train", "val", "test")
 ABLATION_LABEL = "shape only (Geant4 layer energies)"
@@ -25,8 +34,6 @@ EXTRA_LABELS = {"ablation": ABLATION_LABEL, "uncalibrated": "without calibration
 def simulate(cfg, ins, out, progress: bool, shards: list[Path] | None = None) -> dict:
     """Geant4 showers; with `shards` (a job array's files), those are merged instead, after
     checking they are this run's."""
-    from simgan.sim.produce import merge_shards, simulate_to_file
-
     if shards is not None:
         if not shards:
             raise SimganError(f"no simulate shards to merge (expected {out['showers'].parent}/shards/shard_*.h5)")
@@ -46,9 +53,6 @@ def simulate(cfg, ins, out, progress: bool, shards: list[Path] | None = None) ->
 def prepare(cfg, ins, out, progress: bool) -> dict:
     """Read any supported input, check it, split train/val/test by seed (the test split is
     written to its own file and never read by training)."""
-    from simgan.data.convert import read_any
-    from simgan.data.splits import split_indices
-
     src = ins["source"]
     p = cfg.prepare
     # the domain's geometry is checked against the file's own (or given to files without one)
@@ -84,7 +88,8 @@ def generate(cfg, ins, out, progress: bool, shards: list[Path] | None = None) ->
     """Showers for the held-out test energies; with `shards` (a job array's files), those are
     merged instead, after checking they come from this checkpoint."""
     device = resolve_device(cfg.generate.device)
-    model, ckpt = model_from_checkpoint(ins["model"], device)
+    ckpt = load_checkpoint(ins["model"])
+    model = calorimeter_model(ckpt, device)
     energies, conds = energies_from_file(ins["test"], cfg.generate.events)
     conds = model_conditions(ckpt, conds, ins["test"])
     warn_outside(ckpt.get("condition_ranges", {}), {"incident_energy": energies, **conds}, str(ins["test"]))
@@ -96,8 +101,6 @@ def generate(cfg, ins, out, progress: bool, shards: list[Path] | None = None) ->
     elif g.dask:
         if g.format != "hdf5":
             raise SimganError("generate.dask=true writes HDF5; set generate.format=hdf5")
-        from simgan.cluster import dask_client
-        from simgan.generate import generate_with_dask
         with dask_client(True, g.dask_workers) as client:
             timing = generate_with_dask(ins["model"], energies, conds, out["showers"], g.batch_size, cfg.seed, client,
                                         precision=g.precision)
@@ -116,15 +119,14 @@ def generate(cfg, ins, out, progress: bool, shards: list[Path] | None = None) ->
             {**meta, "calibrated": False}, progress, precision=g.precision,
             calibrated=False)
     if g.compare_geant4:
-        timing["geant4"] = compare_geant4(cfg, model, energies, conds, g.compare_geant4, device)
+        timing["geant4"] = compare_geant4(cfg.simulate, cfg.seed, g.precision, model, energies, conds,
+                                          g.compare_geant4, device)
     write_json_atomic(out["timing"], timing)
     print(f"[generate] {timing['events']} showers at {timing['showers_per_s']:.0f} showers/s ({device})")
     return {"counts": {"events": timing["events"]}, "extra": {"timing": timing}}
 
 
 def merge_generated(shards: list[Path], out: Path, meta: dict, n: int) -> dict:
-    from simgan.sim.produce import merge_shards
-
     if not shards:
         raise SimganError("no generate shards to merge (expected RUN/generate/shards/shard_*.h5)")
     seconds = 0.0
@@ -147,15 +149,14 @@ def model_layer_voxels(model) -> list[int]:
     return model.layer_voxels
 
 
-def compare_geant4(cfg, model, energies: np.ndarray, conds: dict, n: int, device) -> dict:
+def compare_geant4(sim_cfg, seed: int, precision: str, model, energies: np.ndarray, conds: dict, n: int,
+                   device) -> dict:
     """Same energies through Geant4 and the surrogate in this run, on this machine."""
-    from simgan.generate import geant4_rate, surrogate_rate
-
     e = energies[:n]
     keys = sorted(conds)
     x = np.stack([conds[k][:n] for k in keys], 1) if keys else None
-    g4, workers = geant4_rate(cfg.simulate, cfg.seed, e)
-    sur = surrogate_rate(model, e, device, precision=cfg.generate.precision, conditions=x)
+    g4, workers = geant4_rate(sim_cfg, seed, e)
+    sur = surrogate_rate(model, e, device, precision=precision, conditions=x)
     res = {"events": int(n), "geant4_showers_per_s": g4, "geant4_workers": workers,
            "surrogate_showers_per_s": sur, "speedup": sur / g4, "mean_energy_gev": float(e.mean() / 1e3)}
     print(f"[compare] {n} showers: Geant4 {g4:.1f}/s ({workers} processes), "
@@ -165,9 +166,6 @@ def compare_geant4(cfg, model, energies: np.ndarray, conds: dict, n: int, device
 
 def validate(cfg, ins, out, progress: bool) -> dict:
     """The generated showers against the held-out test split, the floor from the training split."""
-    from simgan.cluster import dask_client
-    from simgan.validate import validate as run_validation
-
     if ins["candidate"].suffix == ".root":
         raise SimganError(f"{ins['candidate']}: validate reads canonical HDF5; convert ROOT output with `simgan convert`")
     extra = {label: ins[key] for key, label in EXTRA_LABELS.items() if key in ins} or None
@@ -181,65 +179,54 @@ def validate(cfg, ins, out, progress: bool) -> dict:
 STAGES = {"simulate": simulate, "prepare": prepare, "generate": generate, "validate": validate}
 
 
-def generate_cli(args, ckpt: dict | None, out, fmt: str) -> int:
+def generate_request(req: GenerateRequest) -> str:
     """`simgan generate` for a calorimeter checkpoint (or a registered model): showers for the
-    energies (and extra conditions) of --energies-from, or log-uniform in --energy-range."""
-    import json
-
-    from simgan.checkpoint import checkpoint_binning, model_of
-    from simgan.generate import log_uniform_energies
-
+    energies (and extra conditions) of req.energies_from, or log-uniform in req.energy_range;
+    returns what to print."""
     conds: dict = {}
-    if args.layer_energies_from and (args.energies_from or args.energy_range or args.model):
+    if req.layer_energies_from and (req.energies_from or req.energy_range or req.model_uri):
         raise SimganError("--layer-energies-from takes the energies from that file: give it with --checkpoint, "
                           "without --energies-from or --energy-range")
-    if args.layer_energies_from:
-        energies, conds = energies_from_file(args.layer_energies_from, args.events)
-    elif args.energies_from:
-        energies, conds = energies_from_file(args.energies_from, args.events)
-    elif args.events and args.energy_range:
-        energies = log_uniform_energies(args.events, *args.energy_range, args.seed)
+    if req.layer_energies_from:
+        energies, conds = energies_from_file(req.layer_energies_from, req.events)
+    elif req.energies_from:
+        energies, conds = energies_from_file(req.energies_from, req.events)
+    elif req.events and req.energy_range:
+        energies = log_uniform_energies(req.events, *req.energy_range, req.seed)
     else:
         raise SimganError("give --energies-from FILE, or --events N with --energy-range MIN_GEV MAX_GEV")
-    if ckpt is not None:
-        source = args.layer_energies_from or args.energies_from or "--energy-range"
-        conds = model_conditions(ckpt, conds, source)
-        warn_outside(ckpt.get("condition_ranges", {}), {"incident_energy": energies, **conds}, source)
-    sharded = args.shard_index is not None or args.shard_count is not None
-    if args.layer_energies_from and (sharded or args.dask):
+    if req.ckpt is not None:
+        source = req.layer_energies_from or req.energies_from or "--energy-range"
+        conds = model_conditions(req.ckpt, conds, source)
+        warn_outside(req.ckpt.get("condition_ranges", {}), {"incident_energy": energies, **conds}, str(source))
+    sharded = req.shard_index is not None or req.shard_count is not None
+    if req.layer_energies_from and (sharded or req.dask):
         raise SimganError("--layer-energies-from runs in one process (no --shard-index or --dask)")
-    if (sharded or args.dask) and not args.checkpoint:
+    if (sharded or req.dask) and not req.checkpoint:
         raise SimganError("--shard-index/--shard-count and --dask work with --checkpoint")
-    if (sharded or args.dask) and fmt != "hdf5":
+    if (sharded or req.dask) and req.fmt != "hdf5":
         raise SimganError("sharded and dask generation write HDF5 (merge, then `simgan convert`)")
-    if args.dask:
-        from simgan.cluster import dask_client
-        from simgan.generate import generate_with_dask
-        with dask_client(True, args.dask_workers, args.scheduler) as client:
-            timing = generate_with_dask(args.checkpoint, energies, conds, out, args.batch_size, args.seed, client,
-                                        args.shards, args.precision)
-    elif args.checkpoint:
-        device = resolve_device(args.device)
-        model = model_of(ckpt, device)
-        from simgan.config import config_from_dict
-        cfg = config_from_dict(ckpt["config"], args.checkpoint)
-        binning = checkpoint_binning(ckpt, str(args.checkpoint))
-        rows = None
-        if sharded:
-            from simgan.generate import shard_rows
-            rows = shard_rows(len(energies), args.batch_size, args.shard_index, args.shard_count)
+    if req.dask:
+        with dask_client(True, req.dask_workers, req.scheduler) as client:
+            timing = generate_with_dask(req.checkpoint, energies, conds, req.out, req.batch_size, req.seed, client,
+                                        req.shards, req.precision)
+    elif req.checkpoint:
+        device = resolve_device(req.device)
+        model = calorimeter_model(req.ckpt, device)
+        binning = checkpoint_binning(req.ckpt, str(req.checkpoint))
+        rows = shard_rows(len(energies), req.batch_size, req.shard_index, req.shard_count) if sharded else None
         given = None
-        if args.layer_energies_from:
-            given = layer_energies_from_file(args.layer_energies_from, model_layer_voxels(model),
-                                             cfg.domain.threshold_mev, args.events)
-        timing = generate_to_file(model, energies, conds, out, binning, args.batch_size, device, args.seed, fmt,
-                                  checkpoint_metadata(args.checkpoint), not args.quiet, rows, args.precision, given)
-        if args.compare_geant4:
-            timing["geant4"] = compare_geant4(cfg.model_copy(update={"generate": cfg.generate.model_copy(
-                update={"precision": args.precision})}), model, energies, conds, args.compare_geant4, device)
+        if req.layer_energies_from:
+            threshold = (req.ckpt["config"].get("domain") or {}).get("threshold_mev", req.ckpt["model_args"]
+                                                                     ["threshold_mev"])
+            given = layer_energies_from_file(req.layer_energies_from, model_layer_voxels(model), threshold, req.events)
+        timing = generate_to_file(model, energies, conds, req.out, binning, req.batch_size, device, req.seed, req.fmt,
+                                  checkpoint_metadata(req.checkpoint), req.progress, rows, req.precision, given)
+        if req.compare_geant4:  # Geant4 as the checkpoint's experiment configured it
+            sim = SimulateConfig.model_validate(req.ckpt["config"]["simulate"])
+            timing["geant4"] = compare_geant4(sim, int(req.ckpt["config"]["seed"]), req.precision, model, energies,
+                                              conds, req.compare_geant4, device)
     else:
-        from simgan.registry import generate_from_registry
-        timing = generate_from_registry(args.model, energies, out, args.batch_size, fmt)
-    print(f"wrote {out}: {timing['events']} showers at {timing['showers_per_s']:.0f} showers/s")
-    print(json.dumps({k: v for k, v in timing.items() if k != "geant4"}))
-    return 0
+        timing = generate_from_registry(req.model_uri, energies, req.out, req.batch_size, req.fmt, req.loaded)
+    return (f"wrote {req.out}: {timing['events']} showers at {timing['showers_per_s']:.0f} showers/s\n"
+            + json.dumps({k: v for k, v in timing.items() if k != "geant4"}))

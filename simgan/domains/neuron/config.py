@@ -7,7 +7,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from simgan.domains.neuron.models import NeuronGANConfig, NeuronVAEConfig
-from simgan.schema import DomainConfigs, Strict
+from simgan.config import DomainConfigs, ValidateConfig
+from simgan.schema import Strict
 
 
 class NeuronDomainConfig(Strict):
@@ -32,6 +33,7 @@ class NeuronSimulateConfig(Strict):
     """NeuroTS growth: classes drawn uniformly, randomness uniform in [randomness_min, randomness_max]."""
 
     events: int = Field(3000, gt=0)
+    shard_events: int = Field(300, gt=0)  # neurons per job-array task in the Slurm chain
     classes: list[Literal["IN", "PC", "L5_TPC"]] = ["IN", "PC", "L5_TPC"]
     randomness_min: float = Field(0.1, ge=0, le=1)
     randomness_max: float = Field(0.4, ge=0, le=1)
@@ -60,5 +62,9 @@ class NeuronGateConfig(Strict):
     class_accuracy_drop_max: float | None = Field(None, gt=0)
 
 
+class NeuronValidateConfig(ValidateConfig):
+    gate: NeuronGateConfig = NeuronGateConfig()
+
+
 CONFIGS = DomainConfigs(domain=NeuronDomainConfig, simulate=NeuronSimulateConfig, gate=NeuronGateConfig,
-                        models=(NeuronGANConfig, NeuronVAEConfig))
+                        models=(NeuronGANConfig, NeuronVAEConfig), validate=NeuronValidateConfig)

@@ -13,11 +13,16 @@ import time
 import numpy as np
 import torch
 
-from simgan.domains import ConditionedFileDomain, warn_outside
+from simgan.checkpoint import load_checkpoint
+from simgan.domains.base import ConditionedFileDomain, ConvertRequest, warn_outside
 from simgan.domains.neuron import io as nio
+from simgan.domains.neuron import validate as nv
 from simgan.domains.neuron.models import CONDITIONS, FAMILIES, condition_array
 from simgan.domains.neuron.simulator import CLASSES, Projection, events_per_shard, input_hashes, simulate, versions
+from simgan.domains.neuron.observables import KEY_OBSERVABLES, image_features
 from simgan.errors import SimganError
+from simgan.io import atomic_path, write_json_atomic
+from simgan.metrics.gate import verdict
 
 SCHEMA = {"domain": "neuron", "sample_shape": [64, 64], "channels": ["neurite_length_um"],
           "conditions": list(CONDITIONS), "class_names": list(CLASSES),
@@ -69,11 +74,8 @@ class Neuron(ConditionedFileDomain):
                 "condition_ranges": {"randomness": [float(data.randomness.min()), float(data.randomness.max())]},
                 "classes_seen": sorted({CLASSES[i] for i in np.unique(data.cell_class)})}
 
-    def after_training(self, model_path, train_path, seed):
+    def after_training(self, cfg, model_path, train_path):
         """model.latent_sampler=flow: fit the latent flow on the training split, into model.pt."""
-        from simgan.checkpoint import load_checkpoint
-        from simgan.io import atomic_path
-
         ckpt = load_checkpoint(model_path)
         if ckpt["model_args"]["config"].get("latent_sampler", "prior") != "flow":
             return None
@@ -81,14 +83,13 @@ class Neuron(ConditionedFileDomain):
         model.load_state_dict(ckpt["model"])
         model.eval()
         data = nio.read(train_path)
-        info = model.fit_latent_flow(data.images, conditions_of(data), seed)
+        info = model.fit_latent_flow(data.images, conditions_of(data), cfg.seed)
         ckpt["model"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         with atomic_path(model_path, suffix=".pt") as tmp:
             torch.save(ckpt, tmp)
         return info
 
     def features(self, data, cfg):
-        from simgan.domains.neuron.observables import KEY_OBSERVABLES, image_features
         f = image_features(data.images, nio.projection_of(data.attrs) if "projection" in data.attrs
                            else projection_of_cfg(cfg))
         return np.stack([np.log(np.maximum(f[k], 1.0)) if k == "total_length" else f[k] for k in KEY_OBSERVABLES], 1)
@@ -113,17 +114,18 @@ class Neuron(ConditionedFileDomain):
     def validate_data(self, reference, candidate, floor, out_dir, vcfg):
         return validate_files(reference, candidate, floor, out_dir, vcfg)
 
-    def convert(self, args):
+    def convert(self, req: ConvertRequest):
         """A folder of morphologies (SWC, or what morphio reads) and a labels CSV -> an image file."""
-        if not args.labels:
+        if not req.labels:
             raise SimganError("--format swc needs --labels CSV (columns file, cell_class, optionally randomness)")
-        nio.write(args.out, nio.read_swc_dir(args.input, args.labels, args.scale_um))
+        if req.binning:
+            raise SimganError("--binning goes with calorimeter formats; --format swc takes --scale-um")
+        nio.write(req.out, nio.read_swc_dir(req.input, req.labels, req.scale_um))
 
     def merge_files(self, shards, out):
         nio.merge_shards(shards, out)
 
     def summary_text(self, m, report):
-        from simgan.validate import verdict
         fl = m["floor"]
 
         def pct(k):
@@ -199,9 +201,6 @@ def simulate_file(cfg, out, progress: bool = True, shard_index: int | None = Non
 
 def validate_files(reference, candidate, floor, out_dir, vcfg) -> dict:
     """The candidate and (at the same size) independent NeuroTS images against the reference."""
-    from simgan.domains.neuron import validate as nv
-    from simgan.io import write_json_atomic
-
     out_dir, ref, cand, train, fl_ni = DOMAIN.validation_inputs(reference, candidate, floor, out_dir)
     ref_summary = nv.summarise(ref)  # once, for the candidate and for the floor
     m = nv.compare(ref_summary, (cand_summary := nv.summarise(cand)), vcfg.classifier_seeds,

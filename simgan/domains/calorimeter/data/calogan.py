@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from simgan.data.binning import Binning, Layer
-from simgan.data.calochallenge import ShowerData, check_values
+from simgan.domains.calorimeter.data.binning import Binning, Layer
+from simgan.domains.calorimeter.data.calochallenge import ShowerData, check_values
 from simgan.errors import SimganError
 from simgan.io import open_hdf5
 

@@ -47,7 +47,7 @@ _STATE: dict = {}
 
 def _build(settings: G4Settings):
     """Create the Geant4 application in this process (once)."""
-    from simgan.sim.g4data import ensure_geant4_data
+    from simgan.domains.calorimeter.sim.g4data import ensure_geant4_data
 
     ensure_geant4_data()
     g4 = require("geant4_pybind")

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from simgan.config import ValidateConfig
-from simgan.data import calochallenge as cc
+from simgan.domains.calorimeter import plots as P
+from simgan.domains.calorimeter.config import CaloValidateConfig as ValidateConfig
+from simgan.domains.calorimeter.data import calochallenge as cc
 from simgan.errors import SimganError
 from simgan.report.markdown import fmt, write_markdown_report
-from simgan.io import file_sha256, open_hdf5, write_json_atomic
+from simgan.io import open_hdf5, same_file, write_json_atomic
+from simgan.metrics.gate import verdict
 from simgan.metrics.classifier import (classifier_test, dnn_classifier_test, dnn_high_level_inputs,
                                        dnn_low_level_inputs, high_level_inputs, low_level_inputs)
 from simgan.metrics.distances import separation_power, wasserstein1_scaled
@@ -133,11 +135,6 @@ def _features(path, info, binning, threshold_mev, cfg, client):
 MIN_SHOWERS = 20
 
 
-def same_file(a, b) -> bool:
-    a, b = Path(a), Path(b)
-    return a.resolve() == b.resolve() or (a.stat().st_size == b.stat().st_size and file_sha256(a) == file_sha256(b))
-
-
 def validate(reference, candidate, out_dir, cfg: ValidateConfig, threshold_mev: float, client=None,
              floor=None, extra_candidates: dict | None = None) -> dict:
     """Candidate against reference. `floor`: an independent simulated sample; its rows, as
@@ -198,7 +195,7 @@ def validate(reference, candidate, out_dir, cfg: ValidateConfig, threshold_mev: 
     for label, path in (extra_candidates or {}).items():
         extras[label] = one(path, infos[label])[0]
     metrics.update({
-        "n_reference": int(ref_info.n_events), "n_candidate": int(cand_info.n_events),
+        "domain": "calorimeter", "n_reference": int(ref_info.n_events), "n_candidate": int(cand_info.n_events),
         "reference": str(reference), "candidate": str(candidate), "threshold_mev": threshold_mev,
         # what binds this verdict to a model: `register` moves an alias only for this checkpoint
         "candidate_checkpoint_sha256": cand_info.metadata.get("checkpoint_sha256"),
@@ -210,8 +207,6 @@ def validate(reference, candidate, out_dir, cfg: ValidateConfig, threshold_mev: 
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = []
     if cfg.plots:
-        from simgan.report import plots as P
-
         seps = metrics["separation_power"]
         worst = sorted(seps, key=seps.get, reverse=True)[:4]
         picks = ["etot_over_einc"] + [n for n in names if n.endswith(("_layer_05", "_layer_20"))
@@ -236,11 +231,6 @@ def _summary(m: dict) -> dict:
     out["auc_high_by_group"] = m["auc_high_by_group"]
     out["auc_high_by_energy"] = [b["auc_high"] for b in m["auc_high_by_energy"]]
     return out
-
-
-def verdict(metrics: dict) -> str:
-    g = metrics["gate"]
-    return "PASS" if g["pass"] else "FAIL"
 
 
 _fmt = fmt

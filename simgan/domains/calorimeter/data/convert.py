@@ -6,10 +6,10 @@ from pathlib import Path
 
 import h5py
 
-from simgan.data import calochallenge as cc
-from simgan.data.binning import load_binning
-from simgan.data.calogan import read_calogan
-from simgan.data.rootio import read_root, write_root
+from simgan.domains.calorimeter.data import calochallenge as cc
+from simgan.domains.calorimeter.data.binning import load_binning
+from simgan.domains.calorimeter.data.calogan import read_calogan
+from simgan.domains.calorimeter.data.rootio import read_root, write_root
 from simgan.errors import SimganError
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
-from simgan.data.calochallenge import inspect, iter_chunks
+from simgan.domains.calorimeter.data.calochallenge import inspect, iter_chunks
 
 
 class ChunkedShowerDataset(IterableDataset):

@@ -3,24 +3,42 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from simgan.data import calochallenge as cc
-from simgan.data.binning import Binning
-from simgan.data.rootio import write_root
+from simgan.checkpoint import checkpoint_metadata, load_checkpoint
+from simgan.domains.calorimeter.data import calochallenge as cc
+from simgan.domains.calorimeter.data.binning import Binning, load_binning, parse_binning_xml
+from simgan.domains.calorimeter.data.rootio import write_root
+from simgan.domains.calorimeter.models.energy import layer_energies
+from simgan.domains.calorimeter.models.registry import model_from_args
+from simgan.domains.calorimeter.sim.geant4 import GeantPool
+from simgan.domains.calorimeter.sim.produce import merge_shards, settings_of, simulate_energies
 from simgan.errors import SimganError
-from simgan.io import atomic_path, file_sha256
+from simgan.io import atomic_path
+from simgan.registry import load_surrogate
 from simgan.seeding import derive_seed
 
+ENERGY_COLUMN = "incident_energy"  # the registered model's input column, MeV
 
-def checkpoint_metadata(checkpoint, **extra) -> dict:
-    """What a generated file records of its checkpoint: the path and its SHA-256, which binds a
-    validation to the checkpoint that `register` may promote."""
-    return {"checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint), **extra}
+
+def calorimeter_model(ckpt: dict, device="cpu"):
+    """The model of a loaded calorimeter checkpoint, in eval mode on `device`."""
+    model = model_from_args(ckpt["model_args"])
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval()
+
+
+def checkpoint_binning(ckpt: dict, source: str = "<checkpoint>") -> Binning:
+    """The voxel layout a checkpoint generates: the training data's, stored in it (older
+    checkpoints: the config's domain.geometry)."""
+    if ckpt.get("binning_xml"):
+        return parse_binning_xml(ckpt["binning_xml"], source=f"{source} (binning_xml)")
+    return load_binning((ckpt["config"].get("domain") or {}).get("geometry", "reference"))
 
 
 def energies_from_file(path, max_events: int | None = None) -> tuple[np.ndarray, dict]:
@@ -54,8 +72,6 @@ def model_conditions(ckpt: dict, conditions: dict, source) -> dict:
 def layer_energies_from_file(path, layer_voxels: list[int], threshold_mev: float,
                              max_events: int | None = None) -> np.ndarray:
     """(N, L) per-layer sums of the voxels above the threshold, read chunk by chunk."""
-    from simgan.domains.calorimeter.models.energy import layer_energies
-
     return np.concatenate([layer_energies(s, layer_voxels, threshold_mev)
                            for _, _, s, _ in cc.iter_chunks(path, 20000, stop=max_events, check=False)])
 
@@ -171,15 +187,12 @@ def generate_to_file(model, energies: np.ndarray, conditions: dict, out, binning
 
 def _shard_task(checkpoint: str, energies, conditions, out: str, batch_size: int, seed: int, rows,
                 threads: int, precision: str = "fp32") -> dict:
-    import os
-
     os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
-    from simgan.checkpoint import checkpoint_binning, model_from_checkpoint
-
     # the caller's thread count: float32 matrix products round differently with another
     # split, and the shards should reproduce the in-process run exactly on the same CPU
     torch.set_num_threads(threads)
-    model, ckpt = model_from_checkpoint(checkpoint, "cpu")
+    ckpt = load_checkpoint(checkpoint)
+    model = calorimeter_model(ckpt)
     binning = checkpoint_binning(ckpt, str(checkpoint))
     return generate_to_file(model, energies, conditions, out, binning, batch_size, "cpu", seed, "hdf5",
                             checkpoint_metadata(checkpoint), False, rows, precision)
@@ -190,8 +203,6 @@ def generate_with_dask(checkpoint, energies: np.ndarray, conditions: dict, out, 
     """Shards as dask tasks (each loads the checkpoint and writes its own file), then one
     merge into `out`. On workers with the same CPU the result equals the in-process
     generation with the same seed; other CPUs round float32 products differently."""
-    from simgan.sim.produce import merge_shards
-
     out = Path(out)
     if out.suffix.lower() not in (".h5", ".hdf5"):
         raise SimganError(f"{out}: generation on dask writes canonical HDF5 (.h5); convert afterwards")
@@ -222,9 +233,6 @@ def geant4_rate(sim_cfg, seed: int, energies: np.ndarray, workers: int | None = 
     """(showers/s, processes) for these energies through Geant4 on this machine, with the
     pool's start-up and physics tables built before the clock starts; the median of
     `repeats` timed runs."""
-    from simgan.sim.calorimeter import GeantPool
-    from simgan.sim.produce import settings_of, simulate_energies
-
     rates = []
     with GeantPool(settings_of(sim_cfg), sim_cfg.workers if workers is None else workers) as pool:
         simulate_energies(sim_cfg, energies[:1], seed, False, pool=pool)
@@ -255,3 +263,19 @@ def surrogate_rate(model, energies: np.ndarray, device, seed: int = 0, precision
             torch.cuda.synchronize()
         rates.append(len(e) / (time.perf_counter() - t))
     return float(np.median(rates))
+
+
+def generate_from_registry(model_uri: str, energies: np.ndarray, out, batch_size: int, fmt: str,
+                           loaded=None) -> dict:
+    """Showers from a registered model (its pyfunc, as a consumer loads it) for these energies."""
+    import pandas as pd  # heavy; a registered model's consumer has it (mlflow needs it)
+
+    loaded = loaded if loaded is not None else load_surrogate(model_uri)
+    binning = loaded.unwrap_python_model().extras["binning"]
+
+    def sample_batch(lo: int, hi: int) -> np.ndarray:
+        return loaded.predict(pd.DataFrame({ENERGY_COLUMN: energies[lo:hi]}), params={"seed": lo})
+
+    timing = write_generated(out, energies, {}, binning, batch_size, sample_batch, fmt, {"model_uri": model_uri},
+                             progress=False)
+    return {**timing, "model_uri": model_uri}

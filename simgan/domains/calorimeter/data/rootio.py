@@ -6,28 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from simgan.data.binning import Binning
-from simgan.data.calochallenge import ShowerData, check_energy_units, check_values
+from simgan.domains.calorimeter.data.binning import Binning
+from simgan.domains.calorimeter.data.calochallenge import ShowerData, check_energy_units, check_values
 from simgan.errors import SimganError
 from simgan.extras import require
 from simgan.io import atomic_path
-
-
-def open_root_tree(path, tree: str):
-    """(the open ROOT file, its TTree `tree`), or a SimganError naming the file and what is wrong."""
-    uproot = require("uproot")
-
-    path = Path(path)
-    if not path.is_file():
-        raise SimganError(f"{path}: file not found")
-    try:
-        f = uproot.open(path)
-    except Exception as exc:
-        raise SimganError(f"{path}: not a readable ROOT file: {exc}") from None
-    if tree not in f:
-        f.close()
-        raise SimganError(f"{path}: no TTree '{tree}' (found {list(f.keys())})")
-    return f, f[tree]
+from simgan.roottree import open_root_tree
 
 
 def read_root(path, binning: Binning, tree: str = "showers", energy_branch: str = "incident_energy",

@@ -143,7 +143,7 @@ def parse_binning_xml(text: str, source: str = "<xml>", particle: str | None = N
 def load_binning(name_or_path: str) -> Binning:
     """A shipped layout by name, or an XML file."""
     if name_or_path in SHIPPED:
-        text = resources.files("simgan.data").joinpath("binning", f"{name_or_path}.xml").read_text()
+        text = resources.files("simgan.domains.calorimeter.data").joinpath("binning", f"{name_or_path}.xml").read_text()
         return parse_binning_xml(text, source=name_or_path)
     path = Path(name_or_path)
     if not path.is_file():
