@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
+
+from simgan.extras import require
 
 
 @contextlib.contextmanager
@@ -10,10 +13,7 @@ def dask_client(enabled: bool, workers: int, scheduler: str | None = None):
     if not enabled:
         yield None
         return
-    import os
-
     os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
-    from simgan.extras import require
 
     dd = require("dask.distributed")
     Client, LocalCluster = dd.Client, dd.LocalCluster

@@ -19,7 +19,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from simgan.domains.calorimeter.data.rootio import open_root_tree
+from simgan.roottree import open_root_tree
 from simgan.domains.airshower.simulator import GRID, ArrayParams, station_xyz
 from simgan.errors import SimganError
 from simgan.extras import require

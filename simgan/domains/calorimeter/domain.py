@@ -19,6 +19,7 @@ from simgan.domains.calorimeter.features import high_level_features
 from simgan.domains.calorimeter.generate import ENERGY_COLUMN, calorimeter_model, checkpoint_binning
 from simgan.domains.calorimeter.models.energy import layer_energies
 from simgan.domains.calorimeter.models.registry import model_from_args
+from simgan.domains.calorimeter.sim.geant4 import DaskGeantPool
 from simgan.domains.calorimeter.sim.produce import merge_shards, settings_of, simulate_to_file
 from simgan.domains.calorimeter.validate import validate
 from simgan.errors import SimganError
@@ -90,7 +91,6 @@ class Calorimeter(Domain):
         with dask_client(dask, cfg.simulate.workers or os.cpu_count() or 1, scheduler) as client:
             pool = None
             if client is not None:
-                from simgan.domains.calorimeter.sim.geant4 import DaskGeantPool  # lazy: needs the dask extra
                 pool = DaskGeantPool(settings_of(cfg.simulate), client)
             meta = simulate_to_file(cfg.simulate, cfg.seed, out, progress=progress,
                                     shard_index=shard_index, shard_count=shard_count, pool=pool)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from simgan.domains.calorimeter.data.binning import Binning
+from simgan.domains.calorimeter.data.calochallenge import inspect, iter_chunks
 
 
 def feature_names(binning: Binning) -> list[str]:
@@ -75,7 +76,6 @@ def high_level_features(showers: np.ndarray, energies: np.ndarray, binning: Binn
 def features_from_file(path, binning: Binning | None = None, threshold_mev: float = 0.0, chunk_size: int = 2000,
                        start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(features, energies) for rows [start, stop) of a canonical file, chunk by chunk."""
-    from simgan.domains.calorimeter.data.calochallenge import iter_chunks
 
     fs, es = [], []
     for _, e, s, _ in iter_chunks(path, chunk_size, binning, start=start, stop=stop):
@@ -85,7 +85,6 @@ def features_from_file(path, binning: Binning | None = None, threshold_mev: floa
 
 
 def _binning_of(path) -> Binning:
-    from simgan.domains.calorimeter.data.calochallenge import inspect
 
     return inspect(path).binning
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from simgan.domains.neuron.simulator import CLASSES, TRUTH, Projection, image_and_truth, orient, segments
 from simgan.errors import SimganError
+from simgan.extras import require
 from simgan.io import atomic_path, open_hdf5, ordered_shards, quiet_failed_hdf5
 
 SCHEMA_VERSION = 1
@@ -196,7 +197,6 @@ def read_labels(csv_path) -> dict[str, tuple[int, float]]:
 def read_swc_dir(folder, labels_csv, scale_um: float = 1.0, proj: Projection = Projection()) -> NeuronImages:
     """Every morphology of the labels CSV in `folder` (SWC, or any format morphio reads), oriented
     and rasterised like the simulator's; `scale_um` converts the file's units to um."""
-    from simgan.extras import require
     morphio = require("morphio")
 
     folder = Path(folder)

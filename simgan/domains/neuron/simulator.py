@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from simgan.errors import SimganError
+from simgan.extras import require
 from simgan.seeding import derive_seed
 
 CLASSES = ("IN", "PC", "L5_TPC")
@@ -87,7 +88,6 @@ def grow(cls: str, randomness: float, seed: int, inputs: tuple[dict, dict] | Non
     """One NeuroTS neuron (a morphio mutable Morphology); deterministic for (cls, randomness, seed)."""
     import copy
 
-    from simgan.extras import require
     neurots = require("neurots")
     params, distr = copy.deepcopy(inputs or load_inputs(cls))
     for t in params["grow_types"]:
@@ -102,7 +102,6 @@ def segments(morph, scale: float = 1.0) -> dict:
     """Neurite segments of a morphio Morphology (mutable or not), in um relative to the soma
     centre: starts, ends (M, 3); plus tips, bifurcations and whether it has an apical dendrite.
     Root sections are joined to the soma centre (the soma connectors)."""
-    from simgan.extras import require
     morphio = require("morphio")
 
     secs = list(morph.iter())

@@ -17,7 +17,7 @@ from typing import Iterator
 import h5py
 import numpy as np
 
-from simgan.domains.calorimeter.data.binning import Binning, load_binning, parse_binning_xml
+from simgan.domains.calorimeter.data.binning import SHIPPED, Binning, load_binning, parse_binning_xml
 from simgan.errors import SimganError
 from simgan.io import atomic_path, open_hdf5, quiet_failed_hdf5
 
@@ -109,7 +109,6 @@ def inspect(path: str | os.PathLike, binning: Binning | str | None = None) -> Fi
 def binning_for_voxels(n_voxels: int, path) -> Binning:
     """The shipped layout with this many voxels (the CaloChallenge datasets: 368, 533, 6480,
     40500), for files that carry no binning XML."""
-    from simgan.domains.calorimeter.data.binning import SHIPPED
 
     layouts = {}
     for name in SHIPPED:

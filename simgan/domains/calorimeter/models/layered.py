@@ -33,6 +33,7 @@ from simgan.errors import SimganError
 from simgan.domains.calorimeter.models.base import ConditionalSurrogate
 from simgan.domains.calorimeter.models.energy import CouplingSampler, LayerEnergyFlow, fast_exp
 from simgan.domains.calorimeter.models.vae import zero_inflated_nll
+from simgan.models.adversarial import adversarial_step, gan_optimizers
 from simgan.models.blocks import mlp
 from simgan.models.latent import LOGVAR_MAX, LOGVAR_MIN, encode_decode, kl_normal, kl_weight
 
@@ -450,7 +451,6 @@ class LayeredGAN(LayeredSurrogate):
         return ("g", "d")
 
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        from simgan.models.adversarial import gan_optimizers
 
         return {"energy": self.energy_optimizer(), **gan_optimizers(self.cfg, self.generator, self.critic)}
 
@@ -499,7 +499,6 @@ class LayeredGAN(LayeredSurrogate):
             return torch.cat([v, f * self.cfg.critic_feature_weight], 1)
 
     def shape_step(self, batches, opts, step: int, autocast, gens) -> dict[str, float]:
-        from simgan.models.adversarial import adversarial_step
 
         return adversarial_step(self, batches, opts, autocast, gens)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from simgan.domains.calorimeter.models.gan import ConditionalGAN, GANConfig
+from simgan.domains.calorimeter.models.layered import LayeredGAN, LayeredVAE
 from simgan.domains.calorimeter.models.vae import ConditionalVAE, VAEConfig
 
 FAMILIES = {"gan": (GANConfig, ConditionalGAN), "vae": (VAEConfig, ConditionalVAE)}
@@ -10,8 +11,6 @@ FAMILIES = {"gan": (GANConfig, ConditionalGAN), "vae": (VAEConfig, ConditionalVA
 
 def build_model(model_cfg, n_voxels: int, layer_voxels: list[int], n_extra: int, threshold_mev: float):
     if model_cfg.output == "layers":
-        from simgan.domains.calorimeter.models.layered import LayeredGAN, LayeredVAE
-
         cls = {"gan": LayeredGAN, "vae": LayeredVAE}[model_cfg.family]
         return cls(model_cfg, n_voxels, layer_voxels, n_extra, threshold_mev)
     _, cls = FAMILIES[model_cfg.family]

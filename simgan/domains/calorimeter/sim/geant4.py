@@ -20,6 +20,7 @@ import multiprocessing as mp
 
 import numpy as np
 
+from simgan.domains.calorimeter.sim.g4data import ensure_geant4_data
 from simgan.extras import require
 from simgan.seeding import derive_seed
 
@@ -47,7 +48,6 @@ _STATE: dict = {}
 
 def _build(settings: G4Settings):
     """Create the Geant4 application in this process (once)."""
-    from simgan.domains.calorimeter.sim.g4data import ensure_geant4_data
 
     ensure_geant4_data()
     g4 = require("geant4_pybind")

@@ -14,7 +14,7 @@ from pipeline.cli import main
 from pipeline.runner import run_chain
 from simgan.domains.calorimeter.data import calochallenge as cc
 from simgan.errors import SimganError
-from tests.conftest import QUICKSTART, small_cfg
+from tests.conftest import QUICKSTART, REPO, small_cfg
 
 TINY = ["simulate.events=150", "simulate.energy_max_gev=8", "simulate.shard_events=25",
         "model.hidden=[32,32]", "model.latent_dim=4", "model.energy.steps=3", "model.energy.hidden=[16,16]",
@@ -294,7 +294,7 @@ def test_run_rejects_unknown_stage(tmp_path):
 
 def _cli(*args, timeout=120):
     return subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=os.path.dirname(os.path.dirname(__file__)))
+                          timeout=timeout, cwd=REPO)
 
 
 def test_full_disk_gives_a_message_and_no_partial_output(chain, small_disk, g4_sample):
