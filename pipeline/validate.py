@@ -61,10 +61,6 @@ def validate_cli(args) -> int:
     m = get_domain(name).validate_files(args.reference, args.candidate, args.floor, args.out, vcfg, dcfg,
                                         args.dask, args.scheduler, extra=args.ablation)
     print(summary_text(m, Path(args.out) / "report.html"))
-    if "auc_high_dnn" in m:
-        print(f"CaloChallenge DNN classifier ({m['dnn_runs']} runs): AUC high-level {m['auc_high_dnn']:.3f}"
-              f"±{m['auc_high_dnn_std']:.3f} [floor {m['floor']['auc_high_dnn']:.3f}], voxels {m['auc_low_dnn']:.3f}"
-              f"±{m['auc_low_dnn_std']:.3f} [floor {m['floor']['auc_low_dnn']:.3f}]")
     if not m["gate"]["pass"]:
         failed = [k for k, c in m["gate"]["checks"].items() if not c["pass"]]
         raise GateFailed(f"validation gate failed: {', '.join(failed)} (see {Path(args.out) / 'metrics.json'})")

@@ -15,6 +15,23 @@ def test_quickstart_composes_groups_and_overrides():
     assert gan.model.family == "gan" and gan.model.loss == "wgan_gp" and gan.model.output == "layers"
 
 
+def test_old_model_names_work_for_one_release_with_a_deprecation_message(tmp_path, capsys):
+    """configs/model/<domain>/<family>.yaml: `model=wgan_gp` (the name before the groups mirrored
+    the packages) finds the domain's file and says what to write instead."""
+    old = load_config(QUICKSTART, ["model=wgan_gp"])
+    err = capsys.readouterr().err
+    assert "simgan: deprecated: model=wgan_gp" in err and "is now model=calorimeter/wgan_gp" in err
+    new = load_config(QUICKSTART, ["model=calorimeter/wgan_gp"])
+    assert "deprecated" not in capsys.readouterr().err
+    assert old.model_dump() == new.model_dump()
+    exp = tmp_path / "old.yaml"  # an experiment file of the old layout, read from the shipped groups
+    exp.write_text("defaults: {domain: airshower, model: footprint_gan}\nname: old\n")
+    assert load_config(exp).model.family == "footprint_gan"
+    assert "is now model=airshower/footprint_gan" in capsys.readouterr().err
+    with pytest.raises(SimganError, match="key 'defaults.model': no config .*model/neuron_vae.yaml"):
+        load_config(QUICKSTART, ["model=neuron_vae"])  # another domain's family is not found by its old name
+
+
 def test_layered_model_config_errors_name_the_key():
     with pytest.raises(SimganError, match="model.energy.order"):
         load_config(QUICKSTART, ["model.energy.order=sideways"])

@@ -241,3 +241,39 @@ def test_merge_stage_refuses_bad_input(tmp_path, capsys):
     assert "a shard of another run (seed 7, 10 events; this config: seed 42, 10)" in capsys.readouterr().err
     stage = tmp_path / "quickstart" / "simulate"
     assert not (stage / "showers.h5").exists() and not (stage / "manifest.json").exists()
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_airshower_chain_on_a_real_slurm(local_slurm, tmp_path):
+    """Sharding is part of every domain's stage contract: the air-shower chain runs on Slurm as
+    a simulate job array (3 shards of the simulator, merged into the events of one run), a CPU
+    train job (torchrun, 2 gloo processes), one generate job, validate and register."""
+    import json
+
+    import h5py
+
+    env = {**os.environ, "SLURM_CONF": local_slurm, "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}",
+           "MLFLOW_DISABLE_TELEMETRY": "true"}
+    wf, runs = tmp_path / "wf", tmp_path / "runs"
+    air = REPO / "configs" / "experiment" / "airshower_quickstart.yaml"
+    overrides = [f"runs_dir={runs}", "simulate.events=3000", "simulate.shard_events=1000", "train.steps=40",
+                 "train.batch_size=64", "train.val_every=20", "train.checkpoint_every=20", "train.log_every=10",
+                 "train.val_events=200", "model.width=16", "model.depth=2", "validate.classifier_seeds=1",
+                 "validate.plots=false", "register.name=slurm-air", f"register.tracking_uri=sqlite:///{tmp_path}/mlflow.db"]
+    assert main(["workflow", "-c", str(air), "--out", str(wf), "--partition", "debug", "--gpu-partition", "debug",
+                 "--gpus-per-node", "0", "--cpus", "2", *overrides]) == 0
+    jobs = _submit(wf, env)
+    assert list(jobs) == ["simulate", "prepare", "train", "generate", "validate", "register"]
+    _wait_for_jobs(jobs.values(), env, 300)
+    run, logs = runs / "airshower_quickstart", runs / "airshower_quickstart" / "logs"
+    tails = {p.name: p.read_text()[-600:] for p in sorted(logs.glob("*.out"))}
+    assert len(list((run / "simulate" / "shards").glob("shard_*.h5"))) == 3, tails
+    with h5py.File(run / "simulate" / "showers.h5", "r") as f:
+        assert f.attrs["domain"] == "airshower" and len(f["footprint/signal"]) == 3000
+    reg = json.loads((run / "register" / "registered.json").read_text()) if (run / "register").exists() else None
+    assert reg is not None and reg["name"] == "slurm-air", tails
+    train = json.loads((run / "train" / "run_info.json").read_text())
+    assert train["world_size"] == 2 and train["ddp"] and train["complete"]
+    m = json.loads((run / "validate" / "metrics.json").read_text())
+    assert m["domain"] == "airshower" and m["n_reference"] == 600

@@ -111,7 +111,10 @@ class Calorimeter(Domain):
                 f"[{fl['separation_power_mean']:.4f}]; E_tot/E_inc separation "
                 f"{m['separation_power']['etot_over_einc']:.3f} [{fl['separation_etot_over_einc']:.3f}]; response "
                 f"within {100 * m['response_deviation_max']:.1f}% [{100 * fl['response_deviation_max']:.1f}%]); "
-                f"report: {report}")
+                f"report: {report}" + ("" if "auc_high_dnn" not in m else
+                f"\nCaloChallenge DNN classifier ({m['dnn_runs']} runs): AUC high-level {m['auc_high_dnn']:.3f}"
+                f"±{m['auc_high_dnn_std']:.3f} [floor {fl['auc_high_dnn']:.3f}], voxels {m['auc_low_dnn']:.3f}"
+                f"±{m['auc_low_dnn_std']:.3f} [floor {fl['auc_low_dnn']:.3f}]"))
 
     def generate_to(self, req: GenerateRequest) -> str:
         return stages.generate_request(req)
