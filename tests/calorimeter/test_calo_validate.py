@@ -8,7 +8,6 @@ from simgan.domains.calorimeter.config import CaloValidateConfig as ValidateConf
 from simgan.domains.calorimeter.data import calochallenge as cc
 from simgan.domains.calorimeter.data.binning import Binning, Layer
 from simgan.errors import SimganError
-from simgan.metrics.classifier import classifier_test
 from simgan.domains.calorimeter.features import feature_names, high_level_features
 
 

@@ -113,7 +113,7 @@ def _layered(data, family="vae", **over):
     from simgan.domains.calorimeter.models.registry import build_model
     from tests.conftest import QUICKSTART
 
-    cfg = load_config(QUICKSTART, [f"model={'vae' if family == 'vae' else 'wgan_gp'}", "model.hidden=[16,16]",
+    cfg = load_config(QUICKSTART, [f"model=calorimeter/{'vae' if family == 'vae' else 'wgan_gp'}", "model.hidden=[16,16]",
                                    "model.energy.hidden=[16,16]", *[f"model.{k}={v}" for k, v in over.items()]])
     layer_voxels = [l.n_voxels for l in data.binning.layers if l.n_voxels]
     torch.manual_seed(0)
@@ -179,6 +179,39 @@ def test_layered_tables_hold_shares_and_conditions(g4_sample):
     sid, lid = torch.nonzero(e_layers >= 0.01515, as_tuple=True)
     assert torch.equal(m.layer_index_of(lcond), lid)
     torch.testing.assert_close(m.layer_energy_of(lcond).double(), e_layers[sid, lid], rtol=1e-4, atol=1e-4)
+
+
+def test_the_whole_shower_critic_sees_every_layer(g4_sample):
+    """critic=shower judges every layer of a shower at once: moving energy between two voxels of
+    one deep layer of one shower changes that shower's score and no other's; the generator's
+    fake showers are empty exactly where the layer energies are."""
+    data = cc.read(g4_sample, max_events=24)
+    m, tables, lv = _layered(data, "gan", critic="shower", critic_hidden="[16]", shower_channels=8,
+                             shower_latent_dim=4)
+    whole, scond = tables["whole"]
+    assert whole.shape == (24, len(lv) * max(lv)) and scond.shape == (24, m.transform.cond_dim + len(lv))
+    e_layers = tables["showers"][0]
+    x = whole.reshape(24, len(lv), -1)
+    assert torch.equal(x.sum(2) > 0, e_layers >= m.floor)  # every full layer's shares, nothing else
+
+    def score(w):
+        with torch.no_grad():
+            return m.critic(torch.cat([m.critic_view(w, scond), scond], 1))[:, 0]
+
+    deep = int(torch.nonzero(e_layers[0] >= m.floor)[-1])  # the deepest layer of shower 0 with energy
+    assert deep >= 25
+    moved = x.clone()
+    hit = torch.nonzero(moved[0, deep] > 0)[:, 0]
+    a, b = int(hit[0]), int(moved[0, deep].argmin())  # half of one hit voxel's share moves to an empty one
+    moved[0, deep, b] += moved[0, deep, a] / 2
+    moved[0, deep, a] /= 2
+    before, after = score(whole), score(moved.reshape(24, -1))
+    assert abs(float(after[0] - before[0])) > 1e-6
+    torch.testing.assert_close(after[1:], before[1:])
+    g = torch.Generator().manual_seed(0)
+    fake = m.fake(scond, g).reshape(24, len(lv), -1)
+    assert torch.equal(fake.sum(2) > 0.5, e_layers >= m.floor)
+    torch.testing.assert_close(fake.sum(2)[e_layers >= m.floor], torch.ones(int((e_layers >= m.floor).sum())))
 
 
 def test_layered_config_errors():

@@ -5,7 +5,6 @@ docs/domains.md says a new domain needs, kept honest."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import h5py

@@ -125,4 +125,4 @@ def angular_resolution(angle_deg, n_triggered, bins=STATION_BINS) -> dict[str, f
 
 
 __all__ = ["event_features", "radial_profiles", "angular_resolution", "plane_fit",
-           "nominal_s1000", "geometry", "axis"]
+           "nominal_s1000", "geometry"]

@@ -11,7 +11,7 @@ import torch
 from simgan.checkpoint import load_checkpoint
 from simgan.cluster import dask_client
 from simgan.domains.base import ConvertRequest, Domain, GenerateRequest
-from simgan.domains.calorimeter import stages
+from simgan.domains.calorimeter import stages as calo_stages
 from simgan.domains.calorimeter.data import calochallenge as cc
 from simgan.domains.calorimeter.data.binning import parse_binning_xml
 from simgan.domains.calorimeter.data.convert import convert
@@ -32,7 +32,7 @@ class Calorimeter(Domain):
     sharded_stages = ("simulate", "generate")
     headline_keys = ("auc_high", "auc_low", "fpd", "kpd", "separation_power_mean")
     convert_formats = ("auto", "calochallenge", "calogan", "root")
-    stages = stages.STAGES
+    stages = calo_stages.STAGES
 
     def read(self, path, max_events=None):
         return cc.read(path, max_events=max_events)
@@ -102,7 +102,7 @@ class Calorimeter(Domain):
                        extra=None):
         with dask_client(dask or vcfg.dask, vcfg.dask_workers, scheduler) as client:
             return validate(reference, candidate, out_dir, vcfg, domain_cfg.threshold_mev, client, floor=floor,
-                            extra_candidates={stages.ABLATION_LABEL: extra} if extra else None)
+                            extra_candidates={calo_stages.ABLATION_LABEL: extra} if extra else None)
 
     def summary_text(self, m, report):
         fl = m["floor"]
@@ -117,7 +117,7 @@ class Calorimeter(Domain):
                 f"±{m['auc_low_dnn_std']:.3f} [floor {fl['auc_low_dnn']:.3f}]"))
 
     def generate_to(self, req: GenerateRequest) -> str:
-        return stages.generate_request(req)
+        return calo_stages.generate_request(req)
 
     def convert(self, req: ConvertRequest):
         if req.labels is not None:

@@ -49,6 +49,15 @@ class GANConfig(ConfigModel):
     # output=layers: how much the critic's standardised layer features weigh against the
     # voxels (the gradient penalty bounds the critic's slope in this space)
     critic_feature_weight: float = Field(1.0, gt=0)
+    # output=layers: what the critic judges. layer: one layer at a time (its log shares and
+    # features). shower: every layer of a shower at once (each layer's log shares and features,
+    # embedded by one network, then convolutions along the depth), conditioned on E_inc and the
+    # layer energies, so the longitudinal correlations of centres, widths and sparsity count
+    critic: Literal["layer", "shower"] = "layer"
+    shower_batch: int = Field(64, gt=0)  # critic=shower: showers per critic and generator step
+    shower_channels: int = Field(64, gt=0)  # critic=shower: width of the per-layer embedding and convolutions
+    # a latent shared by the layers of one shower (0: none), beside each layer's own latent_dim
+    shower_latent_dim: int = Field(0, ge=0)
     energy: EnergyFlowConfig = EnergyFlowConfig()  # output=layers: the energy stage
 
 

@@ -162,8 +162,10 @@ class LayeredSurrogate(ConditionalSurrogate):
         raise NotImplementedError
 
     # -- sampling -----------------------------------------------------------------------------
-    def raw_shape(self, lcond: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """(m, 3 v_max): per voxel the hit logit, log-share mean and log-share log-variance."""
+    def raw_shape(self, lcond: torch.Tensor, generator: torch.Generator | None, sid: torch.Tensor | None = None,
+                  n_showers: int = 0) -> torch.Tensor:
+        """(m, 3 v_max): per voxel the hit logit, log-share mean and log-share log-variance, for
+        layers of the showers `sid` (of n_showers)."""
         raise NotImplementedError
 
     def split_head(self, raw: torch.Tensor, lid: torch.Tensor):
@@ -291,7 +293,7 @@ class LayeredSurrogate(ConditionalSurrogate):
         if len(sid):
             lcond = self.layer_cond(cond, e_layers, sid, lid)
             with torch.autocast(device_type=lcond.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                raw = self.raw_shape(lcond, generator)
+                raw = self.raw_shape(lcond, generator, sid, n)
             row, idx, x = self.draw_voxels(raw, lid, e_layers[sid, lid].float(), generator, calibrate)
             # from the (m, v_max) grid of the drawn layers to the (n, n_layers, v_max) output
             offset = (sid * self.n_layers + lid - torch.arange(len(sid), device=sid.device)) * self.v_max
@@ -413,7 +415,7 @@ class LayeredVAE(LayeredSurrogate):
         opts["vae"].step()
         return {"loss": float(loss.detach()), "recon": float(rec.detach()), "kl": float(kl.detach())}
 
-    def raw_shape(self, lcond, generator):
+    def raw_shape(self, lcond, generator, sid=None, n_showers=0):
         z = torch.randn(len(lcond), self.cfg.latent_dim, generator=generator, device=lcond.device)
         return self.shape.decoder(torch.cat([z, lcond], 1))
 
@@ -425,6 +427,36 @@ class LayeredVAE(LayeredSurrogate):
 N_LAYER_FEATURES = 7  # centre x, y, r; width x, y, r; (soft) fraction of voxels hit
 
 
+class ShowerCritic(nn.Module):
+    """A critic of whole showers: input (B, L * (v_max + F) + C + L), the critic view of every
+    layer, the shower condition and the normalised log layer energies. One network embeds each
+    layer (its view, the condition, its energy and index); convolutions along the depth see
+    the embeddings of all layers together, so a change in any layer, and the correlations
+    between layers, move the score."""
+
+    def __init__(self, n_layers: int, view_dim: int, cond_dim: int, hidden: list[int], channels: int):
+        super().__init__()
+        self.n_layers, self.view_dim, self.cond_dim = n_layers, view_dim, cond_dim
+        self.embed = mlp(view_dim + cond_dim + 1 + n_layers, list(hidden), channels)
+        self.depth = nn.Sequential(
+            nn.Conv1d(channels + 1, channels, 5, padding=2), nn.LeakyReLU(0.2),
+            nn.Conv1d(channels, channels, 5, padding=2), nn.LeakyReLU(0.2))
+        self.head = mlp(channels * n_layers + cond_dim, [channels], 1)
+        self.register_buffer("eye", torch.eye(n_layers))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        L, V, C = self.n_layers, self.view_dim, self.cond_dim
+        b = len(x)
+        view = x[:, :L * V].reshape(b, L, V)
+        cond, le = x[:, L * V:L * V + C], x[:, L * V + C:]
+        per_layer = torch.cat([view, cond[:, None].expand(b, L, C), le[:, :, None], self.eye.expand(b, L, L)], 2)
+        h = F.leaky_relu(self.embed(per_layer.reshape(b * L, -1)), 0.2).reshape(b, L, -1)
+        h = self.depth(torch.cat([h, le[:, :, None]], 2).transpose(1, 2))
+        return self.head(torch.cat([h.flatten(1), cond], 1))
+
+
+
+
 class LayeredGAN(LayeredSurrogate):
     family = "gan"
 
@@ -433,9 +465,13 @@ class LayeredGAN(LayeredSurrogate):
         if cfg.energy_aux_weight > 0:
             raise SimganError("model.energy_aux_weight applies to voxel outputs; with model.output=layers the "
                               "energy flow fixes the response (set it to 0)")
-        self.generator = mlp(cfg.latent_dim + self.lcond_dim, list(cfg.hidden), 3 * self.v_max)
+        self.generator = mlp(cfg.latent_dim + cfg.shower_latent_dim + self.lcond_dim, list(cfg.hidden), 3 * self.v_max)
         n_feat = N_LAYER_FEATURES if cfg.critic_features else 0
-        self.critic = mlp(self.v_max + n_feat + self.lcond_dim, list(cfg.critic_hidden), 1)
+        if cfg.critic == "shower":
+            self.critic = ShowerCritic(self.n_layers, self.v_max + n_feat, self.transform.cond_dim,
+                                       list(cfg.critic_hidden), cfg.shower_channels)
+        else:
+            self.critic = mlp(self.v_max + n_feat + self.lcond_dim, list(cfg.critic_hidden), 1)
         self.register_buffer("feat_mean", torch.zeros(n_feat))
         self.register_buffer("feat_std", torch.ones(n_feat))
         object.__setattr__(self, "g_run", self.generator)
@@ -454,14 +490,50 @@ class LayeredGAN(LayeredSurrogate):
 
         return {"energy": self.energy_optimizer(), **gan_optimizers(self.cfg, self.generator, self.critic)}
 
-    # what the adversarial step needs (simgan.domains.calorimeter.models.gan.adversarial_step)
+    def fit(self, energies, showers, extra, binning) -> dict:
+        tables = super().fit(energies, showers, extra, binning)
+        if self.cfg.critic == "shower":  # whole showers: every layer's shares and the shower condition
+            e_layers, _, cond = tables["showers"]
+            shares, lcond = tables["layers"]
+            sid, lid = torch.nonzero(e_layers >= self.floor, as_tuple=True)
+            whole = torch.zeros(len(e_layers), self.n_layers, self.v_max)
+            whole[sid, lid] = shares
+            tables["whole"] = (whole.reshape(len(whole), -1), self.shower_cond(cond, e_layers))
+        return tables
+
+    def shower_cond(self, cond: torch.Tensor, e_layers: torch.Tensor) -> torch.Tensor:
+        """(B, C + L): the shower's condition and its normalised log layer energies."""
+        le = ((torch.log(e_layers.double() + self.floor) - self.le_mean) / self.le_std).float()
+        return torch.cat([cond.float(), le], 1)
+
+    def _unpack(self, scond: torch.Tensor):
+        """The shower condition back into (cond, layer energies, the layers above the floor)."""
+        c = self.transform.cond_dim
+        cond, le = scond[:, :c], scond[:, c:]
+        e_layers = torch.exp(le.double() * self.le_std + self.le_mean) - self.floor
+        return cond, e_layers, e_layers >= 0.5 * self.floor
+
+    # what the adversarial step needs (simgan.models.adversarial.adversarial_step)
     def real_batch(self, batches):
+        if self.cfg.critic == "shower":
+            return batches.take("whole", self.cfg.shower_batch)
         return batches.take("layers")
 
-    def fake(self, lcond: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Differentiable shares: straight-through hits, then a soft readout threshold."""
-        z = torch.randn(len(lcond), self.cfg.latent_dim, generator=generator, device=lcond.device)
-        raw = self.g_run(torch.cat([z, lcond], 1)).float()
+    def fake(self, cond: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Differentiable shares: straight-through hits, then a soft readout threshold; for the
+        layers of `cond` (critic=layer) or for every layer of the showers of `cond`, empty
+        layers zero (critic=shower)."""
+        if self.cfg.critic != "shower":
+            return self._fake_layers(cond, generator)
+        shower, e_layers, full = self._unpack(cond)
+        sid, lid = torch.nonzero(full, as_tuple=True)
+        s = self._fake_layers(self.layer_cond(shower, e_layers, sid, lid), generator, sid, len(cond))
+        out = s.new_zeros(len(cond), self.n_layers, self.v_max)
+        out[sid, lid] = s
+        return out.reshape(len(cond), -1)
+
+    def _fake_layers(self, lcond, generator, sid=None, n_showers=0):
+        raw = self.raw_shape(lcond, generator, sid, n_showers, run=self.g_run).float()
         s = self.draw_shares(raw, self.layer_index_of(lcond), generator)
         if self.threshold > 0:
             s = s * self._soft_hit(s, lcond)
@@ -489,7 +561,21 @@ class LayeredGAN(LayeredSurrogate):
         self.feat_mean.copy_(f.mean(0))
         self.feat_std.copy_(f.std(0).clamp_min(1e-3))
 
-    def critic_view(self, s: torch.Tensor, lcond: torch.Tensor) -> torch.Tensor:
+    def critic_view(self, s: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """A layer's log shares and standardised features; critic=shower: those of every layer of
+        the shower, flattened (empty layers: empty voxels and features 0)."""
+        if self.cfg.critic != "shower":
+            return self._layer_view(s, cond)
+        shower, e_layers, full = self._unpack(cond)
+        b = len(s)
+        sid = torch.arange(b, device=s.device).repeat_interleave(self.n_layers)
+        lid = torch.arange(self.n_layers, device=s.device).repeat(b)
+        v = self._layer_view(s.reshape(b * self.n_layers, self.v_max), self.layer_cond(shower, e_layers, sid, lid))
+        if self.feat_mean.numel():
+            v[:, self.v_max:] = v[:, self.v_max:] * full.reshape(-1, 1)
+        return v.reshape(b, -1)
+
+    def _layer_view(self, s: torch.Tensor, lcond: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=s.device.type, enabled=False):
             s = s.float()
             v = log_share_view(s)
@@ -502,6 +588,10 @@ class LayeredGAN(LayeredSurrogate):
 
         return adversarial_step(self, batches, opts, autocast, gens)
 
-    def raw_shape(self, lcond, generator):
+    def raw_shape(self, lcond, generator, sid=None, n_showers=0, run=None):
         z = torch.randn(len(lcond), self.cfg.latent_dim, generator=generator, device=lcond.device)
-        return self.generator(torch.cat([z, lcond], 1))
+        parts = [z, lcond]
+        if self.cfg.shower_latent_dim:  # one draw per shower, shared by its layers
+            zs = torch.randn(n_showers, self.cfg.shower_latent_dim, generator=generator, device=lcond.device)
+            parts.insert(1, zs[sid].to(z.dtype))
+        return (run or self.generator)(torch.cat(parts, 1))
