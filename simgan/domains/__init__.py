@@ -23,7 +23,6 @@ from simgan.errors import SimganError
 
 # name -> package holding its `domain` and `config` modules
 _PACKAGES: dict[str, str] = {n: f"simgan.domains.{n}" for n in ("calorimeter", "airshower", "neuron")}
-NAMES = tuple(_PACKAGES)  # the shipped domains
 _CACHE: dict[str, Domain] = {}
 
 
@@ -92,17 +91,13 @@ def file_domain(path) -> str:
                 raise SimganError(f"{path}: attribute domain={name!r} names no known domain ({', '.join(_PACKAGES)})")
             return name
         legacy = [n for n in _PACKAGES if get_domain(n).is_legacy_file(f)]
+        keys = list(f.keys())
     if len(legacy) != 1:
-        raise SimganError(f"{path}: no 'domain' attribute, and its datasets ({_dataset_names(path)}) are not "
+        found = ", ".join(keys[:8]) + (", ..." if len(keys) > 8 else "") if keys else "none"
+        raise SimganError(f"{path}: no 'domain' attribute, and its datasets ({found}) are not "
                           "those of a calorimeter file (incident_energies and showers); say which domain wrote it "
                           "(h5 attribute 'domain')")
     return legacy[0]
-
-
-def _dataset_names(path) -> str:
-    with h5py.File(path, "r") as f:
-        keys = list(f.keys())
-    return ", ".join(keys[:8]) + (", ..." if len(keys) > 8 else "") if keys else "none"
 
 
 def domain_of_args(args: dict, source: str = "checkpoint") -> Domain:

@@ -69,6 +69,17 @@ def test_cli_reports_config_error_and_exits_nonzero(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_convert_names_the_formats_the_domains_read(tmp_path, capsys):
+    """--format is no fixed list of the command line: the formats come from the domains, and an
+    unknown one is refused by name, with nothing written."""
+    src = tmp_path / "in.h5"
+    src.write_bytes(b"")
+    assert main(["convert", str(src), "--out", str(tmp_path / "o.h5"), "--format", "gdml"]) == 2
+    err = capsys.readouterr().err
+    assert "--format 'gdml': expected one of" in err and "calogan" in err and "swc" in err
+    assert not (tmp_path / "o.h5").exists()
+
+
 @pytest.mark.parametrize("argv, says", [
     (["simulate", "--events", "0"], "argument --events: expected an integer >= 1, got 0"),
     (["simulate", "--events", "-5"], "argument --events: expected an integer >= 1, got -5"),

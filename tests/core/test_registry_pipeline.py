@@ -171,6 +171,19 @@ def test_generate_checkpoint_cli_and_bad_input(chain, tmp_path, capsys):
     assert "nope.pt" in capsys.readouterr().err and not bad.exists()
     assert main(["generate", "--checkpoint", str(ckpt), "--out", str(bad), "--events", "3"]) == 2
     assert not bad.exists()
+    # the ablation from the command line: the shape model fed the file's own layer energies
+    test = cfg.run_dir / "prepare" / "test.h5"
+    abl = tmp_path / "abl.h5"
+    assert main(["generate", "--checkpoint", str(ckpt), "--layer-energies-from", str(test), "--out", str(abl),
+                 "-q"]) == 0
+    from simgan.domains.calorimeter.models.energy import layer_energies
+    ref, gen = cc.read(test), cc.read(abl)
+    lv = [l.n_voxels for l in ref.binning.layers if l.n_voxels]
+    np.testing.assert_allclose(layer_energies(gen.showers, lv, 0.01515), layer_energies(ref.showers, lv, 0.01515),
+                               rtol=1e-4, atol=1e-3)
+    assert main(["generate", "--checkpoint", str(ckpt), "--layer-energies-from", str(tmp_path / "nope.h5"),
+                 "--out", str(bad), "-q"]) == 2
+    assert "nope.h5: file not found" in capsys.readouterr().err and not bad.exists()
 
 
 def test_outputs_never_replace_their_inputs(chain, tmp_path, capsys):

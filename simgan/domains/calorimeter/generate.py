@@ -20,7 +20,6 @@ from simgan.domains.calorimeter.sim.geant4 import GeantPool
 from simgan.domains.calorimeter.sim.produce import merge_shards, settings_of, simulate_energies
 from simgan.errors import SimganError
 from simgan.io import atomic_path
-from simgan.registry import load_surrogate
 from simgan.seeding import derive_seed
 
 ENERGY_COLUMN = "incident_energy"  # the registered model's input column, MeV
@@ -265,12 +264,11 @@ def surrogate_rate(model, energies: np.ndarray, device, seed: int = 0, precision
     return float(np.median(rates))
 
 
-def generate_from_registry(model_uri: str, energies: np.ndarray, out, batch_size: int, fmt: str,
-                           loaded=None) -> dict:
-    """Showers from a registered model (its pyfunc, as a consumer loads it) for these energies."""
+def generate_from_registry(loaded, model_uri: str, energies: np.ndarray, out, batch_size: int, fmt: str) -> dict:
+    """Showers from a registered model, `loaded` as a consumer loads it (its pyfunc from
+    `model_uri`), for these energies."""
     import pandas as pd  # heavy; a registered model's consumer has it (mlflow needs it)
 
-    loaded = loaded if loaded is not None else load_surrogate(model_uri)
     binning = loaded.unwrap_python_model().extras["binning"]
 
     def sample_batch(lo: int, hi: int) -> np.ndarray:

@@ -217,9 +217,8 @@ def generate_request(req: GenerateRequest) -> str:
         rows = shard_rows(len(energies), req.batch_size, req.shard_index, req.shard_count) if sharded else None
         given = None
         if req.layer_energies_from:
-            threshold = (req.ckpt["config"].get("domain") or {}).get("threshold_mev", req.ckpt["model_args"]
-                                                                     ["threshold_mev"])
-            given = layer_energies_from_file(req.layer_energies_from, model_layer_voxels(model), threshold, req.events)
+            given = layer_energies_from_file(req.layer_energies_from, model_layer_voxels(model),
+                                             req.ckpt["model_args"]["threshold_mev"], req.events)
         timing = generate_to_file(model, energies, conds, req.out, binning, req.batch_size, device, req.seed, req.fmt,
                                   checkpoint_metadata(req.checkpoint), req.progress, rows, req.precision, given)
         if req.compare_geant4:  # Geant4 as the checkpoint's experiment configured it
@@ -227,6 +226,6 @@ def generate_request(req: GenerateRequest) -> str:
             timing["geant4"] = compare_geant4(sim, int(req.ckpt["config"]["seed"]), req.precision, model, energies,
                                               conds, req.compare_geant4, device)
     else:
-        timing = generate_from_registry(req.model_uri, energies, req.out, req.batch_size, req.fmt, req.loaded)
+        timing = generate_from_registry(req.loaded, req.model_uri, energies, req.out, req.batch_size, req.fmt)
     return (f"wrote {req.out}: {timing['events']} showers at {timing['showers_per_s']:.0f} showers/s\n"
             + json.dumps({k: v for k, v in timing.items() if k != "geant4"}))
