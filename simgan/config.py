@@ -3,6 +3,8 @@
 An experiment file names its groups under `defaults` (domain, model); each group is
 loaded from configs/<group>/<name>.yaml (the model group per domain:
 configs/model/<domain>/<family>.yaml) and the experiment's own section is merged over it.
+An experiment may `extends` another experiment file (its twin with another model, say),
+whose sections lie under its own.
 Unknown keys and wrong types are errors naming the file and the dotted key.
 
 This module is the core's half: the sections every domain shares and the loading
@@ -308,7 +310,7 @@ def _format_error(source: str, exc: ValidationError, prefix: str = "") -> str:
 def compose(path: str | os.PathLike, overrides: list[str] | None = None) -> dict:
     """Experiment file + its groups + overrides, as a plain dict (not yet validated)."""
     path = Path(path)
-    data = _read_yaml(path)
+    data = _read_experiment(path)
     defaults = data.pop("defaults", {}) or {}
     if not isinstance(defaults, dict):
         raise SimganError(f"{path}: key 'defaults': expected a mapping like {{domain: calorimeter}}")
@@ -330,6 +332,28 @@ def compose(path: str | os.PathLike, overrides: list[str] | None = None) -> dict
         merged[group] = _read_yaml(_group_file(path, root, group, str(name), defaults.get("domain")))
     merged = _merge(merged, data)
     return apply_overrides(merged, overrides or [])
+
+
+def _read_experiment(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """An experiment file with what it `extends` (another experiment file, relative to its
+    folder) merged under it, its `defaults` too: a twin that changes the model keeps its base's
+    data, training and gates."""
+    data = _read_yaml(path)
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise SimganError(f"{path}: key 'extends': expected the name of an experiment file, got {base!r}")
+    base_path = (path.parent / base).resolve()
+    if base_path in seen or base_path == path.resolve():
+        raise SimganError(f"{path}: key 'extends': {base} leads back to a file that extends it (a cycle)")
+    if not base_path.is_file():
+        raise SimganError(f"{path}: key 'extends': no experiment file {base_path}")
+    under = _read_experiment(base_path, (*seen, path.resolve()))
+    for key in ("defaults",):
+        if key in data and not isinstance(data[key], dict):
+            raise SimganError(f"{path}: key '{key}': expected a mapping like {{domain: calorimeter}}")
+    return _merge(under, data)
 
 
 def _group_file(path: Path, root: Path, group: str, name: str, domain) -> Path:

@@ -32,7 +32,9 @@ def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, 
 def adversarial_step(model, batches, opts, autocast, gens) -> dict[str, float]:
     """One generator step after n_critic critic steps, for any GAN that provides
     real_batch(batches) -> (real, cond), fake(cond, generator), critic_view(x, cond),
-    `critic` and its run wrapper `d_run`."""
+    `critic` and its run wrapper `d_run`; optionally generator_aux(fake, real, cond, generator) ->
+    {name: weighted loss}, terms added to the generator's loss (the fake is drawn for the
+    real batch's conditions)."""
     c = model.cfg
     logs: dict[str, float] = {}
     model.critic.requires_grad_(True)
@@ -74,10 +76,10 @@ def adversarial_step(model, batches, opts, autocast, gens) -> dict[str, float]:
         loss_g = F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake))
     else:
         loss_g = -d_fake.mean()
-    if getattr(c, "energy_aux_weight", 0.0) > 0:  # the calorimeter's energy aid
-        aux = model.energy_aux(fake, real)
-        loss_g = loss_g + c.energy_aux_weight * aux
-        logs["energy_aux"] = float(aux.detach())
+    # a model's own terms beside the critic's (weighted already), named in its config
+    for name, aux in (model.generator_aux(fake, real, cond, gens["noise"]) if hasattr(model, "generator_aux") else {}).items():
+        loss_g = loss_g + aux
+        logs[name] = float(aux.detach())
     opts["g"].zero_grad(set_to_none=True)
     loss_g.backward()
     opts["g"].step()

@@ -158,8 +158,9 @@ AIR_TINY = ["simulate.events=3000", "simulate.shard_events=1000", "train.steps=6
             "model.width=16", "model.depth=2", "validate.classifier_seeds=1", "validate.plots=true",
             "train.progress=false"]
 OPEN_GATE = ["validate.gate.auc_max=1.0", "validate.gate.separation_mean_max=1.0",
-             "validate.gate.station_count_deviation_max=1e6", "validate.gate.angular_resolution_deviation_max=1e6",
-             "validate.gate.s1000_bias_max=1e6"]
+             "validate.gate.station_count_deviation_max=1e6", "validate.gate.s1000_bias_max=1e6",
+             # (60 steps draw no footprint of 26 stations or more: no angular resolution there, a failed check)
+             "validate.gate.angular_resolution_deviation_max=null"]
 
 
 @pytest.fixture(scope="module")
@@ -257,23 +258,31 @@ def test_bad_airshower_input_stops_prepare_with_nothing_written(tmp_path, capsys
     assert not (tmp_path / "runs" / "airshower_quickstart" / "prepare" / "train.h5").exists()
 
 
-def test_footprint_gan_trains_through_the_shared_trainer(air_chain, tmp_path):
+def test_the_gan_twin_of_the_quickstart_runs_the_chain(air_chain, tmp_path):
+    """configs/experiment/airshower_quickstart_gan.yaml, shrunk, through every stage on the
+    chain's simulated footprints: the WGAN-GP trains through the shared trainer with finite,
+    changing losses, is validated with the quickstart's gate and registered under its own name."""
     import json
 
+    from pipeline.runner import run_chain
     from simgan.domains import load_config
-    from simgan.domains import get_domain
-    from simgan.train.trainer import Trainer
-    tmp, cfg = air_chain
-    gcfg = load_config(AIR, [f"runs_dir={tmp_path}", "model=airshower/footprint_gan", "model.width=16", "model.depth=2",
-                             "model.critic_width=16", "model.n_critic=2", "train.steps=8", "train.batch_size=32",
-                             "train.log_every=2", "train.val_every=4", "train.val_events=100",
-                             "train.checkpoint_every=4", "train.mlflow=false", "train.progress=false"])
-    prep = cfg.run_dir / "prepare"
-    info = Trainer(gcfg, get_domain(gcfg.domain.name), prep / "train.h5", prep / "val.h5", tmp_path / "train", progress=False).fit()
-    assert info["steps"] == 8 and info["complete"]
-    rows = [json.loads(x) for x in (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()]
+    _, base = air_chain
+    cfg = load_config(AIR.parent / "airshower_quickstart_gan.yaml",
+                      [f"runs_dir={tmp_path}", f"register.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+                       f"prepare.input={base.run_dir / 'simulate' / 'showers.h5'}",
+                       *[o for o in AIR_TINY if not o.startswith(("simulate.", "model."))],
+                       "model.width=16", "model.depth=2", "model.critic_width=16", "train.steps=8",
+                       "train.val_every=4", "train.checkpoint_every=4", "train.log_every=2"])
+    assert cfg.model.family == "footprint_gan" and cfg.validate.gate == load_config(AIR).validate.gate
+    assert run_chain(cfg, progress=False) == 0
+    rows = [json.loads(x) for x in (cfg.run_dir / "train" / "metrics.jsonl").read_text().splitlines()]
     assert {"loss_d", "loss_g", "gp", "val_sep_mean"} <= set().union(*rows)
-    assert len({r["loss_d"] for r in rows}) > 1
+    assert len({r["loss_d"] for r in rows if "loss_d" in r}) > 1
+    assert all(np.isfinite(r["loss_g"]) for r in rows if "loss_g" in r)
+    m = json.loads((cfg.run_dir / "validate" / "metrics.json").read_text())
+    assert m["domain"] == "airshower" and {"auc", "s1000_bias_max"} <= set(m["gate"]["checks"])
+    reg = json.loads((cfg.run_dir / "register" / "registered.json").read_text())
+    assert reg["name"] == "simgan-airshower-quickstart-gan" and reg["gate"] == ("pass" if m["gate"]["pass"] else "fail")
 
 
 def test_the_slurm_chain_renders_an_airshower_config(tmp_path):
@@ -306,3 +315,32 @@ def test_a_family_of_another_domain_is_refused():
     for override, key in (("model.width=-1", "model.width"), ("domain.spacing_m=-1", "domain.spacing_m")):
         with pytest.raises(SimganError, match=f"key '{key}'"):  # the union tag is not part of the key
             load_config(AIR, [override])
+
+
+def test_a_bin_the_simulator_fills_and_the_candidate_leaves_empty_fails_its_check():
+    """No verdict without evidence: an energy bin with S1000 fits in the simulator and none in the
+    candidate makes the S1000 check NaN (failed), not skipped."""
+    from simgan.domains.airshower.validate import compare
+    from simgan.metrics.gate import gate_checks
+    rng = np.random.default_rng(0)
+    n = 400
+
+    def summary(s1000):
+        lg = np.repeat([18.6, 19.6], n // 2)
+        feats = {"n_triggered": rng.integers(3, 30, n).astype(float), "s1000_fit_over_nominal": s1000,
+                 "plane_fit_angle_deg": rng.rayleigh(1.0, n), "log10_total_signal": rng.normal(2, 0.3, n)}
+
+        class FP:
+            conditions = {"log10_energy_eV": lg}
+        return {"fp": FP(), "features": feats, "observables": rng.normal(size=(n, 3)), "footprints": rng.normal(size=(n, 5))}
+
+    good = rng.normal(1.0, 0.1, n)
+    ref = summary(good.copy())
+    fine = compare(ref, summary(good.copy()), 1, 10_000)
+    assert np.isfinite(fine["s1000_bias_max"]) and fine["s1000_bias_max"] < 0.05
+    half = good.copy()
+    half[n // 2:] = np.nan  # no fit at the higher energy
+    m = compare(ref, summary(half), 1, 10_000)
+    assert np.isnan(m["s1000_bias_max"]) and len(m["s1000_by_energy"]) == 2
+    gate = type("G", (), {"s1000_bias_max": 0.1})()
+    assert gate_checks(m, gate, {"s1000_bias_max": "s1000_bias_max"})["checks"]["s1000_bias_max"]["pass"] is False

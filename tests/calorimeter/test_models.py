@@ -214,6 +214,52 @@ def test_the_whole_shower_critic_sees_every_layer(g4_sample):
     torch.testing.assert_close(fake.sum(2)[e_layers >= m.floor], torch.ones(int((e_layers >= m.floor).sum())))
 
 
+def test_hit_spectrum_term_is_zero_for_the_real_layers_and_sees_a_distorted_spectrum(g4_sample):
+    """The GAN's hit-spectrum term (model.spectrum_weight): near zero for real against real, large when
+    the hits' energies are spread (shares squared: faint hits fainter), with gradients."""
+    data = cc.read(g4_sample, max_events=60)
+    m, tables, _ = _layered(data, "gan", spectrum_weight=1.0)
+    shares, lcond = tables["layers"]
+    assert float(m.spectrum_distance(shares, shares, lcond)) < 1e-4  # (the fake side weighs hits by the soft threshold)
+    spread = (shares**2).requires_grad_(True)
+    d = m.spectrum_distance(spread / spread.sum(1, keepdim=True), shares, lcond)
+    assert float(d.detach()) > 0.1
+    d.backward()
+    assert torch.isfinite(spread.grad).all() and spread.grad.abs().sum() > 0
+    # half of the layers' hits left out: as far off as the spread ones
+    fewer = torch.where(torch.rand(shares.shape, generator=torch.Generator().manual_seed(0)) < 0.5, shares, 0.0)
+    assert float(m.spectrum_distance(fewer / fewer.sum(1, keepdim=True).clamp_min(1e-30), shares, lcond)) > 0.1
+
+
+def test_the_critic_sees_a_voxel_below_the_threshold_as_empty(g4_sample):
+    data = cc.read(g4_sample, max_events=20)
+    m, tables, _ = _layered(data, "gan")
+    shares, lcond = tables["layers"]
+    e = m.layer_energy_of(lcond)
+    row = int(e.argmax())
+    empty = int(torch.nonzero(shares[row] == 0)[0, 0])
+    view = {}
+    for name, mev in (("faint", 0.1 * 0.01515), ("hit", 10 * 0.01515), ("none", 0.0)):
+        s = shares[row:row + 1].clone()
+        s[0, empty] = mev / e[row]
+        view[name] = float(m.critic_view(s / s.sum(), lcond[row:row + 1])[0, empty])
+    assert view["none"] == -1.0 and abs(view["faint"] + 1) < 0.01 and view["hit"] > -0.5
+
+
+def test_the_likelihood_term_trains_the_encoder_and_the_generator(g4_sample):
+    data = cc.read(g4_sample, max_events=20)
+    m, tables, _ = _layered(data, "gan", likelihood_weight=1.0)
+    shares, lcond = tables["layers"]
+    loss = m.likelihood(shares, lcond, torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss)
+    loss.backward()
+    for net in (m.encoder, m.generator):
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+    assert set(m.make_optimizers()) == {"energy", "g", "d"}
+    assert sum(p.numel() for g in m.make_optimizers()["g"].param_groups for p in g["params"]) == \
+        sum(p.numel() for net in (m.encoder, m.generator) for p in net.parameters())
+
+
 def test_layered_config_errors():
     from simgan.domains import load_config
     from simgan.errors import SimganError

@@ -135,3 +135,30 @@ def test_broken_checkpoints_and_unknown_geometry_say_what_is_wrong(tmp_path):
         load_checkpoint(torn)
     with pytest.raises(SimganError, match=r"nope: binning XML not found \(domain.geometry or --binning"):
         load_binning("nope")
+
+
+@pytest.mark.parametrize("twin", ["quickstart_gan", "airshower_quickstart_gan", "neuron_quickstart_gan"])
+def test_gan_twins_keep_their_quickstarts_data_budget_and_gate(twin):
+    """A twin `extends` its quickstart: the same data and gate (the training may differ: a GAN's
+    critic steps cost more per step)."""
+    base = load_config(QUICKSTART.parent / f"{twin.removesuffix('_gan')}.yaml")
+    gan = load_config(QUICKSTART.parent / f"{twin}.yaml")
+    assert "gan" in gan.model.family and "vae" in base.model.family
+    assert gan.name == twin and gan.register.name == base.register.name + "-gan"
+    b, g = base.model_dump(), gan.model_dump()
+    for key in ("domain", "simulate", "prepare", "generate", "validate", "seed"):
+        assert g[key] == b[key], key
+    assert g["train"]["steps"] <= b["train"]["steps"]
+
+
+def test_extends_errors_name_the_file(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\nname: a\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\nname: b\n")
+    with pytest.raises(SimganError, match=r"a.yaml: key 'extends': b.yaml leads back to a file that extends it \(a cycle\)"):
+        load_config(tmp_path / "b.yaml")
+    (tmp_path / "c.yaml").write_text("extends: missing.yaml\nname: c\n")
+    with pytest.raises(SimganError, match=r"c.yaml: key 'extends': no experiment file .*missing.yaml"):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("extends: [a.yaml]\nname: d\n")
+    with pytest.raises(SimganError, match=r"d.yaml: key 'extends': expected the name of an experiment file"):
+        load_config(tmp_path / "d.yaml")

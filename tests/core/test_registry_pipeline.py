@@ -14,6 +14,7 @@ from pipeline.cli import main
 from pipeline.runner import run_chain
 from simgan.domains.calorimeter.data import calochallenge as cc
 from simgan.errors import SimganError
+from simgan.domains import load_config
 from tests.conftest import QUICKSTART, REPO, small_cfg
 
 TINY = ["simulate.events=150", "simulate.energy_max_gev=8", "simulate.shard_events=25",
@@ -363,3 +364,23 @@ def test_read_only_output_place_is_refused_before_any_work(tmp_path, g4_sample):
         assert list(ro.iterdir()) == []
     finally:
         subprocess.run(["umount", "-l", str(ro)], check=False)
+
+
+def test_the_gan_twin_of_the_quickstart_runs_the_chain(chain, tmp_path):
+    """configs/experiment/quickstart_gan.yaml, shrunk, through every stage on the chain's Geant4
+    showers: the WGAN-GP hybrid trains (critic and likelihood terms logged), is validated with
+    the quickstart's gate and registered under its own name."""
+    _, base = chain
+    cfg = load_config(QUICKSTART.parent / "quickstart_gan.yaml",
+                      [f"runs_dir={tmp_path}", f"register.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+                       f"prepare.input={base.run_dir / 'simulate' / 'showers.h5'}", "train.progress=false",
+                       *[o for o in TINY if not o.startswith(("simulate.", "generate.ablation"))],
+                       "model.critic_hidden=[32,32]", "model.n_critic=2"])
+    assert cfg.validate.gate == load_config(QUICKSTART).validate.gate  # the quickstart's own gate
+    assert run_chain(cfg, progress=False) == 0
+    rows = [json.loads(x) for x in (cfg.run_dir / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss_d", "loss_g", "gp", "likelihood"} <= set().union(*rows)
+    m = json.loads((cfg.run_dir / "validate" / "metrics.json").read_text())
+    assert set(m["gate"]["checks"]) >= {"auc_high", "separation_mean", "response_deviation_max"}
+    reg = json.loads((cfg.run_dir / "register" / "registered.json").read_text())
+    assert reg["name"] == "simgan-quickstart-gan" and reg["gate"] == ("pass" if m["gate"]["pass"] else "fail")

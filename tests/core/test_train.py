@@ -64,8 +64,9 @@ def test_prepare_splits_are_disjoint_and_deterministic(splits, g4_sample):
 
 FAMILIES = {
     "vae": [],  # two-stage VAE (the quickstart's)
-    "wgan_gp": GAN,  # two-stage WGAN-GP
-    "wgan_gp_shower": [*GAN, "model.critic=shower", "model.shower_latent_dim=4", "model.shower_batch=8",
+    "wgan_gp": GAN,  # two-stage WGAN-GP with the likelihood term (the shipped config)
+    "wgan_gp_pure": [*GAN, "model.likelihood_weight=0", "model.voxel_noise=false", "model.spectrum_weight=1"],
+    "wgan_gp_shower": [*GAN, "model.critic=shower", "model.likelihood_weight=1", "model.spectrum_weight=1", "model.shower_latent_dim=4", "model.shower_batch=8",
                        "model.shower_channels=8"],  # two-stage WGAN-GP, whole-shower critic
     "wgan_gp_voxel": ["model=calorimeter/wgan_gp_voxel", "model.critic_hidden=[32,32]", "model.n_critic=2"],
     "wgan_gp_fact": ["model=calorimeter/wgan_gp_fact", "model.critic_hidden=[32,32]", "model.n_critic=2"],
@@ -79,7 +80,7 @@ FAMILIES = {
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_each_family_trains_and_losses_change(tmp_path, splits, family):
     over = FAMILIES[family]
-    layered = family in ("vae", "wgan_gp", "wgan_gp_shower")
+    layered = family in ("vae", "wgan_gp", "wgan_gp_pure", "wgan_gp_shower")
     if not layered:  # the voxel models have no energy stage
         over = [o for o in TINY + over if not o.startswith(("model.energy", "model.latent_dim=4"))]
         cfg = small_cfg(tmp_path, *over, "train.steps=6")

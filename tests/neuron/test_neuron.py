@@ -245,6 +245,18 @@ def test_neuron_chain_registers_and_a_consumer_predicts_from_class_names(tmp_pat
         model.predict(frame.assign(cell_class=["IN", "GRANULE", "PC", "PC"]))
     with pytest.raises(Exception, match="randomness"):
         model.predict(frame.drop(columns=["randomness"]))
+    # the GAN twin (configs/experiment/neuron_quickstart_gan.yaml), shrunk, on the same NeuroTS cells
+    gan = load_config(NEURON.parent / "neuron_quickstart_gan.yaml",
+                      [f"runs_dir={tmp_path}", f"register.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+                       f"prepare.input={run / 'simulate' / 'showers.h5'}", "prepare.fractions=[0.6,0.2,0.2]",
+                       *[o for o in NEURON_TINY if not o.startswith("simulate.")], "train.steps=6",
+                       "model.width=8", "model.critic_width=8", "model.n_critic=2"])
+    assert gan.model.family == "neuron_gan" and gan.validate.gate == load_config(NEURON).validate.gate
+    assert run_chain(gan, progress=False) == 0
+    g = json.loads((gan.run_dir / "validate" / "metrics.json").read_text())
+    assert g["domain"] == "neuron" and g["n_reference"] == 24 and "auc" in g["gate"]["checks"]
+    reg = json.loads((gan.run_dir / "register" / "registered.json").read_text())
+    assert reg["name"] == "simgan-neuron-quickstart-gan" and reg["gate"] == ("pass" if g["gate"]["pass"] else "fail")
 
 
 @pytest.mark.parametrize("family", ["neuron_gan", "neuron_vae", "neuron_vae_flow"])

@@ -58,6 +58,24 @@ class GANConfig(ConfigModel):
     shower_channels: int = Field(64, gt=0)  # critic=shower: width of the per-layer embedding and convolutions
     # a latent shared by the layers of one shower (0: none), beside each layer's own latent_dim
     shower_latent_dim: int = Field(0, ge=0)
+    # output=layers: weight of the hit-spectrum term beside the critic in the generator's loss
+    # (0: none): the squared distance between the Gaussian-smoothed histograms of log hit energy
+    # per layer of the real batch and of the fake drawn for its conditions, in four groups of
+    # layer energy: an MMD with a Gaussian kernel on the hit energies, as the BIB-AE's
+    # post-processor matched its hit-energy spectrum
+    spectrum_weight: float = Field(0.0, ge=0)
+    # output=layers: whether each voxel has randomness of its own given the latent, as the VAE's
+    # likelihood has (hits drawn by Bernoulli, log shares by a Gaussian whose width the
+    # generator writes); false: a voxel is hit where the generator's hit probability is above
+    # one half and its log share is the generator's mean, so a layer's randomness is its
+    # latent alone
+    voxel_noise: bool = True
+    # output=layers: weight of a likelihood term beside the critic (0: none). An encoder reads a
+    # real layer, the generator decodes its code, and the term is the zero-inflated log-normal
+    # negative log-likelihood of the real shares plus the code's KL divergence from the prior
+    # (the VAE's loss), so the generator is the decoder of a VAE that the critic also trains: a
+    # VAE-GAN hybrid in the manner of the BIB-AE; sampling draws the code from the prior
+    likelihood_weight: float = Field(0.0, ge=0)
     energy: EnergyFlowConfig = EnergyFlowConfig()  # output=layers: the energy stage
 
 
@@ -200,6 +218,12 @@ class ConditionalGAN(ConditionalSurrogate):
     def critic_view(self, u: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """What the critic sees of a shower; the gradient penalty lives in this space too."""
         return self.view(u) if self.view is not None else u
+
+    def generator_aux(self, fake: torch.Tensor, real: torch.Tensor, cond: torch.Tensor, generator=None) -> dict[str, torch.Tensor]:
+        """The energy aid (model.energy_aux_weight) beside the critic."""
+        if self.cfg.energy_aux_weight <= 0:
+            return {}
+        return {"energy_aux": self.cfg.energy_aux_weight * self.energy_aux(fake, real)}
 
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return gan_optimizers(self.cfg, self.generator, self.critic)

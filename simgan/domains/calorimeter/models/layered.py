@@ -182,7 +182,10 @@ class LayeredSurrogate(ConditionalSurrogate):
         the hits. `draw_voxels` draws from the same distribution for sampling."""
         hit_logit, mean, logvar = self.split_head(raw, lid)
         p = torch.sigmoid(hit_logit.float())
-        hard = torch.rand(p.shape, generator=generator, device=p.device) < p
+        if self.cfg.voxel_noise:
+            hard = torch.rand(p.shape, generator=generator, device=p.device) < p
+        else:  # the generator decides: a voxel is hit where its probability is above one half
+            hard = p > 0.5
         eps = torch.randn(p.shape, generator=generator, device=p.device)
         hit = hard.to(p.dtype) + p - p.detach()
         log_s = mean.float() + torch.exp(0.5 * logvar.float().clamp(LOGVAR_MIN, LOGVAR_MAX)) * eps
@@ -203,7 +206,9 @@ class LayeredSurrogate(ConditionalSurrogate):
         numpy's PCG64 (2x faster than torch's generator), seeded from `generator`."""
         V, m = self.v_max, len(e_layer)
         hit_logit, mean, logvar = self.split_head(raw, lid)
-        if hit_logit.device.type == "cpu":
+        if not getattr(self.cfg, "voxel_noise", True):  # (GAN) hits where the probability is above one half
+            u = torch.full(hit_logit.shape, 0.5, device=hit_logit.device)
+        elif hit_logit.device.type == "cpu":
             seed = int(torch.randint(0, 2**62, (1,), generator=generator))
             u = torch.from_numpy(np.random.default_rng(seed).random(hit_logit.shape, dtype=np.float32))
         else:
@@ -425,6 +430,17 @@ class LayeredVAE(LayeredSurrogate):
 # ----------------------------------------------------------------------------------------------
 
 N_LAYER_FEATURES = 7  # centre x, y, r; width x, y, r; (soft) fraction of voxels hit
+SPECTRUM_BINS, SPECTRUM_GROUPS = 48, 4  # the hit-spectrum term: bins of log hit energy, groups of layer energy
+
+
+def hit_spectrum(log_e: torch.Tensor, weight: torch.Tensor, group: torch.Tensor, per_group: torch.Tensor,
+                 centres: torch.Tensor) -> torch.Tensor:
+    """(G, bins): per group, the hits per layer in each bin of log energy, each hit spread by a
+    Gaussian one bin wide (differentiable in the energies and weights)."""
+    width = centres[1] - centres[0]
+    k = torch.exp(-0.5 * ((log_e[:, None] - centres[None]) / width) ** 2) * weight[:, None]
+    h = k.new_zeros(len(per_group), len(centres)).index_add_(0, group, k)
+    return h / per_group.clamp_min(1)[:, None]
 
 
 class ShowerCritic(nn.Module):
@@ -472,13 +488,28 @@ class LayeredGAN(LayeredSurrogate):
                                        list(cfg.critic_hidden), cfg.shower_channels)
         else:
             self.critic = mlp(self.v_max + n_feat + self.lcond_dim, list(cfg.critic_hidden), 1)
+        self.encoder = None
+        if cfg.likelihood_weight > 0:
+            if not cfg.voxel_noise:
+                raise SimganError("model.likelihood_weight > 0 needs model.voxel_noise=true: the likelihood of a "
+                                  "layer's log shares is that of the per-voxel noise the generator writes")
+            self.encoder = mlp(self.v_max + self.lcond_dim, list(cfg.hidden), 2 * cfg.latent_dim)
+            object.__setattr__(self, "e_run", self.encoder)
         self.register_buffer("feat_mean", torch.zeros(n_feat))
         self.register_buffer("feat_std", torch.ones(n_feat))
+        # the hit-spectrum term's grid of log hit energy (MeV), set from the training hits
+        self.register_buffer("spectrum_centres", torch.linspace(-5.0, 10.0, SPECTRUM_BINS))
         object.__setattr__(self, "g_run", self.generator)
         object.__setattr__(self, "d_run", self.critic)
 
     def run_modules(self) -> dict[str, nn.Module]:
-        return {"energy_run": self.energy, "g_run": self.generator, "d_run": self.critic}
+        extra = {} if self.encoder is None else {"e_run": self.encoder}
+        return {"energy_run": self.energy, "g_run": self.generator, "d_run": self.critic, **extra}
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints from before the hit-spectrum term have no grid: the default one
+        state_dict.setdefault(prefix + "spectrum_centres", self.spectrum_centres.clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def ema_modules(self) -> list[nn.Module]:
         return [self.generator]
@@ -487,8 +518,8 @@ class LayeredGAN(LayeredSurrogate):
         return ("g", "d")
 
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-
-        return {"energy": self.energy_optimizer(), **gan_optimizers(self.cfg, self.generator, self.critic)}
+        generator = self.generator if self.encoder is None else nn.ModuleList([self.generator, self.encoder])
+        return {"energy": self.energy_optimizer(), **gan_optimizers(self.cfg, generator, self.critic)}
 
     def fit(self, energies, showers, extra, binning) -> dict:
         tables = super().fit(energies, showers, extra, binning)
@@ -536,12 +567,13 @@ class LayeredGAN(LayeredSurrogate):
         raw = self.raw_shape(lcond, generator, sid, n_showers, run=self.g_run).float()
         s = self.draw_shares(raw, self.layer_index_of(lcond), generator)
         if self.threshold > 0:
-            s = s * self._soft_hit(s, lcond)
+            s = s * self._soft_hit(s, self.layer_energy_of(lcond))
             s = s / s.sum(1, keepdim=True).clamp_min(1e-30)
         return s
 
-    def _soft_hit(self, s: torch.Tensor, lcond: torch.Tensor) -> torch.Tensor:
-        x = s * self.layer_energy_of(lcond)[:, None]
+    def _soft_hit(self, s: torch.Tensor, e_layer: torch.Tensor) -> torch.Tensor:
+        """The differentiable readout threshold of shares s of layers of energy e_layer."""
+        x = s * e_layer[:, None]
         return torch.sigmoid((torch.log(x + 1e-30) - math.log(self.threshold)) / SOFT_THRESHOLD_WIDTH)
 
     def layer_features(self, s: torch.Tensor, lcond: torch.Tensor) -> torch.Tensor:
@@ -550,11 +582,15 @@ class LayeredGAN(LayeredSurrogate):
         c = self.coords[lid]  # (m, V, 3)
         mean = torch.einsum("mv,mvk->mk", s, c)
         width = torch.sqrt((torch.einsum("mv,mvk->mk", s, c * c) - mean**2).clamp_min(0) + 1e-4)
-        hit = self._soft_hit(s, lcond) if self.threshold > 0 else (s > 0).float()
+        hit = self._soft_hit(s, self.layer_energy_of(lcond)) if self.threshold > 0 else (s > 0).float()
         n = torch.as_tensor(self.layer_voxels, device=s.device, dtype=s.dtype)[lid]
         return torch.cat([mean, width, (hit * self.valid[lid]).sum(1, keepdim=True) / n[:, None]], 1)
 
     def fit_shape(self, shares, lcond) -> None:
+        e = self.layer_energy_of(lcond)
+        lo = math.log(self.threshold) if self.threshold > 0 else float(torch.log((shares * e[:, None])[shares > 0]).min())
+        hi = float(torch.log((shares.max(1).values * e).max()))
+        self.spectrum_centres.copy_(torch.linspace(lo - 0.5, hi + 0.5, SPECTRUM_BINS))
         if not self.feat_mean.numel():
             return
         f = torch.cat([self.layer_features(shares[i:i + 8192], lcond[i:i + 8192]) for i in range(0, len(shares), 8192)])
@@ -579,19 +615,80 @@ class LayeredGAN(LayeredSurrogate):
         with torch.autocast(device_type=s.device.type, enabled=False):
             s = s.float()
             v = log_share_view(s)
+            if self.threshold > 0:  # a voxel below the readout threshold looks empty, as it is once cut
+                v = self._soft_hit(s, self.layer_energy_of(lcond)) * (v + 1) - 1
             if not self.feat_mean.numel():
                 return v
             f = (self.layer_features(s, lcond) - self.feat_mean) / self.feat_std
             return torch.cat([v, f * self.cfg.critic_feature_weight], 1)
 
     def shape_step(self, batches, opts, step: int, autocast, gens) -> dict[str, float]:
-
         return adversarial_step(self, batches, opts, autocast, gens)
 
-    def raw_shape(self, lcond, generator, sid=None, n_showers=0, run=None):
-        z = torch.randn(len(lcond), self.cfg.latent_dim, generator=generator, device=lcond.device)
+    def generator_aux(self, fake: torch.Tensor, real: torch.Tensor, cond: torch.Tensor, generator=None) -> dict[str, torch.Tensor]:
+        """The terms beside the critic: hit spectrum (model.spectrum_weight) and likelihood
+        (model.likelihood_weight)."""
+        out = {}
+        if self.cfg.spectrum_weight > 0:
+            out["spectrum"] = self.cfg.spectrum_weight * self.spectrum_distance(fake.float(), real.float(), cond)
+        if self.encoder is not None:
+            out["likelihood"] = self.cfg.likelihood_weight * self.likelihood(real.float(), cond, generator)
+        return out
+
+    def likelihood(self, real: torch.Tensor, cond: torch.Tensor, generator=None) -> torch.Tensor:
+        """Per layer, the negative ELBO of the real layers: the zero-inflated log-normal NLL of their
+        shares under the generator fed the encoder's code, plus the code's KL from the prior."""
+        sid, n_showers = None, 0
+        if self.cfg.critic == "shower":
+            shower, e_layers, full = self._unpack(cond)
+            sid, lid = torch.nonzero(full, as_tuple=True)
+            real = real.reshape(len(cond), self.n_layers, self.v_max)[sid, lid]
+            cond, n_showers = self.layer_cond(shower, e_layers, sid, lid), len(shower)
+        mu, logvar = self.e_run(torch.cat([log_share_view(real), cond], 1)).float().chunk(2, dim=1)
+        logvar = logvar.clamp(-20, 10)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator, device=mu.device)
+        raw = self.raw_shape(cond, generator, sid, n_showers, run=self.g_run, z=z).float()
+        lid = self.layer_index_of(cond)
+        hit_logit, mean, x_logvar = self.split_head(raw, lid)
+        rec = zero_inflated_nll(hit_logit, mean, x_logvar, torch.log(real.clamp_min(1e-30)), real > 0,
+                                None if self.uniform else self.valid[lid]).mean()
+        return rec + kl_normal(mu, logvar)
+
+    def spectrum_distance(self, fake: torch.Tensor, real: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Relative squared distance between the hit spectra (hits per layer in bins of log
+        energy, see hit_spectrum) of fake and real layers drawn for the same conditions, in
+        SPECTRUM_GROUPS groups of layer energy. A fake hit counts with its soft readout
+        threshold, so a hit pushed below the threshold leaves the spectrum."""
+        if self.cfg.critic == "shower":
+            _, e_layers, full = self._unpack(cond)
+            keep = full.reshape(-1)
+            fake, real = fake.reshape(-1, self.v_max)[keep], real.reshape(-1, self.v_max)[keep]
+            e = e_layers.reshape(-1)[keep].float()
+        else:
+            e = self.layer_energy_of(cond)
+        m = len(e)
+        group = torch.empty(m, dtype=torch.long, device=e.device)
+        group[e.argsort()] = torch.arange(m, device=e.device) * SPECTRUM_GROUPS // max(m, 1)
+        per_group = torch.bincount(group, minlength=SPECTRUM_GROUPS).float()
+        spectra = []
+        # (fake voxels far below the threshold weigh nothing: left out, their log would overflow the gradient)
+        least = self.threshold * 1e-3 if self.threshold > 0 else 1e-30
+        for s, soft in ((fake, True), (real, False)):
+            row, col = torch.nonzero(s * e[:, None] > least, as_tuple=True)
+            x = s[row, col] * e[row]
+            w = self._soft_hit(s, e)[row, col] if soft and self.threshold > 0 else torch.ones_like(x)
+            spectra.append(hit_spectrum(torch.log(x), w, group[row], per_group, self.spectrum_centres))
+        h_fake, h_real = spectra
+        return ((h_fake - h_real) ** 2).sum() / (h_real**2).sum().clamp_min(1e-12)
+
+    def raw_shape(self, lcond, generator, sid=None, n_showers=0, run=None, z=None):
+        if z is None:  # from the prior (sampling); the likelihood term hands the encoder's code
+            z = torch.randn(len(lcond), self.cfg.latent_dim, generator=generator, device=lcond.device)
         parts = [z, lcond]
         if self.cfg.shower_latent_dim:  # one draw per shower, shared by its layers
             zs = torch.randn(n_showers, self.cfg.shower_latent_dim, generator=generator, device=lcond.device)
             parts.insert(1, zs[sid].to(z.dtype))
-        return (run or self.generator)(torch.cat(parts, 1))
+        raw = (run or self.generator)(torch.cat(parts, 1))
+        if not self.cfg.voxel_noise:  # the log shares' width at its floor: exp(LOGVAR_MIN / 2) = 0.7%
+            raw = torch.cat([raw[:, :2 * self.v_max], torch.full_like(raw[:, 2 * self.v_max:], LOGVAR_MIN)], 1)
+        return raw
