@@ -260,8 +260,9 @@ def test_bad_airshower_input_stops_prepare_with_nothing_written(tmp_path, capsys
 
 def test_the_gan_twin_of_the_quickstart_runs_the_chain(air_chain, tmp_path):
     """configs/experiment/airshower_quickstart_gan.yaml, shrunk, through every stage on the
-    chain's simulated footprints: the WGAN-GP trains through the shared trainer with finite,
-    changing losses, is validated with the quickstart's gate and registered under its own name."""
+    chain's simulated footprints: the WGAN-GP (hybrid: critic and likelihood terms) trains
+    through the shared trainer with finite, changing losses, is validated with the quickstart's
+    gate and registered under its own name; the pure WGAN-GP (likelihood_weight=0) trains too."""
     import json
 
     from pipeline.runner import run_chain
@@ -276,13 +277,23 @@ def test_the_gan_twin_of_the_quickstart_runs_the_chain(air_chain, tmp_path):
     assert cfg.model.family == "footprint_gan" and cfg.validate.gate == load_config(AIR).validate.gate
     assert run_chain(cfg, progress=False) == 0
     rows = [json.loads(x) for x in (cfg.run_dir / "train" / "metrics.jsonl").read_text().splitlines()]
-    assert {"loss_d", "loss_g", "gp", "val_sep_mean"} <= set().union(*rows)
+    assert {"loss_d", "loss_g", "gp", "likelihood", "val_sep_mean"} <= set().union(*rows)
     assert len({r["loss_d"] for r in rows if "loss_d" in r}) > 1
     assert all(np.isfinite(r["loss_g"]) for r in rows if "loss_g" in r)
     m = json.loads((cfg.run_dir / "validate" / "metrics.json").read_text())
     assert m["domain"] == "airshower" and {"auc", "s1000_bias_max"} <= set(m["gate"]["checks"])
     reg = json.loads((cfg.run_dir / "register" / "registered.json").read_text())
     assert reg["name"] == "simgan-airshower-quickstart-gan" and reg["gate"] == ("pass" if m["gate"]["pass"] else "fail")
+    from simgan.domains import get_domain
+    from simgan.train.trainer import Trainer
+    pure = load_config(AIR.parent / "airshower_quickstart_gan.yaml",
+                       [f"runs_dir={tmp_path}", "model.likelihood_weight=0", "model.width=16", "model.depth=2",
+                        "model.critic_width=16", "train.steps=4", "train.val_every=2", "train.val_events=100",
+                        "train.checkpoint_every=2", "train.log_every=1", "train.mlflow=false", "train.progress=false"])
+    info = Trainer(pure, get_domain("airshower"), cfg.run_dir / "prepare" / "train.h5", cfg.run_dir / "prepare" / "val.h5",
+                   tmp_path / "pure", progress=False).fit()
+    rows = [json.loads(x) for x in (tmp_path / "pure" / "metrics.jsonl").read_text().splitlines()]
+    assert info["complete"] and "likelihood" not in set().union(*rows) and all(np.isfinite(r["loss_g"]) for r in rows if "loss_g" in r)
 
 
 def test_the_slurm_chain_renders_an_airshower_config(tmp_path):

@@ -15,6 +15,7 @@ trigger follows from the signal. Generated footprints are consistent by construc
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Literal
 
@@ -56,6 +57,13 @@ class FootprintGANConfig(ConfigModel):
     lr_d: float = Field(2e-4, gt=0)
     betas: tuple[float, float] = (0.5, 0.9)
     soft_trigger: float = Field(0.05, gt=0)  # width in log10 S of the mask the critic sees on generated footprints
+    # weight of a likelihood term beside the critic (0: none, the pure WGAN-GP). Above 0 the
+    # generator writes the VAE's per-station head (a log-normal signal censored at the threshold
+    # and a Gaussian time residual) from a global latent, an encoder reads real footprints, and
+    # the VAE's loss (Tobit NLL + KL, latent_dim and kl_warmup as the VAE's) is added to the
+    # critic's: a VAE-GAN hybrid; sampling draws the latent from the prior
+    likelihood_weight: float = Field(0.0, ge=0)
+    kl_warmup: int = Field(500, ge=0)
 
 
 def condition_vector(c: torch.Tensor) -> torch.Tensor:
@@ -177,29 +185,12 @@ class FootprintVAE(FootprintSurrogate):
         return {"vae": torch.optim.Adam(self.parameters(), lr=self.cfg.lr)}
 
     def decode(self, z, inputs):
-        out = self.decoder(torch.cat([broadcast(z), inputs], 1)).flatten(2)  # (N, 4, 81)
-        mu_s, ls_s, mu_t, ls_t = out.unbind(1)
-        return mu_s, ls_s.clamp(-6, 2), mu_t, ls_t.clamp(-6, 2)
+        return decode_heads(self.decoder, z, inputs)
 
     def train_step(self, batches, opts, step, autocast, gens):
         view, c = next(batches)
-        inputs = self.inputs(c)
-        eps = torch.randn(len(c), self.cfg.latent_dim, generator=gens["noise"], device=c.device)
-        with autocast():
-            mu, logvar = self.encoder(torch.cat([view, inputs], 1)).float().chunk(2, 1)
-            logvar = logvar.clamp(-12, 6)
-            z = mu + torch.exp(0.5 * logvar) * eps
-            mu_s, ls_s, mu_t, ls_t = (t.float() for t in self.decode(z, inputs))
-        logs, resid, m = view.flatten(2).unbind(1)
-        sd_s = torch.exp(ls_s)
-        # Tobit: triggered stations the density of log10 S, silent ones P(log10 S < threshold)
-        nll_trig = 0.5 * ((logs - mu_s) / sd_s) ** 2 + ls_s + 0.5 * math.log(2 * math.pi)
-        below = torch.special.log_ndtr((self.log_thr - mu_s) / sd_s)
-        nll_s = torch.where(m > 0, nll_trig, -below).sum(1)
-        nll_t = ((0.5 * ((resid - mu_t) / torch.exp(ls_t)) ** 2 + ls_t + 0.5 * math.log(2 * math.pi)) * m).sum(1)
-        kl = kl_normal(mu, logvar)
+        rec, kl = vae_terms(self, self.encoder, self.decoder, view, self.inputs(c), gens["noise"], autocast)
         warm = min(1.0, (step + 1) / self.cfg.kl_warmup) if self.cfg.kl_warmup else 1.0
-        rec = (nll_s + nll_t).mean()
         loss = rec + self.cfg.kl_weight * warm * kl
         opts["vae"].zero_grad(set_to_none=True)
         loss.backward()
@@ -208,15 +199,53 @@ class FootprintVAE(FootprintSurrogate):
 
     @torch.no_grad()
     def sample(self, conditions: torch.Tensor, extra=None, generator=None, precision: str = "fp32", **_):
-        c = conditions.float()
-        z = torch.randn(len(c), self.cfg.latent_dim, generator=generator, device=c.device)
-        with torch.autocast(device_type=c.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            mu_s, ls_s, mu_t, ls_t = (t.float() for t in self.decode(z, self.inputs(c)))
-        noise = torch.randn(2, *mu_s.shape, generator=generator, device=c.device)
-        logs = mu_s + torch.exp(ls_s) * noise[0]
-        mask = (logs >= self.log_thr).float()
-        resid = mu_t + torch.exp(ls_t) * noise[1]
-        return self.from_view(logs, resid, mask, c)
+        return sample_heads(self, self.decoder, conditions, generator, precision)
+
+
+def decode_heads(decoder: nn.Module, z: torch.Tensor, inputs: torch.Tensor):
+    """Per station: mean and log sd of log10 S (censored at the threshold), of the time residual."""
+    out = decoder(torch.cat([broadcast(z), inputs], 1)).flatten(2)  # (N, 4, 81)
+    mu_s, ls_s, mu_t, ls_t = out.unbind(1)
+    return mu_s, ls_s.clamp(-6, 2), mu_t, ls_t.clamp(-6, 2)
+
+
+def vae_terms(model, encoder, decoder, view, inputs, generator, autocast):
+    """The footprint VAE's loss on real footprints: (Tobit NLL of the signals + Gaussian NLL of
+    the triggered stations' time residuals, batch mean; KL of the code from the prior)."""
+    eps = torch.randn(len(view), model.cfg.latent_dim, generator=generator, device=view.device)
+    with autocast():
+        mu, logvar = encoder(torch.cat([view, inputs], 1)).float().chunk(2, 1)
+        logvar = logvar.clamp(-12, 6)
+        z = mu + torch.exp(0.5 * logvar) * eps
+        mu_s, ls_s, mu_t, ls_t = (t.float() for t in decode_heads(decoder, z, inputs))
+    logs, resid, m = view.float().flatten(2).unbind(1)
+    sd_s = torch.exp(ls_s)
+    # Tobit: triggered stations the density of log10 S, silent ones P(log10 S < threshold)
+    nll_trig = 0.5 * ((logs - mu_s) / sd_s) ** 2 + ls_s + 0.5 * math.log(2 * math.pi)
+    below = torch.special.log_ndtr((model.log_thr - mu_s) / sd_s)
+    nll_s = torch.where(m > 0, nll_trig, -below).sum(1)
+    nll_t = ((0.5 * ((resid - mu_t) / torch.exp(ls_t)) ** 2 + ls_t + 0.5 * math.log(2 * math.pi)) * m).sum(1)
+    return (nll_s + nll_t).mean(), kl_normal(mu, logvar)
+
+
+def draw_heads(model, decoder, inputs, generator, soft: bool = False):
+    """A footprint drawn from the per-station heads for a latent from the prior: (log10 S,
+    residual, trigger mask), the mask softened (differentiable, for a critic) or hard."""
+    z = torch.randn(len(inputs), model.cfg.latent_dim, generator=generator, device=inputs.device)
+    mu_s, ls_s, mu_t, ls_t = (t.float() for t in decode_heads(decoder, z, inputs))
+    noise = torch.randn(2, *mu_s.shape, generator=generator, device=inputs.device)
+    logs = mu_s + torch.exp(ls_s) * noise[0]
+    resid = mu_t + torch.exp(ls_t) * noise[1]
+    if soft:
+        return logs, resid, torch.sigmoid((logs - model.log_thr) / model.cfg.soft_trigger)
+    return logs, resid, (logs >= model.log_thr).float()
+
+
+def sample_heads(model, decoder, conditions, generator, precision):
+    c = conditions.float()
+    with torch.autocast(device_type=c.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        logs, resid, mask = draw_heads(model, decoder, model.inputs(c), generator)
+    return model.from_view(logs, resid, mask, c)
 
 
 class FootprintGAN(AdversarialModel, FootprintSurrogate):
@@ -225,14 +254,38 @@ class FootprintGAN(AdversarialModel, FootprintSurrogate):
     def __init__(self, cfg: FootprintGANConfig, params: dict, threshold_vem: float):
         super().__init__(cfg, params, threshold_vem)
         k = self.n_cond_channels
-        self.set_networks(conv_stack(cfg.latent_dim + cfg.station_noise + k, cfg.width, cfg.depth, 2),
-                          nn.Sequential(conv_stack(3 + k, cfg.critic_width, cfg.depth, cfg.critic_width),
-                                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cfg.critic_width, 1)))
+        self.hybrid = cfg.likelihood_weight > 0
+        if self.hybrid:  # the VAE's decoder (per-station heads from a global latent) and encoder
+            generator = conv_stack(cfg.latent_dim + k, cfg.width, cfg.depth, 4)
+            self.encoder = nn.Sequential(conv_stack(3 + k, cfg.width, cfg.depth, cfg.width), nn.AdaptiveAvgPool2d(1),
+                                         nn.Flatten(), nn.Linear(cfg.width, 2 * cfg.latent_dim))
+            object.__setattr__(self, "e_run", self.encoder)
+        else:
+            generator = conv_stack(cfg.latent_dim + cfg.station_noise + k, cfg.width, cfg.depth, 2)
+        self.set_networks(generator, nn.Sequential(conv_stack(3 + k, cfg.critic_width, cfg.depth, cfg.critic_width),
+                                                   nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                                   nn.Linear(cfg.critic_width, 1)))
+        self._step = 0
+
+    def run_modules(self):
+        return {**super().run_modules(), **({"e_run": self._modules["encoder"]} if self.hybrid else {})}
+
+    def make_optimizers(self):
+        opts = super().make_optimizers()
+        if self.hybrid:
+            opts["g"].add_param_group({"params": list(self._modules["encoder"].parameters())})
+        return opts
 
     def ema_modules(self):
         return [self._modules["generator"]]
 
+    def train_step(self, batches, opts, step, autocast, gens):
+        self._step = step  # (the likelihood term's KL warm-up)
+        return super().train_step(batches, opts, step, autocast, gens)
+
     def generate_view(self, inputs, generator, soft: bool):
+        if self.hybrid:
+            return draw_heads(self, self.g_run, inputs, generator, soft)
         n, device = len(inputs), inputs.device
         z = torch.randn(n, self.cfg.latent_dim, generator=generator, device=device)
         zs = torch.randn(n, self.cfg.station_noise, GRID, GRID, generator=generator, device=device)
@@ -243,6 +296,14 @@ class FootprintGAN(AdversarialModel, FootprintSurrogate):
         else:
             mask = (logs >= self.log_thr).float()
         return logs, resid, mask
+
+    def generator_aux(self, fake, real, cond, generator=None):
+        """The likelihood term (model.likelihood_weight) beside the critic."""
+        if not self.hybrid:
+            return {}
+        rec, kl = vae_terms(self, self.e_run, self.g_run, real, cond, generator, contextlib.nullcontext)
+        warm = min(1.0, (self._step + 1) / self.cfg.kl_warmup) if self.cfg.kl_warmup else 1.0
+        return {"likelihood": self.cfg.likelihood_weight * (rec + warm * kl)}
 
     # what the shared adversarial step needs; its "cond" is the per-station conditioning channels
     def real_batch(self, batches):
