@@ -29,16 +29,18 @@ def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, 
         return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
 
 
-def adversarial_step(model, batches, opts, autocast, gens) -> dict[str, float]:
+def adversarial_step(model, batches, opts, autocast, gens, step: int = 0) -> dict[str, float]:
     """One generator step after n_critic critic steps, for any GAN that provides
     real_batch(batches) -> (real, cond), fake(cond, generator), critic_view(x, cond),
     `critic` and its run wrapper `d_run`; optionally generator_aux(fake, real, cond, generator) ->
     {name: weighted loss}, terms added to the generator's loss (the fake is drawn for the
-    real batch's conditions)."""
+    real batch's conditions). `step` (the generator step) places the lazy gradient penalty
+    (gp_every) so that a resumed run penalises the same critic steps."""
     c = model.cfg
     logs: dict[str, float] = {}
     model.critic.requires_grad_(True)
-    for _ in range(c.n_critic):
+    gp_every = getattr(c, "gp_every", 1)
+    for i in range(c.n_critic):
         real, cond = model.real_batch(batches)
         with torch.no_grad(), autocast():
             fake = model.fake(cond, gens["noise"])
@@ -54,9 +56,9 @@ def adversarial_step(model, batches, opts, autocast, gens) -> dict[str, float]:
             wdist = d_real.mean() - d_fake.mean()
             loss_d = -wdist
             logs["wasserstein"] = float(wdist.detach())
-            if c.loss == "wgan_gp":
+            if c.loss == "wgan_gp" and (step * c.n_critic + i) % gp_every == 0:
                 gp = gradient_penalty(model.critic, real, fake.detach(), cond, gens["noise"])
-                loss_d = loss_d + c.gp_lambda * gp
+                loss_d = loss_d + c.gp_lambda * gp_every * gp
                 logs["gp"] = float(gp.detach())
         opts["d"].zero_grad(set_to_none=True)
         loss_d.backward()
@@ -109,4 +111,4 @@ class AdversarialModel:
         return x
 
     def train_step(self, batches, opts, step, autocast, gens) -> dict[str, float]:
-        return adversarial_step(self, batches, opts, autocast, gens)
+        return adversarial_step(self, batches, opts, autocast, gens, step)

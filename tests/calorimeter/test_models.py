@@ -214,11 +214,19 @@ def test_the_whole_shower_critic_sees_every_layer(g4_sample):
     torch.testing.assert_close(fake.sum(2)[e_layers >= m.floor], torch.ones(int((e_layers >= m.floor).sum())))
 
 
-def test_hit_spectrum_term_is_zero_for_the_real_layers_and_sees_a_distorted_spectrum(g4_sample):
-    """The GAN's hit-spectrum term (model.spectrum_weight): near zero for real against real, large when
-    the hits' energies are spread (shares squared: faint hits fainter), with gradients."""
+@pytest.fixture(scope="module")
+def hybrid(g4_sample):
+    """A two-stage GAN with the hit-spectrum and likelihood terms, fitted on 60 Geant4 showers."""
     data = cc.read(g4_sample, max_events=60)
-    m, tables, _ = _layered(data, "gan", spectrum_weight=1.0)
+    m, tables, _ = _layered(data, "gan", spectrum_weight=1.0, likelihood_weight=1.0)
+    return m, tables
+
+
+def test_hit_spectrum_term_is_zero_for_the_real_layers_and_sees_a_distorted_spectrum(hybrid):
+    """The GAN's hit-spectrum term (model.spectrum_weight): near zero for real against real,
+    large when the hits' energies are spread (shares squared: faint hits fainter) or half the
+    hits are missing, with gradients."""
+    m, tables = hybrid
     shares, lcond = tables["layers"]
     assert float(m.spectrum_distance(shares, shares, lcond)) < 1e-4  # (the fake side weighs hits by the soft threshold)
     spread = (shares**2).requires_grad_(True)
@@ -226,14 +234,12 @@ def test_hit_spectrum_term_is_zero_for_the_real_layers_and_sees_a_distorted_spec
     assert float(d.detach()) > 0.1
     d.backward()
     assert torch.isfinite(spread.grad).all() and spread.grad.abs().sum() > 0
-    # half of the layers' hits left out: as far off as the spread ones
     fewer = torch.where(torch.rand(shares.shape, generator=torch.Generator().manual_seed(0)) < 0.5, shares, 0.0)
     assert float(m.spectrum_distance(fewer / fewer.sum(1, keepdim=True).clamp_min(1e-30), shares, lcond)) > 0.1
 
 
-def test_the_critic_sees_a_voxel_below_the_threshold_as_empty(g4_sample):
-    data = cc.read(g4_sample, max_events=20)
-    m, tables, _ = _layered(data, "gan")
+def test_the_critic_sees_a_voxel_below_the_threshold_as_empty(hybrid):
+    m, tables = hybrid
     shares, lcond = tables["layers"]
     e = m.layer_energy_of(lcond)
     row = int(e.argmax())
@@ -246,17 +252,18 @@ def test_the_critic_sees_a_voxel_below_the_threshold_as_empty(g4_sample):
     assert view["none"] == -1.0 and abs(view["faint"] + 1) < 0.01 and view["hit"] > -0.5
 
 
-def test_the_likelihood_term_trains_the_encoder_and_the_generator(g4_sample):
-    data = cc.read(g4_sample, max_events=20)
-    m, tables, _ = _layered(data, "gan", likelihood_weight=1.0)
+def test_the_likelihood_term_trains_the_encoder_and_the_generator(hybrid):
+    m, tables = hybrid
     shares, lcond = tables["layers"]
-    loss = m.likelihood(shares, lcond, torch.Generator().manual_seed(0))
+    m.zero_grad()
+    loss = m.likelihood(shares[:200], lcond[:200], torch.Generator().manual_seed(0))
     assert torch.isfinite(loss)
     loss.backward()
     for net in (m.encoder, m.generator):
         assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
-    assert set(m.make_optimizers()) == {"energy", "g", "d"}
-    assert sum(p.numel() for g in m.make_optimizers()["g"].param_groups for p in g["params"]) == \
+    opts = m.make_optimizers()
+    assert set(opts) == {"energy", "g", "d"}
+    assert sum(p.numel() for g in opts["g"].param_groups for p in g["params"]) == \
         sum(p.numel() for net in (m.encoder, m.generator) for p in net.parameters())
 
 

@@ -65,7 +65,8 @@ def test_prepare_splits_are_disjoint_and_deterministic(splits, g4_sample):
 FAMILIES = {
     "vae": [],  # two-stage VAE (the quickstart's)
     "wgan_gp": GAN,  # two-stage WGAN-GP with the likelihood term (the shipped config)
-    "wgan_gp_pure": [*GAN, "model.likelihood_weight=0", "model.voxel_noise=false", "model.spectrum_weight=1"],
+    "wgan_gp_pure": [*GAN, "model.likelihood_weight=0", "model.voxel_noise=false", "model.spectrum_weight=1",
+                     "model.n_critic=1", "model.gp_every=3", "train.log_every=1"],  # + lazy gradient penalty
     "wgan_gp_shower": [*GAN, "model.critic=shower", "model.likelihood_weight=1", "model.spectrum_weight=1", "model.shower_latent_dim=4", "model.shower_batch=8",
                        "model.shower_channels=8"],  # two-stage WGAN-GP, whole-shower critic
     "wgan_gp_voxel": ["model=calorimeter/wgan_gp_voxel", "model.critic_hidden=[32,32]", "model.n_critic=2"],
@@ -94,6 +95,8 @@ def test_each_family_trains_and_losses_change(tmp_path, splits, family):
     assert len(set(shape)) > 1
     assert info["steps"] == info["total_steps"] == 6 + (ENERGY_STEPS if layered else 0)
     assert "val_sep_mean" in rows[-1] and info["selected_step"] > 0
+    if family == "wgan_gp_pure":  # gp_every=3, one critic step: the penalty on two of the six steps
+        assert sum("gp" in r for r in rows if "loss_d" in r) == 2 and any("spectrum" in r for r in rows)
     if layered:  # the energy flow trained first, with its own loss
         energy = [r["energy_nll"] for r in rows if "energy_nll" in r]
         assert len(energy) >= 1 and rows[0]["step"] <= ENERGY_STEPS
@@ -404,3 +407,4 @@ def test_a_calogan_trained_model_generates_calogan_showers_and_warns_outside_its
     assert main(["generate", "--checkpoint", str(ckpt), "--events", "20", "--energy-range", "80", "90",
                  "--out", str(tmp_path / "high.h5"), "-q"]) == 0
     assert "have incident_energy outside the training range" in capsys.readouterr().err
+

@@ -53,6 +53,9 @@ class NeuronGANConfig(ConfigModel):
     critic_width: int = Field(32, gt=0)
     embed_dim: int = Field(8, gt=0)
     gp_lambda: float = Field(10.0, ge=0)
+    # the gradient penalty on every gp_every-th critic step only, weighted gp_every times (lazy
+    # regularisation, as StyleGAN2's): its double backward is most of a critic step's cost on a CPU
+    gp_every: int = Field(1, gt=0)
     n_critic: int = Field(5, gt=0)
     lr_g: float = Field(2e-4, gt=0)
     lr_d: float = Field(2e-4, gt=0)

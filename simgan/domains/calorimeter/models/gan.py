@@ -38,6 +38,9 @@ class GANConfig(ConfigModel):
     hidden: list[int] = [256, 512]
     critic_hidden: list[int] = [512, 256]
     gp_lambda: float = Field(10.0, ge=0)
+    # the gradient penalty on every gp_every-th critic step only, weighted gp_every times (lazy
+    # regularisation, as StyleGAN2's): its double backward is most of a critic step's cost on a CPU
+    gp_every: int = Field(1, gt=0)
     n_critic: int = Field(5, gt=0)
     lr_g: float = Field(1e-4, gt=0)
     lr_d: float = Field(1e-4, gt=0)
@@ -229,4 +232,4 @@ class ConditionalGAN(ConditionalSurrogate):
         return gan_optimizers(self.cfg, self.generator, self.critic)
 
     def train_step(self, batches, opts, step: int, autocast, gens) -> dict[str, float]:
-        return adversarial_step(self, batches, opts, autocast, gens)
+        return adversarial_step(self, batches, opts, autocast, gens, step)

@@ -623,7 +623,7 @@ class LayeredGAN(LayeredSurrogate):
             return torch.cat([v, f * self.cfg.critic_feature_weight], 1)
 
     def shape_step(self, batches, opts, step: int, autocast, gens) -> dict[str, float]:
-        return adversarial_step(self, batches, opts, autocast, gens)
+        return adversarial_step(self, batches, opts, autocast, gens, step)
 
     def generator_aux(self, fake: torch.Tensor, real: torch.Tensor, cond: torch.Tensor, generator=None) -> dict[str, torch.Tensor]:
         """The terms beside the critic: hit spectrum (model.spectrum_weight) and likelihood
