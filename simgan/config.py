@@ -350,9 +350,8 @@ def _read_experiment(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if not base_path.is_file():
         raise SimganError(f"{path}: key 'extends': no experiment file {base_path}")
     under = _read_experiment(base_path, (*seen, path.resolve()))
-    for key in ("defaults",):
-        if key in data and not isinstance(data[key], dict):
-            raise SimganError(f"{path}: key '{key}': expected a mapping like {{domain: calorimeter}}")
+    if not isinstance(data.get("defaults", {}), dict):
+        raise SimganError(f"{path}: key 'defaults': expected a mapping like {{domain: calorimeter}}")
     return _merge(under, data)
 
 

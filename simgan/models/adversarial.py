@@ -32,14 +32,13 @@ def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, 
 def adversarial_step(model, batches, opts, autocast, gens, step: int = 0) -> dict[str, float]:
     """One generator step after n_critic critic steps, for any GAN that provides
     real_batch(batches) -> (real, cond), fake(cond, generator), critic_view(x, cond),
-    `critic` and its run wrapper `d_run`; optionally generator_aux(fake, real, cond, generator) ->
+    `critic` and its run wrapper `d_run`; optionally generator_aux(fake, real, cond, generator, step) ->
     {name: weighted loss}, terms added to the generator's loss (the fake is drawn for the
     real batch's conditions). `step` (the generator step) places the lazy gradient penalty
     (gp_every) so that a resumed run penalises the same critic steps."""
     c = model.cfg
     logs: dict[str, float] = {}
     model.critic.requires_grad_(True)
-    gp_every = getattr(c, "gp_every", 1)
     for i in range(c.n_critic):
         real, cond = model.real_batch(batches)
         with torch.no_grad(), autocast():
@@ -56,9 +55,9 @@ def adversarial_step(model, batches, opts, autocast, gens, step: int = 0) -> dic
             wdist = d_real.mean() - d_fake.mean()
             loss_d = -wdist
             logs["wasserstein"] = float(wdist.detach())
-            if c.loss == "wgan_gp" and (step * c.n_critic + i) % gp_every == 0:
+            if c.loss == "wgan_gp" and (step * c.n_critic + i) % c.gp_every == 0:
                 gp = gradient_penalty(model.critic, real, fake.detach(), cond, gens["noise"])
-                loss_d = loss_d + c.gp_lambda * gp_every * gp
+                loss_d = loss_d + c.gp_lambda * c.gp_every * gp
                 logs["gp"] = float(gp.detach())
         opts["d"].zero_grad(set_to_none=True)
         loss_d.backward()
@@ -79,7 +78,7 @@ def adversarial_step(model, batches, opts, autocast, gens, step: int = 0) -> dic
     else:
         loss_g = -d_fake.mean()
     # a model's own terms beside the critic's (weighted already), named in its config
-    for name, aux in (model.generator_aux(fake, real, cond, gens["noise"]) if hasattr(model, "generator_aux") else {}).items():
+    for name, aux in (model.generator_aux(fake, real, cond, gens["noise"], step) if hasattr(model, "generator_aux") else {}).items():
         loss_g = loss_g + aux
         logs[name] = float(aux.detach())
     opts["g"].zero_grad(set_to_none=True)

@@ -193,8 +193,7 @@ class FootprintVAE(FootprintSurrogate):
     def train_step(self, batches, opts, step, autocast, gens):
         view, c = next(batches)
         rec, kl = vae_terms(self, self.encoder, self.decoder, view, self.inputs(c), gens["noise"], autocast)
-        warm = min(1.0, (step + 1) / self.cfg.kl_warmup) if self.cfg.kl_warmup else 1.0
-        loss = rec + self.cfg.kl_weight * warm * kl
+        loss = rec + self.cfg.kl_weight * kl_warm(self.cfg, step) * kl
         opts["vae"].zero_grad(set_to_none=True)
         loss.backward()
         opts["vae"].step()
@@ -203,6 +202,11 @@ class FootprintVAE(FootprintSurrogate):
     @torch.no_grad()
     def sample(self, conditions: torch.Tensor, extra=None, generator=None, precision: str = "fp32", **_):
         return sample_heads(self, self.decoder, conditions, generator, precision)
+
+
+def kl_warm(cfg, step: int) -> float:
+    """The KL term's weight ramped up linearly over the first cfg.kl_warmup steps."""
+    return min(1.0, (step + 1) / cfg.kl_warmup) if cfg.kl_warmup else 1.0
 
 
 def decode_heads(decoder: nn.Module, z: torch.Tensor, inputs: torch.Tensor):
@@ -268,7 +272,6 @@ class FootprintGAN(AdversarialModel, FootprintSurrogate):
         self.set_networks(generator, nn.Sequential(conv_stack(3 + k, cfg.critic_width, cfg.depth, cfg.critic_width),
                                                    nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                                                    nn.Linear(cfg.critic_width, 1)))
-        self._step = 0
 
     def run_modules(self):
         return {**super().run_modules(), **({"e_run": self._modules["encoder"]} if self.hybrid else {})}
@@ -281,10 +284,6 @@ class FootprintGAN(AdversarialModel, FootprintSurrogate):
 
     def ema_modules(self):
         return [self._modules["generator"]]
-
-    def train_step(self, batches, opts, step, autocast, gens):
-        self._step = step  # (the likelihood term's KL warm-up)
-        return super().train_step(batches, opts, step, autocast, gens)
 
     def generate_view(self, inputs, generator, soft: bool):
         if self.hybrid:
@@ -300,13 +299,12 @@ class FootprintGAN(AdversarialModel, FootprintSurrogate):
             mask = (logs >= self.log_thr).float()
         return logs, resid, mask
 
-    def generator_aux(self, fake, real, cond, generator=None):
+    def generator_aux(self, fake, real, cond, generator=None, step: int = 0):
         """The likelihood term (model.likelihood_weight) beside the critic."""
         if not self.hybrid:
             return {}
         rec, kl = vae_terms(self, self.e_run, self.g_run, real, cond, generator, contextlib.nullcontext)
-        warm = min(1.0, (self._step + 1) / self.cfg.kl_warmup) if self.cfg.kl_warmup else 1.0
-        return {"likelihood": self.cfg.likelihood_weight * (rec + warm * kl)}
+        return {"likelihood": self.cfg.likelihood_weight * (rec + kl_warm(self.cfg, step) * kl)}
 
     # what the shared adversarial step needs; its "cond" is the per-station conditioning channels
     def real_batch(self, batches):

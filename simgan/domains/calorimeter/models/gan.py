@@ -222,7 +222,8 @@ class ConditionalGAN(ConditionalSurrogate):
         """What the critic sees of a shower; the gradient penalty lives in this space too."""
         return self.view(u) if self.view is not None else u
 
-    def generator_aux(self, fake: torch.Tensor, real: torch.Tensor, cond: torch.Tensor, generator=None) -> dict[str, torch.Tensor]:
+    def generator_aux(self, fake: torch.Tensor, real: torch.Tensor, cond: torch.Tensor, generator=None,
+                      step: int = 0) -> dict[str, torch.Tensor]:
         """The energy aid (model.energy_aux_weight) beside the critic."""
         if self.cfg.energy_aux_weight <= 0:
             return {}

@@ -544,6 +544,13 @@ class LayeredGAN(LayeredSurrogate):
         e_layers = torch.exp(le.double() * self.le_std + self.le_mean) - self.floor
         return cond, e_layers, e_layers >= 0.5 * self.floor
 
+    def _full_layers(self, scond: torch.Tensor):
+        """critic=shower: the layers above the floor of the showers of `scond`, in row-major order:
+        their shower and layer indices, their layer conditions and their energies."""
+        shower, e_layers, full = self._unpack(scond)
+        sid, lid = torch.nonzero(full, as_tuple=True)
+        return sid, lid, self.layer_cond(shower, e_layers, sid, lid), e_layers[sid, lid].float()
+
     # what the adversarial step needs (simgan.models.adversarial.adversarial_step)
     def real_batch(self, batches):
         if self.cfg.critic == "shower":
@@ -556,9 +563,8 @@ class LayeredGAN(LayeredSurrogate):
         layers zero (critic=shower)."""
         if self.cfg.critic != "shower":
             return self._fake_layers(cond, generator)
-        shower, e_layers, full = self._unpack(cond)
-        sid, lid = torch.nonzero(full, as_tuple=True)
-        s = self._fake_layers(self.layer_cond(shower, e_layers, sid, lid), generator, sid, len(cond))
+        sid, lid, lcond, _ = self._full_layers(cond)
+        s = self._fake_layers(lcond, generator, sid, len(cond))
         out = s.new_zeros(len(cond), self.n_layers, self.v_max)
         out[sid, lid] = s
         return out.reshape(len(cond), -1)
@@ -625,7 +631,8 @@ class LayeredGAN(LayeredSurrogate):
     def shape_step(self, batches, opts, step: int, autocast, gens) -> dict[str, float]:
         return adversarial_step(self, batches, opts, autocast, gens, step)
 
-    def generator_aux(self, fake: torch.Tensor, real: torch.Tensor, cond: torch.Tensor, generator=None) -> dict[str, torch.Tensor]:
+    def generator_aux(self, fake: torch.Tensor, real: torch.Tensor, cond: torch.Tensor, generator=None,
+                      step: int = 0) -> dict[str, torch.Tensor]:
         """The terms beside the critic: hit spectrum (model.spectrum_weight) and likelihood
         (model.likelihood_weight)."""
         out = {}
@@ -640,10 +647,9 @@ class LayeredGAN(LayeredSurrogate):
         shares under the generator fed the encoder's code, plus the code's KL from the prior."""
         sid, n_showers = None, 0
         if self.cfg.critic == "shower":
-            shower, e_layers, full = self._unpack(cond)
-            sid, lid = torch.nonzero(full, as_tuple=True)
-            real = real.reshape(len(cond), self.n_layers, self.v_max)[sid, lid]
-            cond, n_showers = self.layer_cond(shower, e_layers, sid, lid), len(shower)
+            n_showers = len(cond)
+            sid, lid, cond, _ = self._full_layers(cond)
+            real = real.reshape(n_showers, self.n_layers, self.v_max)[sid, lid]
         mu, logvar = self.e_run(torch.cat([log_share_view(real), cond], 1)).float().chunk(2, dim=1)
         logvar = logvar.clamp(-20, 10)
         z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator, device=mu.device)
@@ -660,10 +666,9 @@ class LayeredGAN(LayeredSurrogate):
         SPECTRUM_GROUPS groups of layer energy. A fake hit counts with its soft readout
         threshold, so a hit pushed below the threshold leaves the spectrum."""
         if self.cfg.critic == "shower":
-            _, e_layers, full = self._unpack(cond)
-            keep = full.reshape(-1)
-            fake, real = fake.reshape(-1, self.v_max)[keep], real.reshape(-1, self.v_max)[keep]
-            e = e_layers.reshape(-1)[keep].float()
+            sid, lid, _, e = self._full_layers(cond)
+            shape = (len(cond), self.n_layers, self.v_max)
+            fake, real = fake.reshape(shape)[sid, lid], real.reshape(shape)[sid, lid]
         else:
             e = self.layer_energy_of(cond)
         m = len(e)
