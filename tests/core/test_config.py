@@ -137,10 +137,11 @@ def test_broken_checkpoints_and_unknown_geometry_say_what_is_wrong(tmp_path):
         load_binning("nope")
 
 
-@pytest.mark.parametrize("twin", ["quickstart_gan", "airshower_quickstart_gan", "neuron_quickstart_gan"])
+@pytest.mark.parametrize("twin", ["quickstart_gan", "airshower_quickstart_gan", "neuron_quickstart_gan",
+                                  "airshower50k_gan"])
 def test_gan_twins_keep_their_quickstarts_data_budget_and_gate(twin):
-    """A twin `extends` its quickstart: the same data and gate (the training may differ: a GAN's
-    critic steps cost more per step)."""
+    """A twin `extends` its quickstart (or benchmark): the same data and gate (the training may
+    differ: a GAN's critic steps cost more per step)."""
     base = load_config(QUICKSTART.parent / f"{twin.removesuffix('_gan')}.yaml")
     gan = load_config(QUICKSTART.parent / f"{twin}.yaml")
     assert "gan" in gan.model.family and "vae" in base.model.family

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from simgan.domains.neuron import io as nio
-from simgan.domains.neuron.simulator import (CLASSES, Projection, grow, image_and_truth, orient, project, segments,
-                                             simulate)
+from simgan.domains.neuron.simulator import CLASSES, Projection, grow, image_and_truth, orient, project, segments
 from simgan.errors import SimganError
 from tests.conftest import REPO
 
@@ -259,7 +258,7 @@ def test_neuron_chain_registers_and_a_consumer_predicts_from_class_names(tmp_pat
     assert reg["name"] == "simgan-neuron-quickstart-gan" and reg["gate"] == ("pass" if g["gate"]["pass"] else "fail")
 
 
-@pytest.mark.parametrize("family", ["neuron_gan", "neuron_vae", "neuron_vae_flow"])
+@pytest.mark.parametrize("family", ["neuron_gan", "neuron_gan_hybrid", "neuron_vae", "neuron_vae_flow"])
 def test_image_models_train_through_the_shared_trainer_and_sample_by_class(tmp_path, family):
     import torch
 
@@ -271,18 +270,20 @@ def test_image_models_train_through_the_shared_trainer_and_sample_by_class(tmp_p
     ni.attrs = nio.projection_attrs(Projection())
     nio.write(tmp_path / "train.h5", ni)
     nio.write(tmp_path / "val.h5", ni.subset(np.arange(24)))
-    flow = family.endswith("_flow")
-    family = family.removesuffix("_flow")
+    flow, hybrid = family.endswith("_flow"), family.endswith("_hybrid")
+    family = family.removesuffix("_flow").removesuffix("_hybrid")
     cfg = load_config(NEURON, [f"runs_dir={tmp_path}", f"model={family}", "model.width=8", "train.steps=6",
                                "train.batch_size=8", "train.log_every=2", "train.val_every=3", "train.val_events=24",
                                "train.checkpoint_every=3", "train.mlflow=false", "train.progress=false",
                                *(["model.critic_width=8", "model.n_critic=2"] if family == "neuron_gan" else []),
-                               *(["model.latent_sampler=flow", "model.flow_steps=30"] if flow else [])])
+                               *(["model.latent_sampler=flow", "model.flow_steps=30"] if flow else []),
+                               *(["model.likelihood_weight=1", "model.kl_warmup_steps=2"] if hybrid else [])])
     info = Trainer(cfg, get_domain(cfg.domain.name), tmp_path / "train.h5", tmp_path / "val.h5", tmp_path / "train", progress=False).fit()
     assert info["steps"] == 6 and info["complete"]
     rows = [json.loads(x) for x in (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()]
     logged = {"loss_d", "loss_g", "gp"} if family == "neuron_gan" else {"recon", "kl"}
-    assert logged | {"val_sep_mean"} <= set().union(*rows)
+    assert logged | ({"likelihood"} if hybrid else set()) | {"val_sep_mean"} <= set().union(*rows)
+    assert all(np.isfinite(r[k]) for r in rows for k in logged & set(r))
     model, ckpt = model_from_checkpoint(tmp_path / "train" / "model.pt")
     assert ckpt["schema"]["sample_shape"] == [64, 64] and ckpt["condition_ranges"]["randomness"][0] >= 0.1
     c = torch.tensor([[0, 0.2], [1, 0.2], [2, 0.3]])
@@ -290,6 +291,15 @@ def test_image_models_train_through_the_shared_trainer_and_sample_by_class(tmp_p
     out = model.sample(c, None, g)
     assert out.shape == (3, 64, 64) and (out >= 0).all()
     assert not torch.equal(out[0], out[1])  # the class reaches the generator
+    if hybrid:  # the VAE's heads and its encoder; the critic's fake is the drawn image with the hits' gradient
+        assert model.hybrid and model.encoder is not None
+        cond = torch.nn.functional.one_hot(torch.tensor([0, 1, 2]), 3).float()
+        cond = torch.cat([cond, torch.zeros(3, 1)], 1)[:, :, None, None].expand(-1, -1, 64, 64)
+        fake = model.fake(cond, torch.Generator().manual_seed(2))
+        assert fake.shape == (3, 1, 64, 64) and fake.requires_grad and (fake.detach() >= 0).all()
+        fake.sum().backward()
+        grads = [p.grad for p in model.generator.parameters()]
+        assert any(g is not None and g.abs().sum() > 0 for g in grads)
     if flow:  # fitted after training, stored in model.pt; its codes differ from the prior's, a seed repeats them
         assert info["calibration"]["latent_flow_steps"] == 30 and bool(model.flow_fitted)
         z = model.draw_codes(c, torch.Generator().manual_seed(5))

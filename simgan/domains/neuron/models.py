@@ -8,7 +8,10 @@ soma, so where a pixel lies matters.
 
 The VAE's decoder gives each pixel the probability that it holds neurite and, if it does, a
 Gaussian for v (zero-inflated, as the calorimeter's voxels); the GAN's generator ends in a
-ReLU, so empty pixels are exactly empty.
+ReLU, so empty pixels are exactly empty. With model.likelihood_weight > 0 the GAN is a VAE-GAN
+hybrid (Larsen et al. 2016): its generator is the VAE's decoder, trained by the critic, which
+sees the pixels as drawn (straight-through gradients of the hit probabilities), and by the
+VAE's likelihood through an encoder; it samples as the VAE does.
 """
 
 from __future__ import annotations
@@ -60,6 +63,11 @@ class NeuronGANConfig(ConfigModel):
     lr_g: float = Field(2e-4, gt=0)
     lr_d: float = Field(2e-4, gt=0)
     betas: tuple[float, float] = (0.5, 0.9)
+    # > 0: the VAE-GAN hybrid; the weight of the VAE's loss (per-pixel likelihood + beta KL,
+    # ramped over kl_warmup_steps) beside the critic's in the generator's loss
+    likelihood_weight: float = Field(0.0, ge=0)
+    beta: float = Field(1.0, ge=0)
+    kl_warmup_steps: int = Field(500, ge=0)
 
 
 def to_view(images: torch.Tensor) -> torch.Tensor:
@@ -154,6 +162,39 @@ class Decoder(nn.Module):
         return self.out(h)
 
 
+def draw_pixels(out: torch.Tensor, generator=None, straight_through: bool = False) -> torch.Tensor:
+    """Decoder heads (N, 3, S, S) (hit logit, mean and log sd of v) -> drawn view (N, S, S):
+    a pixel holds neurite with its probability, then v from its Gaussian (>= 0). With
+    straight_through, the forward pass is the same draw and the hits' gradient is their
+    probability's (for a critic that judges drawn images)."""
+    p = torch.sigmoid(out[:, 0].float())
+    noise = torch.rand(p.shape, generator=generator, device=p.device)
+    gauss = torch.randn(p.shape, generator=generator, device=p.device)
+    hit = (noise < p).to(p.dtype)
+    if straight_through:
+        hit = hit + p - p.detach()
+    v = (out[:, 1].float() + torch.exp(out[:, 2].float().clamp(-5, 2)) * gauss).clamp(min=0)
+    return hit * v
+
+
+def likelihood_terms(model, encoder, decoder, view, c, eps):
+    """The VAE's loss terms for real views (N, 1, S, S) under conditions c (N, 2): the per-pixel
+    zero-inflated likelihood (hit or not; v Gaussian where hit), summed over pixels, and the KL
+    of the code, both batch means."""
+    cond_channels = one_hot_vector(c)[:, :, None, None].expand(-1, -1, view.shape[-2], view.shape[-1])
+    mu, logvar = encoder(torch.cat([view, cond_channels.to(view.dtype)], 1)).float().chunk(2, 1)
+    logvar = logvar.clamp(-12, 6)
+    z = mu + torch.exp(0.5 * logvar) * eps
+    out = decoder(z, model.cond_vector(c)).float()
+    hit_logit, mean, log_sd = out[:, 0], out[:, 1], out[:, 2].clamp(-5, 2)
+    v = view[:, 0].float()
+    hit = v > 0
+    bce = nn.functional.binary_cross_entropy_with_logits(hit_logit, hit.float(), reduction="none")
+    nll = 0.5 * ((v - mean) / torch.exp(log_sd)) ** 2 + log_sd + 0.5 * math.log(2 * math.pi)
+    rec = (bce + torch.where(hit, nll, torch.zeros_like(nll))).flatten(1).sum(1).mean()
+    return rec, kl_normal(mu, logvar)
+
+
 class NeuronSurrogate(nn.Module):
     """What both families share: the class embedding, the soma pixel, fit() and the sample()
     the pipeline calls with (N, 2) conditions (class index, randomness)."""
@@ -238,17 +279,7 @@ class NeuronVAE(NeuronSurrogate):
         view, c = next(batches)
         eps = torch.randn(len(c), self.cfg.latent_dim, generator=gens["noise"], device=c.device)
         with autocast():
-            mu, logvar = self.encoder(torch.cat([view, self._cond_channels(c, view.shape[-1])], 1)).float().chunk(2, 1)
-            logvar = logvar.clamp(-12, 6)
-            z = mu + torch.exp(0.5 * logvar) * eps
-            out = self.decoder(z, self.cond_vector(c)).float()
-        hit_logit, mean, log_sd = out[:, 0], out[:, 1], out[:, 2].clamp(-5, 2)
-        v = view[:, 0]
-        hit = v > 0
-        bce = nn.functional.binary_cross_entropy_with_logits(hit_logit, hit.float(), reduction="none")
-        nll = 0.5 * ((v - mean) / torch.exp(log_sd)) ** 2 + log_sd + 0.5 * math.log(2 * math.pi)
-        rec = (bce + torch.where(hit, nll, torch.zeros_like(nll))).flatten(1).sum(1).mean()
-        kl = kl_normal(mu, logvar)
+            rec, kl = likelihood_terms(self, self.encoder, self.decoder, view, c, eps)
         loss = rec + kl_weight(self.cfg, step) * kl
         opts["vae"].zero_grad(set_to_none=True)
         loss.backward()
@@ -261,11 +292,7 @@ class NeuronVAE(NeuronSurrogate):
         z = self.draw_codes(c, generator)
         with torch.autocast(device_type=c.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             out = self.decoder(z, self.cond_vector(c)).float()
-        noise = torch.rand(len(c), self.size, self.size, generator=generator, device=c.device)
-        gauss = torch.randn(len(c), self.size, self.size, generator=generator, device=c.device)
-        hit = noise < torch.sigmoid(out[:, 0])
-        v = out[:, 1] + torch.exp(out[:, 2].clamp(-5, 2)) * gauss
-        return from_view(torch.where(hit, v.clamp(min=0), torch.zeros_like(v))[:, None])
+        return from_view(draw_pixels(out, generator)[:, None])
 
 
 class NeuronGAN(AdversarialModel, NeuronSurrogate):
@@ -273,15 +300,25 @@ class NeuronGAN(AdversarialModel, NeuronSurrogate):
 
     def __init__(self, cfg: NeuronGANConfig, size: int, soma: tuple[int, int]):
         super().__init__(cfg, size, soma)
-        self.set_networks(Decoder(cfg.latent_dim, cfg.embed_dim + 1, cfg.width, 1, self.soma, self.size),
+        self.hybrid = cfg.likelihood_weight > 0
+        # the hybrid's generator is the VAE's decoder (three heads per pixel), with its encoder
+        self.set_networks(Decoder(cfg.latent_dim, cfg.embed_dim + 1, cfg.width, 3 if self.hybrid else 1,
+                                  self.soma, self.size),
                           Encoder(1 + N_CLASSES + 1, cfg.critic_width, 1, self.soma, self.size))
+        if self.hybrid:
+            self.encoder = Encoder(1 + N_CLASSES + 1, cfg.width, 2 * cfg.latent_dim, self.soma, self.size)
+            object.__setattr__(self, "e_run", self.encoder)
+
+    def run_modules(self):
+        return {**super().run_modules(), **({"e_run": self._modules["encoder"]} if self.hybrid else {})}
 
     def ema_modules(self):
         return [self._modules["generator"], self._modules["embed"]]
 
     def make_optimizers(self):
         opts = super().make_optimizers()
-        opts["g"].add_param_group({"params": list(self.embed.parameters())})
+        extra = list(self.embed.parameters()) + (list(self._modules["encoder"].parameters()) if self.hybrid else [])
+        opts["g"].add_param_group({"params": extra})
         return opts
 
     # the shared adversarial step's "cond" is the one-hot condition broadcast over the image
@@ -293,17 +330,30 @@ class NeuronGAN(AdversarialModel, NeuronSurrogate):
         v = cond_channels[:, :, 0, 0]
         return torch.stack([v[:, :N_CLASSES].argmax(1).to(v.dtype), v[:, N_CLASSES] * 0.15 + 0.25], 1)
 
-    def fake(self, cond_channels, generator):
-        c = self._conditions(cond_channels)
+    def _draw(self, network, c, generator, straight_through: bool):
         z = torch.randn(len(c), self.cfg.latent_dim, generator=generator, device=c.device)
-        return torch.relu(self.g_run(z, self.cond_vector(c)))
+        out = network(z, self.cond_vector(c))
+        if self.hybrid:
+            return draw_pixels(out, generator, straight_through)[:, None]
+        return torch.relu(out)
+
+    def fake(self, cond_channels, generator):
+        return self._draw(self.g_run, self._conditions(cond_channels), generator, straight_through=True)
+
+    def generator_aux(self, fake, real, cond, generator=None, step: int = 0):
+        """The VAE's loss (model.likelihood_weight) beside the critic's, for the hybrid."""
+        if not self.hybrid:
+            return {}
+        c = self._conditions(cond)
+        eps = torch.randn(len(c), self.cfg.latent_dim, generator=generator, device=c.device)
+        rec, kl = likelihood_terms(self, self.e_run, self.g_run, real, c, eps)
+        return {"likelihood": self.cfg.likelihood_weight * (rec + kl_weight(self.cfg, step) * kl)}
 
     @torch.no_grad()
     def sample(self, conditions: torch.Tensor, extra=None, generator=None, precision: str = "fp32", **_):
         c = conditions.float()
-        z = torch.randn(len(c), self.cfg.latent_dim, generator=generator, device=c.device)
         with torch.autocast(device_type=c.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            v = torch.relu(self.generator(z, self.cond_vector(c))).float()
+            v = self._draw(self.generator, c, generator, straight_through=False).float()
         return from_view(v)
 
 
