@@ -272,7 +272,7 @@ def test_the_gan_twin_of_the_quickstart_runs_the_chain(air_chain, tmp_path):
                       [f"runs_dir={tmp_path}", f"register.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
                        f"prepare.input={base.run_dir / 'simulate' / 'showers.h5'}",
                        *[o for o in AIR_TINY if not o.startswith(("simulate.", "model."))],
-                       "model.width=16", "model.depth=2", "model.critic_width=16", "train.steps=8",
+                       "model.width=16", "model.depth=2", "model.critic_width=16", "model.gp_every=1", "train.steps=8",
                        "train.val_every=4", "train.checkpoint_every=4", "train.log_every=2"])
     assert cfg.model.family == "footprint_gan" and cfg.validate.gate == load_config(AIR).validate.gate
     assert run_chain(cfg, progress=False) == 0
