@@ -177,13 +177,24 @@ def draw_pixels(out: torch.Tensor, generator=None, straight_through: bool = Fals
     return hit * v
 
 
+def condition_channels(c: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, 2) conditions -> (N, 4, size, size): the one-hot class and scaled randomness on every
+    pixel (what the encoders and the critic read beside an image)."""
+    return one_hot_vector(c)[:, :, None, None].expand(-1, -1, size, size)
+
+
+def encode(encoder: nn.Module, view: torch.Tensor, c: torch.Tensor):
+    """q(z | image, class, randomness): (mean, clamped log variance) of the code, in float32."""
+    x = torch.cat([view, condition_channels(c, view.shape[-1]).to(view.dtype)], 1)
+    mu, logvar = encoder(x).float().chunk(2, 1)
+    return mu, logvar.clamp(-12, 6)
+
+
 def likelihood_terms(model, encoder, decoder, view, c, eps):
     """The VAE's loss terms for real views (N, 1, S, S) under conditions c (N, 2): the per-pixel
     zero-inflated likelihood (hit or not; v Gaussian where hit), summed over pixels, and the KL
     of the code, both batch means."""
-    cond_channels = one_hot_vector(c)[:, :, None, None].expand(-1, -1, view.shape[-2], view.shape[-1])
-    mu, logvar = encoder(torch.cat([view, cond_channels.to(view.dtype)], 1)).float().chunk(2, 1)
-    logvar = logvar.clamp(-12, 6)
+    mu, logvar = encode(encoder, view, c)
     z = mu + torch.exp(0.5 * logvar) * eps
     out = decoder(z, model.cond_vector(c)).float()
     hit_logit, mean, log_sd = out[:, 0], out[:, 1], out[:, 2].clamp(-5, 2)
@@ -247,9 +258,8 @@ class NeuronVAE(NeuronSurrogate):
         g = torch.Generator().manual_seed(seed)
         c = torch.as_tensor(cond, dtype=torch.float32)
         with torch.no_grad():
-            mu = torch.cat([self.encoder(torch.cat([to_view(torch.as_tensor(images[i:i + 512])),
-                                                    self._cond_channels(c[i:i + 512], self.size)], 1)
-                                         ).chunk(2, 1)[0] for i in range(0, len(images), 512)])
+            mu = torch.cat([encode(self.encoder, to_view(torch.as_tensor(images[i:i + 512])), c[i:i + 512])[0]
+                            for i in range(0, len(images), 512)])
         ctx = one_hot_vector(c)
         opt = torch.optim.Adam(self.latent_flow.parameters(), lr=1e-3)
         for _ in range(self.cfg.flow_steps):
@@ -271,9 +281,6 @@ class NeuronVAE(NeuronSurrogate):
 
     def make_optimizers(self):
         return {"vae": torch.optim.Adam(self.parameters(), lr=self.cfg.lr)}
-
-    def _cond_channels(self, c, s):
-        return one_hot_vector(c)[:, :, None, None].expand(-1, -1, s, s)
 
     def train_step(self, batches, opts, step, autocast, gens):
         view, c = next(batches)
@@ -324,7 +331,7 @@ class NeuronGAN(AdversarialModel, NeuronSurrogate):
     # the shared adversarial step's "cond" is the one-hot condition broadcast over the image
     def real_batch(self, batches):
         view, c = next(batches)
-        return view, one_hot_vector(c)[:, :, None, None].expand(-1, -1, self.size, self.size)
+        return view, condition_channels(c, self.size)
 
     def _conditions(self, cond_channels):
         v = cond_channels[:, :, 0, 0]
