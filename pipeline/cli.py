@@ -69,13 +69,14 @@ def cmd_merge(args) -> int:
         if len(args.overrides) != len(args.shards) or args.out or not args.config:
             raise SimganError(f"--stage {args.stage} takes -c CONFIG [key=value ...] and nothing else: it merges the "
                               "stage's shards (RUN/STAGE/shards/shard_*.h5) into its output and writes its manifest")
-        from pipeline.contract import Context  # lazy: see _config
+        from pipeline.contract import Context, run_folder_lock  # lazy: see _config
         from pipeline.runner import stage_module
 
         cfg = _config(args)
         mod = stage_module(args.stage)
         shards = sorted(mod.shard_dir(cfg).glob("shard_*.h5"))
-        out = mod.run(cfg, Context(progress=False), shards=shards)
+        with run_folder_lock(cfg):
+            out = mod.run(cfg, Context(progress=False), shards=shards)
         print(f"[{args.stage}] merged {len(shards)} shards into {out['showers']}")
         return 0
     if not args.shards or not args.out:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pipeline import generate, prepare, register, simulate, train, validate
-from pipeline.contract import STAGES, Context, is_complete
+from pipeline.contract import STAGES, Context, is_complete, run_folder_lock
 from simgan.config import ExperimentConfig
 from simgan.errors import SimganError
 
@@ -26,19 +26,23 @@ def run_stages(cfg: ExperimentConfig, stages: list[str], force: bool = False, pr
     """`fresh`: discard partial state (training checkpoints); defaults to `force`."""
     ctx = Context(force=force, progress=progress, extra={"fresh": force if fresh is None else fresh})
     results = {}
-    for name in stages:
-        mod = stage_module(name)
-        ins = mod.inputs(cfg)
-        if not force and is_complete(cfg, name, ins):
-            print(f"[{name}] up to date, skipped")
-            results[name] = mod.outputs(cfg)
-            continue
-        missing = [str(p) for p in ins.values() if not p.exists()]
-        if missing:
-            raise SimganError(f"stage {name}: missing input(s) {missing}; run the earlier stages first")
-        print(f"[{name}] running")
-        results[name] = mod.run(cfg, ctx)
+    with run_folder_lock(cfg):
+        for name in stages:
+            results[name] = _run_one(cfg, name, ctx, force)
     return results
+
+
+def _run_one(cfg: ExperimentConfig, name: str, ctx: Context, force: bool):
+    mod = stage_module(name)
+    ins = mod.inputs(cfg)
+    if not force and is_complete(cfg, name, ins, mod.outputs(cfg)):
+        print(f"[{name}] up to date, skipped")
+        return mod.outputs(cfg)
+    missing = [str(p) for p in ins.values() if not p.exists()]
+    if missing:
+        raise SimganError(f"stage {name}: missing input(s) {missing}; run the earlier stages first")
+    print(f"[{name}] running")
+    return mod.run(cfg, ctx)
 
 
 def run_chain(cfg: ExperimentConfig, force: bool = False, start: str | None = None, until: str | None = None,
@@ -54,8 +58,9 @@ def run_chain(cfg: ExperimentConfig, force: bool = False, start: str | None = No
     selected = chain[lo:hi]
     # --from forces the named stage and everything after it
     results = {}
-    for name in selected:
-        results.update(run_stages(cfg, [name], force=force or (start is not None), progress=progress))
+    with run_folder_lock(cfg):
+        for name in selected:
+            results.update(run_stages(cfg, [name], force=force or (start is not None), progress=progress))
     summary = results.get("register") or {}
     if "validate" in results:
         print(validate.verdict_line(cfg))

@@ -43,6 +43,11 @@ def summary_text(m: dict, report) -> str:
 
 def validate_cli(args) -> int:
     name = file_domain(args.reference)
+    for flag, path in (("--candidate", args.candidate), ("--floor", args.floor)):
+        other = file_domain(path) if path else name
+        if other != name:
+            raise SimganError(f"{flag} {path} holds {other} data but --reference {args.reference} holds {name} data; "
+                              "compare files of one domain")
     if args.config:
         cfg = load_config(args.config, args.overrides)
         if cfg.domain.name != name:

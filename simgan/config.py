@@ -80,6 +80,14 @@ class GenerateConfig(Strict):
     precision: Literal["fp32", "bf16"] = "fp32"
 
 
+class GateBase(Strict):
+    """What every domain's gate shares: the fewest events per class in the classifier test
+    for a verdict (below about a hundred the classifier cannot tell even clearly different
+    samples apart, and a pass would be a verdict without evidence)."""
+
+    min_events: int = Field(100, ge=1)
+
+
 class ValidateConfig(Strict):
     """The shared validation keys; a domain's subclass adds its own and its gate."""
 
@@ -167,7 +175,7 @@ class ExperimentConfig(Strict):
 
     name: str
     runs_dir: str = "runs"
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=2**63 - 1)
     domain: SerializeAsAny[ConfigModel]
     model: SerializeAsAny[ConfigModel]
     simulate: SerializeAsAny[ConfigModel]

@@ -146,21 +146,49 @@ def _free_bytes(folder: Path) -> str:
         free /= 1024
 
 
-def check_output_file(out: str | os.PathLike, inputs: dict[str, str | os.PathLike | None]) -> Path:
+def _replaces(out: Path, path: Path) -> str | None:
+    """How writing `out` would destroy `path`: the same file (one path, a symlink or a hard
+    link), or a file inside the folder `path` that is read; None when it would not."""
+    if out.exists() and path.exists() and os.path.samefile(out, path):
+        return "is"
+    if out.resolve() == path.resolve():
+        return "is"
+    if path.is_dir() and out.exists() and out.resolve().is_relative_to(path.resolve()):
+        return "is inside"
+    return None
+
+
+def check_output_file(out: str | os.PathLike, inputs: dict[str, str | os.PathLike | None],
+                      flag: str = "--out") -> Path:
     """`out` as a Path, checked before any work: not a directory, and none of `inputs`
-    (label -> path), which writing it would replace."""
+    (label -> path) nor an existing file inside an input folder, which writing it would replace."""
     out = Path(out)
     if out.is_dir():
-        raise SimganError(f"{out}: is a directory; --out needs a file name")
+        raise SimganError(f"{out}: is a directory; {flag} needs a file name")
     for label, path in inputs.items():
         if path is None:
             continue
         path = Path(path)
-        same = os.path.samefile(out, path) if out.exists() and path.exists() else out.resolve() == path.resolve()
-        if same:
-            raise SimganError(f"--out {out} is the {label} file {path}: writing it would replace that file; "
+        how = _replaces(out, path)
+        if how == "is":
+            raise SimganError(f"{flag} {out} is the {label} file {path}: writing it would replace that file; "
                               "choose another output name")
+        if how:
+            raise SimganError(f"{flag} {out} is a file inside the {label} folder {path}: writing it would replace "
+                              "a file that is read; choose an output outside that folder")
     return out
+
+
+def check_outputs_apart(outputs: dict[str, str | os.PathLike], inputs: dict[str, str | os.PathLike],
+                        stage: str) -> None:
+    """A stage never writes onto its own input (e.g. prepare.input naming the prepare stage's
+    own train.h5, directly or through a symlink): refused before any work."""
+    for name, out in outputs.items():
+        for label, path in inputs.items():
+            if _replaces(Path(out), Path(path)):
+                raise SimganError(f"stage {stage}: its {label} input {path} is its own output {out} ({name}); "
+                                  "writing the output would destroy the input. Point the input at a file "
+                                  "outside the run folder's stage output, or copy it elsewhere first")
 
 
 def check_output_dir(out: str | os.PathLike, flag: str = "--out", create: bool = True) -> Path:

@@ -13,7 +13,8 @@ import numpy as np
 from simgan.checkpoint import build_model, load_checkpoint
 from simgan.errors import SimganError
 from simgan.io import file_sha256
-from simgan.tracking import check_store_writable, mlflow_env, tracking_uri
+from simgan.metrics.gate import inconsistency
+from simgan.tracking import end_dead_runs, ensure_store, mlflow_env, process_tags, tracking_uri
 
 
 def _pyfunc_class():
@@ -26,7 +27,11 @@ def _pyfunc_class():
         randomness). Output: the domain's samples (calorimeter: (N, n_voxels) float32 showers in
         MeV, CaloChallenge voxel order; air showers: (N, 3, 9, 9) signal, time, triggered;
         neurons: (N, 64, 64) um per pixel).
-        Params: seed (int), precision ('fp32' or 'bf16': the network in bfloat16)."""
+        Params: seed (int), precision ('fp32' or 'bf16': the network in bfloat16), extrapolate
+        (bool, default False: conditions outside the training range are refused).
+        Bad input (a missing, non-numeric or non-finite column, an empty frame, a condition
+        out of range, an output too large for the memory) raises MlflowException
+        INVALID_PARAMETER_VALUE naming the column and row."""
 
         def __init__(self, domain):
             self.domain = domain  # pickled by reference (its module and name)
@@ -38,12 +43,18 @@ def _pyfunc_class():
             self.extras = self.domain.pyfunc_load(self.ckpt, dict(context.artifacts))
 
         def predict(self, context, model_input, params=None):
+            from mlflow.exceptions import MlflowException
+
             params = params or {}
-            precision = str(params.get("precision", "fp32"))
-            if precision not in ("fp32", "bf16"):
-                raise ValueError(f"params 'precision' must be 'fp32' or 'bf16' (got {precision!r})")
-            return self.domain.pyfunc_predict(self.model, self.ckpt, model_input, int(params.get("seed", 0)),
-                                              precision)
+            try:
+                precision = str(params.get("precision", "fp32"))
+                if precision not in ("fp32", "bf16"):
+                    raise ValueError(f"params 'precision' must be 'fp32' or 'bf16' (got {precision!r})")
+                return self.domain.pyfunc_predict(self.model, self.ckpt, model_input, int(params.get("seed", 0)),
+                                                  precision, extrapolate=bool(params.get("extrapolate", False)))
+            except (ValueError, SimganError) as exc:
+                # what `mlflow models serve` answers as HTTP 400 with this message (not a stack trace)
+                raise MlflowException.invalid_parameter_value(str(exc)) from None
 
     return ShowerSurrogate
 
@@ -80,6 +91,10 @@ def gate_verdict(metrics: dict | None, checkpoint, source: str = "metrics.json")
     if not isinstance(gate, dict) or not isinstance(gate.get("pass"), bool):
         raise SimganError(f"{source}: no gate verdict (expected a 'gate' object with 'pass' true or false); "
                           "run `simgan validate` again")
+    why = inconsistency(gate)
+    if why:
+        raise SimganError(f"{source}: the gate verdict does not follow from its own checks: {why}; the file was "
+                          "changed after validation: run `simgan validate` again")
     if not gate["pass"]:
         return False
     bound, actual = metrics.get("candidate_checkpoint_sha256"), file_sha256(checkpoint)
@@ -96,7 +111,7 @@ def register_model(checkpoint, domain, name: str, uri: str, metrics: dict | None
                    metrics_source: str = "metrics.json") -> dict:
     """Log the pyfunc under the training run, register a version, tag it, move the alias if the gate passed."""
     gate_pass = gate_verdict(metrics, checkpoint, metrics_source)  # before anything is logged
-    check_store_writable(uri)
+    ensure_store(uri)
     mlflow_env()
     from mlflow.exceptions import MlflowException
     from mlflow.utils.validation import _validate_model_name  # MLflow's own rule, before a run is logged
@@ -106,7 +121,8 @@ def register_model(checkpoint, domain, name: str, uri: str, metrics: dict | None
     except MlflowException as exc:
         raise SimganError(f"register name {name!r}: {exc.message}") from None
     import mlflow
-    from mlflow.models import infer_signature
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.types.schema import AnyType, ColSpec, Schema
     from mlflow.tracking import MlflowClient
 
     last_exc: Exception | None = None
@@ -127,13 +143,21 @@ def register_model(checkpoint, domain, name: str, uri: str, metrics: dict | None
     model = build_model(ckpt, domain)
     example = domain.pyfunc_example(ckpt)
     out_example = domain.pyfunc_predict(model, ckpt, example, 0, "fp32")
-    signature = infer_signature(example, out_example, params={"seed": 0, "precision": "fp32"})
+    signature = infer_signature(example, out_example, params={"seed": 0, "precision": "fp32", "extrapolate": False})
+    if domain.pyfunc_any_type_columns:  # columns the domain takes in more than one type (a class name or index)
+        signature = ModelSignature(inputs=Schema([
+            ColSpec(AnyType() if c.name in domain.pyfunc_any_type_columns else c.type, c.name, required=c.required)
+            for c in signature.inputs.inputs]), outputs=signature.outputs, params=signature.params)
     with tempfile.TemporaryDirectory() as td:
         artifacts = {"checkpoint": str(checkpoint), **domain.pyfunc_artifacts(ckpt, str(checkpoint), Path(td))}
-        if not run_id:  # the training run is in another store: log under an experiment of this one
-            mlflow.set_experiment(f"{name}-registrations")
+        if run_id:
+            experiment_id = client.get_run(run_id).info.experiment_id
+        else:  # the training run is in another store: log under an experiment of this one
+            experiment_id = mlflow.set_experiment(f"{name}-registrations").experiment_id
+        end_dead_runs(client, [experiment_id])  # left RUNNING by a register killed before this one
         ctx = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(run_name="register")
         with ctx as run:
+            mlflow.set_tags(process_tags("FINISHED" if run_id else "KILLED"))
             info = mlflow.pyfunc.log_model(name="surrogate", python_model=_pyfunc_class()(domain), artifacts=artifacts,
                                            signature=signature, input_example=example)
             if metrics:

@@ -11,6 +11,7 @@ Hooks take typed values (configs, paths, numbers), never the command line's name
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -125,8 +126,13 @@ class Domain:
         """The registered model's input example: a DataFrame of the schema's conditions."""
         raise NotImplementedError
 
-    def pyfunc_predict(self, model, ckpt, frame, seed: int, precision: str):
-        """The registered model's predict: the frame's conditions checked, then sampled."""
+    # input columns the registered model takes in more than one type (its signature says any)
+    pyfunc_any_type_columns: tuple[str, ...] = ()
+
+    def pyfunc_predict(self, model, ckpt, frame, seed: int, precision: str, extrapolate: bool = False):
+        """The registered model's predict: the frame's conditions checked (`frame_columns`,
+        `check_inside` unless `extrapolate`), then sampled (`sample_rows`). Bad input raises
+        ValueError naming the column and row."""
         raise NotImplementedError
 
     def pyfunc_artifacts(self, ckpt: dict, source: str, folder: Path) -> dict[str, str]:
@@ -219,6 +225,9 @@ class ConditionedFileDomain(Domain):
         out_dir = check_output_dir(out_dir)
         if same_file(reference, candidate):
             raise SimganError(f"--candidate {candidate} is the reference file itself: nothing would be validated")
+        if same_file(reference, floor):
+            raise SimganError(f"--floor {floor} is the reference file itself: the floor compares the reference with "
+                              "other simulated events (e.g. the train split); against itself it says nothing")
         ref, cand = self.read(reference), self.read(candidate)
         if len(ref) < 20 or len(cand) < 20:
             raise SimganError(f"{candidate if len(cand) < 20 else reference}: {min(len(ref), len(cand))} {self.unit}; "
@@ -327,34 +336,140 @@ class ConditionedFileDomain(Domain):
         return self.validate_data(reference, candidate, floor, out_dir, vcfg)
 
     def generate_to(self, req: GenerateRequest) -> str:
-        """A checkpoint of this domain: samples for the conditions of req.energies_from (a file of
-        its kind)."""
+        """A checkpoint (or a registered model) of this domain: samples for the conditions of
+        req.energies_from (a file of its kind)."""
         if not req.energies_from or req.layer_energies_from or req.energy_range or req.fmt != "hdf5":
             raise SimganError(f"a {self.name} model generates HDF5 {self.unit} for the conditions of a {self.name} "
                               "file: give --energies-from FILE (its conditions are used) and an .h5 --out")
-        if req.shard_count is not None or req.dask or req.compare_geant4 or req.ckpt is None:
-            raise SimganError(f"a {self.name} model generates in one process from --checkpoint (no --model, "
-                              "--shard-index, --dask or --compare-geant4)")
-        model = build_model(req.ckpt, self, resolve_device(req.device))
+        if req.shard_count is not None or req.dask or req.compare_geant4:
+            raise SimganError(f"a {self.name} model generates in one process (no --shard-index, --dask or "
+                              "--compare-geant4)")
+        if req.loaded is not None:  # a registered model: its pyfunc holds the built model and the checkpoint's keys
+            surrogate = req.loaded.unwrap_python_model()
+            model, ckpt, metadata = surrogate.model, surrogate.ckpt, {"model_uri": req.model_uri}
+        else:
+            model, ckpt = build_model(req.ckpt, self, resolve_device(req.device)), req.ckpt
+            metadata = checkpoint_metadata(req.checkpoint)
         src = self.read(req.energies_from, req.events)
-        warn_outside(req.ckpt.get("condition_ranges", {}), src.conditions, str(req.energies_from))
-        timing = self.generate_file(model, src, req.out, req.batch_size, req.seed, req.precision,
-                                    checkpoint_metadata(req.checkpoint))
+        warn_outside(ckpt.get("condition_ranges", {}), src.conditions, str(req.energies_from))
+        timing = self.generate_file(model, src, req.out, req.batch_size, req.seed, req.precision, metadata)
         return (f"wrote {req.out}: {timing['events']} {self.unit} at {timing['events_per_s']:.0f} {self.unit}/s\n"
                 + json.dumps(timing))
 
 
-def warn_outside(ranges: dict, cond: dict, source: str) -> None:
-    """Generating outside the range a model was trained on: say which condition and the range."""
+# -- the registered model's input, shared by the domains' pyfunc_predict --------------------------
+
+def frame_columns(frame, columns: dict[str, str], where: str = "model input") -> dict[str, np.ndarray]:
+    """The named columns of a pandas DataFrame as float64 arrays, checked: a DataFrame, not
+    empty, every column present, numeric and finite. columns: name -> what it holds (for the
+    message)."""
+    import pandas as pd  # a registered model's consumer has it (mlflow needs it)
+
+    if not isinstance(frame, pd.DataFrame):
+        raise ValueError(f"{where}: expected a pandas DataFrame with the columns {', '.join(columns)}, "
+                         f"got {type(frame).__name__}")
+    if len(frame) == 0:
+        raise ValueError(f"{where}: the DataFrame has no rows; give one row per sample with the columns "
+                         f"{', '.join(columns)}")
+    missing = [k for k in columns if k not in frame.columns]
+    if missing:
+        raise ValueError(f"{where}: missing column(s) {missing} (have {list(frame.columns)}); expected "
+                         + "; ".join(f"{k}: {v}" for k, v in columns.items()))
+    out = {}
+    for k, what in columns.items():
+        col = frame[k]
+        if col.dtype == bool or not (pd.api.types.is_numeric_dtype(col.dtype)):
+            raise ValueError(f"{where}: column {k!r} has dtype {col.dtype}; expected numbers ({what})")
+        v = col.to_numpy(np.float64)
+        bad = ~np.isfinite(v)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"{where}: column {k!r} row {i}: {v[i]}; expected a finite number ({what})")
+        out[k] = v
+    return out
+
+
+def example_values(ranges: dict, name: str, default, log: bool = False) -> np.ndarray:
+    """Three values of a condition inside the model's training range (at 20, 50 and 80% of it,
+    geometrically with `log`) for the registered model's input example; `default` without one."""
+    if name not in ranges:
+        return np.asarray(default, np.float64)
+    lo, hi = ranges[name]
+    q = np.array([0.2, 0.5, 0.8])
+    return lo * (hi / lo) ** q if log and lo > 0 else lo + (hi - lo) * q
+
+
+def check_inside(ranges: dict, cond: dict, where: str = "model input") -> None:
+    """A registered model refuses conditions outside the range it was trained on (by more than
+    the margin `warn_outside` allows): a consumer would get an extrapolation without a word.
+    The command line only warns (its user reads stderr); params={'extrapolate': True} lets a
+    consumer through."""
+    for k, (lo, hi), out in _outside(ranges, cond):
+        v = np.asarray(cond[k])
+        i = int(np.argmax(out))
+        raise ValueError(f"{where}: column {k!r} row {i}: {v[i]:.6g} is outside the training range "
+                         f"[{lo:.6g}, {hi:.6g}] ({int(out.sum())} of {len(v)} rows); the model would extrapolate. "
+                         "Pass params={'extrapolate': True} to generate there anyway")
+
+
+def sample_rows(model, c: torch.Tensor, x: torch.Tensor | None, seed: int, precision: str,
+                chunk: int = 4096, where: str = "model input") -> np.ndarray:
+    """`model.sample` over the rows `chunk` at a time into one preallocated array (the peak is
+    the output plus one chunk, not a copy per step); refused before the allocation when the
+    output would not fit in the memory available, and checked to be finite."""
+    g = torch.Generator()
+    g.manual_seed(int(seed))
+    n = len(c)
+    out = None
+    for lo in range(0, n, chunk):
+        part = model.sample(c[lo:lo + chunk], None if x is None else x[lo:lo + chunk], g, precision=precision)
+        part = part.float().cpu().numpy()
+        if out is None:
+            need = n * part[0].nbytes
+            avail = available_memory()
+            if need > 0.8 * avail:
+                per = max(1, int(0.8 * avail // max(part[0].nbytes, 1)))
+                raise ValueError(f"{where}: {n} rows give {need / 2**30:.1f} GiB of output, more than the "
+                                 f"{avail / 2**30:.1f} GiB of memory available; call predict on at most {per} rows "
+                                 "at a time")
+            out = np.empty((n, *part.shape[1:]), part.dtype)
+        out[lo:lo + len(part)] = part
+    bad = ~np.isfinite(out.reshape(n, -1)).all(1)
+    if bad.any():
+        raise ValueError(f"{where}: the model gave non-finite values for {int(bad.sum())} of {n} rows (first: row "
+                         f"{int(np.argmax(bad))}); its conditions are beyond what it can generate")
+    return out
+
+
+def available_memory() -> int:
+    """Bytes of memory available now (MemAvailable; the physical total where that is unknown)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _outside(ranges: dict, cond: dict):
+    """(name, (lo, hi), mask) for each condition with values outside its training range by more
+    than the margin a held-out split can reach past the training extremes (5% of the span; for
+    a positive quantity never below 95% of its lower bound, so a range from 1 GeV flags 0.5)."""
     for k, (lo, hi) in ranges.items():
         if k not in cond:
             continue
-        v = np.asarray(cond[k])
-        span = (hi - lo) * 0.05  # a held-out split reaches a little past the training extremes
-        out = (v < lo - span) | (v > hi + span)
+        v = np.asarray(cond[k], np.float64)
+        span = 0.05 * (hi - lo)
+        floor = lo - span if lo <= 0 else max(lo - span, 0.95 * lo)
+        out = (v < floor) | (v > hi + span)
         if out.any():
-            print(f"simgan: warning: {source}: {int(out.sum())} of {len(v)} events have {k} outside the training "
-                  f"range [{lo:.4g}, {hi:.4g}] (e.g. {v[out][0]:.4g}); the model extrapolates there",
-                  file=sys.stderr)
+            yield k, (lo, hi), out
 
 
+def warn_outside(ranges: dict, cond: dict, source: str) -> None:
+    """Generating outside the range a model was trained on: say which condition and the range."""
+    for k, (lo, hi), out in _outside(ranges, cond):
+        v = np.asarray(cond[k])
+        print(f"simgan: warning: {source}: {int(out.sum())} of {len(v)} events have {k} outside the training "
+              f"range [{lo:.4g}, {hi:.4g}] (e.g. {v[out][0]:.4g}); the model extrapolates there", file=sys.stderr)

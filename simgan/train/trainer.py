@@ -39,7 +39,7 @@ from simgan.errors import SimganError
 from simgan.io import atomic_path, file_sha256, text_sha256, write_json_atomic
 from simgan.metrics.distances import separation_power, wasserstein1_scaled
 from simgan.seeding import derive_seed
-from simgan.tracking import check_store_writable, mlflow_env, tracking_uri
+from simgan.tracking import end_dead_runs, ensure_store, mlflow_env, process_tags, tracking_uri
 
 
 
@@ -438,14 +438,16 @@ class _Tracker:
         self.run_id = run_id
         if not enabled:
             return
-        check_store_writable(self.uri)
+        ensure_store(self.uri)
         mlflow_env()  # bounded retries: an unreachable server fails in seconds
         import mlflow
 
         mlflow.set_tracking_uri(self.uri)
         try:
-            mlflow.set_experiment(cfg.name)
+            experiment = mlflow.set_experiment(cfg.name)
+            end_dead_runs(mlflow.MlflowClient(self.uri), [experiment.experiment_id])  # a killed earlier attempt's
             run = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(run_name=f"train-{cfg.model.family}")
+            mlflow.set_tags(process_tags("KILLED"))
         except Exception as exc:  # network and store errors come in many types
             raise SimganError(f"MLflow tracking at {self.uri} failed: {str(exc).splitlines()[0][:300]}; fix "
                               "register.tracking_uri or train with train.mlflow=false") from None

@@ -108,6 +108,13 @@ def test_root_branch_names_are_configurable(tmp_path):
         aio.read_root(tmp_path / "custom.root", "events")
     got = aio.read_root(tmp_path / "custom.root", "events", {"signal": "vem", "time": "t_ns", "triggered": "trig"})
     np.testing.assert_array_equal(got.signal, fp.signal)
+    # the prepare stage's way to the map, which the message names
+    from simgan.domains import get_domain, load_config
+    cfg = load_config(AIR, [f"prepare.input={tmp_path / 'custom.root'}", "prepare.root_tree=events",
+                                  "prepare.root_branches={signal: vem, time: t_ns, triggered: trig}"])
+    np.testing.assert_array_equal(get_domain("airshower").read_source(cfg, cfg.prepare.input).time, fp.time)
+    with pytest.raises(SimganError, match="with prepare.root_branches, e.g."):
+        get_domain("airshower").read_source(load_config(AIR, ["prepare.root_tree=events"]), tmp_path / "custom.root")
 
 
 @pytest.mark.parametrize("case, match", [
@@ -157,7 +164,7 @@ AIR_TINY = ["simulate.events=3000", "simulate.shard_events=1000", "train.steps=6
             "train.val_every=30", "train.checkpoint_every=30", "train.log_every=30", "train.val_events=200",
             "model.width=16", "model.depth=2", "validate.classifier_seeds=1", "validate.plots=true",
             "train.progress=false"]
-OPEN_GATE = ["validate.gate.auc_max=1.0", "validate.gate.separation_mean_max=1.0",
+OPEN_GATE = ["validate.gate.auc_max=1.0", "validate.gate.min_events=20", "validate.gate.separation_mean_max=1.0",
              "validate.gate.station_count_deviation_max=1e6", "validate.gate.s1000_bias_max=1e6",
              # (60 steps draw no footprint of 26 stations or more: no angular resolution there, a failed check)
              "validate.gate.angular_resolution_deviation_max=null"]

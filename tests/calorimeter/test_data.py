@@ -72,7 +72,9 @@ def _write_raw(p, energies, showers):
     ("int_dtype", "expected floating point"),
     ("two_energies", "expected \\(N, 1\\)"),
     ("gev_units", "looks like GeV"),
-    ("gev_units_above_50", "holds a median 1[0-9]{3}x the incident energy"),
+    ("gev_units_above_256", "holds a median 1[0-9]{3}x the incident energy"),
+    ("all_in_gev", "largest incident energy is 60.4, which looks like GeV"),
+    ("deposits_in_gev", "holds a median 0.00099 of the incident energy: the deposits look like GeV"),
 ])
 def test_bad_files_name_file_dataset_row(tmp_path, case, match):
     e = np.full((6, 1), 5000.0)
@@ -95,9 +97,14 @@ def test_bad_files_name_file_dataset_row(tmp_path, case, match):
         e = np.full((6, 2), 5000.0)
     elif case == "gev_units":
         e = np.full((6, 1), 5.0)
-    elif case == "gev_units_above_50":  # 60.4 GeV written as 60.4 with showers in MeV
+    elif case == "gev_units_above_256":  # 300.4 GeV written as 300.4 with showers in MeV
+        e = np.full((6, 1), 300.4)
+        s[:, :10] = 3.004e5 / 10
+    elif case == "all_in_gev":  # a 1-60 GeV file with energies and deposits in GeV
         e = np.full((6, 1), 60.4)
-        s[:, :10] = 6.04e4 / 10
+        s[:, :10] = 60.4 * 0.98 / 10
+    elif case == "deposits_in_gev":
+        s[:, :10] = 5.0 * 0.99 / 10
     p = tmp_path / f"{case}.h5"
     _write_raw(p, e, s)
     with pytest.raises(SimganError, match=match) as exc:
@@ -161,6 +168,11 @@ def test_calogan_reader(tmp_path):
         assert np.isclose(d.showers[:, :288].sum(), f["layer_0"][:].sum(), rtol=1e-5)
     cc.write(tmp_path / "c.h5", d)
     assert cc.read(tmp_path / "c.h5").binning.n_voxels == 504
+    # prepare takes the layout from domain.geometry: another than CaloGAN's is named, 'calogan' reads
+    with pytest.raises(SimganError, match="holds the CaloGAN layout .* but domain.geometry is 'reference' .*"
+                                          "set domain.geometry=calogan"):
+        read_any(p, "calogan", "reference")
+    assert read_any(p, "auto", "calogan").binning.digest() == load_binning("calogan").digest() == d.binning.digest()
     with h5py.File(p, "a") as f:  # a CaloGAN file missing a layer is named as such, not as a CaloChallenge file
         del f["layer_2"]
     with pytest.raises(SimganError, match="missing dataset 'layer_2' for CaloGAN format"):
@@ -174,13 +186,22 @@ def test_units_of_root_calogan_and_generation_energies(tmp_path):
     from simgan.domains.calorimeter.data.rootio import read_root, write_root
     from simgan.domains.calorimeter.generate import energies_from_file
     s = np.zeros((6, 6480), np.float32)
-    s[:, :10] = 6040.0  # 60.4 GeV deposited
-    gev = cc.ShowerData(np.full(6, 60.4), s, reference_binning())  # energies written in GeV, above 50
+    s[:, :10] = 30040.0  # 300.4 GeV deposited
+    gev = cc.ShowerData(np.full(6, 300.4), s, reference_binning())  # energies written in GeV, above 256
     write_root(tmp_path / "gev.root", gev)
     with pytest.raises(SimganError, match=r"gev.root:showers: dataset 'showers' holds a median 1000x"):
         read_root(tmp_path / "gev.root", reference_binning())
     with pytest.raises(SimganError, match="holds a median 1000x"):
-        energies_from_file(_raw(tmp_path / "g.h5", np.full((6, 1), 60.4), s))
+        energies_from_file(_raw(tmp_path / "g.h5", np.full((6, 1), 300.4), s))
+    s60 = np.zeros((6, 6480), np.float32)
+    s60[:, :10] = 5.9  # a 1-60 GeV file with energies and deposits in GeV
+    write_root(tmp_path / "gev60.root", cc.ShowerData(np.full(6, 60.4), s60, reference_binning()))
+    with pytest.raises(SimganError, match=r"gev60.root:showers: dataset 'incident_energies': largest incident "
+                                          r"energy is 60.4, which looks like GeV"):
+        read_root(tmp_path / "gev60.root", reference_binning())
+    with pytest.raises(SimganError, match="largest incident energy is 60.4, which looks like GeV"):
+        energies_from_file(_raw(tmp_path / "g60.h5", np.full((6, 1), 60.4), s60))
+    s = s / 5  # 60.4 GeV deposited
     for bad, match in ((np.nan, "row 2: not finite"), (0.0, "row 2: incident energy must be > 0")):
         e = np.full((6, 1), 6.04e4)
         e[2] = bad

@@ -38,6 +38,15 @@ def test_reproducible_any_worker_count_and_shards_merge(tmp_path, capsys):
                      "--shard-index", str(i), "--shard-count", "2"]) == 0
     assert main(["merge", str(tmp_path / "s1.h5"), str(tmp_path / "s0.h5"), "--out", str(tmp_path / "m.h5")]) == 0
     np.testing.assert_array_equal(cc.read(tmp_path / "m.h5").showers, a.showers)
+    # shards whose row numbers were written as integers (another writer) merge the same
+    import h5py
+    for i in range(2):
+        with h5py.File(tmp_path / f"s{i}.h5", "a") as f:
+            idx = f["event_index"][:].astype(np.int64)
+            del f["event_index"]
+            f["event_index"] = idx
+    assert main(["merge", str(tmp_path / "s0.h5"), str(tmp_path / "s1.h5"), "--out", str(tmp_path / "mi.h5")]) == 0
+    np.testing.assert_array_equal(cc.read(tmp_path / "mi.h5").showers, a.showers)
     # one shard of two is not the run: refused, nothing written (it used to claim 20 events for 10)
     assert main(["merge", str(tmp_path / "s0.h5"), "--out", str(tmp_path / "half.h5")]) == 2
     assert "10 events in 1 shard file(s), but the run has 20" in capsys.readouterr().err

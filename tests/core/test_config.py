@@ -44,7 +44,8 @@ def test_layered_model_config_errors_name_the_key():
                                            ("train.steps=true", "train.steps"),  # pydantic alone: 1
                                            ("model.energy.lr=false", "model.energy.lr"),
                                            ("validate.gate.auc_high_max=true", "validate.gate.auc_high_max"),
-                                           ("domain.threshold_mev=-1", "domain.threshold_mev")])
+                                           ("domain.threshold_mev=-1", "domain.threshold_mev"), ("seed=-1", "seed"),
+                                           ("validate.gate.min_events=0", "validate.gate.min_events")])
 def test_bad_keys_and_types_name_file_and_key(override, key):
     with pytest.raises(SimganError) as exc:
         load_config(QUICKSTART, [override])

@@ -29,3 +29,26 @@ def test_classifier_equal_and_distorted():
     assert 0.4 < same["auc"] < 0.6 and same["jsd"] < 0.1
     diff = classifier_test(a, b + 2, seeds=2)
     assert diff["auc"] > 0.95 and diff["jsd"] > 0.6
+
+
+def test_no_verdict_without_evidence():
+    """At 20-25 events per class the classifier cannot tell a shifted sample from an equal one
+    (AUC 0.500 for both): a gate needs `min_events` behind the test, some check at all, and a
+    stored verdict that follows from its own figures."""
+    from simgan.metrics.gate import gate_from_values, gate_rows, inconsistency
+    r = np.random.default_rng(0)
+    a, b = r.normal(size=(22, 5)), r.normal(size=(22, 5)) + 1.0
+    small = classifier_test(a, b, seeds=2)
+    assert small["auc"] == 0.5 and small["n_per_class"] == 22  # why the minimum exists
+    g = gate_from_values({"auc": (small["auc"], 0.9)}, small["n_per_class"], 100)
+    assert not g["pass"] and g["checks"]["auc"]["pass"] and not g["checks"]["events_per_class"]["pass"]
+    assert "| events_per_class | 22 | >= 100 | FAIL |" in gate_rows(g)
+    assert gate_from_values({"auc": (0.6, 0.9)}, 500, 100)["pass"]
+    assert not gate_from_values({"auc": (0.6, None)})["pass"]  # nothing checked: no verdict
+    assert inconsistency(gate_from_values({"auc": (0.6, 0.9)}, 500, 100)) is None
+    edited = gate_from_values({"auc": (0.97, 0.9)}, 500, 100)
+    edited["pass"] = True
+    assert "'pass' is True but its checks say False" in inconsistency(edited)
+    edited["checks"]["auc"]["pass"] = True
+    assert "check 'auc' says pass=True but its figures (0.97 against max 0.9)" in inconsistency(edited)
+    assert inconsistency({"pass": True, "checks": {}}) == "it lists no checks"

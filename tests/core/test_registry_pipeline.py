@@ -27,7 +27,7 @@ TINY = ["simulate.events=150", "simulate.energy_max_gev=8", "simulate.shard_even
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("chain")
-    cfg = small_cfg(tmp, *TINY, "validate.gate.auc_high_max=1.0", "validate.gate.separation_etot_max=1.0",
+    cfg = small_cfg(tmp, *TINY, "validate.gate.auc_high_max=1.0", "validate.gate.min_events=20", "validate.gate.separation_etot_max=1.0",
                     "validate.gate.separation_mean_max=1.0", "validate.gate.response_deviation_max=1.0",
                     "register.name=tiny")
     assert run_chain(cfg, progress=False) == 0
@@ -62,7 +62,7 @@ def test_second_run_skips_and_changed_config_reruns_dependents(chain, capsys):
     run_chain(cfg, progress=False)
     out = capsys.readouterr().out
     assert out.count("up to date, skipped") == 6
-    cfg2 = small_cfg(tmp, *TINY, "validate.gate.auc_high_max=1.0", "validate.gate.separation_etot_max=1.0",
+    cfg2 = small_cfg(tmp, *TINY, "validate.gate.auc_high_max=1.0", "validate.gate.min_events=20", "validate.gate.separation_etot_max=1.0",
                      "validate.gate.separation_mean_max=1.0", "validate.gate.response_deviation_max=1.0",
                      "register.name=tiny", "generate.batch_size=7")
     run_chain(cfg2, progress=False)
@@ -97,8 +97,11 @@ def test_alias_moves_only_for_the_validated_checkpoint(chain, tmp_path, capsys):
     assert "the alias moves only for the checkpoint that was validated" in capsys.readouterr().err
     shutil.copy(ckpt, run / "train" / "model.pt")
     metrics = run / "validate" / "metrics.json"
+    failing = json.loads(json.dumps(m))  # a failing figure with the verdict edited to pass by hand
+    failing["gate"]["checks"]["auc_high"].update(value=0.99, max=0.9)
     for text, msg in (('{"auc_high": 0.5', "not valid JSON"), ('{"auc_high": 0.5}', "no gate verdict"),
-                      (json.dumps({**m, "candidate_checkpoint_sha256": None}), "no recorded checkpoint")):
+                      (json.dumps({**m, "candidate_checkpoint_sha256": None}), "no recorded checkpoint"),
+                      (json.dumps(failing), "does not follow from its own checks: check 'auc_high' says pass=True")):
         metrics.write_text(text)
         assert main(["register", "--run-dir", str(run), "--name", "swapped", "--tracking-uri", uri]) == 2
         assert msg in capsys.readouterr().err
@@ -118,11 +121,26 @@ def test_fresh_process_loads_champion_and_generates(chain, tmp_path):
             f"mlflow.set_tracking_uri('sqlite:///{tmp}/mlflow.db');"
             "m = mlflow.pyfunc.load_model('models:/tiny@champion');"
             "x = m.predict(pd.DataFrame({'incident_energy': np.array([2000.0, 5000.0])}));"
-            "print(x.shape, float(x.sum()) > 0)")
+            "print(x.shape, float(x.sum()) > 0);"
+            # the consumer's bad input: one MlflowException (HTTP 400 when served) naming the column and row
+            "from mlflow.exceptions import MlflowException\n"
+            "for frame in (pd.DataFrame({'E': [1000.0]}), pd.DataFrame({'incident_energy': ['a']}),"
+            "              pd.DataFrame({'incident_energy': [2000.0, np.nan]}), pd.DataFrame({'incident_energy': []}),"
+            "              pd.DataFrame({'incident_energy': [2000.0, 300.0]})):\n"
+            "    try: m.predict(frame); print('NO ERROR')\n"
+            "    except MlflowException as e: print('ERR', e.error_code, e.message.splitlines()[-1])\n"
+            "x = m.predict(pd.DataFrame({'incident_energy': [300.0]}), params={'extrapolate': True});"
+            "print('extrapolated', x.shape)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "(2, 6480) True" in r.stdout
+    assert "(2, 6480) True" in r.stdout and "NO ERROR" not in r.stdout, r.stdout
+    errors = [line for line in r.stdout.splitlines() if line.startswith("ERR")]
+    assert len(errors) == 5 and all("INVALID_PARAMETER_VALUE" in e for e in errors), r.stdout
+    # (the first two MLflow's schema check answers, naming the column; the rest the model's own checks)
+    assert "missing inputs ['incident_energy']" in errors[0] and "incident_energy" in errors[1], r.stdout
+    assert "'incident_energy' row 1: nan" in errors[2] and "has no rows" in errors[3], r.stdout
+    assert "row 1: 300 is outside the training range" in errors[4] and "extrapolated (1, 6480)" in r.stdout
     out = tmp_path / "g.h5"
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
     try:
@@ -384,3 +402,75 @@ def test_the_gan_twin_of_the_quickstart_runs_the_chain(chain, tmp_path):
     assert set(m["gate"]["checks"]) >= {"auc_high", "separation_mean", "response_deviation_max"}
     reg = json.loads((cfg.run_dir / "register" / "registered.json").read_text())
     assert reg["name"] == "simgan-quickstart-gan" and reg["gate"] == ("pass" if m["gate"]["pass"] else "fail")
+
+
+def _copy_prepared(chain, tmp_path, name):
+    """A run of the chain's config under another name, holding copies of its simulate and prepare
+    stages (the manifests pointing at the copies): stage tests without a new simulation."""
+    import shutil
+    tmp, cfg = chain
+    new = small_cfg(tmp_path, *TINY, f"name={name}")
+    for stage in ("simulate", "prepare"):
+        shutil.copytree(cfg.run_dir / stage, new.run_dir / stage)
+        m = new.run_dir / stage / "manifest.json"
+        m.write_text(m.read_text().replace(str(cfg.run_dir), str(new.run_dir)))
+    return new
+
+
+def test_a_stage_never_writes_onto_its_own_input(chain, tmp_path):
+    """prepare.input naming the prepare stage's own train.h5 (directly or through a symlink) is
+    refused before any work, and the file is left as it was."""
+    import hashlib
+    cfg = _copy_prepared(chain, tmp_path, "own")
+    train = cfg.run_dir / "prepare" / "train.h5"
+    digest = hashlib.sha256(train.read_bytes()).hexdigest()
+    link = tmp_path / "link.h5"
+    link.symlink_to(train)
+    for source in (train, link):
+        bad = small_cfg(tmp_path, *TINY, "name=own", f"prepare.input={source}")
+        with pytest.raises(SimganError, match="is its own output .*train.h5"):
+            run_chain(bad, until="prepare", progress=False)
+    assert hashlib.sha256(train.read_bytes()).hexdigest() == digest
+
+
+@pytest.mark.parametrize("manifest", ["[]", '{"config_hash": null, "outputs": null}', '{"config_hash": "x", "outp',
+                                      "SAME_NO_OUTPUTS", "SAME_NULL_OUTPUT", "SAME_TRAIN_DELETED"])
+def test_a_corrupt_or_foreign_manifest_means_the_stage_reruns(chain, tmp_path, manifest, capsys):
+    from pipeline.contract import manifest_path
+    cfg = _copy_prepared(chain, tmp_path, "torn")
+    path = manifest_path(cfg, "prepare")
+    good = json.loads(path.read_text())
+    if manifest == "SAME_NO_OUTPUTS":
+        manifest = json.dumps({k: v for k, v in good.items() if k != "outputs"})
+    elif manifest == "SAME_NULL_OUTPUT":
+        manifest = json.dumps({**good, "outputs": {**good["outputs"], "train": None}})
+    elif manifest == "SAME_TRAIN_DELETED":  # a manifest that lists no train.h5, and the file gone
+        manifest = json.dumps({**good, "outputs": {"test": good["outputs"]["test"]}})
+        (cfg.run_dir / "prepare" / "train.h5").unlink()
+    path.write_text(manifest)
+    capsys.readouterr()
+    assert run_chain(cfg, until="prepare", progress=False) == 0
+    out = capsys.readouterr().out
+    assert "[prepare] running" in out and "[simulate] up to date" in out
+    assert (cfg.run_dir / "prepare" / "train.h5").is_file() and json.loads(path.read_text())["outputs"]["train"]
+
+
+def test_one_command_at_a_time_in_a_run_folder(chain, tmp_path, capsys):
+    """A second command on a run folder that another holds fails at once, naming the holder;
+    the lock goes with the process that held it."""
+    import fcntl
+    cfg = _copy_prepared(chain, tmp_path, "locked")
+    lock = open(cfg.run_dir / ".lock", "w")
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    lock.write("pid 12345 on elsewhere since 10:00:00")
+    lock.flush()
+    try:
+        capsys.readouterr()
+        assert main(["run", "-c", str(QUICKSTART), f"runs_dir={tmp_path}", "name=locked", "--until", "prepare",
+                     "-q"]) == 2
+        err = capsys.readouterr().err
+        assert "another simgan command is running stages in this run folder (pid 12345" in err
+    finally:
+        lock.close()
+    assert main(["run", "-c", str(QUICKSTART), f"runs_dir={tmp_path}", "name=locked", *TINY, "--until", "prepare",
+                 "-q"]) == 0

@@ -121,7 +121,7 @@ def test_quickstart_chain_on_a_real_slurm_resumes_after_the_time_limit(local_slu
                  "train.val_every=5000", "train.checkpoint_every=5000", "train.log_every=1000", "train.val_events=20",
                  "model.hidden=[32,32]", "model.latent_dim=4", "model.energy.hidden=[16,16]",
                  "model.energy.transforms=2", "generate.batch_size=10", "validate.classifier_seeds=1",
-                 "validate.plots=false", "validate.gate.auc_high_max=1.0", "validate.gate.separation_etot_max=1.0",
+                 "validate.plots=false", "validate.gate.auc_high_max=1.0", "validate.gate.min_events=20", "validate.gate.separation_etot_max=1.0",
                  "validate.gate.separation_mean_max=1.0", "validate.gate.response_deviation_max=1.0",
                  "register.name=slurm-chain", f"register.tracking_uri=sqlite:///{tmp_path}/mlflow.db"]
     assert main(["workflow", *flags, "--time-train", "1", *overrides]) == 0

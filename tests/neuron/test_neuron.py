@@ -157,6 +157,7 @@ def _images(n=40, size=64):
     ("nan", "dataset 'images' row 3: NaN or infinite pixels"),
     ("size", "holds 32 x 32 images, expected 64 x 64"),
     ("label", "'conditions/cell_class' attribute class_names has \\['GRANULE'\\]"),
+    ("empty", "dataset 'images' row 3: an empty image \\(2 of 40 hold no neurite\\)"),
 ])
 def test_bad_image_files_stop_prepare_with_nothing_written(tmp_path, capsys, defect, message):
     from pipeline.cli import main
@@ -171,6 +172,9 @@ def test_bad_image_files_stop_prepare_with_nothing_written(tmp_path, capsys, def
             f.attrs["projection"] = json.dumps(Projection().to_dict())
         elif defect == "label":
             f["conditions/cell_class"].attrs["class_names"] = ["IN", "PC", "GRANULE"]
+        elif defect == "empty":
+            f["images"][3] = 0.0
+            f["images"][7] = 0.0
     assert main(["run", "-c", str(NEURON), "-q", f"runs_dir={tmp_path / 'runs'}", f"prepare.input={path}",
                  "--until", "prepare"]) == 2
     err = capsys.readouterr().err
@@ -192,7 +196,7 @@ def test_bad_swc_folders_name_the_file_and_write_nothing(tmp_path, capsys):
     assert "line 2: cell_class 'GRANULE' unknown" in capsys.readouterr().err and not out.exists()
 
 
-def test_a_real_swc_folder_converts_like_the_simulator(tmp_path):
+def test_a_real_swc_folder_converts_like_the_simulator(tmp_path, capsys):
     """A NeuroTS neuron written as SWC and read back rasterises to the simulator's image."""
     from pipeline.cli import main
     morph = grow("L5_TPC", 0.2, 3)
@@ -206,11 +210,25 @@ def test_a_real_swc_folder_converts_like_the_simulator(tmp_path):
     # SWC stores float32 points and a soma outline: lengths agree to 0.5%
     assert ni.truth["total_length"][0] == pytest.approx(truth["total_length"], rel=5e-3)
     assert ni.images[0].sum() == pytest.approx(img.sum(), rel=5e-3)
+    # the wrong units, a file labelled twice, an output onto a morphology of the folder: refused by name
+    labels = str(tmp_path / "labels.csv")
+    for scale, says in (("1000", "with --scale-um 1000 only 0.0"), ("0.001", "reaches only 1.")):
+        assert main(["convert", str(tmp_path), "--format", "swc", "--labels", labels, "--scale-um", scale,
+                     "--out", str(tmp_path / "x.h5")]) == 2
+        assert says in capsys.readouterr().err and not (tmp_path / "x.h5").exists()
+    (tmp_path / "labels.csv").write_text("file,cell_class\ncell.swc,L5_TPC\ncell.swc,PC\n")
+    assert main(["convert", str(tmp_path), "--format", "swc", "--labels", labels, "--out", str(tmp_path / "x.h5")]) == 2
+    assert "line 3: cell.swc is labelled again (first on line 2)" in capsys.readouterr().err
+    before = (tmp_path / "cell.swc").read_bytes()
+    assert main(["convert", str(tmp_path), "--format", "swc", "--labels", labels, "--out",
+                 str(tmp_path / "cell.swc")]) == 2
+    assert "is a file inside the input folder" in capsys.readouterr().err
+    assert (tmp_path / "cell.swc").read_bytes() == before
 
 
 NEURON_TINY = ["simulate.events=120", "train.steps=30", "train.val_every=15", "train.checkpoint_every=15",
                "train.val_events=18", "train.batch_size=32", "validate.classifier_seeds=1"]
-OPEN_GATE = ["validate.gate.auc_max=1.0", "validate.gate.separation_mean_max=1.0",
+OPEN_GATE = ["validate.gate.auc_max=1.0", "validate.gate.min_events=20", "validate.gate.separation_mean_max=1.0",
              "validate.gate.length_mean_deviation_max=1e6", "validate.gate.extent_mean_deviation_max=1e6",
              "validate.gate.class_accuracy_drop_max=1.0"]
 

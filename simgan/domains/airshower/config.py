@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from simgan.domains.airshower.models import FootprintGANConfig, FootprintVAEConfig
-from simgan.config import DomainConfigs, PrepareConfig, ValidateConfig
+from simgan.config import DomainConfigs, GateBase, PrepareConfig, ValidateConfig
 from simgan.schema import Strict
 
 
@@ -38,7 +38,7 @@ class AirshowerSimulateConfig(Strict):
         return self
 
 
-class AirshowerGateConfig(Strict):
+class AirshowerGateConfig(GateBase):
     """Air-shower gate: classifier AUC on the observables, mean separation power, mean
     triggered stations and angular resolution per station-count bin relative to the
     simulator's, and the fitted-S1000 bias per energy bin."""
@@ -52,6 +52,8 @@ class AirshowerGateConfig(Strict):
 
 class AirshowerPrepareConfig(PrepareConfig):
     root_tree: str = "footprints"  # the TTree of a ROOT input (simgan/domains/airshower/io.py)
+    # this format's names (signal, time, triggered, the conditions) -> the tree's branch names
+    root_branches: dict[str, str] = {}
 
 
 class AirshowerValidateConfig(ValidateConfig):

@@ -17,7 +17,7 @@ from simgan.domains.airshower import io as aio
 from simgan.domains.airshower import validate as av
 from simgan.domains.airshower.models import CONDITIONS, FAMILIES
 from simgan.domains.airshower.simulator import ArrayParams, simulate
-from simgan.domains.base import ConditionedFileDomain
+from simgan.domains.base import ConditionedFileDomain, check_inside, example_values, frame_columns, sample_rows
 from simgan.errors import SimganError
 from simgan.io import write_json_atomic
 from simgan.metrics.gate import verdict
@@ -84,7 +84,7 @@ class Airshower(ConditionedFileDomain):
 
     def read_source(self, cfg, path):
         if str(path).endswith(".root"):
-            return aio.read_root(path, cfg.prepare.root_tree)
+            return aio.read_root(path, cfg.prepare.root_tree, cfg.prepare.root_branches)
         return aio.read(path)
 
     def condition_matrix(self, data):
@@ -117,20 +117,27 @@ class Airshower(ConditionedFileDomain):
 
     def pyfunc_example(self, ckpt):
         import pandas as pd
-        return pd.DataFrame({"log10_energy_eV": [18.7, 19.3, 19.8], "zenith_rad": [0.2, 0.5, 0.9],
-                             "azimuth_rad": [0.0, 2.0, 4.0], "core_x_m": [0.0, 300.0, -200.0],
-                             "core_y_m": [0.0, -100.0, 400.0]})
+        defaults = {"log10_energy_eV": [18.7, 19.3, 19.8], "zenith_rad": [0.2, 0.5, 0.9], "azimuth_rad": [0.0, 2.0, 4.0],
+                    "core_x_m": [0.0, 300.0, -200.0], "core_y_m": [0.0, -100.0, 400.0]}
+        ranges = ckpt.get("condition_ranges", {})
+        return pd.DataFrame({k: example_values(ranges, k, v) for k, v in defaults.items()})
 
-    def pyfunc_predict(self, model, ckpt, frame, seed: int, precision: str):
-        missing = [k for k in CONDITIONS if k not in frame.columns]
-        if missing:
-            raise ValueError(f"input needs the float64 column(s) {missing} (have {list(frame.columns)})")
-        cond = {k: np.asarray(frame[k], np.float64) for k in CONDITIONS}
-        aio.check_condition_units(cond, "model input")
-        g = torch.Generator()
-        g.manual_seed(int(seed))
+    def pyfunc_predict(self, model, ckpt, frame, seed: int, precision: str, extrapolate: bool = False):
+        cond = frame_columns(frame, COLUMN_MEANING)
+        try:
+            aio.check_condition_units(cond, "model input")
+        except SimganError as exc:
+            raise ValueError(str(exc).replace("dataset 'conditions/", "column '")) from None
+        if not extrapolate:  # (the azimuth is periodic: any value is inside)
+            check_inside({k: v for k, v in ckpt.get("condition_ranges", {}).items() if k != "azimuth_rad"}, cond)
         c = torch.as_tensor(np.stack([cond[k] for k in CONDITIONS], 1), dtype=torch.float32)
-        return model.sample(c, None, g, precision=precision).numpy()
+        return sample_rows(model, c, None, seed, precision)
+
+
+COLUMN_MEANING = {"log10_energy_eV": "log10 of the primary energy in eV, 15-22",
+                  "zenith_rad": "zenith angle in radians, 0 to pi/2", "azimuth_rad": "azimuth in radians",
+                  "core_x_m": "shower core x in metres from the array centre",
+                  "core_y_m": "shower core y in metres from the array centre"}
 
 
 def simulate_file(cfg, out, progress: bool = True, shard_index: int | None = None,

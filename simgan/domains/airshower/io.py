@@ -219,7 +219,7 @@ def read_root(path, tree: str = "footprints", branches: dict[str, str] | None = 
     if branches:
         unknown = sorted(set(branches) - set(names))
         if unknown:
-            raise SimganError(f"branch map: unknown name(s) {unknown}; known: {sorted(names)}")
+            raise SimganError(f"prepare.root_branches: unknown name(s) {unknown}; known: {sorted(names)}")
         names.update(branches)
     path = Path(path)
     f, t = open_root_tree(path, tree)
@@ -228,8 +228,8 @@ def read_root(path, tree: str = "footprints", branches: dict[str, str] | None = 
         required = [*CHANNELS, *CONDITIONS]
         missing = [f"{k} (branch '{names[k]}')" for k in required if names[k] not in have]
         if missing:
-            raise SimganError(f"{path}: TTree '{tree}' lacks {missing} (found {sorted(have)}); map names with "
-                              "--branch NAME=BRANCH")
+            raise SimganError(f"{path}: TTree '{tree}' lacks {missing} (found {sorted(have)}); map names to branches "
+                              "with prepare.root_branches, e.g. prepare.root_branches='{signal: S, time: T}'")
         if t.num_entries == 0:
             raise SimganError(f"{path}: TTree '{tree}' has no entries")
         wanted = [names[k] for k in (*required, *OPTIONAL_CONDITIONS) if names[k] in have]

@@ -15,7 +15,7 @@ from simgan.domains.airshower.simulator import ArrayParams
 from simgan.report.markdown import fmt, write_markdown_report
 from simgan.metrics.classifier import classifier_test
 from simgan.metrics.distances import separation_power
-from simgan.metrics.gate import gate_checks
+from simgan.metrics.gate import gate_checks, gate_rows
 
 # observables the classifier and the separation powers use (NaN where undefined: trees take it)
 LG_BINS = (18.5, 19.0, 19.5, 20.0)
@@ -93,7 +93,7 @@ def compare(reference: dict, candidate: dict, seeds: int, max_events: int) -> di
         if any(not np.isfinite(r[key]) for r in rows):
             return math.nan
         return max((abs(r[key]) for r in rows), default=math.nan)
-    return {"auc": clf["auc"], "auc_std": clf["auc_std"], "auc_footprints": clf_fp["auc"],
+    return {"auc": clf["auc"], "auc_std": clf["auc_std"], "classifier_events_per_class": clf["n_per_class"], "auc_footprints": clf_fp["auc"],
             "separation_power": seps, "separation_power_mean": float(np.mean(finite)),
             "stations_by_energy": stations, "station_count_deviation_max": dev(stations, "deviation"),
             "s1000_by_energy": s1000, "s1000_bias_max": dev(s1000, "bias"),
@@ -108,7 +108,7 @@ GATE_KEYS = {"auc": "auc_max", "separation_power_mean": "separation_mean_max",
 
 
 def gate(m: dict, gcfg) -> dict:
-    return gate_checks(m, gcfg, GATE_KEYS)
+    return gate_checks(m, gcfg, GATE_KEYS, m["classifier_events_per_class"])
 
 
 def plots(ref: Footprints, cand: Footprints, m: dict, out_dir: Path) -> list[Path]:
@@ -169,9 +169,8 @@ def write_report(out_dir: Path, m: dict, plot_paths: list[Path]) -> None:
     md = [f"# Air-shower validation report: {'PASS' if m['gate']['pass'] else 'FAIL'}", "",
           f"Reference: `{m['reference']}` ({m['n_reference']} events); candidate: `{m['candidate']}` "
           f"({m['n_candidate']} events). Floor: {m['floor_source']}.", "",
-          "| gate | value | max | result |", "|---|---|---|---|",
-          *[f"| {k} | {f(c['value'], 4)} | {f(c['max'], 4)} | {'pass' if c['pass'] else 'FAIL'} |"
-            for k, c in m["gate"]["checks"].items()], "",
+          "| gate | value | limit | result |", "|---|---|---|---|",
+          *gate_rows(m["gate"], lambda v: f(v, 4)), "",
           "| metric | candidate | simulator floor |", "|---|---|---|",
           *[f"| {k} | {f(m[k], 4)} | {f(fl[k], 4)} |" for k in
             ("auc", "auc_footprints", "separation_power_mean", "station_count_deviation_max",

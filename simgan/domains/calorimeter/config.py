@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 
 from simgan.domains.calorimeter.models.gan import GANConfig
 from simgan.domains.calorimeter.models.vae import VAEConfig
-from simgan.config import (DomainConfigs, GenerateConfig, PrepareConfig, TrainConfig, ValidateConfig)
+from simgan.config import (DomainConfigs, GateBase, GenerateConfig, PrepareConfig, TrainConfig, ValidateConfig)
 from simgan.schema import Strict
 
 
@@ -46,7 +46,7 @@ class SimulateConfig(Strict):
         return self
 
 
-class GateConfig(Strict):
+class GateConfig(GateBase):
     auc_high_max: float = Field(0.9, gt=0, le=1)
     auc_low_max: float = Field(1.0, gt=0, le=1)
     separation_etot_max: float = Field(0.2, ge=0, le=1)

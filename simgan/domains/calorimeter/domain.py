@@ -10,7 +10,8 @@ import torch
 
 from simgan.checkpoint import load_checkpoint
 from simgan.cluster import dask_client
-from simgan.domains.base import ConvertRequest, Domain, GenerateRequest
+from simgan.domains.base import (ConvertRequest, Domain, GenerateRequest, check_inside, example_values, frame_columns,
+                                 sample_rows)
 from simgan.domains.calorimeter import stages as calo_stages
 from simgan.domains.calorimeter.data import calochallenge as cc
 from simgan.domains.calorimeter.data.binning import parse_binning_xml
@@ -130,22 +131,22 @@ class Calorimeter(Domain):
     # -- the registered model ------------------------------------------------------------------
     def pyfunc_example(self, ckpt):
         import pandas as pd  # heavy; mlflow, which calls this, has it
-        return pd.DataFrame({ENERGY_COLUMN: np.array([1000.0, 10000.0, 50000.0], dtype=np.float64),
-                             **{k: np.zeros(3, dtype=np.float64) for k in ckpt.get("extra_conditions", [])}})
+        ranges = ckpt.get("condition_ranges", {})
+        return pd.DataFrame({ENERGY_COLUMN: example_values(ranges, "incident_energy", [1000.0, 10000.0, 50000.0], log=True),
+                             **{k: example_values(ranges, k, np.zeros(3)) for k in ckpt.get("extra_conditions", [])}})
 
-    def pyfunc_predict(self, model, ckpt, frame, seed: int, precision: str):
-        cols = getattr(frame, "columns", None)
-        if cols is None or ENERGY_COLUMN not in cols:
-            raise ValueError(f"input needs a float64 column '{ENERGY_COLUMN}' (MeV)")
-        e = np.asarray(frame[ENERGY_COLUMN], dtype=np.float64)
-        if not np.all(np.isfinite(e)) or np.any(e <= 0):
-            raise ValueError(f"'{ENERGY_COLUMN}' must be finite and > 0 MeV")
+    def pyfunc_predict(self, model, ckpt, frame, seed: int, precision: str, extrapolate: bool = False):
         extra = list(ckpt.get("extra_conditions", []))
-        x = torch.as_tensor(np.stack([np.asarray(frame[k], np.float64) for k in extra], 1)) if extra else None
-        g = torch.Generator()
-        g.manual_seed(int(seed))
-        # a copy: the input may be read-only
-        return model.sample(torch.tensor(e), x, g, precision=precision).numpy()
+        cond = frame_columns(frame, {ENERGY_COLUMN: "the incident energy in MeV, > 0",
+                                     **{k: "an extra condition of the model" for k in extra}})
+        e = cond[ENERGY_COLUMN]
+        if (e <= 0).any():
+            i = int(np.argmax(e <= 0))
+            raise ValueError(f"model input: column '{ENERGY_COLUMN}' row {i}: {e[i]:g}; expected an energy > 0 MeV")
+        if not extrapolate:
+            check_inside(ckpt.get("condition_ranges", {}), {"incident_energy": e, **cond})
+        x = torch.as_tensor(np.stack([cond[k] for k in extra], 1)) if extra else None
+        return sample_rows(model, torch.tensor(e), x, seed, precision)
 
     def pyfunc_artifacts(self, ckpt, source, folder: Path):
         """The voxel layout travels with the model (binning.xml)."""

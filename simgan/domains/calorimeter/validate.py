@@ -21,7 +21,7 @@ from simgan.domains.calorimeter.data import calochallenge as cc
 from simgan.errors import SimganError
 from simgan.report.markdown import fmt, write_markdown_report
 from simgan.io import open_hdf5, same_file, write_json_atomic
-from simgan.metrics.gate import verdict
+from simgan.metrics.gate import gate_from_values, gate_rows, verdict
 from simgan.metrics.classifier import (classifier_test, dnn_classifier_test, dnn_high_level_inputs,
                                        dnn_low_level_inputs, high_level_inputs, low_level_inputs)
 from simgan.metrics.distances import separation_power, wasserstein1_scaled
@@ -112,18 +112,14 @@ def compare(rf, re, cf, ce, names, low_ref, low_cand, cfg: ValidateConfig, edges
 
 def gate(metrics: dict, cfg: ValidateConfig) -> dict:
     g = cfg.gate
-    checks = {
+    return gate_from_values({
         "auc_high": (metrics["auc_high"], g.auc_high_max),
         "auc_low": (metrics["auc_low"], g.auc_low_max),
         "separation_etot_over_einc": (metrics["separation_power"]["etot_over_einc"], g.separation_etot_max),
         "separation_mean": (metrics["separation_power_mean"], g.separation_mean_max),
-    }
-    if g.response_deviation_max is not None:
-        checks["response_deviation_max"] = (metrics["response_deviation_max"], g.response_deviation_max)
-    if g.fpd_max is not None:
-        checks["fpd"] = (metrics["fpd"], g.fpd_max)
-    out = {k: {"value": float(v), "max": float(t), "pass": bool(np.isfinite(v) and v <= t)} for k, (v, t) in checks.items()}
-    return {"checks": out, "pass": all(c["pass"] for c in out.values())}
+        "response_deviation_max": (metrics["response_deviation_max"], g.response_deviation_max),
+        "fpd": (metrics.get("fpd", float("nan")), g.fpd_max),
+    }, metrics["classifier_events_per_class"]["high"], g.min_events)
 
 
 def _features(path, info, binning, threshold_mev, cfg, client):
@@ -152,10 +148,12 @@ def validate(reference, candidate, out_dir, cfg: ValidateConfig, threshold_mev: 
         if infos[label].n_events < MIN_SHOWERS:
             raise SimganError(f"{path}: the {label} holds {infos[label].n_events} showers; validation needs at "
                               f"least {MIN_SHOWERS} (the classifiers split each sample three ways)")
-    for label, path in {"candidate": candidate, **(extra_candidates or {})}.items():
+    for label, path in {"candidate": candidate, **({"floor": floor} if floor else {}),
+                        **(extra_candidates or {})}.items():
         if same_file(reference, path):
             raise SimganError(f"{path}: the {label} is the reference file itself; a sample compared with itself "
-                              f"says nothing")
+                              f"says nothing" + (" (the floor must be other simulated showers, e.g. the train "
+                                                 "split)" if label == "floor" else ""))
     binning = ref_info.binning
     for label, path in samples.items():
         info = infos[label]
@@ -238,7 +236,7 @@ _fmt = fmt
 
 def write_report(out_dir: Path, m: dict, plots: list[Path]) -> None:
     fl = m["floor"]
-    rows = [f"| {k} | {c['value']:.4f} | {c['max']:.4f} | {'pass' if c['pass'] else 'FAIL'} |" for k, c in m["gate"]["checks"].items()]
+    rows = gate_rows(m["gate"])
     worst = sorted(m["separation_power"].items(), key=lambda kv: kv[1], reverse=True)[:10]
     extras = m.get("extra_candidates", {})
     head = "| metric | candidate | " + "".join(f"{k} | " for k in extras) + "Geant4 floor |"
@@ -270,7 +268,7 @@ def write_report(out_dir: Path, m: dict, plots: list[Path]) -> None:
     md = [f"# Validation report: {verdict(m)}", "",
           f"Reference: `{m['reference']}` ({m['n_reference']} showers); candidate: `{m['candidate']}` ({m['n_candidate']} showers).",
           f"Geant4 floor: {m['floor_source']}.", "",
-          "## Gate", "", "| metric | value | max | result |", "|---|---|---|---|", *rows, "",
+          "## Gate", "", "| metric | value | limit | result |", "|---|---|---|---|", *rows, "",
           "## Summary", "", *summary, "",
           "## What gives it away: classifier AUC per feature group", "", *groups, "",
           "## Per incident-energy bin", "", *bins, "",

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from simgan.domains.neuron.models import NeuronGANConfig, NeuronVAEConfig
-from simgan.config import DomainConfigs, ValidateConfig
+from simgan.config import DomainConfigs, GateBase, ValidateConfig
 from simgan.schema import Strict
 
 
@@ -48,7 +48,7 @@ class NeuronSimulateConfig(Strict):
         return self
 
 
-class NeuronGateConfig(Strict):
+class NeuronGateConfig(GateBase):
     """Neuron gate: classifier AUC on the observables, mean separation power, per class the
     relative deviation of the mean and spread of projected length and extent, and the drop of
     the class predictor's accuracy (held-out NeuroTS minus generated)."""

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from simgan.checkpoint import load_checkpoint
-from simgan.domains.base import ConditionedFileDomain, ConvertRequest, warn_outside
+from simgan.domains.base import (ConditionedFileDomain, ConvertRequest, check_inside, example_values, frame_columns,
+                                 sample_rows)
 from simgan.domains.neuron import io as nio
 from simgan.domains.neuron import validate as nv
 from simgan.domains.neuron.models import CONDITIONS, FAMILIES, condition_array
@@ -49,6 +50,17 @@ class Neuron(ConditionedFileDomain):
 
     def read(self, path, max_events=None):
         return nio.read(path, max_events)
+
+    def read_source(self, cfg, path):
+        """The prepare stage's input, without empty images: a neuron without neurite teaches a
+        surrogate nothing (the calorimeter refuses showers with no deposit the same way)."""
+        data = self.read(path)
+        empty = ~(data.images.reshape(len(data), -1) > 0).any(1)
+        if empty.any():
+            raise SimganError(f"{path}: dataset 'images' row {int(np.argmax(empty))}: an empty image ({int(empty.sum())} "
+                              f"of {len(data)} hold no neurite); remove those rows (or check --scale-um where the file "
+                              "came from `simgan convert`)")
+        return data
 
     def model_args(self, cfg, data) -> dict:
         proj = nio.projection_of(data.attrs) if "projection" in data.attrs else projection_of_cfg(cfg)
@@ -142,24 +154,26 @@ class Neuron(ConditionedFileDomain):
                 f" vs {m['predictor']['reference']['class_accuracy']:.3f} on NeuroTS); report: {report}")
 
     # -- the registered model ------------------------------------------------------------------
+    pyfunc_any_type_columns = ("cell_class",)  # a name or an index
+
     def pyfunc_example(self, ckpt):
         import pandas as pd
-        return pd.DataFrame({"cell_class": ["IN", "PC", "L5_TPC"], "randomness": [0.1, 0.25, 0.4]})
+        return pd.DataFrame({"cell_class": ["IN", "PC", "L5_TPC"],
+                             "randomness": example_values(ckpt.get("condition_ranges", {}), "randomness", [0.1, 0.25, 0.4])})
 
-    def pyfunc_predict(self, model, ckpt, frame, seed: int, precision: str):
-        missing = [k for k in CONDITIONS if k not in frame.columns]
-        if missing:
-            raise ValueError(f"input needs the column(s) {missing} (have {list(frame.columns)}): cell_class "
-                             f"({', '.join(CLASSES)}) and randomness (0-1)")
+    def pyfunc_predict(self, model, ckpt, frame, seed: int, precision: str, extrapolate: bool = False):
+        rnd = frame_columns(frame, {"randomness": "NeuroTS's randomness, 0-1"})["randomness"]
+        if "cell_class" not in frame.columns:
+            raise ValueError(f"model input: missing column 'cell_class' (have {list(frame.columns)}); expected the "
+                             f"class name ({', '.join(CLASSES)}) or its index 0-{len(CLASSES) - 1}")
         cls = class_indices(frame["cell_class"], "model input")
-        rnd = np.asarray(frame["randomness"], np.float64)
-        if not np.isfinite(rnd).all() or (rnd < 0).any() or (rnd > 1).any():
-            raise ValueError("model input: randomness must lie in [0, 1]")
-        warn_outside(ckpt.get("condition_ranges", {}), {"randomness": rnd}, "model input")
-        g = torch.Generator()
-        g.manual_seed(int(seed))
+        if (rnd < 0).any() or (rnd > 1).any():
+            i = int(np.argmax((rnd < 0) | (rnd > 1)))
+            raise ValueError(f"model input: column 'randomness' row {i}: {rnd[i]:g}; expected a value in [0, 1]")
+        if not extrapolate:
+            check_inside(ckpt.get("condition_ranges", {}), {"randomness": rnd})
         c = torch.as_tensor(condition_array(cls, rnd), dtype=torch.float32)
-        return model.sample(c, None, g, precision=precision).numpy()
+        return sample_rows(model, c, None, seed, precision)
 
 
 def class_indices(values, where: str) -> np.ndarray:
@@ -170,7 +184,8 @@ def class_indices(values, where: str) -> np.ndarray:
             if v not in CLASSES:
                 raise ValueError(f"{where}: row {i}: cell_class {v!r} unknown (known: {', '.join(CLASSES)})")
             out.append(CLASSES.index(v))
-        elif float(v).is_integer() and 0 <= int(v) < len(CLASSES):
+        elif isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) \
+                and float(v).is_integer() and 0 <= int(v) < len(CLASSES):
             out.append(int(v))
         else:
             raise ValueError(f"{where}: row {i}: cell_class {v!r}: expected one of {', '.join(CLASSES)}")

@@ -181,7 +181,7 @@ def read_labels(csv_path) -> dict[str, tuple[int, float]]:
         rows = list(csv.DictReader(fh))
     if not rows or not {"file", "cell_class"} <= set(rows[0]):
         raise SimganError(f"{csv_path}: expected a header with columns file, cell_class (and optionally randomness)")
-    out = {}
+    out, lines = {}, {}
     for i, r in enumerate(rows, start=2):
         if r["cell_class"] not in CLASSES:
             raise SimganError(f"{csv_path} line {i}: cell_class {r['cell_class']!r} unknown (known: "
@@ -190,8 +190,33 @@ def read_labels(csv_path) -> dict[str, tuple[int, float]]:
             rnd = float(r.get("randomness") or 0.0)
         except ValueError:
             raise SimganError(f"{csv_path} line {i}: randomness {r.get('randomness')!r} is not a number") from None
+        if r["file"] in out:
+            raise SimganError(f"{csv_path} line {i}: {r['file']} is labelled again (first on line {lines[r['file']]}); "
+                              "give each morphology one row")
+        lines[r["file"]] = i
         out[r["file"]] = (CLASSES.index(r["cell_class"]), rnd)
     return out
+
+
+# a morphology whose neurites lie less than this fraction inside the image, or that spans fewer
+# than MIN_SPAN_PIXELS pixels, was read with the wrong --scale-um (the simulator's reach over 99%)
+MIN_FRACTION_IN_IMAGE = 0.5
+MIN_SPAN_PIXELS = 2.0
+
+
+def check_scale(path, truth: dict, proj: Projection, scale_um: float) -> None:
+    """The file's units, as `scale_um` converts them, put the neuron on the image: most of its
+    neurite inside, and more than a couple of pixels across."""
+    reach = truth["max_radial_distance"]
+    if truth["frac_in_fov"] < MIN_FRACTION_IN_IMAGE:
+        raise SimganError(f"{path}: with --scale-um {scale_um:g} only {100 * truth['frac_in_fov']:.2g}% of its "
+                          f"{truth['total_length']:.4g} um of neurite falls inside the {proj.fov_um:g} um image "
+                          f"(reach {reach:.4g} um): --scale-um converts the file's units to um (1 for files in um, "
+                          "1000 for files in mm)")
+    if reach < MIN_SPAN_PIXELS * proj.pixel_um:
+        raise SimganError(f"{path}: with --scale-um {scale_um:g} the neuron reaches only {reach:.3g} um from the soma, "
+                          f"under {MIN_SPAN_PIXELS:g} pixels of {proj.pixel_um:g} um: --scale-um converts the file's "
+                          "units to um (1 for files in um)")
 
 
 def read_swc_dir(folder, labels_csv, scale_um: float = 1.0, proj: Projection = Projection()) -> NeuronImages:
@@ -219,6 +244,7 @@ def read_swc_dir(folder, labels_csv, scale_um: float = 1.0, proj: Projection = P
         except SimganError as exc:
             raise SimganError(f"{path}: {exc}") from None
         img, tr = image_and_truth(seg, proj)
+        check_scale(path, tr, proj, scale_um)
         images.append(img)
         cls.append(c)
         rnd.append(r)

@@ -165,7 +165,7 @@ class Toy(ConditionedFileDomain):
         import pandas as pd
         return pd.DataFrame({"mu": np.array([0.1, 0.5, 0.9])})
 
-    def pyfunc_predict(self, model, ckpt, frame, seed, precision):
+    def pyfunc_predict(self, model, ckpt, frame, seed, precision, extrapolate=False):
         g = torch.Generator().manual_seed(int(seed))
         return model.sample(torch.as_tensor(np.asarray(frame["mu"], np.float32)), None, g).numpy()
 

@@ -141,14 +141,18 @@ def parse_binning_xml(text: str, source: str = "<xml>", particle: str | None = N
 
 
 def load_binning(name_or_path: str) -> Binning:
-    """A shipped layout by name, or an XML file."""
+    """A shipped layout by name, "calogan" (the CaloGAN files' own), or an XML file."""
+    if name_or_path == "calogan":
+        from simgan.domains.calorimeter.data.calogan import calogan_binning  # (calogan.py builds on this module)
+
+        return calogan_binning()
     if name_or_path in SHIPPED:
         text = resources.files("simgan.domains.calorimeter.data").joinpath("binning", f"{name_or_path}.xml").read_text()
         return parse_binning_xml(text, source=name_or_path)
     path = Path(name_or_path)
     if not path.is_file():
         raise SimganError(f"{path}: binning XML not found (domain.geometry or --binning: an XML file or one of "
-                          f"{', '.join(SHIPPED)})")
+                          f"{', '.join(SHIPPED)}, calogan)")
     return parse_binning_xml(path.read_text(), source=str(path))
 
 

@@ -25,10 +25,15 @@ ENERGY_KEY = "incident_energies"
 SHOWER_KEY = "showers"
 META_ATTR = "simgan_metadata"
 XML_ATTR = "binning_xml"
-# Incident energies below this (in MeV) almost surely mean the file is in GeV.
-MIN_PLAUSIBLE_MEV = 50.0
-# Showers holding more than this times the incident energy mean the energies are not in MeV.
+# A file whose largest incident energy is below this (in MeV) is almost surely in GeV: the
+# lowest energy of the CaloChallenge data sets is 256 MeV (photons), and a 1-60 GeV file
+# written in GeV tops out at 60.
+MIN_PLAUSIBLE_MEV = 256.0
+# Showers holding more than this times the incident energy mean the energies are not in MeV;
+# less than this (but not none) mean the deposits are in GeV: a sampling calorimeter's visible
+# fraction is about 1% or more, and deposits in GeV with energies in MeV give about 0.1%.
 MAX_PLAUSIBLE_RESPONSE = 20.0
+MIN_PLAUSIBLE_RESPONSE = 0.002
 
 
 @dataclass
@@ -101,7 +106,9 @@ def inspect(path: str | os.PathLike, binning: Binning | str | None = None) -> Fi
         for key, ds in f.items():
             if key in (ENERGY_KEY, SHOWER_KEY) or not isinstance(ds, h5py.Dataset):
                 continue
-            if ds.shape[:1] == (n,) and ds.size == n and ds.dtype.kind == "f":
+            # (a shard's row numbers may be integers: they are read as float64 like any condition)
+            if ds.shape[:1] == (n,) and ds.size == n and (ds.dtype.kind == "f" or (key == "event_index"
+                                                                                  and ds.dtype.kind in "iu")):
                 cond.append(key)
         return FileInfo(path, n, binning, sorted(cond), meta)
 
@@ -174,12 +181,17 @@ def check_energy_units(path, energies: np.ndarray, deposited: np.ndarray | None 
         return
     if energies.max() < MIN_PLAUSIBLE_MEV:
         raise SimganError(f"{path}: dataset '{ENERGY_KEY}': largest incident energy is {energies.max():g}, which "
-                          "looks like GeV; the canonical unit is MeV")
+                          f"looks like GeV (a shower file in MeV reaches at least {MIN_PLAUSIBLE_MEV:g}); the "
+                          "canonical unit is MeV: multiply energies and deposits by 1000")
     if deposited is not None:
         ratio = float(np.median(deposited / energies))
         if ratio > MAX_PLAUSIBLE_RESPONSE:
             raise SimganError(f"{path}: dataset '{SHOWER_KEY}' holds a median {ratio:.0f}x the incident energy: "
                               f"'{ENERGY_KEY}' looks like GeV while the deposits are MeV; the canonical unit is MeV")
+        if 0 < ratio < MIN_PLAUSIBLE_RESPONSE:
+            raise SimganError(f"{path}: dataset '{SHOWER_KEY}' holds a median {ratio:.2g} of the incident energy: "
+                              f"the deposits look like GeV while '{ENERGY_KEY}' is MeV; the canonical unit is MeV "
+                              "for both")
 
 
 def iter_chunks(path, chunk_size: int = 2000, binning=None, start: int = 0, stop: int | None = None,

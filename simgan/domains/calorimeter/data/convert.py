@@ -37,7 +37,13 @@ def read_any(path, fmt: str = "auto", binning: str | None = None, root_tree: str
     if fmt == "calochallenge":
         return cc.read(path, binning)
     if fmt == "calogan":
-        return read_calogan(path)
+        data = read_calogan(path)
+        if binning is not None and load_binning(binning).digest() != data.binning.digest():
+            b = load_binning(binning)
+            raise SimganError(f"{path}: a CaloGAN file holds the CaloGAN layout ({data.binning.n_voxels} voxels in "
+                              f"{len(data.binning.layers)} layers) but domain.geometry is {binning!r} ({b.n_voxels} "
+                              "voxels); set domain.geometry=calogan")
+        return data
     if fmt == "root":
         if binning is None:
             raise SimganError(f"{path}: ROOT input needs a binning (a shipped name or an XML path)")

@@ -124,7 +124,7 @@ def merge_shards(shard_files: list[str | Path], out: str | Path) -> dict:
         raise SimganError("merge: no shard files given")
     for p, d in zip(shard_files, parts):
         if "event_index" not in d.conditions:
-            raise SimganError(f"{p}: not a shard file (no 'event_index' dataset)")
+            raise SimganError(f"{p}: not a shard file ({cc.why_not_condition(p, 'event_index')})")
         if d.binning.digest() != parts[0].binning.digest():
             raise SimganError(f"{p}: geometry differs from {shard_files[0]}")
     idx = np.concatenate([d.conditions["event_index"] for d in parts]).astype(int)
