@@ -209,9 +209,25 @@ def test_airshower_chain_registers_and_a_consumer_predicts_from_a_dataframe(air_
         model.predict(frame.assign(zenith_rad=[10.0, 30.0, 50.0]))
     with pytest.raises(Exception, match="core_y_m"):
         model.predict(frame.drop(columns=["core_y_m"]))
+    # nonsense conditions are named (served: HTTP 400 with this message), never an empty or infinite footprint
+    from mlflow.exceptions import MlflowException
+    for col, v, says in (("core_x_m", np.nan, "column 'core_x_m' row 1: nan; expected a finite number"),
+                         ("log10_energy_eV", np.nan, "column 'log10_energy_eV' row 1: nan"),
+                         ("core_x_m", 5e4, "column 'core_x_m' row 1: 50000 is outside the training range"),
+                         ("core_x_m", 1e6, "outside the training range")):
+        with pytest.raises(MlflowException, match=says) as exc:
+            model.predict(frame.assign(**{col: [0.0, v, 0.0]}))
+        assert exc.value.error_code == "INVALID_PARAMETER_VALUE"
+    with pytest.raises(MlflowException, match="has no rows"):
+        model.predict(frame.iloc[:0])
+    out = model.predict(frame.assign(core_x_m=[0.0, 900.0, 0.0]), params={"extrapolate": True})
+    assert np.isfinite(out).all()  # a little past the range, asked for: generated
 
 
 def test_checkpoint_carries_the_schema_and_generate_warns_outside_the_training_range(air_chain, tmp_path, capsys):
+    import json
+    import os
+
     from pipeline.cli import main
     from simgan.checkpoint import load_checkpoint
     from simgan.domains import model_from_checkpoint
@@ -232,6 +248,15 @@ def test_checkpoint_carries_the_schema_and_generate_warns_outside_the_training_r
     assert "log10_energy_eV outside the training range" in capsys.readouterr().err
     gen = aio.read(tmp_path / "gen.h5")
     assert gen.signal.shape == (50, 9, 9) and (gen.signal[gen.triggered] >= 3).all()
+    # the registered model generates the same way (`generate --model`)
+    os.environ["MLFLOW_TRACKING_URI"] = cfg.register.tracking_uri
+    try:
+        assert main(["generate", "--model", "models:/air-tiny@champion", "--energies-from", str(src), "--out",
+                     str(tmp_path / "reg.h5"), "-q"]) == 0
+    finally:
+        del os.environ["MLFLOW_TRACKING_URI"]
+    reg = aio.read(tmp_path / "reg.h5")
+    assert reg.signal.shape == (50, 9, 9) and json.loads(reg.attrs["metadata"])["model_uri"] == "models:/air-tiny@champion"
 
 
 def test_validate_cli_takes_the_domain_from_the_reference_file(air_chain, tmp_path, capsys):

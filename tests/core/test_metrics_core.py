@@ -52,3 +52,27 @@ def test_no_verdict_without_evidence():
     edited["checks"]["auc"]["pass"] = True
     assert "check 'auc' says pass=True but its figures (0.97 against max 0.9)" in inconsistency(edited)
     assert inconsistency({"pass": True, "checks": {}}) == "it lists no checks"
+
+
+def test_the_registered_models_sampling_refuses_what_it_cannot_deliver(monkeypatch):
+    """sample_rows (every domain's pyfunc): chunks give the rows of one call in order; an
+    output larger than the memory is refused before it is allocated, naming a batch that fits;
+    a non-finite sample is an error, not an HTTP 200 with 'Infinity' in it."""
+    import pytest
+    import torch
+
+    from simgan.domains import base
+
+    class Rows:  # a model whose sample is its condition row, times 2
+        def sample(self, c, x, g, precision="fp32"):
+            return c * 2
+
+    c = torch.arange(10, dtype=torch.float32).reshape(10, 1).repeat(1, 3)
+    np.testing.assert_array_equal(base.sample_rows(Rows(), c, None, 0, "fp32", chunk=3), c.numpy() * 2)
+    monkeypatch.setattr(base, "available_memory", lambda: 100)  # bytes: 10 rows of 12 B do not fit in 80
+    with pytest.raises(ValueError, match="10 rows give 0.0 GiB of output, more than .*at most 6 rows at a time"):
+        base.sample_rows(Rows(), c, None, 0, "fp32")
+    monkeypatch.undo()
+    c[4, 1] = float("inf")
+    with pytest.raises(ValueError, match="non-finite values for 1 of 10 rows \\(first: row 4\\)"):
+        base.sample_rows(Rows(), c, None, 0, "fp32", chunk=3)

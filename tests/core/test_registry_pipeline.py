@@ -474,3 +474,65 @@ def test_one_command_at_a_time_in_a_run_folder(chain, tmp_path, capsys):
         lock.close()
     assert main(["run", "-c", str(QUICKSTART), f"runs_dir={tmp_path}", "name=locked", *TINY, "--until", "prepare",
                  "-q"]) == 0
+
+
+def test_validate_refuses_a_floor_that_is_the_reference_and_files_of_another_domain(chain, tmp_path, capsys):
+    from simgan.domains.neuron import io as nio
+    _, cfg = chain
+    test, gen = cfg.run_dir / "prepare" / "test.h5", cfg.run_dir / "generate" / "generated.h5"
+    copy = tmp_path / "copy.h5"
+    copy.write_bytes(test.read_bytes())  # the same showers under another name
+    capsys.readouterr()
+    assert main(["validate", "--reference", str(test), "--candidate", str(gen), "--floor", str(copy), "--out",
+                 str(tmp_path / "v")]) == 2
+    assert "the floor is the reference file itself" in capsys.readouterr().err and not (tmp_path / "v").exists()
+    r = np.random.default_rng(0)
+    neurons = nio.write(tmp_path / "n.h5", nio.NeuronImages(r.random((30, 64, 64), dtype=np.float32),
+                                                            r.integers(0, 3, 30), r.uniform(0.1, 0.4, 30)))
+    assert main(["validate", "--reference", str(test), "--candidate", str(neurons), "--out", str(tmp_path / "v")]) == 2
+    assert "--candidate " + str(neurons) + " holds neuron data but --reference" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_served_model_answers_bad_requests_with_400_and_the_reason(chain, tmp_path):
+    """`mlflow models serve` (local env): a good request gets showers; a condition outside the
+    training range or a missing column gets HTTP 400 whose message names it (no stack trace to
+    dig in), never a 200 with nonsense."""
+    import urllib.error
+    import urllib.request
+    tmp, _ = chain
+    port = _free_port()
+    mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    srv = subprocess.Popen([mlflow_bin, "models", "serve", "-m", "models:/tiny@champion", "--env-manager", "local",
+                            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true",
+                                "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"})
+
+    def post(rows, columns=("incident_energy",)):
+        body = json.dumps({"dataframe_split": {"columns": list(columns), "data": rows}}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
+                                     {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+    try:
+        t0 = time.time()
+        while time.time() - t0 < 120:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                assert srv.poll() is None, "mlflow models serve exited"
+                time.sleep(0.5)
+        status, body = post([[2000.0], [5000.0]])
+        assert status == 200 and np.asarray(body["predictions"]).shape == (2, 6480)
+        status, body = post([[2000.0], [300.0]])
+        assert status == 400 and "'incident_energy' row 1: 300 is outside the training range" in body["message"]
+        status, body = post([[2000.0]], columns=("E",))
+        assert status == 400 and "incident_energy" in body["message"]
+    finally:
+        srv.terminate()
+        srv.wait(timeout=30)

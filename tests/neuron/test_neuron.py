@@ -4,6 +4,7 @@ format and its checks, SWC folders, the fly neurons navis ships, and the chain e
 from __future__ import annotations
 
 import json
+import os
 
 import h5py
 import numpy as np
@@ -262,6 +263,22 @@ def test_neuron_chain_registers_and_a_consumer_predicts_from_class_names(tmp_pat
         model.predict(frame.assign(cell_class=["IN", "GRANULE", "PC", "PC"]))
     with pytest.raises(Exception, match="randomness"):
         model.predict(frame.drop(columns=["randomness"]))
+    # class indices, which the domain takes, pass the signature too; nonsense is named
+    np.testing.assert_array_equal(model.predict(frame.assign(cell_class=[0, 1, 2, 1]), params={"seed": 3}), out)
+    from mlflow.exceptions import MlflowException
+    for bad, says in ((frame.assign(randomness=[0.1, np.nan, 0.3, 0.4]), "column 'randomness' row 1: nan"),
+                      (frame.assign(randomness=[0.1, 0.2, 0.3, 0.9]), "'randomness' row 3: 0.9 is outside the training"),
+                      (frame.assign(cell_class=[0, 7, 1, 1]), "row 1: cell_class 7")):
+        with pytest.raises(MlflowException, match=says):
+            model.predict(bad)
+    from pipeline.cli import main
+    os.environ["MLFLOW_TRACKING_URI"] = cfg.register.tracking_uri
+    try:
+        assert main(["generate", "--model", "models:/neuron-tiny@champion", "--energies-from",
+                     str(run / "prepare" / "test.h5"), "--out", str(tmp_path / "reg.h5"), "-q"]) == 0
+    finally:
+        del os.environ["MLFLOW_TRACKING_URI"]
+    assert nio.read(tmp_path / "reg.h5").images.shape == (24, 64, 64)
     # the GAN twin (configs/experiment/neuron_quickstart_gan.yaml), shrunk, on the same NeuroTS cells
     gan = load_config(NEURON.parent / "neuron_quickstart_gan.yaml",
                       [f"runs_dir={tmp_path}", f"register.tracking_uri=sqlite:///{tmp_path}/mlflow.db",

@@ -17,6 +17,7 @@ from simgan.domains.calorimeter.data.rootio import write_root
 from simgan.domains.calorimeter.models.energy import layer_energies
 from simgan.domains.calorimeter.models.registry import model_from_args
 from simgan.domains.calorimeter.sim.geant4 import GeantPool
+from simgan.domains.base import warn_outside
 from simgan.domains.calorimeter.sim.produce import merge_shards, settings_of, simulate_energies
 from simgan.errors import SimganError
 from simgan.io import atomic_path
@@ -269,10 +270,19 @@ def generate_from_registry(loaded, model_uri: str, energies: np.ndarray, out, ba
     `model_uri`), for these energies."""
     import pandas as pd  # heavy; a registered model's consumer has it (mlflow needs it)
 
-    binning = loaded.unwrap_python_model().extras["binning"]
+    from mlflow.exceptions import MlflowException
+
+    surrogate = loaded.unwrap_python_model()
+    binning = surrogate.extras["binning"]
+    # like --checkpoint: a warning outside the training range, then generated (the pyfunc would refuse)
+    warn_outside(surrogate.ckpt.get("condition_ranges", {}), {"incident_energy": energies}, model_uri)
 
     def sample_batch(lo: int, hi: int) -> np.ndarray:
-        return loaded.predict(pd.DataFrame({ENERGY_COLUMN: energies[lo:hi]}), params={"seed": lo})
+        try:
+            return loaded.predict(pd.DataFrame({ENERGY_COLUMN: energies[lo:hi]}),
+                                  params={"seed": lo, "extrapolate": True})
+        except MlflowException as exc:
+            raise SimganError(f"{model_uri}: {exc.message.splitlines()[-1]}") from None
 
     timing = write_generated(out, energies, {}, binning, batch_size, sample_batch, fmt, {"model_uri": model_uri},
                              progress=False)

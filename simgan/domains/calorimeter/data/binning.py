@@ -143,8 +143,6 @@ def parse_binning_xml(text: str, source: str = "<xml>", particle: str | None = N
 def load_binning(name_or_path: str) -> Binning:
     """A shipped layout by name, "calogan" (the CaloGAN files' own), or an XML file."""
     if name_or_path == "calogan":
-        from simgan.domains.calorimeter.data.calogan import calogan_binning  # (calogan.py builds on this module)
-
         return calogan_binning()
     if name_or_path in SHIPPED:
         text = resources.files("simgan.domains.calorimeter.data").joinpath("binning", f"{name_or_path}.xml").read_text()
@@ -160,3 +158,14 @@ def reference_binning() -> Binning:
     """Our Geant4 calorimeter: 45 layers x 16 alpha x 9 r of 4.65 mm (the dataset-2 readout)."""
     edges = tuple(round(4.65 * i, 4) for i in range(10))
     return Binning("electron", 11, tuple(Layer(i, edges, 16) for i in range(45)), "reference")
+
+
+# CaloGAN's three rectangular layers (rows x columns): layer_0 3x96, layer_1 12x12, layer_2 12x6
+CALOGAN_LAYERS = {"layer_0": (3, 96), "layer_1": (12, 12), "layer_2": (12, 6)}
+
+
+def calogan_binning() -> Binning:
+    """The CaloGAN files' own layout (`domain.geometry=calogan`): 504 voxels, cartesian layers."""
+    layers = tuple(Layer(i, tuple(float(r) for r in range(rows + 1)), cols, "cartesian")
+                   for i, (rows, cols) in enumerate(CALOGAN_LAYERS.values()))
+    return Binning("calogan", 0, layers, "calogan")

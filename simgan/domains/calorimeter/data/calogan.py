@@ -10,20 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
-from simgan.domains.calorimeter.data.binning import Binning, Layer
+from simgan.domains.calorimeter.data.binning import CALOGAN_LAYERS, calogan_binning
 from simgan.domains.calorimeter.data.calochallenge import ShowerData, check_values
 from simgan.errors import SimganError
 from simgan.io import open_hdf5
 
-LAYERS = {"layer_0": (3, 96), "layer_1": (12, 12), "layer_2": (12, 6)}
+LAYERS = CALOGAN_LAYERS
 # CaloGAN energies are GeV (the published samples: 1-100 GeV); more than this means MeV
 MAX_PLAUSIBLE_GEV = 10000.0
-
-
-def calogan_binning() -> Binning:
-    layers = tuple(Layer(i, tuple(float(r) for r in range(rows + 1)), cols, "cartesian")
-                   for i, (rows, cols) in enumerate(LAYERS.values()))
-    return Binning("calogan", 0, layers, "calogan")
 
 
 def read_calogan(path, check: bool = True) -> ShowerData:
