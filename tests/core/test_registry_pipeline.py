@@ -184,6 +184,10 @@ def test_generate_checkpoint_cli_and_bad_input(chain, tmp_path, capsys):
     line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("[compare]")][0]
     speedup = float(line.rsplit("x", 1)[1])
     assert line.startswith("[compare] 4 showers: Geant4") and speedup > 0
+    # below a training range that starts near 1 GeV (5% of the span would reach below zero): warned, once
+    assert main(["generate", "--checkpoint", str(ckpt), "--out", str(tmp_path / "low.h5"), "--events", "4",
+                 "--energy-range", "0.5", "0.8", "-q"]) == 0
+    assert capsys.readouterr().err.count("have incident_energy outside the training range") == 1
     bad = tmp_path / "x.h5"
     assert main(["generate", "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(bad), "--events", "3",
                  "--energy-range", "1", "2"]) == 2
