@@ -275,7 +275,7 @@ def test_validate_cli_takes_the_domain_from_the_reference_file(air_chain, tmp_pa
     out = capsys.readouterr().out
     assert "AUC observables" in out and "S1000 bias" in out
     m = json.loads((tmp_path / "v2" / "metrics.json").read_text())
-    assert set(m["gate"]["checks"]) == {"auc", "separation_power_mean"} and m["reference"] == files[1]
+    assert set(m["gate"]["checks"]) == {"auc", "separation_power_mean", "events_per_class"} and m["reference"] == files[1]
 
 
 def test_bad_airshower_input_stops_prepare_with_nothing_written(tmp_path, capsys):

@@ -38,14 +38,17 @@ def _distorted(path, out):
 @pytest.mark.slow
 def test_validate_geant4_vs_geant4_passes_and_distorted_fails(g4_pair, tmp_path, capsys):
     a, b = g4_pair
-    assert main(["validate", "--reference", str(a), "--candidate", str(b), "--out", str(tmp_path / "same")]) == 0
+    from tests.conftest import QUICKSTART
+    fast = ["-c", str(QUICKSTART), "validate.classifier_seeds=1"]  # (the quickstart's gate, one classifier seed)
+    assert main(["validate", "--reference", str(a), "--candidate", str(b), "--out", str(tmp_path / "same"), *fast]) == 0
     import json
     m = json.loads((tmp_path / "same" / "metrics.json").read_text())
     assert m["auc_high"] < 0.65 and m["separation_power"]["etot_over_einc"] < 0.1 and m["gate"]["pass"]
     assert {"auc_high", "auc_low", "separation_power", "fpd", "kpd", "gate"} <= set(m)
     assert (tmp_path / "same" / "report.html").is_file() and (tmp_path / "same" / "features.png").is_file()
     bad = _distorted(b, tmp_path / "bad.h5")
-    rc = main(["validate", "--reference", str(a), "--candidate", str(bad), "--out", str(tmp_path / "bad")])
+    rc = main(["validate", "--reference", str(a), "--candidate", str(bad), "--out", str(tmp_path / "bad"), *fast,
+               "validate.plots=false"])
     assert rc == 3 and "gate failed" in capsys.readouterr().err
     m = json.loads((tmp_path / "bad" / "metrics.json").read_text())
     assert m["auc_high"] > 0.95 and not m["gate"]["pass"]
@@ -95,11 +98,11 @@ def test_validate_cli_dnn_floor_and_breakdown(g4_pair, tmp_path, capsys):
     a, b = g4_pair
     bad = _distorted(b, tmp_path / "bad.h5")
     rc = main(["validate", "--reference", str(a), "--candidate", str(bad), "--floor", str(b), "--classifier", "dnn",
-               "--out", str(tmp_path / "v"), "-c", str(QUICKSTART), "validate.dnn_runs=2", "validate.plots=false",
+               "--out", str(tmp_path / "v"), "-c", str(QUICKSTART), "validate.dnn_runs=1", "validate.plots=false",
                "validate.classifier_seeds=1"])
     assert rc == 3
     out = capsys.readouterr().out
-    assert "CaloChallenge DNN classifier (2 runs)" in out and "Geant4 floor" in out
+    assert "CaloChallenge DNN classifier (1 runs)" in out and "Geant4 floor" in out
     m = json.loads((tmp_path / "v" / "metrics.json").read_text())
     assert m["auc_high_dnn"] > 0.95 and m["floor"]["auc_high_dnn"] < 0.7
     assert m["floor_source"].startswith(str(b)) and m["floor"]["separation_power_mean"] < 0.1

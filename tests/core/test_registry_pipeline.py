@@ -511,7 +511,8 @@ def test_a_served_model_answers_bad_requests_with_400_and_the_reason(chain, tmp_
                             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true",
-                                "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"})
+                                "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db",  # (uvicorn: the venv's bin)
+                                "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")})
 
     def post(rows, columns=("incident_energy",)):
         body = json.dumps({"dataframe_split": {"columns": list(columns), "data": rows}}).encode()

@@ -60,14 +60,14 @@ def test_runs_of_killed_processes_are_closed_by_the_next_command(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     ensure_store(uri)
     code = ("import mlflow, os; from simgan.tracking import process_tags;"
-            f"mlflow.set_tracking_uri({uri!r}); mlflow.set_experiment('e');"
-            "r = mlflow.start_run(); mlflow.set_tags(process_tags({status!r})); print(r.info.run_id, flush=True);"
-            "os.kill(os.getpid(), 9)")
-    ids = {}
-    for status in ("KILLED", "FINISHED"):
-        p = _py(code.replace("{status!r}", repr(status)))
-        out, _ = p.communicate(timeout=120)
-        ids[status] = out.split()[0]
+            f"mlflow.set_tracking_uri({uri!r}); e = mlflow.set_experiment('e').experiment_id;"
+            "c = mlflow.MlflowClient();"
+            "ids = [c.create_run(e, tags=process_tags(s)).info.run_id for s in ('KILLED', 'FINISHED')];"
+            "print(*ids, flush=True); os.kill(os.getpid(), 9)")  # killed with both runs open
+    p = _py(code)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == -9, err[-2000:]
+    ids = dict(zip(("KILLED", "FINISHED"), out.split()))
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("e").experiment_id
     live = client.create_run(exp)  # RUNNING, no process tags: left alone

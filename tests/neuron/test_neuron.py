@@ -4,7 +4,6 @@ format and its checks, SWC folders, the fly neurons navis ships, and the chain e
 from __future__ import annotations
 
 import json
-import os
 
 import h5py
 import numpy as np
@@ -271,14 +270,6 @@ def test_neuron_chain_registers_and_a_consumer_predicts_from_class_names(tmp_pat
                       (frame.assign(cell_class=[0, 7, 1, 1]), "row 1: cell_class 7")):
         with pytest.raises(MlflowException, match=says):
             model.predict(bad)
-    from pipeline.cli import main
-    os.environ["MLFLOW_TRACKING_URI"] = cfg.register.tracking_uri
-    try:
-        assert main(["generate", "--model", "models:/neuron-tiny@champion", "--energies-from",
-                     str(run / "prepare" / "test.h5"), "--out", str(tmp_path / "reg.h5"), "-q"]) == 0
-    finally:
-        del os.environ["MLFLOW_TRACKING_URI"]
-    assert nio.read(tmp_path / "reg.h5").images.shape == (24, 64, 64)
     # the GAN twin (configs/experiment/neuron_quickstart_gan.yaml), shrunk, on the same NeuroTS cells
     gan = load_config(NEURON.parent / "neuron_quickstart_gan.yaml",
                       [f"runs_dir={tmp_path}", f"register.tracking_uri=sqlite:///{tmp_path}/mlflow.db",

@@ -46,6 +46,8 @@ class NeuronVAEConfig(ConfigModel):
     # leave the prior's holes; ex-post density estimation)
     latent_sampler: Literal["prior", "flow"] = "prior"
     flow_steps: int = Field(3000, gt=0)
+    # > 0: hits drawn with noise correlated over this many pixels (same per-pixel probabilities)
+    pixel_correlation: float = Field(0.0, ge=0, le=8)
 
 
 class NeuronGANConfig(ConfigModel):
@@ -68,6 +70,8 @@ class NeuronGANConfig(ConfigModel):
     likelihood_weight: float = Field(0.0, ge=0)
     beta: float = Field(1.0, ge=0)
     kl_warmup_steps: int = Field(500, ge=0)
+    # the hybrid: hits drawn with noise correlated over this many pixels (as the VAE's)
+    pixel_correlation: float = Field(0.0, ge=0, le=8)
 
 
 def to_view(images: torch.Tensor) -> torch.Tensor:
@@ -162,13 +166,35 @@ class Decoder(nn.Module):
         return self.out(h)
 
 
-def draw_pixels(out: torch.Tensor, generator=None, straight_through: bool = False) -> torch.Tensor:
+def correlated_uniform(shape, length: float, generator=None, device=None) -> torch.Tensor:
+    """Uniform(0, 1) noise (N, S, S) whose neighbouring pixels are correlated over `length`
+    pixels: white Gaussian noise smoothed by a Gaussian kernel of that width (computed on a
+    margin, so every pixel has unit variance), through the normal CDF (a Gaussian copula).
+    Each pixel stays exactly uniform, so a pixel's hit probability is unchanged; only
+    neighbouring hits come together, along the ridges of the probability map, instead of
+    as independent speckles. length 0: white noise."""
+    if length <= 0:
+        return torch.rand(shape, generator=generator, device=device)
+    r = max(1, math.ceil(3 * length))
+    x = torch.arange(-r, r + 1, dtype=torch.float32, device=device)
+    k = torch.exp(-0.5 * (x / length) ** 2)
+    k = k / k.square().sum().sqrt()  # unit variance after the two passes
+    n, h, w = shape
+    z = torch.randn((n, 1, h + 2 * r, w + 2 * r), generator=generator, device=device)
+    z = nn.functional.conv2d(z, k.view(1, 1, 1, -1))
+    z = nn.functional.conv2d(z, k.view(1, 1, -1, 1))
+    return 0.5 * (1 + torch.erf(z[:, 0] / math.sqrt(2.0)))
+
+
+def draw_pixels(out: torch.Tensor, generator=None, straight_through: bool = False,
+                correlation: float = 0.0) -> torch.Tensor:
     """Decoder heads (N, 3, S, S) (hit logit, mean and log sd of v) -> drawn view (N, S, S):
     a pixel holds neurite with its probability, then v from its Gaussian (>= 0). With
     straight_through, the forward pass is the same draw and the hits' gradient is their
-    probability's (for a critic that judges drawn images)."""
+    probability's (for a critic that judges drawn images). `correlation` > 0: the hits are
+    drawn with spatially correlated noise of that length in pixels (`correlated_uniform`)."""
     p = torch.sigmoid(out[:, 0].float())
-    noise = torch.rand(p.shape, generator=generator, device=p.device)
+    noise = correlated_uniform(p.shape, correlation, generator, p.device)
     gauss = torch.randn(p.shape, generator=generator, device=p.device)
     hit = (noise < p).to(p.dtype)
     if straight_through:
@@ -299,7 +325,7 @@ class NeuronVAE(NeuronSurrogate):
         z = self.draw_codes(c, generator)
         with torch.autocast(device_type=c.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             out = self.decoder(z, self.cond_vector(c)).float()
-        return from_view(draw_pixels(out, generator)[:, None])
+        return from_view(draw_pixels(out, generator, correlation=self.cfg.pixel_correlation)[:, None])
 
 
 class NeuronGAN(AdversarialModel, NeuronSurrogate):
@@ -341,7 +367,7 @@ class NeuronGAN(AdversarialModel, NeuronSurrogate):
         z = torch.randn(len(c), self.cfg.latent_dim, generator=generator, device=c.device)
         out = network(z, self.cond_vector(c))
         if self.hybrid:
-            return draw_pixels(out, generator, straight_through)[:, None]
+            return draw_pixels(out, generator, straight_through, self.cfg.pixel_correlation)[:, None]
         return torch.relu(out)
 
     def fake(self, cond_channels, generator):

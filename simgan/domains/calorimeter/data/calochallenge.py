@@ -106,9 +106,7 @@ def inspect(path: str | os.PathLike, binning: Binning | str | None = None) -> Fi
         for key, ds in f.items():
             if key in (ENERGY_KEY, SHOWER_KEY) or not isinstance(ds, h5py.Dataset):
                 continue
-            # (a shard's row numbers may be integers: they are read as float64 like any condition)
-            if ds.shape[:1] == (n,) and ds.size == n and (ds.dtype.kind == "f" or (key == "event_index"
-                                                                                  and ds.dtype.kind in "iu")):
+            if ds.shape[:1] == (n,) and ds.size == n and ds.dtype.kind == "f":
                 cond.append(key)
         return FileInfo(path, n, binning, sorted(cond), meta)
 

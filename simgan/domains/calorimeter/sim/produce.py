@@ -11,6 +11,7 @@ import math
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 import simgan
@@ -18,7 +19,7 @@ from simgan.domains.calorimeter.config import SimulateConfig
 from simgan.domains.calorimeter.data import calochallenge as cc
 from simgan.domains.calorimeter.data.binning import reference_binning
 from simgan.errors import SimganError
-from simgan.io import atomic_path
+from simgan.io import atomic_path, open_hdf5
 from simgan.domains.calorimeter.sim.geant4 import G4Settings, GeantPool, shard_seed
 
 PDG = {"e-": 11, "gamma": 22}
@@ -117,14 +118,23 @@ def simulate_to_file(cfg: SimulateConfig, seed: int, out: str | Path, progress: 
     return meta
 
 
+def shard_event_index(path, n: int) -> np.ndarray:
+    """A shard's `event_index` dataset of any numeric dtype (n rows), or an error naming it."""
+    with open_hdf5(path) as f:
+        ds = f.get("event_index")
+        if not isinstance(ds, h5py.Dataset) or ds.dtype.kind not in "iuf" or ds.shape[:1] != (n,) or ds.size != n:
+            raise SimganError(f"{path}: not a shard file ({cc.why_not_condition(path, 'event_index')})")
+        return np.asarray(ds[:], np.float64).reshape(-1)
+
+
 def merge_shards(shard_files: list[str | Path], out: str | Path) -> dict:
     """Join shard files (any order) into one file ordered by event index."""
     parts = [cc.read(p) for p in shard_files]
     if not parts:
         raise SimganError("merge: no shard files given")
     for p, d in zip(shard_files, parts):
-        if "event_index" not in d.conditions:
-            raise SimganError(f"{p}: not a shard file ({cc.why_not_condition(p, 'event_index')})")
+        if "event_index" not in d.conditions:  # (row numbers written as integers by another writer)
+            d.conditions["event_index"] = shard_event_index(p, len(d))
         if d.binning.digest() != parts[0].binning.digest():
             raise SimganError(f"{p}: geometry differs from {shard_files[0]}")
     idx = np.concatenate([d.conditions["event_index"] for d in parts]).astype(int)
