@@ -278,6 +278,19 @@ def test_sharded_and_dask_generation_equal_the_stage_output(chain, tmp_path):
     assert not (tmp_path / "bad.h5").exists()
 
 
+def _wait_until_up(srv: subprocess.Popen, url: str, seconds: float) -> None:
+    """Poll a server started as `srv` until `url` answers (or `seconds` pass); fail at once if it exits."""
+    import urllib.request
+    t0 = time.time()
+    while time.time() - t0 < seconds:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            assert srv.poll() is None, f"the server for {url} exited"
+            time.sleep(0.5)
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -296,14 +309,7 @@ def test_register_against_real_mlflow_server(chain, tmp_path):
                            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
     uri = f"http://127.0.0.1:{port}"
     try:
-        import urllib.request
-        t0 = time.time()
-        while time.time() - t0 < 90:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
+        _wait_until_up(srv, f"{uri}/health", 90)
         for _ in range(2):
             assert main(["register", "--run-dir", str(cfg.run_dir), "--name", "srv", "--tracking-uri", uri]) == 0
         from mlflow.tracking import MlflowClient
@@ -524,14 +530,7 @@ def test_a_served_model_answers_bad_requests_with_400_and_the_reason(chain, tmp_
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read())
     try:
-        t0 = time.time()
-        while time.time() - t0 < 120:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                assert srv.poll() is None, "mlflow models serve exited"
-                time.sleep(0.5)
+        _wait_until_up(srv, f"http://127.0.0.1:{port}/ping", 120)
         status, body = post([[2000.0], [5000.0]])
         assert status == 200 and np.asarray(body["predictions"]).shape == (2, 6480)
         status, body = post([[2000.0], [300.0]])
