@@ -345,7 +345,8 @@ def compose(path: str | os.PathLike, overrides: list[str] | None = None) -> dict
 def _read_experiment(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     """An experiment file with what it `extends` (another experiment file, relative to its
     folder) merged under it, its `defaults` too: a twin that changes the model keeps its base's
-    data, training and gates."""
+    data, training and gates. A twin that picks another model group starts from that group's
+    file: the base's `model` section, written for the base's model, is not merged under it."""
     data = _read_yaml(path)
     base = data.pop("extends", None)
     if base is None:
@@ -360,6 +361,9 @@ def _read_experiment(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     under = _read_experiment(base_path, (*seen, path.resolve()))
     if not isinstance(data.get("defaults", {}), dict):
         raise SimganError(f"{path}: key 'defaults': expected a mapping like {{domain: calorimeter}}")
+    model = (data.get("defaults") or {}).get("model")
+    if model is not None and model != (under.get("defaults") or {}).get("model"):
+        under.pop("model", None)  # the base's model settings are for the base's model
     return _merge(under, data)
 
 

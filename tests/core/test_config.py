@@ -139,7 +139,7 @@ def test_broken_checkpoints_and_unknown_geometry_say_what_is_wrong(tmp_path):
 
 
 @pytest.mark.parametrize("twin", ["quickstart_gan", "airshower_quickstart_gan", "neuron_quickstart_gan",
-                                  "airshower50k_gan"])
+                                  "airshower50k_gan", "neuron15k_gan"])
 def test_gan_twins_keep_their_quickstarts_data_budget_and_gate(twin):
     """A twin `extends` its quickstart (or benchmark): the same data and gate (the training may
     differ: a GAN's critic steps cost more per step)."""
@@ -150,6 +150,17 @@ def test_gan_twins_keep_their_quickstarts_data_budget_and_gate(twin):
     b, g = base.model_dump(), gan.model_dump()
     for key in ("domain", "simulate", "prepare", "generate", "validate", "seed"):
         assert g[key] == b[key], key
+
+
+def test_a_twin_of_another_model_does_not_inherit_the_base_model_settings(tmp_path):
+    """neuron15k.yaml's model section (beta, latent_sampler) is the VAE's: its GAN twin starts
+    from the GAN's group file; a twin that keeps the model keeps the base's settings."""
+    gan = load_config(QUICKSTART.parent / "neuron15k_gan.yaml")
+    assert gan.model.beta == 1.0 and gan.model.likelihood_weight == 1.0
+    (tmp_path / "same.yaml").write_text(f"extends: {QUICKSTART.parent / 'neuron15k.yaml'}\nname: same\n"
+                                        "train:\n  steps: 10\n")
+    same = load_config(tmp_path / "same.yaml")
+    assert same.model.beta == 0.05 and same.model.latent_sampler == "flow" and same.train.steps == 10
 
 
 def test_extends_errors_name_the_file(tmp_path):
