@@ -30,11 +30,17 @@ class AirshowerSimulateConfig(Strict):
     lg_e_max: float = Field(20.0, ge=17, le=21)
     mass_A: Literal[0, 1, 4, 14, 56] = 1  # 0: each event's mass drawn from 1, 4, 14, 56
     core_radius_m: float = Field(750.0, gt=0)
+    # the particle-level station simulation (traces.py): FADC traces per station, and the signal,
+    # start time and trigger from them; trace_components also keeps the muon and EM traces
+    traces: bool = False
+    trace_components: bool = False
 
     @model_validator(mode="after")
     def _range(self):
         if self.lg_e_max <= self.lg_e_min:
             raise ValueError("lg_e_max must be > lg_e_min")
+        if self.trace_components and not self.traces:
+            raise ValueError("trace_components needs traces: true")
         return self
 
 

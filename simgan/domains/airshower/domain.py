@@ -31,7 +31,8 @@ SCHEMA = {"domain": "airshower", "sample_shape": [9, 9], "channels": ["signal_ve
 def params_of_cfg(cfg) -> ArrayParams:
     d, s = cfg.domain, cfg.simulate
     return ArrayParams(spacing_m=d.spacing_m, altitude_m=d.altitude_m, trigger_vem=d.trigger_vem,
-                       lg_e_min=s.lg_e_min, lg_e_max=s.lg_e_max, mass_A=s.mass_A, core_radius_m=s.core_radius_m)
+                       lg_e_min=s.lg_e_min, lg_e_max=s.lg_e_max, mass_A=s.mass_A, core_radius_m=s.core_radius_m,
+                       traces=s.traces, trace_components=s.trace_components)
 
 
 def condition_array(fp: aio.Footprints) -> np.ndarray:

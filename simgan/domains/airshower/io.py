@@ -3,6 +3,9 @@
     /footprint/signal      float32 (N, 9, 9)  VEM, 0 = silent
     /footprint/time        float32 (N, 9, 9)  ns, 0 = silent
     /footprint/triggered   uint8   (N, 9, 9)
+    /footprint/traces      float32 (N, 9, 9, T)  VEM per FADC bin (optional; attrs bin_ns, n_bins):
+                           each station's trace; its sum is the station's signal, silent stations 0
+    /footprint/traces_muon, traces_em   float32 (N, 9, 9, T)  the muon and EM parts (simulator only)
     /conditions/log10_energy_eV, zenith_rad, azimuth_rad, core_x_m, core_y_m, mass_A   (N,)
     /truth/xmax_gcm2, s1000_vem, beta   (N,)   (simulator only; optional in user files)
     /stations/xyz          float32 (9, 9, 3)  m
@@ -30,6 +33,8 @@ CONDITIONS = ("log10_energy_eV", "zenith_rad", "azimuth_rad", "core_x_m", "core_
 OPTIONAL_CONDITIONS = ("mass_A",)
 TRUTH = ("xmax_gcm2", "s1000_vem", "beta")
 CHANNELS = ("signal", "time", "triggered")
+TRACE_COMPONENTS = ("muon", "em")
+TRACE_TOLERANCE_VEM = 1e-3  # |sum of a trace - signal| allowed, plus 1e-4 of the signal (float32 sums)
 
 
 @dataclass
@@ -44,6 +49,8 @@ class Footprints:
     xyz: np.ndarray
     truth: dict[str, np.ndarray] = field(default_factory=dict)
     attrs: dict = field(default_factory=dict)
+    traces: np.ndarray | None = None  # (N, 9, 9, T) VEM per bin
+    trace_components: dict[str, np.ndarray] = field(default_factory=dict)  # muon, em: (N, 9, 9, T)
 
     def __len__(self) -> int:
         return len(self.signal)
@@ -51,14 +58,23 @@ class Footprints:
     def subset(self, idx) -> "Footprints":
         return Footprints(self.signal[idx], self.time[idx], self.triggered[idx],
                           {k: v[idx] for k, v in self.conditions.items()}, self.xyz,
-                          {k: v[idx] for k, v in self.truth.items()}, dict(self.attrs))
+                          {k: v[idx] for k, v in self.truth.items()}, dict(self.attrs),
+                          None if self.traces is None else self.traces[idx],
+                          {k: v[idx] for k, v in self.trace_components.items()})
 
 
 def from_simulation(ev: dict, p: ArrayParams, seed: int) -> Footprints:
+    attrs = {"spacing_m": p.spacing_m, "altitude_m": p.altitude_m, "trigger_vem": p.trigger_vem,
+             "seed": int(seed), "parameters": json.dumps(p.to_dict(), sort_keys=True)}
+    if "traces" in ev:
+        from simgan.domains.airshower.simulator import tank_params
+
+        tank = tank_params(p)
+        attrs.update({"trace_bin_ns": tank.bin_ns, "trace_bins": tank.n_bins,
+                      "tank": json.dumps(tank.to_dict(), sort_keys=True)})
     return Footprints(ev["signal"], ev["time"], ev["triggered"].astype(bool), ev["conditions"],
-                      station_xyz(p).astype(np.float32), ev.get("truth", {}),
-                      {"spacing_m": p.spacing_m, "altitude_m": p.altitude_m, "trigger_vem": p.trigger_vem,
-                       "seed": int(seed), "parameters": json.dumps(p.to_dict(), sort_keys=True)})
+                      station_xyz(p).astype(np.float32), ev.get("truth", {}), attrs, ev.get("traces"),
+                      dict(ev.get("trace_components", {})))
 
 
 def write(path, fp: Footprints) -> Path:
@@ -73,6 +89,12 @@ def write(path, fp: Footprints) -> Path:
             g.create_dataset("signal", data=fp.signal.astype(np.float32), **kw)
             g.create_dataset("time", data=fp.time.astype(np.float32), **kw)
             g.create_dataset("triggered", data=fp.triggered.astype(np.uint8), **kw)
+            if fp.traces is not None:
+                tkw = {"compression": "gzip", "compression_opts": 1,
+                       "chunks": (min(max(len(fp), 1), 256), GRID, GRID, fp.traces.shape[-1])}
+                g.create_dataset("traces", data=fp.traces.astype(np.float32), **tkw)
+                for k, v in fp.trace_components.items():
+                    g.create_dataset(f"traces_{k}", data=v.astype(np.float32), **tkw)
             c = f.create_group("conditions")
             for k, v in fp.conditions.items():
                 c.create_dataset(k, data=np.asarray(v, np.float64))
@@ -136,6 +158,52 @@ def check(fp: Footprints, where: str, start: int = 0) -> None:
         if bad.any():
             raise SimganError(f"{where}: dataset 'conditions/{k}' row {start + _first(bad)}: not finite")
     check_condition_units(fp.conditions, where, start)
+    if fp.traces is not None or fp.trace_components:
+        check_traces(fp, where, start)
+
+
+def check_traces(fp: Footprints, where: str, start: int = 0) -> None:
+    """Traces (N, 9, 9, T): finite, non-negative, each summing to its station's signal (silent
+    stations all 0), T and the bin width named in the attributes; the components likewise,
+    adding up to no more than the trace. Names the dataset and the first bad row."""
+    n = len(fp.signal)
+    if fp.traces is None:
+        raise SimganError(f"{where}: trace components {sorted(fp.trace_components)} without 'footprint/traces'")
+    tr = fp.traces
+    if tr.ndim != 4 or tr.shape[:3] != (n, GRID, GRID):
+        raise SimganError(f"{where}: dataset 'footprint/traces' has shape {tr.shape}, expected ({n}, {GRID}, {GRID}, T): "
+                          "one trace of T bins per station")
+    for key in ("trace_bin_ns", "trace_bins"):
+        if key not in fp.attrs:
+            raise SimganError(f"{where}: 'footprint/traces' needs the file attribute '{key}' (the FADC bin width "
+                              "in ns and the number of bins T)")
+    if int(fp.attrs["trace_bins"]) != tr.shape[-1]:
+        raise SimganError(f"{where}: attribute 'trace_bins' = {fp.attrs['trace_bins']}, but 'footprint/traces' has "
+                          f"{tr.shape[-1]} bins")
+    for name, arr in (("traces", tr), *((f"traces_{k}", v) for k, v in fp.trace_components.items())):
+        if arr.shape != tr.shape:
+            raise SimganError(f"{where}: dataset 'footprint/{name}' has shape {arr.shape}, expected {tr.shape}")
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            raise SimganError(f"{where}: dataset 'footprint/{name}' row {start + _first(bad)}: not finite")
+        bad = arr < 0
+        if bad.any():
+            raise SimganError(f"{where}: dataset 'footprint/{name}' row {start + _first(bad)}: negative value "
+                              f"({arr[bad][0]:g} VEM); traces are in VEM per bin, >= 0")
+    total = tr.sum(-1, dtype=np.float64)
+    bad = np.abs(total - fp.signal) > TRACE_TOLERANCE_VEM + 1e-4 * np.abs(fp.signal)
+    if bad.any():
+        row = _first(bad)
+        i = np.argwhere(bad)[0]
+        raise SimganError(f"{where}: dataset 'footprint/traces' row {start + row}: station {tuple(i[1:])} sums to "
+                          f"{total[tuple(i)]:.4g} VEM but its signal is {fp.signal[tuple(i)]:.4g} VEM; a station's "
+                          "signal is its trace's integral")
+    if fp.trace_components:
+        parts = sum(v.sum(-1, dtype=np.float64) for v in fp.trace_components.values())
+        bad = parts > total + 1.0 + 0.05 * total  # the total adds baseline noise, clipped at 0
+        if bad.any():
+            raise SimganError(f"{where}: row {start + _first(bad)}: the trace components (footprint/traces_*) add "
+                              "up to more than the trace")
 
 
 def check_condition_units(cond: dict, where: str, start: int = 0) -> None:
@@ -202,8 +270,20 @@ def read(path, max_events: int | None = None, check_values: bool = True) -> Foot
             xyz = station_xyz(ArrayParams(spacing_m=float(f.attrs.get("spacing_m", 1500.0)),
                                           altitude_m=float(f.attrs.get("altitude_m", 1400.0)))).astype(np.float32)
         attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+        traces = None
+        if "footprint/traces" in f:
+            ds = f["footprint/traces"]
+            if ds.dtype.kind != "f":
+                raise SimganError(f"{path}: dataset 'footprint/traces' has dtype {ds.dtype}, expected floating point "
+                                  "(VEM per bin)")
+            if ds.shape[:1] != (n,):
+                raise SimganError(f"{path}: dataset 'footprint/traces' has {ds.shape[0]} events, "
+                                  f"'footprint/signal' has {n}")
+            traces = np.asarray(ds[:m], np.float32)
+        comps = {k: np.asarray(f[f"footprint/traces_{k}"][:m], np.float32) for k in TRACE_COMPONENTS
+                 if f"footprint/traces_{k}" in f}
         fp = Footprints(np.asarray(f["footprint/signal"][:m], np.float32), np.asarray(f["footprint/time"][:m], np.float32),
-                        trig_raw.astype(bool), cond, xyz, truth, attrs)
+                        trig_raw.astype(bool), cond, xyz, truth, attrs, traces, comps)
     if check_values:
         check(fp, str(path))
     return fp
@@ -275,7 +355,9 @@ def merge_shards(paths, out) -> Path:
                         np.concatenate([fp.triggered for fp in parts]),
                         {k: np.concatenate([fp.conditions[k] for fp in parts]) for k in parts[0].conditions},
                         parts[0].xyz, {k: np.concatenate([fp.truth[k] for fp in parts]) for k in parts[0].truth},
-                        {k: v for k, v in first.items() if k not in ("shard_index", "shard_count", "first_event")})
+                        {k: v for k, v in first.items() if k not in ("shard_index", "shard_count", "first_event")},
+                        None if parts[0].traces is None else np.concatenate([fp.traces for fp in parts]),
+                        {k: np.concatenate([fp.trace_components[k] for fp in parts]) for k in parts[0].trace_components})
     if len(merged) != int(first["events_total"]):
         raise SimganError(f"merged {len(merged)} events, the simulation has {first['events_total']}")
     return write(out, merged)

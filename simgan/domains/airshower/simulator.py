@@ -40,6 +40,9 @@ class ArrayParams:
     s38_b: float = 1.031
     scale_height_m: float = 8236.0
     ground_depth_gcm2: float = 1033.8
+    # particle-level station simulation (traces.py): signal, time and trigger from FADC traces
+    traces: bool = False
+    trace_components: bool = False  # also keep the muon and EM traces (without noise)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -128,20 +131,50 @@ def simulate_events(cond: dict[str, np.ndarray], rng: np.random.Generator, p: Ar
     d, r, _, u = shower_plane_geometry(xyz, np.stack([cond["core_x_m"], cond["core_y_m"]], 1), theta, phi,
                                        p.altitude_m)
     s_mean = ldf(r, s1000[:, None], beta[:, None])
-    f = (0.32 + 0.42 / np.cos(theta))[:, None]
-    s_obs = rng.gamma(s_mean / f**2, f**2)
-    trig = s_obs >= p.trigger_vem
     # spherical front from a virtual origin on the axis at the altitude h(Xmax / 2)
     h = -p.scale_height_m * np.log(0.5 * xmax * np.cos(theta) / p.ground_depth_gcm2)
     rc = (h - p.altitude_m) / np.cos(theta)  # h is an altitude; the array is at p.altitude_m
     to_origin = d - rc[:, None, None] * u[:, None, :]
     t = (np.linalg.norm(to_origin, axis=-1) - rc[:, None]) / C_M_PER_NS
-    t = t + timing_sigma(s_obs, r) * rng.standard_normal(t.shape)
     shape = (n, GRID, GRID)
+    truth = {"xmax_gcm2": xmax, "s1000_vem": s1000, "beta": beta}
+    if p.traces:
+        return _from_traces(s_mean, r, t, theta, xmax, mass, rng, p, shape, truth)
+    f = (0.32 + 0.42 / np.cos(theta))[:, None]
+    s_obs = rng.gamma(s_mean / f**2, f**2)
+    trig = s_obs >= p.trigger_vem
+    t = t + timing_sigma(s_obs, r) * rng.standard_normal(t.shape)
     return {"signal": np.where(trig, s_obs, 0.0).astype(np.float32).reshape(shape),
             "time": np.where(trig, t, 0.0).astype(np.float32).reshape(shape),
-            "triggered": trig.astype(np.uint8).reshape(shape),
-            "truth": {"xmax_gcm2": xmax, "s1000_vem": s1000, "beta": beta}}
+            "triggered": trig.astype(np.uint8).reshape(shape), "truth": truth}
+
+
+TRACE_CHUNK = 128  # events per call of the particle-level simulation (bounds its memory)
+
+
+def tank_params(p: ArrayParams = ArrayParams()):
+    from simgan.domains.airshower.traces import TankParams
+
+    return TankParams(threshold_vem=p.trigger_vem)
+
+
+def _from_traces(s_mean, r, t_front, theta, xmax, mass, rng, p: ArrayParams, shape, truth) -> dict:
+    """Signal, start time and trigger from each station's particle-level trace (traces.py)."""
+    from simgan.domains.airshower.traces import station_traces
+
+    tank = tank_params(p)
+    depth = p.ground_depth_gcm2 * math.exp(-p.altitude_m / p.scale_height_m)  # vertical depth of the array
+    parts = [station_traces(s_mean[i:i + TRACE_CHUNK], r[i:i + TRACE_CHUNK], t_front[i:i + TRACE_CHUNK],
+                            theta[i:i + TRACE_CHUNK], xmax[i:i + TRACE_CHUNK], mass[i:i + TRACE_CHUNK], rng, tank,
+                            depth, p.trace_components) for i in range(0, len(s_mean), TRACE_CHUNK)]
+    res = {k: np.concatenate([q[k] for q in parts]) for k in parts[0]}
+    out = {"signal": res["signal"].reshape(shape), "time": res["time"].reshape(shape),
+           "triggered": res["triggered"].reshape(shape), "traces": res["trace"].reshape(*shape, tank.n_bins),
+           "truth": {**truth, "muons": res["n_muons"].reshape(shape).sum((1, 2)).astype(np.float64)}}
+    if p.trace_components:
+        out["trace_components"] = {"muon": res["muon_trace"].reshape(*shape, tank.n_bins),
+                                   "em": res["em_trace"].reshape(*shape, tank.n_bins)}
+    return out
 
 
 def timing_sigma(signal, r):
@@ -162,22 +195,31 @@ def simulate(n: int, seed: int, p: ArrayParams = ArrayParams(), shard_events: in
     count = max(1, math.ceil(n / shard_events))
     shards = range(count) if shards is None else shards
     parts = []
-    it = shards
+    sizes = {k: max(0, min(shard_events, n - k * shard_events)) for k in shards}
+    bar = None
     if progress:
         from tqdm import tqdm
-        it = tqdm(shards, desc="simulate air showers", unit="shard")
-    for k in it:
-        m = min(shard_events, n - k * shard_events)
+        bar = tqdm(total=sum(sizes.values()), desc="simulate air showers", unit="event")
+    for k in shards:
+        m = sizes[k]
         if m <= 0:
             continue
         rng = np.random.default_rng(shard_seed(seed, k))
         cond = sample_conditions(m, rng, p)
         ev = simulate_events(cond, rng, p)
         parts.append((cond, ev))
+        if bar is not None:
+            bar.update(m)
+    if bar is not None:
+        bar.close()
     if not parts:
         raise ValueError("no events in the requested shards")
     cond = {k: np.concatenate([c[k] for c, _ in parts]) for k in parts[0][0]}
-    out = {k: np.concatenate([e[k] for _, e in parts]) for k in ("signal", "time", "triggered")}
+    out = {k: np.concatenate([e[k] for _, e in parts]) for k in ("signal", "time", "triggered", "traces")
+           if k in parts[0][1]}
+    if "trace_components" in parts[0][1]:
+        out["trace_components"] = {k: np.concatenate([e["trace_components"][k] for _, e in parts])
+                                   for k in parts[0][1]["trace_components"]}
     out["truth"] = {k: np.concatenate([e["truth"][k] for _, e in parts]) for k in parts[0][1]["truth"]}
     out["conditions"] = cond
     return out

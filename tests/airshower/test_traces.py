@@ -1,0 +1,150 @@
+"""The particle-level station simulation: tank geometry, light, traces and the trigger."""
+
+import math
+
+import numpy as np
+
+from simgan.domains.airshower import traces as T
+
+TANK = T.TankParams()
+
+
+def test_a_vertical_muon_is_one_vem_and_inclined_chords_have_the_tank_mean():
+    rng = np.random.default_rng(0)
+    assert np.all(T.chord_vem(np.zeros(100), rng) == 1.0)
+    chords = T.chord_vem(np.full(200_000, math.radians(60)), rng)
+    assert abs(chords.mean() / T.mean_chord_vem(math.radians(60)) - 1) < 0.01
+    assert abs(T.mean_chord_vem(math.radians(60)) - 1.15) < 0.01  # the spec's figure
+    assert chords.max() > 1.5 and chords.min() < 0.3  # corner clips and long diagonals
+
+
+def test_one_particle_light_is_conserved_and_decays():
+    pe = T._light_in_bins(np.array([0]), np.array([50.0]), np.array([95.0]), 1, TANK)[0]
+    assert abs(pe.sum() - 95.0) < 1e-6  # all of its light lies inside the window
+    assert pe[:2].sum() == 0 and pe[2] > pe[3] > pe[4] > 0  # nothing before it arrives, then the decay
+    assert abs(pe[3] / pe[2] - math.exp(-TANK.bin_ns / TANK.decay_ns)) < 1e-9  # arriving at a bin's start
+
+
+def _stations(n, r, s, xmax=750.0, theta=0.0, mass=1.0, seed=1):
+    rng = np.random.default_rng(seed)
+    shape = (n, len(r))
+    return T.station_traces(np.broadcast_to(np.asarray(s, float), shape), np.broadcast_to(np.asarray(r, float), shape),
+                            np.zeros(shape), np.full(n, theta), np.full(n, xmax), np.full(n, mass), rng,
+                            components=True)
+
+
+def test_traces_integrate_to_the_signal_and_components_add_up():
+    res = _stations(2000, [300.0, 1000.0, 1500.0], [1500.0, 52.0, 12.0])
+    assert np.allclose(res["trace"].sum(-1), res["signal"], rtol=1e-5)
+    ratio = res["signal"].mean(0) / np.array([1500.0, 52.0, 12.0])
+    assert np.all(np.abs(ratio[:2] - 1) < 0.02), ratio  # late light lost past the window only far out
+    assert 0.93 < ratio[2] < 1.0, ratio
+    comp = res["muon_trace"] + res["em_trace"]
+    assert np.abs(comp - res["trace"]).max() < 0.05  # the baseline noise only
+    assert np.all(res["trace"] >= 0) and res["trace"].dtype == np.float32
+    rise, _ = T.rise_fall_ns(res["trace"])
+    med = np.median(rise, 0)
+    assert med[0] < med[1] < med[2]  # the rise time grows with distance
+    assert 150 < med[1] < 400, med  # a few hundred ns at 1000 m for vertical showers
+
+
+def test_deeper_showers_rise_slower_and_iron_brings_more_muons():
+    shallow = _stations(4000, [1000.0], [52.0], xmax=600.0)
+    deep = _stations(4000, [1000.0], [52.0], xmax=860.0)
+    assert np.median(T.rise_fall_ns(deep["trace"])[0]) > np.median(T.rise_fall_ns(shallow["trace"])[0])
+    iron = _stations(4000, [1000.0], [52.0], mass=56.0)
+    proton = _stations(4000, [1000.0], [52.0], mass=1.0)
+    assert iron["n_muons"].mean() > 1.2 * proton["n_muons"].mean()
+    inclined = _stations(4000, [1000.0], [52.0], theta=math.radians(55))
+    assert np.median(inclined["muon_trace"].sum(-1) / inclined["signal"]) > 0.6  # muons dominate inclined showers
+    assert np.median(T.rise_fall_ns(inclined["trace"])[0]) < np.median(T.rise_fall_ns(proton["trace"])[0])
+
+
+def test_trigger_threshold_time_over_threshold_and_silent_stations():
+    res = _stations(3000, [1800.0, 2600.0, 4000.0], [3.0, 1.2, 0.005])
+    trig = res["triggered"].astype(bool)
+    below = res["signal"] < TANK.threshold_vem
+    assert np.any(trig & below)  # long, faint traces trigger by time over threshold
+    assert not trig[:, 2].any()  # a station that expects nothing gets no particles
+    assert np.all(res["trace"][~trig] == 0) and np.all(res["signal"][~trig] == 0) and np.all(res["time"][~trig] == 0)
+    tot = (res["trace"] > TANK.tot_threshold_vem_peak * T.vem_peak(TANK)).sum(-1) >= TANK.tot_bins
+    assert np.all(trig == ((res["signal"] >= TANK.threshold_vem) | tot))
+
+
+def test_thinning_keeps_the_mean_signal_and_start_time_follows_the_trace():
+    full = _stations(300, [300.0], [1500.0])
+    rng = np.random.default_rng(1)
+    thin = T.station_traces(np.full((300, 1), 1500.0), np.full((300, 1), 300.0), np.zeros((300, 1)), np.zeros(300),
+                            np.full(300, 750.0), np.ones(300), rng, T.TankParams(max_particles=50))
+    assert abs(thin["signal"].mean() / full["signal"].mean() - 1) < 0.02
+    t10 = T.start_time_ns(full["trace"])
+    assert np.allclose(full["time"], full["window_ns"] + t10, atol=1e-3)
+    # a step trace: 10% of the integral is reached a tenth of the way into the first full bin
+    step = np.zeros((1, 80))
+    step[0, 4] = 1.0
+    assert abs(T.start_time_ns(step)[0] - 4.1 * 25) < 1e-9
+
+
+# -- the simulator with traces and the file format ----------------------------------------------
+import h5py  # noqa: E402
+import pytest  # noqa: E402
+
+from simgan.domains.airshower import io as aio  # noqa: E402
+from simgan.domains.airshower.simulator import ArrayParams, simulate  # noqa: E402
+from simgan.errors import SimganError  # noqa: E402
+
+PT = ArrayParams(traces=True, trace_components=True, mass_A=0)
+
+
+def test_footprints_come_from_the_traces_and_shards_equal_one_run(tmp_path):
+    a = simulate(300, 5, PT, shard_events=100)
+    b = simulate(300, 5, PT, shard_events=100, shards=range(1, 3))
+    np.testing.assert_array_equal(a["traces"][100:], b["traces"])
+    np.testing.assert_array_equal(a["signal"][100:], b["signal"])
+    trig = a["triggered"].astype(bool)
+    np.testing.assert_allclose(a["traces"].sum(-1, dtype=np.float64)[trig], a["signal"][trig], rtol=1e-5)
+    assert trig.reshape(300, -1).sum(1).min() >= 1 and np.all(a["traces"][~trig] == 0)
+    # iron brings more muons than protons at the same energy
+    mass, muons = a["conditions"]["mass_A"], a["truth"]["muons"] / 10 ** (a["conditions"]["log10_energy_eV"] - 19)
+    assert np.median(muons[mass == 56]) > np.median(muons[mass == 1])
+    fp = aio.from_simulation(a, PT, 5)
+    back = aio.read(aio.write(tmp_path / "tr.h5", fp))
+    np.testing.assert_array_equal(back.traces, fp.traces)
+    np.testing.assert_array_equal(back.trace_components["muon"], a["trace_components"]["muon"])
+    assert back.attrs["trace_bins"] == 80 and back.attrs["trace_bin_ns"] == 25.0
+    merged = aio.merge_shards([aio.write(tmp_path / f"s{i}.h5", _shard(fp, i)) for i in range(2)], tmp_path / "m.h5")
+    np.testing.assert_array_equal(aio.read(merged).traces, fp.traces)
+
+
+def _shard(fp, i):
+    part = fp.subset(slice(i * 150, (i + 1) * 150))
+    part.attrs.update({"events_total": 300, "shard_index": i, "shard_count": 2, "first_event": i * 150})
+    return part
+
+
+@pytest.mark.parametrize("case, match", [
+    ("negative", "footprint/traces' row 3: negative value"),
+    ("integral", "footprint/traces' row 5: station .* sums to .* but its signal is"),
+    ("bins", "attribute 'trace_bins' = 60, but 'footprint/traces' has 80 bins"),
+    ("nan", "footprint/traces_muon' row 2: not finite"),
+])
+def test_bad_traces_are_named_with_their_row(tmp_path, case, match):
+    fp = aio.from_simulation(simulate(20, 3, PT, shard_events=20), PT, 3)
+    good = aio.write(tmp_path / "good.h5", fp)
+    with h5py.File(good, "a") as f:
+        if case == "negative":
+            t = f["footprint/traces"][3]
+            t[fp.triggered[3]] = -t[fp.triggered[3]]
+            f["footprint/traces"][3] = t
+        elif case == "integral":
+            t = f["footprint/traces"][5]
+            t[fp.triggered[5]] *= 1.5
+            f["footprint/traces"][5] = t
+        elif case == "bins":
+            f.attrs["trace_bins"] = 60
+        else:
+            t = f["footprint/traces_muon"][2]
+            t[0, 0, 0] = np.nan
+            f["footprint/traces_muon"][2] = t
+    with pytest.raises(SimganError, match=match):
+        aio.read(good)
