@@ -144,9 +144,13 @@ def register_model(checkpoint, domain, name: str, uri: str, metrics: dict | None
     example = domain.pyfunc_example(ckpt)
     out_example = domain.pyfunc_predict(model, ckpt, example, 0, "fp32")
     signature = infer_signature(example, out_example, params={"seed": 0, "precision": "fp32", "extrapolate": False})
-    if domain.pyfunc_any_type_columns:  # columns the domain takes in more than one type (a class name or index)
+    # columns the domain takes in more than one type (a class name or index), and columns a consumer
+    # may leave out (the domain's default applies)
+    anytype, optional = domain.pyfunc_any_type_columns, domain.pyfunc_optional_columns
+    if anytype or optional:
         signature = ModelSignature(inputs=Schema([
-            ColSpec(AnyType() if c.name in domain.pyfunc_any_type_columns else c.type, c.name, required=c.required)
+            ColSpec(AnyType() if c.name in anytype else c.type, c.name,
+                    required=c.required and c.name not in optional)
             for c in signature.inputs.inputs]), outputs=signature.outputs, params=signature.params)
     with tempfile.TemporaryDirectory() as td:
         artifacts = {"checkpoint": str(checkpoint), **domain.pyfunc_artifacts(ckpt, str(checkpoint), Path(td))}

@@ -128,6 +128,8 @@ class Domain:
 
     # input columns the registered model takes in more than one type (its signature says any)
     pyfunc_any_type_columns: tuple[str, ...] = ()
+    # input columns a consumer may leave out (the domain's pyfunc_predict supplies the default)
+    pyfunc_optional_columns: tuple[str, ...] = ()
 
     def pyfunc_predict(self, model, ckpt, frame, seed: int, precision: str, extrapolate: bool = False):
         """The registered model's predict: the frame's conditions checked (`frame_columns`,

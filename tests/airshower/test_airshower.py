@@ -199,7 +199,7 @@ def test_airshower_chain_registers_and_a_consumer_predicts_from_a_dataframe(air_
     frame = pd.DataFrame({"log10_energy_eV": [19.0, 19.5, 19.9], "zenith_rad": [0.1, 0.6, 0.9],
                           "azimuth_rad": [0.0, 1.0, 5.0], "core_x_m": [0.0, 100.0, -300.0],
                           "core_y_m": [0.0, 50.0, 200.0]})
-    out = model.predict(frame, params={"seed": 3})
+    out = out_protons = model.predict(frame, params={"seed": 3})
     assert out.shape == (3, 3, 9, 9)
     signal, time, trig = out[:, 0], out[:, 1], out[:, 2]
     assert set(np.unique(trig)) <= {0.0, 1.0} and (signal[trig > 0] >= 3).all() and (signal[trig == 0] == 0).all()
@@ -222,6 +222,12 @@ def test_airshower_chain_registers_and_a_consumer_predicts_from_a_dataframe(air_
         model.predict(frame.iloc[:0])
     out = model.predict(frame.assign(core_x_m=[0.0, 900.0, 0.0]), params={"extrapolate": True})
     assert np.isfinite(out).all()  # a little past the range, asked for: generated
+    # the mass number: optional (protons), checked against the (proton-only) training data and its units
+    np.testing.assert_array_equal(model.predict(frame.assign(mass_A=1.0), params={"seed": 3}), out_protons)
+    with pytest.raises(MlflowException, match=r"column 'mass_A' row 0: 56 is outside the training range \[1, 1\]"):
+        model.predict(frame.assign(mass_A=56.0))
+    with pytest.raises(MlflowException, match="column 'mass_A' row 0: 0: expected the primary's mass number"):
+        model.predict(frame.assign(mass_A=0.0))
 
 
 def test_checkpoint_carries_the_schema_and_generate_warns_outside_the_training_range(air_chain, tmp_path, capsys):
@@ -235,7 +241,9 @@ def test_checkpoint_carries_the_schema_and_generate_warns_outside_the_training_r
     ckpt_path = cfg.run_dir / "train" / "model.pt"
     ckpt = load_checkpoint(ckpt_path)
     assert ckpt["model_args"]["domain"] == "airshower"
-    assert ckpt["schema"]["conditions"] == list(aio.CONDITIONS) and ckpt["schema"]["sample_shape"] == [9, 9]
+    assert ckpt["schema"]["conditions"] == [*aio.CONDITIONS, "mass_A"] and ckpt["schema"]["sample_shape"] == [9, 9]
+    assert ckpt["model_args"]["conditions"] == list(aio.CONDITIONS)  # protons only: the mass is no model input
+    assert ckpt["condition_ranges"]["mass_A"] == [1.0, 1.0]
     lo, hi = ckpt["condition_ranges"]["log10_energy_eV"]
     assert 18.5 <= lo < hi <= 20.0
     model, _ = model_from_checkpoint(ckpt_path)  # rebuilt from the checkpoint alone

@@ -148,3 +148,26 @@ def test_bad_traces_are_named_with_their_row(tmp_path, case, match):
             f["footprint/traces_muon"][2] = t
     with pytest.raises(SimganError, match=match):
         aio.read(good)
+
+
+def test_the_mass_number_is_a_model_condition_when_the_training_data_mix_masses():
+    import torch
+
+    from simgan.domains import get_domain, load_config
+    from tests.conftest import REPO
+
+    dom = get_domain("airshower")
+    cfg = load_config(REPO / "configs" / "experiment" / "airshower_quickstart.yaml", ["model.width=8", "model.depth=1"])
+    mixed = aio.from_simulation(simulate(200, 4, ArrayParams(mass_A=0)), ArrayParams(mass_A=0), 4)
+    protons = aio.from_simulation(simulate(200, 4, ArrayParams()), ArrayParams(), 4)
+    assert dom.model_args(cfg, mixed)["conditions"][-1] == "mass_A"
+    assert "mass_A" not in dom.model_args(cfg, protons)["conditions"]
+    c = torch.as_tensor(dom.condition_matrix(mixed)[:4])
+    iron, proton = c.clone(), c.clone()
+    iron[:, 5], proton[:, 5] = 56.0, 1.0
+    for data, depends in ((mixed, True), (protons, False)):
+        torch.manual_seed(0)
+        model = dom.build_model(dom.model_args(cfg, data)).eval()
+        model.fit(data.signal, data.time, data.triggered, dom.condition_matrix(data))
+        outs = [model.sample(x, generator=torch.Generator().manual_seed(1)) for x in (iron, proton)]
+        assert (not torch.equal(*outs)) == depends

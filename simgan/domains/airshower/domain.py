@@ -15,7 +15,7 @@ import torch
 
 from simgan.domains.airshower import io as aio
 from simgan.domains.airshower import validate as av
-from simgan.domains.airshower.models import CONDITIONS, FAMILIES
+from simgan.domains.airshower.models import CONDITIONS, FAMILIES, MASS
 from simgan.domains.airshower.simulator import ArrayParams, simulate
 from simgan.domains.base import ConditionedFileDomain, check_inside, example_values, frame_columns, sample_rows
 from simgan.errors import SimganError
@@ -23,9 +23,9 @@ from simgan.io import write_json_atomic
 from simgan.metrics.gate import verdict
 
 SCHEMA = {"domain": "airshower", "sample_shape": [9, 9], "channels": ["signal_vem", "time_ns", "triggered"],
-          "conditions": list(CONDITIONS),
+          "conditions": [*CONDITIONS, MASS],
           "units": {"log10_energy_eV": "log10(E/eV)", "zenith_rad": "rad", "azimuth_rad": "rad", "core_x_m": "m",
-                    "core_y_m": "m"}}
+                    "core_y_m": "m", MASS: "mass number A"}}
 
 
 def params_of_cfg(cfg) -> ArrayParams:
@@ -36,11 +36,17 @@ def params_of_cfg(cfg) -> ArrayParams:
 
 
 def condition_array(fp: aio.Footprints) -> np.ndarray:
-    return np.stack([fp.conditions[k] for k in CONDITIONS], 1).astype(np.float32)
+    """(N, 6): the conditions in CONDITIONS order and the mass number."""
+    return np.stack([*(fp.conditions[k] for k in CONDITIONS), aio.masses(fp.conditions)], 1).astype(np.float32)
 
 
 def condition_ranges(fp: aio.Footprints) -> dict:
-    return {k: [float(np.min(fp.conditions[k])), float(np.max(fp.conditions[k]))] for k in CONDITIONS}
+    cond = {**fp.conditions, MASS: aio.masses(fp.conditions)}
+    return {k: [float(np.min(cond[k])), float(np.max(cond[k]))] for k in (*CONDITIONS, MASS)}
+
+
+def mixed_masses(fp: aio.Footprints) -> bool:
+    return len(np.unique(aio.masses(fp.conditions))) > 1
 
 
 class Airshower(ConditionedFileDomain):
@@ -48,6 +54,7 @@ class Airshower(ConditionedFileDomain):
     unit = "footprints"
     simulator = "the air-shower simulator (vectorised numpy)"
     monitor_batch = 4096
+    pyfunc_optional_columns = (MASS,)  # protons when left out
     headline_keys = ("auc", "auc_footprints", "separation_power_mean", "angular_resolution_deviation_max",
                      "station_count_deviation_max", "s1000_bias_max")
 
@@ -58,14 +65,17 @@ class Airshower(ConditionedFileDomain):
         p = {"spacing_m": float(data.attrs.get("spacing_m", cfg.domain.spacing_m)),
              "altitude_m": float(data.attrs.get("altitude_m", cfg.domain.altitude_m))}
         return {"domain": "airshower", "config": cfg.model.model_dump(mode="json"), "params": p,
-                "threshold_vem": float(data.attrs.get("trigger_vem", cfg.domain.trigger_vem)), "schema": SCHEMA}
+                "threshold_vem": float(data.attrs.get("trigger_vem", cfg.domain.trigger_vem)), "schema": SCHEMA,
+                # the mass number is a model condition when the training data hold more than one
+                "conditions": [*CONDITIONS, *([MASS] if mixed_masses(data) else [])]}
 
     def build_model(self, args):
         family = args["config"]["family"]
         if family not in FAMILIES:
             raise SimganError(f"model family {family!r} is not an air-shower model ({sorted(FAMILIES)})")
         cfg_cls, cls = FAMILIES[family]
-        return cls(cfg_cls.model_validate(args["config"]), args["params"], args["threshold_vem"])
+        return cls(cfg_cls.model_validate(args["config"]), args["params"], args["threshold_vem"],
+                   MASS in args.get("conditions", CONDITIONS))
 
     def fit_model(self, model, data):
         return model.fit(data.signal, data.time, data.triggered, condition_array(data))
@@ -119,19 +129,22 @@ class Airshower(ConditionedFileDomain):
     def pyfunc_example(self, ckpt):
         import pandas as pd
         defaults = {"log10_energy_eV": [18.7, 19.3, 19.8], "zenith_rad": [0.2, 0.5, 0.9], "azimuth_rad": [0.0, 2.0, 4.0],
-                    "core_x_m": [0.0, 300.0, -200.0], "core_y_m": [0.0, -100.0, 400.0]}
+                    "core_x_m": [0.0, 300.0, -200.0], "core_y_m": [0.0, -100.0, 400.0], MASS: [1.0, 1.0, 1.0]}
         ranges = ckpt.get("condition_ranges", {})
         return pd.DataFrame({k: example_values(ranges, k, v) for k, v in defaults.items()})
 
     def pyfunc_predict(self, model, ckpt, frame, seed: int, precision: str, extrapolate: bool = False):
-        cond = frame_columns(frame, COLUMN_MEANING)
+        # mass_A may be left out: protons (models trained before it was a column take none)
+        have_mass = hasattr(frame, "columns") and MASS in frame.columns
+        cond = frame_columns(frame, {**COLUMN_MEANING, **({MASS: MASS_MEANING} if have_mass else {})})
+        cond[MASS] = cond[MASS] if have_mass else np.ones(len(frame))
         try:
             aio.check_condition_units(cond, "model input")
         except SimganError as exc:
             raise ValueError(str(exc).replace("dataset 'conditions/", "column '")) from None
         if not extrapolate:  # (the azimuth is periodic: any value is inside)
             check_inside({k: v for k, v in ckpt.get("condition_ranges", {}).items() if k != "azimuth_rad"}, cond)
-        c = torch.as_tensor(np.stack([cond[k] for k in CONDITIONS], 1), dtype=torch.float32)
+        c = torch.as_tensor(np.stack([cond[k] for k in (*CONDITIONS, MASS)], 1), dtype=torch.float32)
         return sample_rows(model, c, None, seed, precision)
 
 
@@ -139,6 +152,7 @@ COLUMN_MEANING = {"log10_energy_eV": "log10 of the primary energy in eV, 15-22",
                   "zenith_rad": "zenith angle in radians, 0 to pi/2", "azimuth_rad": "azimuth in radians",
                   "core_x_m": "shower core x in metres from the array centre",
                   "core_y_m": "shower core y in metres from the array centre"}
+MASS_MEANING = "mass number A of the primary (1 proton, 4 helium, 14 nitrogen, 56 iron); 1 if left out"
 
 
 def simulate_file(cfg, out, progress: bool = True, shard_index: int | None = None,

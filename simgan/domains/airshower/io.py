@@ -111,6 +111,11 @@ def write(path, fp: Footprints) -> Path:
     return path
 
 
+def masses(cond: dict) -> np.ndarray:
+    """The primary's mass number per event; 1 (protons, the simulator's default) where a file has none."""
+    return np.asarray(cond["mass_A"], np.float64) if "mass_A" in cond else np.ones(len(cond[CONDITIONS[0]]))
+
+
 def _first(mask: np.ndarray) -> int:
     return int(np.argmax(mask.reshape(len(mask), -1).any(1)) if mask.ndim > 1 else np.argmax(mask))
 
@@ -226,6 +231,12 @@ def check_condition_units(cond: dict, where: str, start: int = 0) -> None:
             v = th[bad][0]
             hint = "looks like degrees; the format takes radians" if v > math.pi / 2 else "expected 0 to pi/2 rad"
             raise SimganError(f"{where}: dataset 'conditions/zenith_rad' row {first(bad)}: {v:g}: {hint}")
+    if "mass_A" in cond:
+        a = np.asarray(cond["mass_A"], float)
+        bad = (a < 1) | (a > 300)
+        if bad.any():
+            raise SimganError(f"{where}: dataset 'conditions/mass_A' row {first(bad)}: {a[bad][0]:g}: expected the "
+                              "primary's mass number A (1 proton, 4 helium, 14 nitrogen, 56 iron)")
     if "azimuth_rad" in cond:
         ph = np.asarray(cond["azimuth_rad"], float)
         bad = (ph < -2 * math.pi) | (ph > 2 * math.pi)

@@ -69,10 +69,19 @@ class FootprintGANConfig(ConfigModel):
     kl_warmup: int = Field(500, ge=0)
 
 
-def condition_vector(c: torch.Tensor) -> torch.Tensor:
-    """(N, 5) conditions in CONDITIONS order -> (N, 6) network conditions."""
-    lg, th, ph, cx, cy = c.unbind(1)
-    return torch.stack([(lg - 19.25) / 0.75, torch.cos(th), torch.cos(ph), torch.sin(ph), cx / 750.0, cy / 750.0], 1)
+MASS = "mass_A"  # the sixth column of the condition matrix (1 where a file has none); a model
+# condition when the training data hold more than one mass (model args "conditions")
+LN56 = math.log(56.0)
+
+
+def condition_vector(c: torch.Tensor, with_mass: bool = False) -> torch.Tensor:
+    """(N, 5 or 6) conditions in CONDITIONS (+ mass_A) order -> (N, 6 or 7) network conditions:
+    (lgE - 19.25) / 0.75, cos theta, cos phi, sin phi, core / 750 m (and ln A / ln 56)."""
+    lg, th, ph, cx, cy = c[:, :5].unbind(1)
+    parts = [(lg - 19.25) / 0.75, torch.cos(th), torch.cos(ph), torch.sin(ph), cx / 750.0, cy / 750.0]
+    if with_mass:
+        parts.append(torch.log(torch.clamp(c[:, 5], min=1.0)) / LN56)
+    return torch.stack(parts, 1)
 
 
 class Geometry(nn.Module):
@@ -118,9 +127,10 @@ class FootprintSurrogate(nn.Module):
 
     domain = "airshower"
 
-    def __init__(self, cfg, params: dict, threshold_vem: float):
+    def __init__(self, cfg, params: dict, threshold_vem: float, with_mass: bool = False):
         super().__init__()
         self.cfg = cfg
+        self.with_mass = bool(with_mass)
         self.geometry = Geometry(params)
         self.log_thr = math.log10(threshold_vem)
         self.register_buffer("t_mean", torch.zeros(()))
@@ -128,7 +138,7 @@ class FootprintSurrogate(nn.Module):
 
     # -- transform -------------------------------------------------------------------------
     def to_view(self, signal, time, trig, c):
-        """Footprints (N, 9, 9) each + conditions (N, 5) -> view (N, 3, 9, 9): log10 S (0 where
+        """Footprints (N, 9, 9) each + conditions (N, 6) -> view (N, 3, 9, 9): log10 S (0 where
         silent), standardised time residual (0 where silent), mask."""
         _, along = self.geometry(c)
         m = trig.reshape(len(c), -1).float()
@@ -162,16 +172,18 @@ class FootprintSurrogate(nn.Module):
 
     def inputs(self, c: torch.Tensor) -> torch.Tensor:
         """Per-station conditioning channels: geometry and the broadcast condition vector."""
-        return torch.cat([self.geometry.channels(c), broadcast(condition_vector(c))], 1)
+        return torch.cat([self.geometry.channels(c), broadcast(condition_vector(c, self.with_mass))], 1)
 
-    n_cond_channels = 3 + 6
+    @property
+    def n_cond_channels(self) -> int:
+        return 3 + 6 + int(self.with_mass)
 
 
 class FootprintVAE(FootprintSurrogate):
     family = "footprint_vae"
 
-    def __init__(self, cfg: FootprintVAEConfig, params: dict, threshold_vem: float):
-        super().__init__(cfg, params, threshold_vem)
+    def __init__(self, cfg: FootprintVAEConfig, params: dict, threshold_vem: float, with_mass: bool = False):
+        super().__init__(cfg, params, threshold_vem, with_mass)
         k = self.n_cond_channels
         self.encoder = nn.Sequential(conv_stack(3 + k, cfg.width, cfg.depth, cfg.width), nn.AdaptiveAvgPool2d(1),
                                      nn.Flatten(), nn.Linear(cfg.width, 2 * cfg.latent_dim))
@@ -258,8 +270,8 @@ def sample_heads(model, decoder, conditions, generator, precision):
 class FootprintGAN(AdversarialModel, FootprintSurrogate):
     family = "footprint_gan"
 
-    def __init__(self, cfg: FootprintGANConfig, params: dict, threshold_vem: float):
-        super().__init__(cfg, params, threshold_vem)
+    def __init__(self, cfg: FootprintGANConfig, params: dict, threshold_vem: float, with_mass: bool = False):
+        super().__init__(cfg, params, threshold_vem, with_mass)
         k = self.n_cond_channels
         self.hybrid = cfg.likelihood_weight > 0
         if self.hybrid:  # the VAE's decoder (per-station heads from a global latent) and encoder

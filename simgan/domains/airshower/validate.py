@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simgan.domains.airshower.io import Footprints
+from simgan.domains.airshower.io import Footprints, masses
 from simgan.domains.airshower.observables import (angular_resolution, event_features,
                                                   radial_profiles)
 from simgan.domains.airshower.simulator import ArrayParams
@@ -34,7 +34,7 @@ def features(fp: Footprints) -> dict[str, np.ndarray]:
 def condition_matrix(fp: Footprints) -> np.ndarray:
     c = fp.conditions
     return np.stack([c["log10_energy_eV"], np.cos(c["zenith_rad"]), np.cos(c["azimuth_rad"]),
-                     np.sin(c["azimuth_rad"]), c["core_x_m"], c["core_y_m"]], 1)
+                     np.sin(c["azimuth_rad"]), c["core_x_m"], c["core_y_m"], np.log(masses(c))], 1)
 
 
 def _finite_sep(a, b) -> float:
