@@ -101,7 +101,8 @@ def cmd_convert(args) -> int:
         raise SimganError(f"--format {args.format!r}: expected one of {', '.join(readers)}")
     get_domain(readers[args.format]).convert(ConvertRequest(
         input=Path(args.input), out=Path(args.out), format=args.format, binning=args.binning,
-        labels=Path(args.labels) if args.labels else None, scale_um=args.scale_um))
+        labels=Path(args.labels) if args.labels else None, scale_um=args.scale_um, cores=args.cores,
+        core=tuple(args.core) if args.core else None, seed=args.seed))
     print(f"wrote {args.out}")
     return 0
 
@@ -186,12 +187,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--format", default="auto",
                    help="input format, one a domain reads: auto (calorimeter files by extension), calochallenge, "
-                        "calogan, root; swc (a folder of neuron morphologies)")
+                        "calogan, root; swc (a folder of neuron morphologies); corsika (a CORSIKA 7 particle file: "
+                        "air-shower footprints with traces)")
     s.add_argument("--binning", help="shipped binning name or XML path (needed for ROOT input)")
     s.add_argument("--labels", help="--format swc: CSV with columns file, cell_class (IN, PC, L5_TPC), optionally "
                                     "randomness")
     s.add_argument("--scale-um", type=_positive_finite, default=1.0,
                    help="--format swc: um per unit of the morphology files (0.008 for 8 nm)")
+    s.add_argument("--cores", type=int, default=1,
+                   help="--format corsika: core positions per shower (each a footprint), drawn in the array's disc")
+    s.add_argument("--core", type=float, nargs=2, metavar=("X_M", "Y_M"),
+                   help="--format corsika: put every shower's core here (m from the array centre)")
+    s.add_argument("--seed", type=int, default=0, help="--format corsika: seed of the core positions and the tanks")
     s.set_defaults(func=cmd_convert)
 
     for name in ("prepare", "train"):

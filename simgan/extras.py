@@ -1,6 +1,6 @@
 """Optional parts and how to install them: Geant4 (the reference calorimeter simulation),
 ROOT files (uproot), dask (scale-out), dask-jobqueue (Slurm clusters), NeuroTS and morphio
-(neurons)."""
+(neurons), corsikaio (CORSIKA particle files)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ EXTRAS = {"geant4_pybind": ("geant4", "the Geant4 reference simulation"),
           "dask.distributed": ("dask", "dask scale-out (--dask, generate.dask, validate.dask)"),
           "dask_jobqueue": ("slurm", "dask-jobqueue on Slurm"),
           "neurots": ("neuron", "the NeuroTS reference neuron simulation"),
-          "morphio": ("neuron", "reading morphologies (SWC)")}
+          "morphio": ("neuron", "reading morphologies (SWC)"),
+          "corsikaio": ("corsika", "reading CORSIKA particle files")}
 
 
 def require(module: str):

@@ -67,6 +67,9 @@ class ConvertRequest:
     binning: str | None = None
     labels: Path | None = None
     scale_um: float = 1.0
+    cores: int = 1  # corsika: core positions per shower
+    core: tuple[float, float] | None = None  # corsika: one fixed core position (m) instead of drawn ones
+    seed: int = 0  # corsika: the core positions' and the tank simulation's random numbers
 
 
 class Domain:

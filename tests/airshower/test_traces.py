@@ -171,3 +171,81 @@ def test_the_mass_number_is_a_model_condition_when_the_training_data_mix_masses(
         model.fit(data.signal, data.time, data.triggered, dom.condition_matrix(data))
         outs = [model.sample(x, generator=torch.Generator().manual_seed(1)) for x in (iron, proton)]
         assert (not torch.equal(*outs)) == depends
+
+
+# -- CORSIKA input --------------------------------------------------------------------------------
+from simgan.domains.airshower import corsika as ck  # noqa: E402
+
+
+def _sector(rng, n, r, psi, half=150.0):
+    """n positions uniform in the sampling region of a station at distance r, azimuth psi."""
+    rr = rng.uniform(r - half, r + half, n)
+    aa = psi + rng.uniform(-half / r, half / r, n)
+    return rr * np.cos(aa), rr * np.sin(aa)
+
+
+def _vertical_iron(rng, thin=True):
+    """A vertical 10 EeV iron shower: 2,000 muons of 1 GeV about the station at (1500, 0) m and
+    3,000 electrons of 50 MeV about the one at (750, 1299) m (core at the array centre)."""
+    region = 4 * 0.1 * 1500.0 * 150.0  # the converter's sampling region at 1500 m
+    tank = math.pi * 1.8**2
+    xm, ym = _sector(rng, 2000, 1500.0, 0.0)
+    xe, ye = _sector(rng, 3000, 1500.0, math.radians(60))
+    n = 5000
+    ids = np.r_[np.full(2000, 6), np.full(3000, 3)]
+    p_down = np.r_[np.full(2000, 1.0), np.full(3000, 0.05)]
+    weight = np.r_[np.full(2000, 50 * region / tank / 2000), np.full(3000, 300 * region / tank / 3000)]
+    parts = {"id": ids, "px": np.zeros(n), "py": np.zeros(n), "pz_down": p_down, "x_m": np.r_[xm, xe],
+             "y_m": np.r_[ym, ye], "t_ns": 5000.0 + rng.exponential(100.0, n), "weight": weight if thin else np.ones(n)}
+    return ck.Shower(5626, 1e10, 0.0, 0.0, 1400.0, 745.0, parts)
+
+
+def test_corsika_particle_files_round_trip_and_particles_land_where_written(tmp_path):
+    from pipeline.cli import main
+
+    rng = np.random.default_rng(0)
+    shower = _vertical_iron(rng)
+    for thin in (True, False):
+        path = ck.write_particle_file(tmp_path / f"DAT{int(thin)}", [shower, shower], thinning=thin)
+        back = ck.read_particle_file(path)
+        assert len(back) == 2 and back[1].particle_id == 5626 and back[0].xmax_gcm2 == 745.0
+        np.testing.assert_array_equal(back[0].particles["id"], shower.particles["id"])
+        np.testing.assert_allclose(back[0].particles["x_m"], shower.particles["x_m"], rtol=1e-6)
+        np.testing.assert_allclose(back[0].particles["weight"], shower.particles["weight"] if thin else 1.0, rtol=1e-6)
+    dat = ck.write_particle_file(tmp_path / "DAT000001", [shower], thinning=True)
+    assert main(["convert", str(dat), "--format", "corsika", "--core", "0", "0", "--seed", "3",
+                 "--out", str(tmp_path / "fp.h5")]) == 0
+    fp = aio.read(tmp_path / "fp.h5")  # the reader's checks: traces sum to the signals
+    assert fp.conditions["mass_A"][0] == 56 and abs(fp.conditions["log10_energy_eV"][0] - 19.0) < 1e-6
+    assert fp.truth["xmax_gcm2"][0] == 745.0
+    mu, em = fp.trace_components["muon"][0].sum(-1), fp.trace_components["em"][0].sum(-1)
+    assert 30 < mu[5, 4] < 70 and em[5, 4] == 0  # the muons' station: about 50 muons of 1 VEM
+    assert 35 < em[4, 5] < 85 and mu[4, 5] == 0  # 300 electrons of 0.2 VEM each
+    others = np.ones((9, 9), bool)
+    others[5, 4] = others[4, 5] = False
+    assert not fp.triggered[0][others].any() and fp.triggered[0][5, 4] and fp.triggered[0][4, 5]
+    # the front reaches both stations together (a vertical shower): start times within the spread
+    assert abs(fp.time[0][5, 4] - fp.time[0][4, 5]) < 150
+    # drawn cores: one footprint per core position, stations without particles silent
+    moved = ck.corsika_footprints(dat, seed=3, cores=3)
+    assert len(moved) == 3 and len(set(moved.conditions["core_x_m"])) == 3
+    assert moved.signal.sum() < fp.signal.sum()  # the two lit sectors are about the centre, not these cores
+
+
+def test_bad_corsika_input_is_named(tmp_path):
+    from pipeline.cli import main
+
+    junk = tmp_path / "junk.dat"
+    junk.write_bytes(b"\x00" * 4000)
+    with pytest.raises(SimganError, match="junk.dat: not a CORSIKA particle file"):
+        ck.read_particle_file(junk)
+    gamma = _vertical_iron(np.random.default_rng(1))
+    gamma.particle_id = 1
+    path = ck.write_particle_file(tmp_path / "gamma", [gamma], thinning=True)
+    with pytest.raises(SimganError, match="event 1: primary particle id 1 is not a proton or a nucleus"):
+        ck.corsika_footprints(path)
+    high = _vertical_iron(np.random.default_rng(1))
+    high.observation_height_m = 0.0
+    path = ck.write_particle_file(tmp_path / "sea", [high], thinning=True)
+    assert main(["convert", str(path), "--format", "corsika", "--out", str(tmp_path / "x.h5")]) == 2
+    assert not (tmp_path / "x.h5").exists()

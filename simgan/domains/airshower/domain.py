@@ -55,6 +55,7 @@ class Airshower(ConditionedFileDomain):
     simulator = "the air-shower simulator (vectorised numpy)"
     monitor_batch = 4096
     pyfunc_optional_columns = (MASS,)  # protons when left out
+    convert_formats = ("corsika",)
     headline_keys = ("auc", "auc_footprints", "separation_power_mean", "angular_resolution_deviation_max",
                      "station_count_deviation_max", "s1000_bias_max")
 
@@ -125,6 +126,14 @@ class Airshower(ConditionedFileDomain):
 
     def merge_files(self, shards, out):
         aio.merge_shards(shards, out)
+
+    def convert(self, req):
+        """A CORSIKA 7 particle file -> footprints with traces (simgan/domains/airshower/corsika.py)."""
+        from simgan.domains.airshower.corsika import corsika_footprints
+
+        if req.binning or req.labels:
+            raise SimganError("--format corsika takes --cores, --core and --seed (not --binning or --labels)")
+        aio.write(req.out, corsika_footprints(req.input, ArrayParams(), req.seed, req.cores, req.core))
 
     def pyfunc_example(self, ckpt):
         import pandas as pd

@@ -148,8 +148,8 @@ def _light_in_bins(pair: np.ndarray, t_rel: np.ndarray, pe: np.ndarray, n_pairs:
     k, t_rel, pe, pair = k[keep], t_rel[keep], pe[keep], pair[keep]
     left = np.exp(-((k + 1) * dt - t_rel) / tau)  # the share still to come at the bin's end
     idx = pair * nb + k
-    own = np.bincount(idx, pe * (1 - left), n_pairs * nb).reshape(n_pairs, nb)
-    carry = np.bincount(idx, pe * left, n_pairs * nb).reshape(n_pairs, nb)
+    own = np.bincount(idx, pe * (1 - left), n_pairs * nb).astype(np.float64, copy=False).reshape(n_pairs, nb)
+    carry = np.bincount(idx, pe * left, n_pairs * nb).astype(np.float64, copy=False).reshape(n_pairs, nb)
     q = math.exp(-dt / tau)
     mu = own.copy()
     pending = np.zeros(n_pairs)
@@ -157,6 +157,25 @@ def _light_in_bins(pair: np.ndarray, t_rel: np.ndarray, pe: np.ndarray, n_pairs:
         mu[:, b] += pending * (1 - q)
         pending = pending * q + carry[:, b]
     return mu
+
+
+def tank_response(pair: np.ndarray, t_ns: np.ndarray, signal_vem: np.ndarray, is_muon: np.ndarray, n_pairs: int,
+                  rng: np.random.Generator, tank: TankParams = TankParams()) -> dict:
+    """What `n_pairs` stations record of the particles that reach them: per particle its
+    station (`pair`), arrival time (ns after the trace's first bin edge), signal in VEM (its
+    track's light) and whether it is a muon. Poisson photoelectrons with the light decay in the
+    FADC bins, baseline noise, the integral, the start time (ns after the first bin edge) and
+    the trigger; the muon and EM traces without noise."""
+    mu_pe = rng.poisson(_light_in_bins(pair[is_muon], t_ns[is_muon], tank.pe_per_vem * signal_vem[is_muon],
+                                       n_pairs, tank))
+    em_pe = rng.poisson(_light_in_bins(pair[~is_muon], t_ns[~is_muon], tank.pe_per_vem * signal_vem[~is_muon],
+                                       n_pairs, tank))
+    mu_tr, em_tr = mu_pe / tank.pe_per_vem, em_pe / tank.pe_per_vem
+    tr = np.maximum(mu_tr + em_tr + tank.noise_vem * rng.standard_normal(mu_tr.shape), 0.0)
+    integral = tr.sum(1)
+    tot = (tr > tank.tot_threshold_vem_peak * vem_peak(tank)).sum(1) >= tank.tot_bins
+    return {"trace": tr, "signal": integral, "triggered": (integral >= tank.threshold_vem) | tot,
+            "start_ns": start_time_ns(tr, tank.bin_ns), "muon_trace": mu_tr, "em_trace": em_tr}
 
 
 def station_traces(expected_vem: np.ndarray, r_m: np.ndarray, t_front_ns: np.ndarray, theta: np.ndarray,
@@ -194,8 +213,7 @@ def station_traces(expected_vem: np.ndarray, r_m: np.ndarray, t_front_ns: np.nda
     med_mu, med_em = delay_medians_ns(r[ev, st], dx[ev, st])
     window = t_front[ev, st] - tank.pre_front_ns
 
-    mu_pe = np.zeros((m, tank.n_bins))
-    em_pe = np.zeros((m, tank.n_bins))
+    pairs, times, signals, muon = [], [], [], []
     for kind, count in (("mu", n_mu), ("em", n_em)):
         sim = np.minimum(count, tank.max_particles)
         w = np.where(sim > 0, count / np.maximum(sim, 1), 0.0)
@@ -204,24 +222,21 @@ def station_traces(expected_vem: np.ndarray, r_m: np.ndarray, t_front_ns: np.nda
         if kind == "mu":
             c = chord_vem(theta[ev, st][pair], rng, tank)
             cm = chord_mean[pair]
-            s = np.where(wp > 1, wp * cm + np.sqrt(wp) * (c - cm), c)
-            median = med_mu[pair]
+            sig = np.where(wp > 1, wp * cm + np.sqrt(wp) * (c - cm), c)
+            delay = med_mu[pair] * np.exp(DELAY_SIGMA_LN * rng.standard_normal(pair.size))
         else:
-            s = rng.gamma(np.maximum(wp, 1e-12), tank.em_particle_vem)
-            shift = (med_em - med_mu)[pair] / 1.5
-            median = med_em[pair]
-        delay = median * np.exp(DELAY_SIGMA_LN * rng.standard_normal(pair.size))
-        if kind == "em":
-            delay = delay + shift
-        mean_pe = _light_in_bins(pair, tank.pre_front_ns + delay, tank.pe_per_vem * s, m, tank)
-        (mu_pe if kind == "mu" else em_pe)[:] = rng.poisson(mean_pe)
-
-    mu_tr, em_tr = mu_pe / tank.pe_per_vem, em_pe / tank.pe_per_vem
-    tr = np.maximum(mu_tr + em_tr + tank.noise_vem * rng.standard_normal(mu_tr.shape), 0.0)
-    integral = tr.sum(1)
-    tot = (tr > tank.tot_threshold_vem_peak * vem_peak(tank)).sum(1) >= tank.tot_bins
-    trig = (integral >= tank.threshold_vem) | tot
-    start = window + start_time_ns(tr, tank.bin_ns)
+            sig = rng.gamma(np.maximum(wp, 1e-12), tank.em_particle_vem)
+            delay = (med_em[pair] * np.exp(DELAY_SIGMA_LN * rng.standard_normal(pair.size))
+                     + (med_em - med_mu)[pair] / 1.5)
+        pairs.append(pair)
+        times.append(tank.pre_front_ns + delay)
+        signals.append(sig)
+        muon.append(np.full(pair.size, kind == "mu"))
+    tanks = tank_response(np.concatenate(pairs), np.concatenate(times), np.concatenate(signals),
+                          np.concatenate(muon), m, rng, tank)
+    tr, integral, trig = tanks["trace"], tanks["signal"], tanks["triggered"]
+    mu_tr, em_tr = tanks["muon_trace"], tanks["em_trace"]
+    start = window + tanks["start_ns"]
 
     def full(values, dtype=np.float32, per_bin=False):
         out = np.zeros((n, s_per, tank.n_bins) if per_bin else (n, s_per), dtype)
