@@ -249,3 +249,32 @@ def test_bad_corsika_input_is_named(tmp_path):
     path = ck.write_particle_file(tmp_path / "sea", [high], thinning=True)
     assert main(["convert", str(path), "--format", "corsika", "--out", str(tmp_path / "x.h5")]) == 2
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_trace_validation_passes_equal_samples_and_fails_stretched_traces(tmp_path):
+    from simgan.domains.airshower import validate as av
+
+    p = ArrayParams(traces=True, trace_components=True, mass_A=0)
+    ref = aio.from_simulation(simulate(800, 1, p, 400), p, 1)
+    same = aio.from_simulation(simulate(800, 2, p, 400), p, 2)
+    rs = av.summarise(ref)
+    m = av.compare(rs, av.summarise(same), 1, 20000)
+    assert m["rise_1000_deviation_max"] < 0.05 and m["trace_shape_deviation_max"] < 0.03, m
+    assert "trace_rise_ns_weighted" in m["separation_power"] and m["auc"] < 0.6
+    assert m["traces"]["rise_mass_slope_ns_per_ln_a"]["reference"] < 0  # iron's traces rise faster
+    assert 0.4 < m["traces"]["by_distance"][3]["muon_fraction_reference"] < 0.8  # 1000-1250 m
+    stretched = same.subset(np.arange(len(same)))
+    pos = np.arange(stretched.traces.shape[-1]) / 1.2  # each bin reads the trace 1/1.2 of the way in
+    lo, frac = np.floor(pos).astype(int), pos - np.floor(pos)
+    y = stretched.traces.astype(np.float64)
+    tr = y[..., lo] * (1 - frac) + y[..., np.minimum(lo + 1, y.shape[-1] - 1)] * frac
+    total = tr.sum(-1, keepdims=True)
+    stretched.traces = np.where(total > 0, tr * stretched.traces.sum(-1, keepdims=True) / np.maximum(total, 1e-12), 0)
+    stretched.trace_components = {}
+    bad = av.compare(rs, av.summarise(stretched), 1, 20000)
+    assert bad["rise_1000_deviation_max"] > 0.1 and bad["trace_shape_deviation_max"] > 0.1 and bad["auc"] > 0.8
+    assert np.isnan(bad["traces"]["by_distance"][3]["muon_fraction_candidate"])  # no components: no figure
+    m["floor"] = m
+    assert av.trace_plot(m, tmp_path, 25.0).is_file()
+    no_traces = av.trace_figures(rs["stations"], None)  # a candidate without traces: no trace figures
+    assert np.isnan(no_traces["rise_1000_deviation_max"]) and no_traces["traces"] is None

@@ -54,6 +54,12 @@ class AirshowerGateConfig(GateBase):
     station_count_deviation_max: float | None = Field(None, gt=0)
     angular_resolution_deviation_max: float | None = Field(None, gt=0)
     s1000_bias_max: float | None = Field(None, gt=0)
+    # with traces (simulate.traces): the median rise time at 900-1100 m per zenith bin, the mean
+    # trace shape per distance bin (half the L1 distance of the unit-sum shapes), the slope of
+    # the rise time in ln A (where the reference mixes masses)
+    rise_1000_deviation_max: float | None = Field(None, gt=0)
+    trace_shape_deviation_max: float | None = Field(None, gt=0)
+    rise_mass_slope_deviation_max: float | None = Field(None, gt=0)
 
 
 class AirshowerPrepareConfig(PrepareConfig):

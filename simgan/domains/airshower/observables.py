@@ -126,3 +126,52 @@ def angular_resolution(angle_deg, n_triggered, bins=STATION_BINS) -> dict[str, f
 
 __all__ = ["event_features", "radial_profiles", "angular_resolution", "plane_fit",
            "nominal_s1000", "geometry"]
+
+
+# -- traces ---------------------------------------------------------------------------------------
+TRACE_R_BINS = np.array([0, 500, 750, 1000, 1250, 1500, 2000, 3000.0])
+ZENITH_BINS_DEG = (0.0, 30.0, 45.0, 61.0)
+
+
+def trace_stations(traces, triggered, cond: dict, xyz, p: ArrayParams = ArrayParams(), bin_ns: float = 25.0,
+                   muon_traces=None) -> dict[str, np.ndarray]:
+    """One row per triggered station with a trace: its event, distance to the axis r (true
+    geometry), zenith, ln A, integral, rise time t10-50 and fall time t50-90 (ns), area over
+    peak (integral / largest bin, in bins), the trace normalised to unit sum, and the muon
+    fraction (NaN without the muon trace)."""
+    from simgan.domains.airshower.traces import rise_fall_ns
+
+    n = len(traces)
+    tr = np.asarray(traces, np.float64).reshape(n, -1, traces.shape[-1])
+    _, r, _, _ = geometry(cond, xyz, p)
+    total = tr.sum(-1)
+    on = np.asarray(triggered).reshape(n, -1).astype(bool) & (total > 0)
+    ev, st = np.nonzero(on)
+    t = tr[ev, st]
+    rise, fall = rise_fall_ns(t, bin_ns)
+    mass = np.asarray(cond["mass_A"], np.float64) if "mass_A" in cond else np.ones(n)
+    mu = (np.asarray(muon_traces, np.float64).reshape(n, -1, traces.shape[-1])[ev, st].sum(-1) / total[ev, st]
+          if muon_traces is not None else np.full(len(ev), np.nan))
+    return {"event": ev, "r": r[ev, st], "zenith_deg": np.degrees(np.asarray(cond["zenith_rad"]))[ev],
+            "ln_a": np.log(mass)[ev], "integral": total[ev, st], "rise_ns": rise, "fall_ns": fall,
+            "area_over_peak": total[ev, st] / np.maximum(t.max(-1), 1e-12), "shape": t / total[ev, st][:, None],
+            "muon_fraction": mu}
+
+
+def trace_event_features(stations: dict, n: int) -> dict[str, np.ndarray]:
+    """Per event: the signal-weighted mean rise time, fall time and area over peak of its
+    stations, and the rise time of the station closest to 1000 m (NaN without stations)."""
+    ev, w = stations["event"], stations["integral"]
+    out = {}
+    wsum = np.bincount(ev, w, n)
+    for key in ("rise_ns", "fall_ns", "area_over_peak"):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[f"trace_{key}_weighted"] = np.bincount(ev, w * stations[key], n) / wsum
+    near = np.full(n, np.nan)
+    d = np.abs(stations["r"] - 1000.0)
+    idx = np.nonzero(d < 250.0)[0]
+    order = idx[np.lexsort((d[idx], ev[idx]))]  # by event, the closest first
+    first = np.r_[True, ev[order][1:] != ev[order][:-1]] if len(order) else np.zeros(0, bool)
+    near[ev[order][first]] = stations["rise_ns"][order][first]
+    out["trace_rise_ns_near_1000m"] = near
+    return out

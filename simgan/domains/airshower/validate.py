@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from simgan.domains.airshower.io import Footprints, masses
-from simgan.domains.airshower.observables import (angular_resolution, event_features,
+from simgan.domains.airshower.observables import (TRACE_R_BINS, ZENITH_BINS_DEG, angular_resolution, event_features,
+                                                  trace_event_features, trace_stations,
                                                   radial_profiles)
 from simgan.domains.airshower.simulator import ArrayParams
 from simgan.report.markdown import fmt, write_markdown_report
@@ -43,11 +44,85 @@ def _finite_sep(a, b) -> float:
 
 
 def summarise(fp: Footprints) -> dict:
-    """What the comparison reads of one sample, computed once: the observables, and the
-    classifier inputs (observables + conditions; log signal and trigger per station + conditions)."""
+    """What the comparison reads of one sample, computed once: the observables (with traces:
+    also the trace summaries per event and the per-station trace table), and the classifier
+    inputs (log signal and trigger per station + conditions)."""
     f, c, n = features(fp), condition_matrix(fp), len(fp)
-    return {"fp": fp, "features": f, "observables": np.concatenate([np.stack(list(f.values()), 1), c], 1),
+    stations = None
+    if fp.traces is not None:
+        stations = trace_stations(fp.traces, fp.triggered, fp.conditions, fp.xyz, params_of(fp),
+                                  float(fp.attrs.get("trace_bin_ns", 25.0)), fp.trace_components.get("muon"))
+        f.update(trace_event_features(stations, n))
+    return {"fp": fp, "features": f, "conditions": c, "stations": stations,
             "footprints": np.concatenate([np.log10(1 + fp.signal.reshape(n, -1)), fp.triggered.reshape(n, -1), c], 1)}
+
+
+def observables(summary: dict, keys) -> np.ndarray:
+    """The observables classifier's input: the named per-event observables + conditions."""
+    return np.concatenate([np.stack([summary["features"][k] for k in keys], 1), summary["conditions"]], 1)
+
+
+def _weighted_median(x, w):
+    if not len(x):
+        return math.nan
+    o = np.argsort(x)
+    c = np.cumsum(w[o])
+    return float(x[o][np.searchsorted(c, 0.5 * c[-1])])
+
+
+def trace_figures(rs: dict | None, cs: dict | None) -> dict:
+    """Traces of the reference against the candidate's: the median rise time of stations at
+    900-1100 m per zenith bin, the mean trace shape (signal-weighted, unit sum) per distance bin
+    and its deviation (half the L1 distance: the share of the signal in other bins), the median
+    rise and fall time and the muon fraction per distance bin, and the slope of the rise time at
+    1000 m in ln A where the reference mixes masses. NaN figures where either sample has none."""
+    nan = {"rise_1000_deviation_max": math.nan, "trace_shape_deviation_max": math.nan,
+           "rise_mass_slope_deviation": math.nan}
+    if rs is None or cs is None:
+        return {**nan, "traces": None}
+    out = {"rise_1000_by_zenith": [], "by_distance": []}
+    for lo, hi in zip(ZENITH_BINS_DEG[:-1], ZENITH_BINS_DEG[1:]):
+        row = {"zenith_lo": lo, "zenith_hi": hi}
+        for name, s in (("reference", rs), ("candidate", cs)):
+            m = (s["r"] >= 900) & (s["r"] < 1100) & (s["zenith_deg"] >= lo) & (s["zenith_deg"] < hi)
+            row[name] = float(np.median(s["rise_ns"][m])) if m.sum() >= 10 else math.nan
+            row[f"n_{name}"] = int(m.sum())
+        row["deviation"] = row["candidate"] / row["reference"] - 1
+        out["rise_1000_by_zenith"].append(row)
+    for lo, hi in zip(TRACE_R_BINS[:-1], TRACE_R_BINS[1:]):
+        row = {"r_lo": float(lo), "r_hi": float(hi)}
+        shapes = {}
+        for name, s in (("reference", rs), ("candidate", cs)):
+            m = (s["r"] >= lo) & (s["r"] < hi)
+            row[f"n_{name}"] = int(m.sum())
+            if m.sum() < 10:
+                continue
+            w = s["integral"][m]
+            shapes[name] = (s["shape"][m] * w[:, None]).sum(0) / w.sum()
+            row[f"rise_{name}"] = _weighted_median(s["rise_ns"][m], np.ones(m.sum()))
+            row[f"fall_{name}"] = _weighted_median(s["fall_ns"][m], np.ones(m.sum()))
+            mu = s["muon_fraction"][m]
+            row[f"muon_fraction_{name}"] = float(np.median(mu)) if np.isfinite(mu).all() else math.nan
+            row[f"mean_trace_{name}"] = shapes[name].tolist()
+        row["shape_deviation"] = (0.5 * float(np.abs(shapes["reference"] - shapes["candidate"]).sum())
+                                  if len(shapes) == 2 else math.nan)
+        out["by_distance"].append(row)
+    slopes = {}
+    for name, s in (("reference", rs), ("candidate", cs)):
+        m = (s["r"] >= 900) & (s["r"] < 1100)
+        a = s["ln_a"][m]
+        slopes[name] = float(np.polyfit(a, s["rise_ns"][m], 1)[0]) if m.sum() >= 20 and np.ptp(a) > 0 else math.nan
+    out["rise_mass_slope_ns_per_ln_a"] = slopes
+
+    def worst(rows, key, ref_key):
+        rows = [r for r in rows if np.isfinite(r.get(ref_key, math.nan))]
+        vals = [abs(r[key]) for r in rows]
+        return max(vals) if vals and all(np.isfinite(vals)) else math.nan
+    return {"rise_1000_deviation_max": worst(out["rise_1000_by_zenith"], "deviation", "reference"),
+            "trace_shape_deviation_max": worst(out["by_distance"], "shape_deviation", "rise_reference"),
+            "rise_mass_slope_deviation": abs(slopes["candidate"] / slopes["reference"] - 1)
+            if np.isfinite(slopes["reference"]) and slopes["reference"] != 0 else math.nan,
+            "traces": out}
 
 
 def _finite_median(x: np.ndarray) -> float:
@@ -60,8 +135,10 @@ def compare(reference: dict, candidate: dict, seeds: int, max_events: int) -> di
     sample has the reference's conditions row by row)."""
     ref, cand = reference["fp"], candidate["fp"]
     rf, cf = reference["features"], candidate["features"]
-    seps = {k: _finite_sep(rf[k], cf[k]) for k in rf}
-    clf = classifier_test(reference["observables"], candidate["observables"], seeds=seeds, max_events=max_events)
+    keys = [k for k in rf if k in cf]  # (trace summaries where both samples have traces)
+    seps = {k: _finite_sep(rf[k], cf[k]) for k in keys}
+    clf = classifier_test(observables(reference, keys), observables(candidate, keys), seeds=seeds,
+                          max_events=max_events)
     clf_fp = classifier_test(reference["footprints"], candidate["footprints"], seeds=seeds, max_events=max_events)
     lg_r, lg_c = ref.conditions["log10_energy_eV"], cand.conditions["log10_energy_eV"]
     stations, s1000 = [], []
@@ -98,13 +175,16 @@ def compare(reference: dict, candidate: dict, seeds: int, max_events: int) -> di
             "stations_by_energy": stations, "station_count_deviation_max": dev(stations, "deviation"),
             "s1000_by_energy": s1000, "s1000_bias_max": dev(s1000, "bias"),
             "angular_resolution": ang, "angular_resolution_deviation_max": dev(ang, "deviation"),
-            "corr_total_signal_vs_stations": {"reference": corr(rf), "candidate": corr(cf)}}
+            "corr_total_signal_vs_stations": {"reference": corr(rf), "candidate": corr(cf)},
+            **trace_figures(reference["stations"], candidate["stations"])}
 
 
 GATE_KEYS = {"auc": "auc_max", "separation_power_mean": "separation_mean_max",
              "station_count_deviation_max": "station_count_deviation_max",
              "angular_resolution_deviation_max": "angular_resolution_deviation_max",
-             "s1000_bias_max": "s1000_bias_max"}
+             "s1000_bias_max": "s1000_bias_max", "rise_1000_deviation_max": "rise_1000_deviation_max",
+             "trace_shape_deviation_max": "trace_shape_deviation_max",
+             "rise_mass_slope_deviation": "rise_mass_slope_deviation_max"}
 
 
 def gate(m: dict, gcfg) -> dict:
@@ -158,7 +238,40 @@ def plots(ref: Footprints, cand: Footprints, m: dict, out_dir: Path) -> list[Pat
     paths.append(out_dir / "observables.png")
     fig.savefig(paths[-1], dpi=90)
     plt.close(fig)
+    if m.get("traces"):
+        paths.append(trace_plot(m, out_dir, float(ref.attrs.get("trace_bin_ns", 25.0))))
     return paths
+
+
+def trace_plot(m: dict, out_dir: Path, bin_ns: float) -> Path:
+    """Mean traces per distance bin and the median rise time against distance: simulation,
+    surrogate and the simulator floor."""
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in m["traces"]["by_distance"] if "mean_trace_reference" in r and "mean_trace_candidate" in r]
+    floor = {(r["r_lo"], r["r_hi"]): r for r in (m.get("floor", {}).get("traces") or {}).get("by_distance", [])}
+    fig, axes = plt.subplots(1, len(rows) + 1, figsize=(3.2 * (len(rows) + 1), 3.4), squeeze=False)
+    for ax, r in zip(axes[0], rows):
+        t = (np.arange(len(r["mean_trace_reference"])) + 0.5) * bin_ns
+        ax.step(t, r["mean_trace_reference"], where="mid", color="k", label="simulation (held out)")
+        ax.step(t, r["mean_trace_candidate"], where="mid", color="tab:red", label="surrogate")
+        fl = floor.get((r["r_lo"], r["r_hi"]), {})
+        if "mean_trace_candidate" in fl:
+            ax.step(t, fl["mean_trace_candidate"], where="mid", color="tab:blue", alpha=0.5, label="simulator floor")
+        ax.set(xlabel="time in trace [ns]", ylabel="share of the signal per bin",
+               title=f"r {r['r_lo']:.0f}-{r['r_hi']:.0f} m: {r['shape_deviation']:.3f}")
+    ax = axes[0][-1]
+    centres = [(r["r_lo"] + r["r_hi"]) / 2 for r in rows]
+    ax.plot(centres, [r["rise_reference"] for r in rows], "o-", color="k", label="simulation (held out)")
+    ax.plot(centres, [r["rise_candidate"] for r in rows], "o-", color="tab:red", label="surrogate")
+    ax.set(xlabel="distance to axis r [m]", ylabel="median rise time t10-50 [ns]", title="rise time")
+    ax.legend(fontsize=7)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    path = out_dir / "traces.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def write_report(out_dir: Path, m: dict, plot_paths: list[Path]) -> None:
@@ -174,7 +287,8 @@ def write_report(out_dir: Path, m: dict, plot_paths: list[Path]) -> None:
           "| metric | candidate | simulator floor |", "|---|---|---|",
           *[f"| {k} | {f(m[k], 4)} | {f(fl[k], 4)} |" for k in
             ("auc", "auc_footprints", "separation_power_mean", "station_count_deviation_max",
-             "angular_resolution_deviation_max", "s1000_bias_max")], "",
+             "angular_resolution_deviation_max", "s1000_bias_max", "rise_1000_deviation_max",
+             "trace_shape_deviation_max", "rise_mass_slope_deviation")], "",
           "| observable | separation | floor |", "|---|---|---|",
           *[f"| {k} | {f(v, 4)} | {f(fl['separation_power'][k], 4)} |" for k, v in m["separation_power"].items()], "",
           "| stations | angular resolution simulation [deg] | surrogate | deviation |", "|---|---|---|---|",
