@@ -278,3 +278,44 @@ def test_trace_validation_passes_equal_samples_and_fails_stretched_traces(tmp_pa
     assert av.trace_plot(m, tmp_path, 25.0).is_file()
     no_traces = av.trace_figures(rs["stations"], None)  # a candidate without traces: no trace figures
     assert np.isnan(no_traces["rise_1000_deviation_max"]) and no_traces["traces"] is None
+
+
+def test_the_footprint_vae_generates_traces_that_decide_signal_time_and_trigger(tmp_path):
+    """Trained a few steps on trace files: finite, changing losses with the trace term; the
+    generated traces are what the signal (their integral), the trigger (threshold or time over
+    threshold) and the start time (window + t10) come from; a generated file passes the reader."""
+    import json
+
+    import torch
+
+    from simgan.domains import get_domain, load_config
+    from simgan.train.trainer import Trainer
+    from tests.conftest import REPO
+
+    p = ArrayParams(traces=True, mass_A=0)
+    data = aio.from_simulation(simulate(600, 8, p, 300), p, 8)
+    train, val = aio.write(tmp_path / "train.h5", data.subset(slice(0, 500))), aio.write(tmp_path / "val.h5",
+                                                                                        data.subset(slice(500, 600)))
+    cfg = load_config(REPO / "configs" / "experiment" / "airshower_quickstart.yaml",
+                      [f"runs_dir={tmp_path}", "model.width=8", "model.depth=1", "train.steps=12",
+                       "train.batch_size=32", "train.val_every=6", "train.val_events=50", "train.checkpoint_every=6",
+                       "train.log_every=3", "train.mlflow=false", "train.progress=false"])
+    dom = get_domain("airshower")
+    info = Trainer(cfg, dom, train, val, tmp_path / "train", progress=False).fit()
+    rows = [json.loads(x) for x in (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert info["complete"] and all(np.isfinite(r["loss"]) for r in rows) and len({r["loss"] for r in rows}) > 1
+    from simgan.domains import model_from_checkpoint
+    model, ckpt = model_from_checkpoint(tmp_path / "train" / "model.pt")
+    assert ckpt["model_args"]["traces"]["bins"] == 80 and "mass_A" in ckpt["model_args"]["conditions"]
+    test = data.subset(slice(500, 600))
+    out = model.sample(torch.as_tensor(dom.condition_matrix(test)), generator=torch.Generator().manual_seed(0)).numpy()
+    assert out.shape == (100, 83, 9, 9)
+    gen = dom.with_samples(test, out)
+    trig = gen.triggered
+    np.testing.assert_allclose(gen.traces.sum(-1)[trig], gen.signal[trig], rtol=1e-4)
+    spec = ckpt["model_args"]["traces"]
+    tot = (gen.traces > spec["tot_threshold_vem"]).sum(-1) >= spec["tot_bins"]
+    assert np.all(((gen.traces.sum(-1) >= spec["threshold_vem"]) | tot)[trig]) and trig.any()
+    assert np.all(gen.traces[~trig] == 0) and np.all(gen.time[~trig] == 0)
+    back = aio.read(aio.write(tmp_path / "gen.h5", gen))  # the reader's trace checks
+    assert back.traces.shape == (100, 9, 9, 80)

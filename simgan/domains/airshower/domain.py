@@ -45,6 +45,18 @@ def condition_ranges(fp: aio.Footprints) -> dict:
     return {k: [float(np.min(cond[k])), float(np.max(cond[k]))] for k in (*CONDITIONS, MASS)}
 
 
+def trace_spec(fp: aio.Footprints) -> dict | None:
+    """What a trace model needs of the data's FADC and trigger (None without traces)."""
+    if fp.traces is None:
+        return None
+    from simgan.domains.airshower.traces import TankParams, vem_peak
+
+    tank = TankParams(**json.loads(fp.attrs["tank"])) if "tank" in fp.attrs else TankParams()
+    return {"bins": int(fp.traces.shape[-1]), "bin_ns": float(fp.attrs.get("trace_bin_ns", tank.bin_ns)),
+            "pe_per_vem": tank.pe_per_vem, "noise_vem": tank.noise_vem, "threshold_vem": tank.threshold_vem,
+            "tot_threshold_vem": tank.tot_threshold_vem_peak * vem_peak(tank), "tot_bins": tank.tot_bins}
+
+
 def mixed_masses(fp: aio.Footprints) -> bool:
     return len(np.unique(aio.masses(fp.conditions))) > 1
 
@@ -68,18 +80,24 @@ class Airshower(ConditionedFileDomain):
         return {"domain": "airshower", "config": cfg.model.model_dump(mode="json"), "params": p,
                 "threshold_vem": float(data.attrs.get("trigger_vem", cfg.domain.trigger_vem)), "schema": SCHEMA,
                 # the mass number is a model condition when the training data hold more than one
-                "conditions": [*CONDITIONS, *([MASS] if mixed_masses(data) else [])]}
+                "conditions": [*CONDITIONS, *([MASS] if mixed_masses(data) else [])],
+                # with traces in the training data the model generates them (their FADC and trigger)
+                "traces": trace_spec(data)}
 
     def build_model(self, args):
         family = args["config"]["family"]
         if family not in FAMILIES:
             raise SimganError(f"model family {family!r} is not an air-shower model ({sorted(FAMILIES)})")
         cfg_cls, cls = FAMILIES[family]
+        if args.get("traces") and family != "footprint_vae":
+            raise SimganError(f"model family {family!r} does not generate traces yet: train "
+                              "model=airshower/footprint_vae on files with /footprint/traces")
+        extra = {"traces": args["traces"]} if args.get("traces") else {}
         return cls(cfg_cls.model_validate(args["config"]), args["params"], args["threshold_vem"],
-                   MASS in args.get("conditions", CONDITIONS))
+                   MASS in args.get("conditions", CONDITIONS), **extra)
 
     def fit_model(self, model, data):
-        return model.fit(data.signal, data.time, data.triggered, condition_array(data))
+        return model.fit(data.signal, data.time, data.triggered, condition_array(data), data.traces)
 
     def checkpoint_fields(self, data):
         return {"schema": SCHEMA, "condition_ranges": condition_ranges(data), "extra_conditions": []}
@@ -104,8 +122,11 @@ class Airshower(ConditionedFileDomain):
 
     def with_samples(self, data, samples):
         arr = samples if samples is not None else np.zeros((0, 3, 9, 9), np.float32)
+        keep = ("spacing_m", "altitude_m", "trigger_vem", *(("trace_bin_ns", "trace_bins", "tank")
+                                                           if arr.shape[1] > 3 else ()))
+        traces = np.ascontiguousarray(np.moveaxis(arr[:, 3:], 1, -1)) if arr.shape[1] > 3 else None
         return aio.Footprints(arr[:, 0], arr[:, 1], arr[:, 2] > 0, dict(data.conditions), data.xyz, {},
-                              {k: v for k, v in data.attrs.items() if k in ("spacing_m", "altitude_m", "trigger_vem")})
+                              {k: v for k, v in data.attrs.items() if k in keep}, traces)
 
     def simulate_data(self, cfg, out, progress, shard_index=None, shard_count=None):
         return simulate_file(cfg, out, progress, shard_index, shard_count)

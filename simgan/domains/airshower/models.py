@@ -41,6 +41,10 @@ class FootprintVAEConfig(ConfigModel):
     lr: float = Field(1e-3, gt=0)
     kl_weight: float = Field(1.0, ge=0)
     kl_warmup: int = Field(500, ge=0)
+    # with traces in the training data: a latent per station (its trace's shape) and the weight
+    # of the trace-shape term (cross-entropy of the unit-sum trace, per triggered station)
+    station_latent_dim: int = Field(4, gt=0)
+    trace_weight: float = Field(1.0, ge=0)
 
 
 class FootprintGANConfig(ConfigModel):
@@ -127,41 +131,68 @@ class FootprintSurrogate(nn.Module):
 
     domain = "airshower"
 
-    def __init__(self, cfg, params: dict, threshold_vem: float, with_mass: bool = False):
+    def __init__(self, cfg, params: dict, threshold_vem: float, with_mass: bool = False, traces: dict | None = None):
         super().__init__()
         self.cfg = cfg
         self.with_mass = bool(with_mass)
         self.geometry = Geometry(params)
         self.log_thr = math.log10(threshold_vem)
+        # traces: the data's FADC and trigger (bins, bin_ns, pe_per_vem, noise_vem, threshold_vem,
+        # tot_threshold_vem, tot_bins); the view then adds the unit-sum trace shape per station
+        self.trace = dict(traces) if traces else None
+        self.n_bins = int(self.trace["bins"]) if self.trace else 0
         self.register_buffer("t_mean", torch.zeros(()))
         self.register_buffer("t_std", torch.ones(()))
 
     # -- transform -------------------------------------------------------------------------
-    def to_view(self, signal, time, trig, c):
+    def to_view(self, signal, time, trig, c, traces=None):
         """Footprints (N, 9, 9) each + conditions (N, 6) -> view (N, 3, 9, 9): log10 S (0 where
-        silent), standardised time residual (0 where silent), mask."""
+        silent), standardised time residual (0 where silent), mask. With traces (N, 9, 9, T):
+        the time is the trace's window start (start time minus t10), and T channels follow
+        with each triggered station's trace divided by its sum."""
         _, along = self.geometry(c)
-        m = trig.reshape(len(c), -1).float()
-        logs = torch.log10(torch.clamp(signal.reshape(len(c), -1), min=1e-6)) * m
-        resid = (time.reshape(len(c), -1) + along / C_M_PER_NS - self.t_mean) / self.t_std * m
-        return torch.stack([logs, resid, m], 1).view(len(c), 3, GRID, GRID)
+        n = len(c)
+        m = trig.reshape(n, -1).float()
+        logs = torch.log10(torch.clamp(signal.reshape(n, -1), min=1e-6)) * m
+        t = time.reshape(n, -1)
+        if self.n_bins:
+            tr = torch.as_tensor(traces, dtype=torch.float32).reshape(n, -1, self.n_bins)
+            t = t - start_time_torch(tr, self.trace["bin_ns"])
+        resid = (t + along / C_M_PER_NS - self.t_mean) / self.t_std * m
+        chans = [logs, resid, m]
+        if self.n_bins:
+            shape = tr / torch.clamp(tr.sum(-1, keepdim=True), min=1e-12) * m[..., None]
+            chans += list(shape.permute(2, 0, 1))
+        return torch.stack(chans, 1).view(n, 3 + self.n_bins, GRID, GRID)
 
-    def from_view(self, logs, resid, mask, c):
-        """(N, 81) each -> (N, 3, 9, 9): signal VEM, time ns, triggered (0/1)."""
+    def from_view(self, logs, resid, mask, c, traces=None):
+        """(N, 81) each -> (N, 3, 9, 9): signal VEM, time ns, triggered (0/1); with traces
+        (N, 81, T) the T bins follow (N, 3 + T, 9, 9) and the time is the window's start plus
+        the trace's t10."""
         _, along = self.geometry(c)
+        t = resid * self.t_std + self.t_mean - along / C_M_PER_NS
+        if traces is not None:
+            t = t + start_time_torch(traces, self.trace["bin_ns"])
         signal = torch.where(mask > 0, 10.0**logs, torch.zeros_like(logs))
-        time = torch.where(mask > 0, resid * self.t_std + self.t_mean - along / C_M_PER_NS, torch.zeros_like(logs))
-        return torch.stack([signal, time, mask], 1).view(len(c), 3, GRID, GRID)
+        time = torch.where(mask > 0, t, torch.zeros_like(logs))
+        chans = [signal, time, mask]
+        if traces is not None:
+            chans += list((traces * mask[..., None]).permute(2, 0, 1))
+        return torch.stack(chans, 1).view(len(c), len(chans), GRID, GRID)
 
-    def fit(self, signal: np.ndarray, time: np.ndarray, trig: np.ndarray, cond: np.ndarray) -> dict:
+    def fit(self, signal: np.ndarray, time: np.ndarray, trig: np.ndarray, cond: np.ndarray, traces=None) -> dict:
         """The time standardisation from the training set; returns the training table."""
         c = torch.as_tensor(cond, dtype=torch.float32)
         _, along = self.geometry(c)
         m = torch.as_tensor(trig.reshape(len(c), -1), dtype=torch.bool)
-        resid = torch.as_tensor(time.reshape(len(c), -1), dtype=torch.float32) + along / C_M_PER_NS
+        t = torch.as_tensor(time.reshape(len(c), -1), dtype=torch.float32)
+        if self.n_bins:
+            t = t - start_time_torch(torch.as_tensor(traces, dtype=torch.float32).reshape(len(c), -1, self.n_bins),
+                                     self.trace["bin_ns"])
+        resid = t + along / C_M_PER_NS
         self.t_mean.fill_(float(resid[m].mean()))
         self.t_std.fill_(float(resid[m].std()) or 1.0)
-        view = self.to_view(torch.as_tensor(signal), torch.as_tensor(time), m, c)
+        view = self.to_view(torch.as_tensor(signal), torch.as_tensor(time), m, c, traces)
         return {"main": (view, c)}
 
     def run_modules(self) -> dict[str, nn.Module]:
@@ -182,19 +213,29 @@ class FootprintSurrogate(nn.Module):
 class FootprintVAE(FootprintSurrogate):
     family = "footprint_vae"
 
-    def __init__(self, cfg: FootprintVAEConfig, params: dict, threshold_vem: float, with_mass: bool = False):
-        super().__init__(cfg, params, threshold_vem, with_mass)
+    def __init__(self, cfg: FootprintVAEConfig, params: dict, threshold_vem: float, with_mass: bool = False,
+                 traces: dict | None = None):
+        super().__init__(cfg, params, threshold_vem, with_mass, traces)
         k = self.n_cond_channels
-        self.encoder = nn.Sequential(conv_stack(3 + k, cfg.width, cfg.depth, cfg.width), nn.AdaptiveAvgPool2d(1),
-                                     nn.Flatten(), nn.Linear(cfg.width, 2 * cfg.latent_dim))
+        self.encoder = nn.Sequential(conv_stack(3 + self.n_bins + k, cfg.width, cfg.depth, cfg.width),
+                                     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cfg.width, 2 * cfg.latent_dim))
         # per station: mean and log sd of log10 S (censored at the threshold), of the time residual
         self.decoder = conv_stack(cfg.latent_dim + k, cfg.width, cfg.depth, 4)
+        if self.n_bins:  # the trace shapes: a latent per station, encoded from its trace; logits per bin
+            d = cfg.station_latent_dim
+            self.station_encoder = nn.Sequential(nn.Conv2d(3 + self.n_bins, cfg.width, 1), nn.LeakyReLU(0.2),
+                                                 nn.Conv2d(cfg.width, cfg.width, 1), nn.LeakyReLU(0.2),
+                                                 nn.Conv2d(cfg.width, 2 * d, 1))
+            self.trace_head = conv_stack(cfg.latent_dim + k + d, cfg.width, 2, self.n_bins)
 
     def run_modules(self):
-        return {"encoder": self._modules["encoder"], "decoder": self._modules["decoder"]}
+        mods = {"encoder": self._modules["encoder"], "decoder": self._modules["decoder"]}
+        if self.n_bins:
+            mods.update(station_encoder=self._modules["station_encoder"], trace_head=self._modules["trace_head"])
+        return mods
 
     def ema_modules(self):
-        return [self._modules["decoder"]]
+        return [self._modules["decoder"], *([self._modules["trace_head"]] if self.n_bins else [])]
 
     def make_optimizers(self):
         return {"vae": torch.optim.Adam(self.parameters(), lr=self.cfg.lr)}
@@ -204,7 +245,11 @@ class FootprintVAE(FootprintSurrogate):
 
     def train_step(self, batches, opts, step, autocast, gens):
         view, c = next(batches)
-        rec, kl = vae_terms(self, self.encoder, self.decoder, view, self.inputs(c), gens["noise"], autocast)
+        inputs = self.inputs(c)
+        rec, kl, z = vae_terms(self, self.encoder, self.decoder, view, inputs, gens["noise"], autocast, True)
+        if self.n_bins:
+            ce, kl_s = trace_terms(self, view, inputs, z, gens["noise"], autocast)
+            rec, kl = rec + self.cfg.trace_weight * ce, kl + kl_s
         loss = rec + self.cfg.kl_weight * kl_warm(self.cfg, step) * kl
         opts["vae"].zero_grad(set_to_none=True)
         loss.backward()
@@ -214,6 +259,38 @@ class FootprintVAE(FootprintSurrogate):
     @torch.no_grad()
     def sample(self, conditions: torch.Tensor, extra=None, generator=None, precision: str = "fp32", **_):
         return sample_heads(self, self.decoder, conditions, generator, precision)
+
+
+def start_time_torch(trace: torch.Tensor, bin_ns: float, q: float = 0.1) -> torch.Tensor:
+    """Where each trace's cumulative signal reaches the fraction q of its integral (ns from the
+    first bin's start, linear within the bin; 0 for an empty trace): traces.trace_quantile_ns."""
+    cum = trace.cumsum(-1)
+    total = cum[..., -1:]
+    level = q * total
+    k = (cum < level).sum(-1, keepdim=True).clamp(max=trace.shape[-1] - 1)
+    before = torch.where(k > 0, cum.gather(-1, (k - 1).clamp(min=0)), torch.zeros_like(level))
+    inside = cum.gather(-1, k) - before
+    frac = torch.where(inside > 0, (level - before) / inside.clamp(min=1e-12), torch.zeros_like(level))
+    out = (k + frac.clamp(0, 1)) * bin_ns
+    return torch.where(total > 0, out, torch.zeros_like(out)).squeeze(-1)
+
+
+def trace_terms(model, view, inputs, z, generator, autocast):
+    """The trace shapes' loss: each triggered station's unit-sum trace against the head's
+    softmax (cross-entropy, summed over stations, batch mean), given the event's code z and the
+    station's latent encoded from its trace; that latent's KL from the prior, over triggered
+    stations."""
+    m = view[:, 2].flatten(1)
+    with autocast():
+        mu, logvar = model.station_encoder(view).float().chunk(2, 1)
+        logvar = logvar.clamp(-12, 6)
+        eps = torch.randn(mu.shape, generator=generator, device=view.device)
+        zs = mu + torch.exp(0.5 * logvar) * eps
+        logits = model.trace_head(torch.cat([broadcast(z), inputs, zs], 1)).float().flatten(2)
+    shape = view[:, 3:].flatten(2)
+    ce = -(shape * torch.log_softmax(logits, 1)).sum(1)  # (N, 81)
+    kl = 0.5 * (mu.square() + logvar.exp() - 1 - logvar).sum(1).flatten(1)
+    return (ce * m).sum(1).mean(), (kl * m).sum(1).mean()
 
 
 def kl_warm(cfg, step: int) -> float:
@@ -228,22 +305,25 @@ def decode_heads(decoder: nn.Module, z: torch.Tensor, inputs: torch.Tensor):
     return mu_s, ls_s.clamp(-6, 2), mu_t, ls_t.clamp(-6, 2)
 
 
-def vae_terms(model, encoder, decoder, view, inputs, generator, autocast):
+def vae_terms(model, encoder, decoder, view, inputs, generator, autocast, return_code: bool = False):
     """The footprint VAE's loss on real footprints: (Tobit NLL of the signals + Gaussian NLL of
-    the triggered stations' time residuals, batch mean; KL of the code from the prior)."""
+    the triggered stations' time residuals, batch mean; KL of the code from the prior), and
+    with `return_code` the code drawn."""
     eps = torch.randn(len(view), model.cfg.latent_dim, generator=generator, device=view.device)
     with autocast():
         mu, logvar = encoder(torch.cat([view, inputs], 1)).float().chunk(2, 1)
         logvar = logvar.clamp(-12, 6)
         z = mu + torch.exp(0.5 * logvar) * eps
         mu_s, ls_s, mu_t, ls_t = (t.float() for t in decode_heads(decoder, z, inputs))
-    logs, resid, m = view.float().flatten(2).unbind(1)
+    logs, resid, m = view[:, :3].float().flatten(2).unbind(1)
     sd_s = torch.exp(ls_s)
     # Tobit: triggered stations the density of log10 S, silent ones P(log10 S < threshold)
     nll_trig = 0.5 * ((logs - mu_s) / sd_s) ** 2 + ls_s + 0.5 * math.log(2 * math.pi)
     below = torch.special.log_ndtr((model.log_thr - mu_s) / sd_s)
     nll_s = torch.where(m > 0, nll_trig, -below).sum(1)
     nll_t = ((0.5 * ((resid - mu_t) / torch.exp(ls_t)) ** 2 + ls_t + 0.5 * math.log(2 * math.pi)) * m).sum(1)
+    if return_code:
+        return (nll_s + nll_t).mean(), kl_normal(mu, logvar), z
     return (nll_s + nll_t).mean(), kl_normal(mu, logvar)
 
 
@@ -262,9 +342,36 @@ def draw_heads(model, decoder, inputs, generator, soft: bool = False):
 
 def sample_heads(model, decoder, conditions, generator, precision):
     c = conditions.float()
+    if getattr(model, "n_bins", 0):
+        return sample_traces(model, decoder, c, generator, precision)
     with torch.autocast(device_type=c.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         logs, resid, mask = draw_heads(model, decoder, model.inputs(c), generator)
     return model.from_view(logs, resid, mask, c)
+
+
+def sample_traces(model, decoder, c, generator, precision):
+    """Footprints with traces: the event code and the station latents from the prior; each
+    station's signal from its head, its trace's shape from the trace head, photoelectrons
+    Poisson (pe_per_vem per VEM) plus baseline noise; the trigger (threshold or time over
+    threshold), the signal (the integral) and the start time (window + t10) from the trace."""
+    n, dev, tr = len(c), c.device, model.trace
+    with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        inputs = model.inputs(c)
+        z = torch.randn(n, model.cfg.latent_dim, generator=generator, device=dev)
+        mu_s, ls_s, mu_t, ls_t = (t.float() for t in decode_heads(decoder, z, inputs))
+        zs = torch.randn(n, model.cfg.station_latent_dim, GRID, GRID, generator=generator, device=dev)
+        logits = model.trace_head(torch.cat([broadcast(z), inputs, zs], 1)).float().flatten(2)
+    noise = torch.randn(2, *mu_s.shape, generator=generator, device=dev)
+    signal = 10.0 ** torch.clamp(mu_s + torch.exp(ls_s) * noise[0], max=6.0)
+    resid = mu_t + torch.exp(ls_t) * noise[1]
+    rate = tr["pe_per_vem"] * signal[..., None] * torch.softmax(logits, 1).transpose(1, 2)  # (N, 81, T)
+    pe = torch.poisson(rate, generator=generator)
+    trace = pe / tr["pe_per_vem"] + tr["noise_vem"] * torch.randn(pe.shape, generator=generator, device=dev)
+    trace = torch.clamp(trace, min=0.0)
+    total = trace.sum(-1)
+    tot = (trace > tr["tot_threshold_vem"]).sum(-1) >= tr["tot_bins"]
+    mask = ((total >= tr["threshold_vem"]) | tot).float()
+    return model.from_view(torch.log10(torch.clamp(total, min=1e-12)), resid, mask, c, trace)
 
 
 class FootprintGAN(AdversarialModel, FootprintSurrogate):
