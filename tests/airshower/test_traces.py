@@ -280,10 +280,12 @@ def test_trace_validation_passes_equal_samples_and_fails_stretched_traces(tmp_pa
     assert np.isnan(no_traces["rise_1000_deviation_max"]) and no_traces["traces"] is None
 
 
-def test_the_footprint_vae_generates_traces_that_decide_signal_time_and_trigger(tmp_path):
-    """Trained a few steps on trace files: finite, changing losses with the trace term; the
-    generated traces are what the signal (their integral), the trigger (threshold or time over
-    threshold) and the start time (window + t10) come from; a generated file passes the reader."""
+@pytest.mark.parametrize("family", ["vae", "gan"])
+def test_the_footprint_models_generate_traces_that_decide_signal_time_and_trigger(tmp_path, family):
+    """The VAE and the hybrid WGAN-GP trained a few steps on trace files: finite, changing
+    losses with the trace term; the generated traces are what the signal (their integral), the
+    trigger (threshold or time over threshold) and the start time (window + t10) come from; a
+    generated file passes the reader. The pure WGAN-GP refuses trace data."""
     import json
 
     import torch
@@ -296,14 +298,22 @@ def test_the_footprint_vae_generates_traces_that_decide_signal_time_and_trigger(
     data = aio.from_simulation(simulate(600, 8, p, 300), p, 8)
     train, val = aio.write(tmp_path / "train.h5", data.subset(slice(0, 500))), aio.write(tmp_path / "val.h5",
                                                                                         data.subset(slice(500, 600)))
+    gan = ["model=airshower/footprint_gan", "model.likelihood_weight=1", "model.critic_width=8", "model.n_critic=1"]
     cfg = load_config(REPO / "configs" / "experiment" / "airshower_quickstart.yaml",
-                      [f"runs_dir={tmp_path}", "model.width=8", "model.depth=1", "train.steps=12",
-                       "train.batch_size=32", "train.val_every=6", "train.val_events=50", "train.checkpoint_every=6",
-                       "train.log_every=3", "train.mlflow=false", "train.progress=false"])
+                      [f"runs_dir={tmp_path}", *(gan if family == "gan" else []), "model.width=8", "model.depth=1",
+                       "train.steps=12", "train.batch_size=32", "train.val_every=6", "train.val_events=50",
+                       "train.checkpoint_every=6", "train.log_every=3", "train.mlflow=false", "train.progress=false"])
     dom = get_domain("airshower")
     info = Trainer(cfg, dom, train, val, tmp_path / "train", progress=False).fit()
     rows = [json.loads(x) for x in (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()]
-    assert info["complete"] and all(np.isfinite(r["loss"]) for r in rows) and len({r["loss"] for r in rows}) > 1
+    key = "loss" if family == "vae" else "likelihood"
+    assert info["complete"] and all(np.isfinite(r[key]) for r in rows if key in r)
+    assert len({r[key] for r in rows if key in r}) > 1
+    if family == "gan":
+        pure = dom.model_args(load_config(REPO / "configs" / "experiment" / "airshower_quickstart.yaml",
+                                          ["model=airshower/footprint_gan"]), data)
+        with pytest.raises(SimganError, match="pure footprint WGAN-GP .* does not generate traces"):
+            dom.build_model(pure)
     from simgan.domains import model_from_checkpoint
     model, ckpt = model_from_checkpoint(tmp_path / "train" / "model.pt")
     assert ckpt["model_args"]["traces"]["bins"] == 80 and "mass_A" in ckpt["model_args"]["conditions"]

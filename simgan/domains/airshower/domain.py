@@ -89,12 +89,12 @@ class Airshower(ConditionedFileDomain):
         if family not in FAMILIES:
             raise SimganError(f"model family {family!r} is not an air-shower model ({sorted(FAMILIES)})")
         cfg_cls, cls = FAMILIES[family]
-        if args.get("traces") and family != "footprint_vae":
-            raise SimganError(f"model family {family!r} does not generate traces yet: train "
-                              "model=airshower/footprint_vae on files with /footprint/traces")
         extra = {"traces": args["traces"]} if args.get("traces") else {}
-        return cls(cfg_cls.model_validate(args["config"]), args["params"], args["threshold_vem"],
-                   MASS in args.get("conditions", CONDITIONS), **extra)
+        try:
+            return cls(cfg_cls.model_validate(args["config"]), args["params"], args["threshold_vem"],
+                       MASS in args.get("conditions", CONDITIONS), **extra)
+        except ValueError as exc:
+            raise SimganError(f"{family}: {exc}") from None
 
     def fit_model(self, model, data):
         return model.fit(data.signal, data.time, data.triggered, condition_array(data), data.traces)

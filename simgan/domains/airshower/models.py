@@ -71,6 +71,9 @@ class FootprintGANConfig(ConfigModel):
     # critic's: a VAE-GAN hybrid; sampling draws the latent from the prior
     likelihood_weight: float = Field(0.0, ge=0)
     kl_warmup: int = Field(500, ge=0)
+    # with traces (the hybrid only): as the VAE's
+    station_latent_dim: int = Field(4, gt=0)
+    trace_weight: float = Field(1.0, ge=0)
 
 
 MASS = "mass_A"  # the sixth column of the condition matrix (1 where a file has none); a model
@@ -377,32 +380,67 @@ def sample_traces(model, decoder, c, generator, precision):
 class FootprintGAN(AdversarialModel, FootprintSurrogate):
     family = "footprint_gan"
 
-    def __init__(self, cfg: FootprintGANConfig, params: dict, threshold_vem: float, with_mass: bool = False):
-        super().__init__(cfg, params, threshold_vem, with_mass)
-        k = self.n_cond_channels
+    def __init__(self, cfg: FootprintGANConfig, params: dict, threshold_vem: float, with_mass: bool = False,
+                 traces: dict | None = None):
+        super().__init__(cfg, params, threshold_vem, with_mass, traces)
+        k, nb = self.n_cond_channels, self.n_bins
         self.hybrid = cfg.likelihood_weight > 0
+        if nb and not self.hybrid:
+            raise ValueError("the pure footprint WGAN-GP (model.likelihood_weight=0) does not generate traces; "
+                             "use the hybrid (model.likelihood_weight > 0) or the VAE")
         if self.hybrid:  # the VAE's decoder (per-station heads from a global latent) and encoder
             generator = conv_stack(cfg.latent_dim + k, cfg.width, cfg.depth, 4)
-            self.encoder = nn.Sequential(conv_stack(3 + k, cfg.width, cfg.depth, cfg.width), nn.AdaptiveAvgPool2d(1),
-                                         nn.Flatten(), nn.Linear(cfg.width, 2 * cfg.latent_dim))
+            self.encoder = nn.Sequential(conv_stack(3 + nb + k, cfg.width, cfg.depth, cfg.width),
+                                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cfg.width, 2 * cfg.latent_dim))
             object.__setattr__(self, "e_run", self.encoder)
+            if nb:  # the VAE's trace parts: a latent per station and the trace head
+                d = cfg.station_latent_dim
+                self.station_encoder = nn.Sequential(nn.Conv2d(3 + nb, cfg.width, 1), nn.LeakyReLU(0.2),
+                                                     nn.Conv2d(cfg.width, cfg.width, 1), nn.LeakyReLU(0.2),
+                                                     nn.Conv2d(cfg.width, 2 * d, 1))
+                self.trace_head = conv_stack(cfg.latent_dim + k + d, cfg.width, 2, nb)
         else:
             generator = conv_stack(cfg.latent_dim + cfg.station_noise + k, cfg.width, cfg.depth, 2)
-        self.set_networks(generator, nn.Sequential(conv_stack(3 + k, cfg.critic_width, cfg.depth, cfg.critic_width),
+        self.set_networks(generator, nn.Sequential(conv_stack(3 + nb + k, cfg.critic_width, cfg.depth,
+                                                              cfg.critic_width),
                                                    nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                                                    nn.Linear(cfg.critic_width, 1)))
 
     def run_modules(self):
-        return {**super().run_modules(), **({"e_run": self._modules["encoder"]} if self.hybrid else {})}
+        mods = {**super().run_modules(), **({"e_run": self._modules["encoder"]} if self.hybrid else {})}
+        if self.n_bins:
+            mods.update(station_encoder=self._modules["station_encoder"], trace_head=self._modules["trace_head"])
+        return mods
 
     def make_optimizers(self):
         opts = super().make_optimizers()
         if self.hybrid:
-            opts["g"].add_param_group({"params": list(self._modules["encoder"].parameters())})
+            extra = ["encoder", *(("station_encoder", "trace_head") if self.n_bins else ())]
+            opts["g"].add_param_group({"params": [q for name in extra for q in self._modules[name].parameters()]})
         return opts
 
     def ema_modules(self):
-        return [self._modules["generator"]]
+        return [self._modules["generator"], *([self._modules["trace_head"]] if self.n_bins else [])]
+
+    def fake_with_traces(self, inputs, generator):
+        """A generated view with trace shapes for the critic: the trigger softened, each shape
+        drawn with photoelectron noise whose gradient passes through the expected shape."""
+        n, dev = len(inputs), inputs.device
+        z = torch.randn(n, self.cfg.latent_dim, generator=generator, device=dev)
+        mu_s, ls_s, mu_t, ls_t = (t.float() for t in decode_heads(self.g_run, z, inputs))
+        noise = torch.randn(2, *mu_s.shape, generator=generator, device=dev)
+        logs = mu_s + torch.exp(ls_s) * noise[0]
+        resid = mu_t + torch.exp(ls_t) * noise[1]
+        mask = torch.sigmoid((logs - self.log_thr) / self.cfg.soft_trigger)
+        zs = torch.randn(n, self.cfg.station_latent_dim, GRID, GRID, generator=generator, device=dev)
+        p = torch.softmax(self.trace_head(torch.cat([broadcast(z), inputs, zs], 1)).float(), 1)  # (N, T, 9, 9)
+        with torch.no_grad():
+            pe = torch.poisson(self.trace["pe_per_vem"] * torch.clamp(10.0 ** logs.detach(), max=1e6).view(n, 1, GRID, GRID)
+                               * p, generator=generator)
+            drawn = pe / torch.clamp(pe.sum(1, keepdim=True), min=1.0)
+        shape = p + (drawn - p).detach()
+        head = torch.stack([logs * mask, resid * mask, mask], 1).view(n, 3, GRID, GRID)
+        return torch.cat([head, shape * mask.view(n, 1, GRID, GRID)], 1)
 
     def generate_view(self, inputs, generator, soft: bool):
         if self.hybrid:
@@ -422,7 +460,10 @@ class FootprintGAN(AdversarialModel, FootprintSurrogate):
         """The likelihood term (model.likelihood_weight) beside the critic."""
         if not self.hybrid:
             return {}
-        rec, kl = vae_terms(self, self.e_run, self.g_run, real, cond, generator, contextlib.nullcontext)
+        rec, kl, z = vae_terms(self, self.e_run, self.g_run, real, cond, generator, contextlib.nullcontext, True)
+        if self.n_bins:
+            ce, kl_s = trace_terms(self, real, cond, z, generator, contextlib.nullcontext)
+            rec, kl = rec + self.cfg.trace_weight * ce, kl + kl_s
         return {"likelihood": self.cfg.likelihood_weight * (rec + kl_warm(self.cfg, step) * kl)}
 
     # what the shared adversarial step needs; its "cond" is the per-station conditioning channels
@@ -431,12 +472,16 @@ class FootprintGAN(AdversarialModel, FootprintSurrogate):
         return view, self.inputs(c)
 
     def fake(self, inputs, generator):
+        if self.n_bins:
+            return self.fake_with_traces(inputs, generator)
         logs, resid, mask = self.generate_view(inputs, generator, soft=True)
         return torch.stack([logs * mask, resid * mask, mask], 1).view(len(inputs), 3, GRID, GRID)
 
     @torch.no_grad()
     def sample(self, conditions: torch.Tensor, extra=None, generator=None, precision: str = "fp32", **_):
         c = conditions.float()
+        if self.n_bins:
+            return sample_traces(self, self.g_run, c, generator, precision)
         with torch.autocast(device_type=c.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             logs, resid, mask = self.generate_view(self.inputs(c), generator, soft=False)
         return self.from_view(logs.float(), resid.float(), mask.float(), c)
