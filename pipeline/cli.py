@@ -286,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     args = build_parser().parse_args(argv)
     try:
+        from simgan.cpus import limit_threads  # lazy: see _config
+
+        limit_threads()  # the CPUs this process may use (affinity, Slurm, cgroup quota, torchrun)
         return int(args.func(args) or 0)
     except SimganError as exc:
         print(f"simgan: error: {exc}", file=sys.stderr)

@@ -174,3 +174,30 @@ def test_extends_errors_name_the_file(tmp_path):
     (tmp_path / "d.yaml").write_text("extends: [a.yaml]\nname: d\n")
     with pytest.raises(SimganError, match=r"d.yaml: key 'extends': expected the name of an experiment file"):
         load_config(tmp_path / "d.yaml")
+
+
+def test_usable_cpus_follow_affinity_slurm_quota_and_torchrun(tmp_path):
+    from simgan.cpus import limit_threads, usable_cpus
+
+    four = range(4)
+    assert usable_cpus({}, four, tmp_path) == 4
+    assert usable_cpus({"SLURM_CPUS_PER_TASK": "2"}, four, tmp_path) == 2
+    assert usable_cpus({"SLURM_CPUS_PER_TASK": "16"}, four, tmp_path) == 4  # the mask is smaller
+    assert usable_cpus({"LOCAL_WORLD_SIZE": "2"}, four, tmp_path) == 2  # torchrun: two processes share them
+    assert usable_cpus({"LOCAL_WORLD_SIZE": "8"}, four, tmp_path) == 1
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # a container's quota: 1.5 CPUs
+    assert usable_cpus({}, four, tmp_path) == 2
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert usable_cpus({}, four, tmp_path) == 4
+    with pytest.raises(SimganError, match="SLURM_CPUS_PER_TASK='two': expected a whole number"):
+        usable_cpus({"SLURM_CPUS_PER_TASK": "two"}, four, tmp_path)
+    import torch
+    from threadpoolctl import threadpool_info
+    import sklearn.ensemble  # noqa: F401  (loads the OpenMP runtime its boosted trees use)
+
+    before = torch.get_num_threads()
+    try:
+        assert limit_threads(1) == 1 and torch.get_num_threads() == 1
+        assert all(p["num_threads"] == 1 for p in threadpool_info())
+    finally:
+        limit_threads(before)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from simgan.domains.calorimeter.validate import validate
 from simgan.errors import SimganError
 from simgan.io import atomic_path
 from simgan.metrics.gate import verdict
+from simgan.cpus import usable_cpus
 
 
 class Calorimeter(Domain):
@@ -89,7 +89,7 @@ class Calorimeter(Domain):
         return cc.ShowerData(data.energies, gen, data.binning, data.conditions)
 
     def simulate_file(self, cfg, out, progress, shard_index, shard_count, dask=False, scheduler=None) -> str:
-        with dask_client(dask, cfg.simulate.workers or os.cpu_count() or 1, scheduler) as client:
+        with dask_client(dask, cfg.simulate.workers or usable_cpus(), scheduler) as client:
             pool = None
             if client is not None:
                 pool = DaskGeantPool(settings_of(cfg.simulate), client)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 from simgan.errors import SimganError
 from simgan.extras import require
 from simgan.seeding import derive_seed
+from simgan.cpus import usable_cpus
 
 CLASSES = ("IN", "PC", "L5_TPC")
 INPUT_DIR = Path(__file__).resolve().parent / "inputs"
@@ -208,7 +208,7 @@ def simulate(n: int, seed: int, classes: tuple[str, ...] = CLASSES, randomness: 
 
     plan = event_plan(n, seed, classes, randomness, start)
     jobs = [(int(c), float(r), int(s), proj) for c, r, s in zip(plan["cell_class"], plan["randomness"], plan["seed"])]
-    workers = workers or os.cpu_count() or 1
+    workers = workers or usable_cpus()
     bar = tqdm(total=n, desc="NeuroTS", unit="neuron", disable=not progress)
     results = []
     if workers == 1 or n < 4:

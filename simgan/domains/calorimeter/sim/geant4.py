@@ -23,6 +23,7 @@ import numpy as np
 from simgan.domains.calorimeter.sim.g4data import ensure_geant4_data
 from simgan.extras import require
 from simgan.seeding import derive_seed
+from simgan.cpus import usable_cpus
 
 N_PHYS_LAYERS = 90
 N_LAYERS = 45
@@ -242,7 +243,7 @@ class GeantPool:
 
     def __init__(self, settings: G4Settings, workers: int, quiet: bool = True):
         self.settings = settings
-        self.workers = max(1, workers or os.cpu_count() or 1)
+        self.workers = max(1, workers or usable_cpus())
         self._ex = ProcessPoolExecutor(
             max_workers=self.workers, mp_context=mp.get_context("spawn"),
             initializer=_worker_init, initargs=(settings, quiet, os.getpid()),
