@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from simgan.domains.airshower.io import Footprints
 from simgan.domains.airshower.simulator import C_M_PER_NS, ArrayParams, axis, station_xyz, tank_params
 from simgan.domains.airshower.traces import TankParams, chord_vem, tank_response
 from simgan.errors import SimganError
@@ -282,8 +283,6 @@ def corsika_footprints(path, p: ArrayParams = ArrayParams(), seed: int = 0, core
     """Footprints (with traces and their muon and EM parts) of every shower of a CORSIKA file,
     each placed at `cores` core positions (drawn uniformly in the disc of p.core_radius_m, or
     `core_xy`)."""
-    from simgan.domains.airshower.io import Footprints
-
     if cores < 1:
         raise SimganError(f"--cores {cores}: expected at least 1 core position per shower")
     path = Path(path)

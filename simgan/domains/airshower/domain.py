@@ -16,7 +16,9 @@ import torch
 from simgan.domains.airshower import io as aio
 from simgan.domains.airshower import validate as av
 from simgan.domains.airshower.models import CONDITIONS, FAMILIES, MASS
+from simgan.domains.airshower.corsika import corsika_footprints
 from simgan.domains.airshower.simulator import ArrayParams, simulate
+from simgan.domains.airshower.traces import TankParams, vem_peak
 from simgan.domains.base import ConditionedFileDomain, check_inside, example_values, frame_columns, sample_rows
 from simgan.errors import SimganError
 from simgan.io import write_json_atomic
@@ -49,8 +51,6 @@ def trace_spec(fp: aio.Footprints) -> dict | None:
     """What a trace model needs of the data's FADC and trigger (None without traces)."""
     if fp.traces is None:
         return None
-    from simgan.domains.airshower.traces import TankParams, vem_peak
-
     tank = TankParams(**json.loads(fp.attrs["tank"])) if "tank" in fp.attrs else TankParams()
     return {"bins": int(fp.traces.shape[-1]), "bin_ns": float(fp.attrs.get("trace_bin_ns", tank.bin_ns)),
             "pe_per_vem": tank.pe_per_vem, "noise_vem": tank.noise_vem, "threshold_vem": tank.threshold_vem,
@@ -150,8 +150,6 @@ class Airshower(ConditionedFileDomain):
 
     def convert(self, req):
         """A CORSIKA 7 particle file -> footprints with traces (simgan/domains/airshower/corsika.py)."""
-        from simgan.domains.airshower.corsika import corsika_footprints
-
         if req.binning or req.labels:
             raise SimganError("--format corsika takes --cores, --core and --seed (not --binning or --labels)")
         aio.write(req.out, corsika_footprints(req.input, ArrayParams(), req.seed, req.cores, req.core))

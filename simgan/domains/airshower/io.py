@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 
 from simgan.roottree import open_root_tree
-from simgan.domains.airshower.simulator import GRID, ArrayParams, station_xyz
+from simgan.domains.airshower.simulator import GRID, ArrayParams, station_xyz, tank_params
 from simgan.errors import SimganError
 from simgan.extras import require
 from simgan.io import atomic_path, open_hdf5, ordered_shards, quiet_failed_hdf5
@@ -67,8 +67,6 @@ def from_simulation(ev: dict, p: ArrayParams, seed: int) -> Footprints:
     attrs = {"spacing_m": p.spacing_m, "altitude_m": p.altitude_m, "trigger_vem": p.trigger_vem,
              "seed": int(seed), "parameters": json.dumps(p.to_dict(), sort_keys=True)}
     if "traces" in ev:
-        from simgan.domains.airshower.simulator import tank_params
-
         tank = tank_params(p)
         attrs.update({"trace_bin_ns": tank.bin_ns, "trace_bins": tank.n_bins,
                       "tank": json.dumps(tank.to_dict(), sort_keys=True)})

@@ -8,6 +8,7 @@ import warnings
 
 import numpy as np
 
+from simgan.domains.airshower.traces import rise_fall_ns
 from simgan.domains.airshower.simulator import (C_M_PER_NS, ArrayParams, ldf, mean_xmax_proton,
                                                 s1000_and_beta, shower_plane_geometry, timing_sigma)
 
@@ -139,8 +140,6 @@ def trace_stations(traces, triggered, cond: dict, xyz, p: ArrayParams = ArrayPar
     geometry), zenith, ln A, integral, rise time t10-50 and fall time t50-90 (ns), area over
     peak (integral / largest bin, in bins), the trace normalised to unit sum, and the muon
     fraction (NaN without the muon trace)."""
-    from simgan.domains.airshower.traces import rise_fall_ns
-
     n = len(traces)
     tr = np.asarray(traces, np.float64).reshape(n, -1, traces.shape[-1])
     _, r, _, _ = geometry(cond, xyz, p)

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from simgan.domains.airshower.traces import TankParams, station_traces
+
 GRID = 9
 C_M_PER_NS = 0.299792458
 MASSES = (1, 4, 14, 56)
@@ -152,16 +154,12 @@ def simulate_events(cond: dict[str, np.ndarray], rng: np.random.Generator, p: Ar
 TRACE_CHUNK = 128  # events per call of the particle-level simulation (bounds its memory)
 
 
-def tank_params(p: ArrayParams = ArrayParams()):
-    from simgan.domains.airshower.traces import TankParams
-
+def tank_params(p: ArrayParams = ArrayParams()) -> TankParams:
     return TankParams(threshold_vem=p.trigger_vem)
 
 
 def _from_traces(s_mean, r, t_front, theta, xmax, mass, rng, p: ArrayParams, shape, truth) -> dict:
     """Signal, start time and trigger from each station's particle-level trace (traces.py)."""
-    from simgan.domains.airshower.traces import station_traces
-
     tank = tank_params(p)
     depth = p.ground_depth_gcm2 * math.exp(-p.altitude_m / p.scale_height_m)  # vertical depth of the array
     parts = [station_traces(s_mean[i:i + TRACE_CHUNK], r[i:i + TRACE_CHUNK], t_front[i:i + TRACE_CHUNK],
