@@ -114,6 +114,9 @@ def test_footprints_come_from_the_traces_and_shards_equal_one_run(tmp_path):
     assert back.attrs["trace_bins"] == 80 and back.attrs["trace_bin_ns"] == 25.0
     merged = aio.merge_shards([aio.write(tmp_path / f"s{i}.h5", _shard(fp, i)) for i in range(2)], tmp_path / "m.h5")
     np.testing.assert_array_equal(aio.read(merged).traces, fp.traces)
+    root = aio.read_root(aio.write_root(tmp_path / "tr.root", fp))  # ROOT: a traces branch of 81 x T per entry
+    np.testing.assert_array_equal(root.traces, fp.traces)
+    assert root.attrs["trace_bins"] == 80 and root.attrs["trace_bin_ns"] == 25.0
 
 
 def _shard(fp, i):

@@ -66,6 +66,7 @@ class AirshowerPrepareConfig(PrepareConfig):
     root_tree: str = "footprints"  # the TTree of a ROOT input (simgan/domains/airshower/io.py)
     # this format's names (signal, time, triggered, the conditions) -> the tree's branch names
     root_branches: dict[str, str] = {}
+    root_trace_bin_ns: float = Field(25.0, gt=0)  # the FADC bin width of a ROOT input's traces branch
 
 
 class AirshowerValidateConfig(ValidateConfig):

@@ -114,7 +114,7 @@ class Airshower(ConditionedFileDomain):
 
     def read_source(self, cfg, path):
         if str(path).endswith(".root"):
-            return aio.read_root(path, cfg.prepare.root_tree, cfg.prepare.root_branches)
+            return aio.read_root(path, cfg.prepare.root_tree, cfg.prepare.root_branches, cfg.prepare.root_trace_bin_ns)
         return aio.read(path)
 
     def condition_matrix(self, data):

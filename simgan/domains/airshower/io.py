@@ -298,13 +298,15 @@ def read(path, max_events: int | None = None, check_values: bool = True) -> Foot
     return fp
 
 
-def read_root(path, tree: str = "footprints", branches: dict[str, str] | None = None) -> Footprints:
+def read_root(path, tree: str = "footprints", branches: dict[str, str] | None = None,
+              trace_bin_ns: float = 25.0) -> Footprints:
     """A ROOT TTree with one entry per event: fixed-size 81-value (or 9x9) branches for signal,
-    time and triggered, one value per condition. `branches` maps this format's names (signal,
-    time, triggered and the condition names) to the tree's branch names."""
+    time and triggered, one value per condition, optionally a `traces` branch of 81 x T values
+    (VEM per FADC bin of `trace_bin_ns`). `branches` maps this format's names (signal, time,
+    triggered, traces and the condition names) to the tree's branch names."""
     uproot = require("uproot")
 
-    names = {k: k for k in (*CHANNELS, *CONDITIONS, *OPTIONAL_CONDITIONS)}
+    names = {k: k for k in (*CHANNELS, *CONDITIONS, *OPTIONAL_CONDITIONS, "traces")}
     if branches:
         unknown = sorted(set(branches) - set(names))
         if unknown:
@@ -321,7 +323,7 @@ def read_root(path, tree: str = "footprints", branches: dict[str, str] | None = 
                               "with prepare.root_branches, e.g. prepare.root_branches='{signal: S, time: T}'")
         if t.num_entries == 0:
             raise SimganError(f"{path}: TTree '{tree}' has no entries")
-        wanted = [names[k] for k in (*required, *OPTIONAL_CONDITIONS) if names[k] in have]
+        wanted = [names[k] for k in (*required, *OPTIONAL_CONDITIONS, "traces") if names[k] in have]
         arrays = t.arrays(wanted, library="np")
     n = t.num_entries
     grids = {}
@@ -333,9 +335,17 @@ def read_root(path, tree: str = "footprints", branches: dict[str, str] | None = 
         grids[k] = a.reshape(n, GRID, GRID)
     cond = {k: np.asarray(arrays[names[k]], np.float64).reshape(-1) for k in (*CONDITIONS, *OPTIONAL_CONDITIONS)
             if names[k] in arrays}
+    attrs, traces = {"source": f"{path}:{tree}"}, None
+    if names["traces"] in arrays:  # optional: 81 x T values per entry (VEM per FADC bin)
+        a = arrays[names["traces"]]
+        per = a.size // max(n, 1) if a.dtype != object else 0
+        if a.dtype == object or per % (GRID * GRID) or per == 0:
+            raise SimganError(f"{path}: branch '{names['traces']}' must hold {GRID * GRID} x T values per entry "
+                              f"(a trace of T bins per station), found shape {a.shape}")
+        traces = a.reshape(n, GRID, GRID, per // (GRID * GRID)).astype(np.float32)
+        attrs.update({"trace_bins": traces.shape[-1], "trace_bin_ns": float(trace_bin_ns)})
     fp = Footprints(grids["signal"].astype(np.float32), grids["time"].astype(np.float32),
-                    grids["triggered"].astype(bool), cond, station_xyz().astype(np.float32), {},
-                    {"source": f"{path}:{tree}"})
+                    grids["triggered"].astype(bool), cond, station_xyz().astype(np.float32), {}, attrs, traces)
     check(fp, f"{path}:{tree}")
     return fp
 
@@ -351,6 +361,7 @@ def write_root(path, fp: Footprints, tree: str = "footprints") -> Path:
             f[tree] = {"signal": fp.signal.reshape(n, -1).astype(np.float32),
                        "time": fp.time.reshape(n, -1).astype(np.float32),
                        "triggered": fp.triggered.reshape(n, -1).astype(np.uint8),
+                       **({"traces": fp.traces.reshape(n, -1).astype(np.float32)} if fp.traces is not None else {}),
                        **{k: np.asarray(v, np.float64) for k, v in fp.conditions.items()}}
     return path
 
