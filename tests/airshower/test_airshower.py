@@ -383,7 +383,8 @@ def test_a_bin_the_simulator_fills_and_the_candidate_leaves_empty_fails_its_chec
 
         class FP:
             conditions = {"log10_energy_eV": lg}
-        return {"fp": FP(), "features": feats, "observables": rng.normal(size=(n, 3)), "footprints": rng.normal(size=(n, 5))}
+        return {"fp": FP(), "features": feats, "conditions": rng.normal(size=(n, 3)), "stations": None,
+                "footprints": rng.normal(size=(n, 5))}
 
     good = rng.normal(1.0, 0.1, n)
     ref = summary(good.copy())

@@ -34,7 +34,7 @@ def _stations(n, r, s, xmax=750.0, theta=0.0, mass=1.0, seed=1):
 
 
 def test_traces_integrate_to_the_signal_and_components_add_up():
-    res = _stations(2000, [300.0, 1000.0, 1500.0], [1500.0, 52.0, 12.0])
+    res = _stations(1000, [300.0, 1000.0, 1500.0], [1500.0, 52.0, 12.0])
     assert np.allclose(res["trace"].sum(-1), res["signal"], rtol=1e-5)
     ratio = res["signal"].mean(0) / np.array([1500.0, 52.0, 12.0])
     assert np.all(np.abs(ratio[:2] - 1) < 0.02), ratio  # late light lost past the window only far out
@@ -258,8 +258,8 @@ def test_trace_validation_passes_equal_samples_and_fails_stretched_traces(tmp_pa
     from simgan.domains.airshower import validate as av
 
     p = ArrayParams(traces=True, trace_components=True, mass_A=0)
-    ref = aio.from_simulation(simulate(800, 1, p, 400), p, 1)
-    same = aio.from_simulation(simulate(800, 2, p, 400), p, 2)
+    ref = aio.from_simulation(simulate(600, 1, p, 300), p, 1)
+    same = aio.from_simulation(simulate(600, 2, p, 300), p, 2)
     rs = av.summarise(ref)
     m = av.compare(rs, av.summarise(same), 1, 20000)
     assert m["rise_1000_deviation_max"] < 0.05 and m["trace_shape_deviation_max"] < 0.03, m
@@ -301,11 +301,12 @@ def test_the_footprint_models_generate_traces_that_decide_signal_time_and_trigge
     data = aio.from_simulation(simulate(600, 8, p, 300), p, 8)
     train, val = aio.write(tmp_path / "train.h5", data.subset(slice(0, 500))), aio.write(tmp_path / "val.h5",
                                                                                         data.subset(slice(500, 600)))
-    gan = ["model=airshower/footprint_gan", "model.likelihood_weight=1", "model.critic_width=8", "model.n_critic=1"]
+    gan = ["model=airshower/footprint_gan", "model.likelihood_weight=1", "model.critic_width=8", "model.n_critic=1",
+           "model.gp_every=2"]
     cfg = load_config(REPO / "configs" / "experiment" / "airshower_quickstart.yaml",
                       [f"runs_dir={tmp_path}", *(gan if family == "gan" else []), "model.width=8", "model.depth=1",
-                       "train.steps=12", "train.batch_size=32", "train.val_every=6", "train.val_events=50",
-                       "train.checkpoint_every=6", "train.log_every=3", "train.mlflow=false", "train.progress=false"])
+                       "train.steps=6", "train.batch_size=32", "train.val_every=6", "train.val_events=50",
+                       "train.checkpoint_every=6", "train.log_every=2", "train.mlflow=false", "train.progress=false"])
     dom = get_domain("airshower")
     info = Trainer(cfg, dom, train, val, tmp_path / "train", progress=False).fit()
     rows = [json.loads(x) for x in (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()]
