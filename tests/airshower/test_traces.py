@@ -321,6 +321,7 @@ def test_the_footprint_models_generate_traces_that_decide_signal_time_and_trigge
     from simgan.domains import model_from_checkpoint
     model, ckpt = model_from_checkpoint(tmp_path / "train" / "model.pt")
     assert ckpt["model_args"]["traces"]["bins"] == 80 and "mass_A" in ckpt["model_args"]["conditions"]
+    assert len(ckpt["schema"]["channels"]) == 83 and ckpt["schema"]["channels"][3] == "trace_bin0_vem"
     test = data.subset(slice(500, 600))
     out = model.sample(torch.as_tensor(dom.condition_matrix(test)), generator=torch.Generator().manual_seed(0)).numpy()
     assert out.shape == (100, 83, 9, 9)

@@ -47,6 +47,15 @@ def condition_ranges(fp: aio.Footprints) -> dict:
     return {k: [float(np.min(cond[k])), float(np.max(cond[k]))] for k in (*CONDITIONS, MASS)}
 
 
+def schema_of(fp: aio.Footprints) -> dict:
+    """The samples' layout: signal, time, trigger, and with traces one channel per FADC bin."""
+    if fp.traces is None:
+        return SCHEMA
+    bins = int(fp.traces.shape[-1])
+    return {**SCHEMA, "channels": [*SCHEMA["channels"], *(f"trace_bin{i}_vem" for i in range(bins))],
+            "trace_bin_ns": float(fp.attrs.get("trace_bin_ns", 25.0))}
+
+
 def trace_spec(fp: aio.Footprints) -> dict | None:
     """What a trace model needs of the data's FADC and trigger (None without traces)."""
     if fp.traces is None:
@@ -78,7 +87,7 @@ class Airshower(ConditionedFileDomain):
         p = {"spacing_m": float(data.attrs.get("spacing_m", cfg.domain.spacing_m)),
              "altitude_m": float(data.attrs.get("altitude_m", cfg.domain.altitude_m))}
         return {"domain": "airshower", "config": cfg.model.model_dump(mode="json"), "params": p,
-                "threshold_vem": float(data.attrs.get("trigger_vem", cfg.domain.trigger_vem)), "schema": SCHEMA,
+                "threshold_vem": float(data.attrs.get("trigger_vem", cfg.domain.trigger_vem)), "schema": schema_of(data),
                 # the mass number is a model condition when the training data hold more than one
                 "conditions": [*CONDITIONS, *([MASS] if mixed_masses(data) else [])],
                 # with traces in the training data the model generates them (their FADC and trigger)
@@ -100,7 +109,7 @@ class Airshower(ConditionedFileDomain):
         return model.fit(data.signal, data.time, data.triggered, condition_array(data), data.traces)
 
     def checkpoint_fields(self, data):
-        return {"schema": SCHEMA, "condition_ranges": condition_ranges(data), "extra_conditions": []}
+        return {"schema": schema_of(data), "condition_ranges": condition_ranges(data), "extra_conditions": []}
 
     def features(self, data, cfg):
         f = av.features(data)
