@@ -38,7 +38,7 @@ import numpy as np
 
 from simgan.domains.airshower.io import Footprints
 from simgan.domains.airshower.simulator import C_M_PER_NS, ArrayParams, axis, station_xyz, tank_params
-from simgan.domains.airshower.traces import TankParams, chord_vem, tank_response
+from simgan.domains.airshower.traces import TankParams, chord_vem, projected_area_m2, tank_response
 from simgan.errors import SimganError
 from simgan.extras import require
 
@@ -211,9 +211,10 @@ def _deposits(pid, e_kin, chord, rng) -> tuple[np.ndarray, np.ndarray]:
     return sig, is_mu
 
 
-def shower_footprint(shower: Shower, core_xy, p: ArrayParams, tank: TankParams, rng: np.random.Generator,
-                     where: str = "CORSIKA") -> dict:
-    """The 81 stations' particles and traces of one shower with its core at `core_xy`."""
+def shower_particles(shower: Shower, p: ArrayParams, tank: TankParams, where: str = "CORSIKA") -> dict:
+    """What every core position of a shower shares: its axis, and per particle its place in the
+    shower plane, its delay behind the plane front through the core, its direction, kinetic
+    energy and the tank area it sees."""
     if abs(shower.observation_height_m - p.altitude_m) > 1.0:
         raise SimganError(f"{where}: the observation level is at {shower.observation_height_m:.1f} m, the array at "
                           f"{p.altitude_m:.1f} m (domain.altitude_m); simulate with the array's altitude")
@@ -231,8 +232,14 @@ def shower_footprint(shower: Shower, core_xy, p: ArrayParams, tank: TankParams, 
     kinds, inverse = np.unique(q["id"], return_inverse=True)
     mass = np.array([MASS_GEV.get(int(i), 0.0) for i in kinds])[inverse] if len(kinds) else np.zeros(0)
     e_kin = np.sqrt(p_tot ** 2 + mass ** 2) - mass
-    area = math.pi * tank.radius_m ** 2 * np.cos(theta_p) + 2 * tank.radius_m * tank.height_m * np.sin(theta_p)
+    return {"u": u, "id": q["id"], "weight": q["weight"], "r": r_p, "psi": psi_p, "delay": reduced - t0,
+            "theta": theta_p, "e_kin": e_kin, "area": projected_area_m2(theta_p, tank)}
 
+
+def shower_footprint(sp: dict, core_xy, p: ArrayParams, tank: TankParams, rng: np.random.Generator) -> dict:
+    """The 81 stations' particles and traces of one shower (`shower_particles`) with its core at
+    `core_xy`."""
+    u, r_p, psi_p, theta_p = sp["u"], sp["r"], sp["psi"], sp["theta"]
     xyz = station_xyz(p).reshape(-1, 3)
     rel = xyz - np.array([core_xy[0], core_xy[1], p.altitude_m])
     r_s, psi_s = _shower_plane(rel, u)
@@ -251,16 +258,16 @@ def shower_footprint(shower: Shower, core_xy, p: ArrayParams, tank: TankParams, 
         idx = np.nonzero(sel)[0]
         if not idx.size:
             continue
-        k = rng.poisson(q["weight"][idx] * area[idx] / region)
+        k = rng.poisson(sp["weight"][idx] * sp["area"][idx] / region)
         idx = np.repeat(idx, k)
         if not idx.size:
             continue
         chord = chord_vem(theta_p[idx], rng, tank)
-        sig, is_mu = _deposits(q["id"][idx], e_kin[idx], chord, rng)
+        sig, is_mu = _deposits(sp["id"][idx], sp["e_kin"][idx], chord, rng)
         lit = sig > 0  # (neutrons, unconverted photons: no light, no say in the trace's window)
         idx, sig, is_mu = idx[lit], sig[lit], is_mu[lit]
         st_idx.append(np.full(idx.size, s))
-        copies_t.append(reduced[idx] - t0 + t_plane_s[s])
+        copies_t.append(sp["delay"][idx] + t_plane_s[s])
         copies_s.append(sig)
         copies_mu.append(is_mu)
     n_st = len(xyz)
@@ -295,13 +302,14 @@ def corsika_footprints(path, p: ArrayParams = ArrayParams(), seed: int = 0, core
     for i, s in enumerate(showers):
         where = f"{path}: event {i + 1}"
         mass = primary_mass(s.particle_id, where)
+        sp = shower_particles(s, p, tank, where)
         for _ in range(cores):
             if core_xy is None:
                 rad, ang = p.core_radius_m * math.sqrt(rng.uniform()), rng.uniform(0, 2 * math.pi)
                 core = (rad * math.cos(ang), rad * math.sin(ang))
             else:
                 core = (float(core_xy[0]), float(core_xy[1]))
-            rows.append(shower_footprint(s, core, p, tank, rng, where))
+            rows.append(shower_footprint(sp, core, p, tank, rng))
             cond["log10_energy_eV"].append(math.log10(s.energy_gev * 1e9))
             cond["zenith_rad"].append(s.zenith_rad)
             cond["azimuth_rad"].append((s.azimuth_rad + math.pi) % (2 * math.pi))

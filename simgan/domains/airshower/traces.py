@@ -78,11 +78,16 @@ DELAY_SIGMA_LN = 0.7
 MU_MUON_FRACTION_SLOPE = 1.4  # d logit(f_mu) / d ln r: S_mu / S_em ~ r^(6.1 - 4.7)
 
 
-def mean_chord_vem(theta, tank: TankParams = TankParams()):
-    """Mean signal (VEM) of a muon crossing the tank along zenith theta: the mean chord
-    pi R^2 h / (pi R^2 cos + 2 R h sin) over the height h."""
+def projected_area_m2(theta, tank: TankParams = TankParams()):
+    """The tank's area seen along zenith theta: pi R^2 cos + 2 R h sin."""
     r, h = tank.radius_m, tank.height_m
-    return math.pi * r * r / (math.pi * r * r * np.cos(theta) + 2 * r * h * np.sin(theta))
+    return math.pi * r * r * np.cos(theta) + 2 * r * h * np.sin(theta)
+
+
+def mean_chord_vem(theta, tank: TankParams = TankParams()):
+    """Mean signal (VEM) of a muon crossing the tank along zenith theta: the mean chord, the
+    volume over the projected area, pi R^2 h / (pi R^2 cos + 2 R h sin), over the height h."""
+    return math.pi * tank.radius_m ** 2 / projected_area_m2(theta, tank)
 
 
 def chord_vem(theta: np.ndarray, rng: np.random.Generator, tank: TankParams = TankParams()) -> np.ndarray:
