@@ -33,6 +33,17 @@ def _cgroup_quota(root: Path) -> int | None:
     return max(1, math.ceil(quota / period)) if quota > 0 and period > 0 else None
 
 
+def _whole_number(var: str, raw: str) -> int:
+    """An environment variable's count, >= 1, or an error naming it."""
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise SimganError(f"environment variable {var}={raw!r}: expected a whole number >= 1")
+    return value
+
+
 def usable_cpus(environ=None, affinity=None, cgroup_root: str | os.PathLike = "/sys/fs/cgroup") -> int:
     """The CPUs this process may use: the affinity mask, at most SLURM_CPUS_PER_TASK and the
     cgroup quota, divided among torchrun's processes on this node (LOCAL_WORLD_SIZE)."""
@@ -44,12 +55,7 @@ def usable_cpus(environ=None, affinity=None, cgroup_root: str | os.PathLike = "/
         raw = environ.get(var)
         if raw in (None, ""):
             continue
-        try:
-            value = int(raw)
-        except ValueError:
-            value = 0
-        if value < 1:
-            raise SimganError(f"environment variable {var}={raw!r}: expected a whole number >= 1")
+        value = _whole_number(var, raw)
         n = min(n, value) if var == "SLURM_CPUS_PER_TASK" else n // value
     quota = _cgroup_quota(Path(cgroup_root))
     if quota is not None:
@@ -62,15 +68,7 @@ def limit_threads(n: int | None = None) -> int:
     `n` (default `usable_cpus()`); returns it. SIMGAN_THREADS overrides."""
     if n is None:
         raw = os.environ.get("SIMGAN_THREADS")
-        if raw:
-            try:
-                n = int(raw)
-            except ValueError:
-                n = 0
-            if n < 1:
-                raise SimganError(f"environment variable SIMGAN_THREADS={raw!r}: expected a whole number >= 1")
-        else:
-            n = usable_cpus()
+        n = _whole_number("SIMGAN_THREADS", raw) if raw else usable_cpus()
     os.environ["OMP_NUM_THREADS"] = str(n)
     import torch  # (heavy; the commands that come here use it anyway)
     from threadpoolctl import threadpool_limits

@@ -147,6 +147,18 @@ class FootprintSurrogate(nn.Module):
         self.register_buffer("t_mean", torch.zeros(()))
         self.register_buffer("t_std", torch.ones(()))
 
+    def add_trace_parts(self, latent_dim: int, width: int, station_latent_dim: int) -> None:
+        """A trace model's parts: the station latent's encoder (per station, from its view) and
+        the trace head (logits per FADC bin from the event code, the conditions and that latent)."""
+        self.station_encoder = nn.Sequential(nn.Conv2d(3 + self.n_bins, width, 1), nn.LeakyReLU(0.2),
+                                             nn.Conv2d(width, width, 1), nn.LeakyReLU(0.2),
+                                             nn.Conv2d(width, 2 * station_latent_dim, 1))
+        self.trace_head = conv_stack(latent_dim + self.n_cond_channels + station_latent_dim, width, 2, self.n_bins)
+
+    def trace_modules(self) -> dict[str, nn.Module]:
+        return ({"station_encoder": self._modules["station_encoder"], "trace_head": self._modules["trace_head"]}
+                if self.n_bins else {})
+
     # -- transform -------------------------------------------------------------------------
     def to_view(self, signal, time, trig, c, traces=None):
         """Footprints (N, 9, 9) each + conditions (N, 6) -> view (N, 3, 9, 9): log10 S (0 where
@@ -225,17 +237,10 @@ class FootprintVAE(FootprintSurrogate):
         # per station: mean and log sd of log10 S (censored at the threshold), of the time residual
         self.decoder = conv_stack(cfg.latent_dim + k, cfg.width, cfg.depth, 4)
         if self.n_bins:  # the trace shapes: a latent per station, encoded from its trace; logits per bin
-            d = cfg.station_latent_dim
-            self.station_encoder = nn.Sequential(nn.Conv2d(3 + self.n_bins, cfg.width, 1), nn.LeakyReLU(0.2),
-                                                 nn.Conv2d(cfg.width, cfg.width, 1), nn.LeakyReLU(0.2),
-                                                 nn.Conv2d(cfg.width, 2 * d, 1))
-            self.trace_head = conv_stack(cfg.latent_dim + k + d, cfg.width, 2, self.n_bins)
+            self.add_trace_parts(cfg.latent_dim, cfg.width, cfg.station_latent_dim)
 
     def run_modules(self):
-        mods = {"encoder": self._modules["encoder"], "decoder": self._modules["decoder"]}
-        if self.n_bins:
-            mods.update(station_encoder=self._modules["station_encoder"], trace_head=self._modules["trace_head"])
-        return mods
+        return {"encoder": self._modules["encoder"], "decoder": self._modules["decoder"], **self.trace_modules()}
 
     def ema_modules(self):
         return [self._modules["decoder"], *([self._modules["trace_head"]] if self.n_bins else [])]
@@ -330,22 +335,25 @@ def vae_terms(model, encoder, decoder, view, inputs, generator, autocast, return
     return (nll_s + nll_t).mean(), kl_normal(mu, logvar)
 
 
-def draw_heads(model, decoder, inputs, generator, soft: bool = False):
+def draw_heads(model, decoder, inputs, generator, soft: bool = False, return_code: bool = False):
     """A footprint drawn from the per-station heads for a latent from the prior: (log10 S,
-    residual, trigger mask), the mask softened (differentiable, for a critic) or hard."""
+    residual, trigger mask), the mask softened (differentiable, for a critic) or hard; with
+    `return_code` the latent too."""
     z = torch.randn(len(inputs), model.cfg.latent_dim, generator=generator, device=inputs.device)
     mu_s, ls_s, mu_t, ls_t = (t.float() for t in decode_heads(decoder, z, inputs))
     noise = torch.randn(2, *mu_s.shape, generator=generator, device=inputs.device)
     logs = mu_s + torch.exp(ls_s) * noise[0]
     resid = mu_t + torch.exp(ls_t) * noise[1]
     if soft:
-        return logs, resid, torch.sigmoid((logs - model.log_thr) / model.cfg.soft_trigger)
-    return logs, resid, (logs >= model.log_thr).float()
+        mask = torch.sigmoid((logs - model.log_thr) / model.cfg.soft_trigger)
+    else:
+        mask = (logs >= model.log_thr).float()
+    return (logs, resid, mask, z) if return_code else (logs, resid, mask)
 
 
 def sample_heads(model, decoder, conditions, generator, precision):
     c = conditions.float()
-    if getattr(model, "n_bins", 0):
+    if model.n_bins:
         return sample_traces(model, decoder, c, generator, precision)
     with torch.autocast(device_type=c.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         logs, resid, mask = draw_heads(model, decoder, model.inputs(c), generator)
@@ -394,11 +402,7 @@ class FootprintGAN(AdversarialModel, FootprintSurrogate):
                                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cfg.width, 2 * cfg.latent_dim))
             object.__setattr__(self, "e_run", self.encoder)
             if nb:  # the VAE's trace parts: a latent per station and the trace head
-                d = cfg.station_latent_dim
-                self.station_encoder = nn.Sequential(nn.Conv2d(3 + nb, cfg.width, 1), nn.LeakyReLU(0.2),
-                                                     nn.Conv2d(cfg.width, cfg.width, 1), nn.LeakyReLU(0.2),
-                                                     nn.Conv2d(cfg.width, 2 * d, 1))
-                self.trace_head = conv_stack(cfg.latent_dim + k + d, cfg.width, 2, nb)
+                self.add_trace_parts(cfg.latent_dim, cfg.width, cfg.station_latent_dim)
         else:
             generator = conv_stack(cfg.latent_dim + cfg.station_noise + k, cfg.width, cfg.depth, 2)
         self.set_networks(generator, nn.Sequential(conv_stack(3 + nb + k, cfg.critic_width, cfg.depth,
@@ -407,16 +411,14 @@ class FootprintGAN(AdversarialModel, FootprintSurrogate):
                                                    nn.Linear(cfg.critic_width, 1)))
 
     def run_modules(self):
-        mods = {**super().run_modules(), **({"e_run": self._modules["encoder"]} if self.hybrid else {})}
-        if self.n_bins:
-            mods.update(station_encoder=self._modules["station_encoder"], trace_head=self._modules["trace_head"])
-        return mods
+        return {**super().run_modules(), **({"e_run": self._modules["encoder"]} if self.hybrid else {}),
+                **self.trace_modules()}
 
     def make_optimizers(self):
         opts = super().make_optimizers()
         if self.hybrid:
-            extra = ["encoder", *(("station_encoder", "trace_head") if self.n_bins else ())]
-            opts["g"].add_param_group({"params": [q for name in extra for q in self._modules[name].parameters()]})
+            extra = [self._modules["encoder"], *self.trace_modules().values()]
+            opts["g"].add_param_group({"params": [q for m in extra for q in m.parameters()]})
         return opts
 
     def ema_modules(self):
@@ -426,12 +428,7 @@ class FootprintGAN(AdversarialModel, FootprintSurrogate):
         """A generated view with trace shapes for the critic: the trigger softened, each shape
         drawn with photoelectron noise whose gradient passes through the expected shape."""
         n, dev = len(inputs), inputs.device
-        z = torch.randn(n, self.cfg.latent_dim, generator=generator, device=dev)
-        mu_s, ls_s, mu_t, ls_t = (t.float() for t in decode_heads(self.g_run, z, inputs))
-        noise = torch.randn(2, *mu_s.shape, generator=generator, device=dev)
-        logs = mu_s + torch.exp(ls_s) * noise[0]
-        resid = mu_t + torch.exp(ls_t) * noise[1]
-        mask = torch.sigmoid((logs - self.log_thr) / self.cfg.soft_trigger)
+        logs, resid, mask, z = draw_heads(self, self.g_run, inputs, generator, soft=True, return_code=True)
         zs = torch.randn(n, self.cfg.station_latent_dim, GRID, GRID, generator=generator, device=dev)
         p = torch.softmax(self.trace_head(torch.cat([broadcast(z), inputs, zs], 1)).float(), 1)  # (N, T, 9, 9)
         with torch.no_grad():

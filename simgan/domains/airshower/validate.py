@@ -62,14 +62,6 @@ def observables(summary: dict, keys) -> np.ndarray:
     return np.concatenate([np.stack([summary["features"][k] for k in keys], 1), summary["conditions"]], 1)
 
 
-def _weighted_median(x, w):
-    if not len(x):
-        return math.nan
-    o = np.argsort(x)
-    c = np.cumsum(w[o])
-    return float(x[o][np.searchsorted(c, 0.5 * c[-1])])
-
-
 def trace_figures(rs: dict | None, cs: dict | None) -> dict:
     """Traces of the reference against the candidate's: the median rise time of stations at
     900-1100 m per zenith bin, the mean trace shape (signal-weighted, unit sum) per distance bin
@@ -99,8 +91,8 @@ def trace_figures(rs: dict | None, cs: dict | None) -> dict:
                 continue
             w = s["integral"][m]
             shapes[name] = (s["shape"][m] * w[:, None]).sum(0) / w.sum()
-            row[f"rise_{name}"] = _weighted_median(s["rise_ns"][m], np.ones(m.sum()))
-            row[f"fall_{name}"] = _weighted_median(s["fall_ns"][m], np.ones(m.sum()))
+            row[f"rise_{name}"] = float(np.median(s["rise_ns"][m]))
+            row[f"fall_{name}"] = float(np.median(s["fall_ns"][m]))
             mu = s["muon_fraction"][m]
             row[f"muon_fraction_{name}"] = float(np.median(mu)) if np.isfinite(mu).all() else math.nan
             row[f"mean_trace_{name}"] = shapes[name].tolist()
