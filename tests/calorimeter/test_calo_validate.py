@@ -98,7 +98,7 @@ def test_validate_cli_dnn_floor_and_breakdown(g4_pair, tmp_path, capsys):
     a, b = g4_pair
     bad = _distorted(b, tmp_path / "bad.h5")
     rc = main(["validate", "--reference", str(a), "--candidate", str(bad), "--floor", str(b), "--classifier", "dnn",
-               "--out", str(tmp_path / "v"), "-c", str(QUICKSTART), "validate.dnn_runs=1", "validate.plots=false",
+               "--out", str(tmp_path / "v"), "-c", str(QUICKSTART), "validate.dnn_runs=1", "validate.dnn_epochs=12", "validate.plots=false",
                "validate.classifier_seeds=1"])
     assert rc == 3
     out = capsys.readouterr().out

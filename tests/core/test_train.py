@@ -144,7 +144,7 @@ def test_kill9_then_resume(tmp_path, splits):
 
     run_dir = _stage_dir(tmp_path, splits)
     cmd = [sys.executable, "-m", "pipeline.cli", "train", "-c", str(REPO / "configs/experiment/quickstart.yaml"), "-q",
-           f"runs_dir={tmp_path}", *TINY, "train.steps=1500", "train.checkpoint_every=2", "train.val_every=500",
+           f"runs_dir={tmp_path}", *TINY, "train.steps=700", "train.checkpoint_every=2", "train.val_every=500",
            "train.progress=false"]
     p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = run_dir / "train" / "checkpoints" / "last.pt"
@@ -155,11 +155,11 @@ def test_kill9_then_resume(tmp_path, splits):
     p.send_signal(signal.SIGKILL)
     p.wait()
     step_killed = load_checkpoint(last)["step"]
-    assert 0 < step_killed < 1500
+    assert 0 < step_killed < 700
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     info = json.loads((run_dir / "train" / "run_info.json").read_text())
-    assert info["resumed_from_step"] >= step_killed and info["steps"] == 1500 + ENERGY_STEPS
+    assert info["resumed_from_step"] >= step_killed and info["steps"] == 700 + ENERGY_STEPS
 
 
 def test_sigterm_saves_the_step_it_reached_then_resumes(tmp_path, splits):
@@ -185,7 +185,7 @@ def test_sigterm_saves_the_step_it_reached_then_resumes(tmp_path, splits):
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     info = json.loads((run_dir / "train" / "run_info.json").read_text())
-    assert info["resumed_from_step"] == step and info["steps"] == 1500 + ENERGY_STEPS
+    assert info["resumed_from_step"] == step and info["steps"] == 700 + ENERGY_STEPS
 
 
 def test_changed_config_or_data_never_resumes(tmp_path, splits, capsys):

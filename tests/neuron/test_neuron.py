@@ -226,8 +226,9 @@ def test_a_real_swc_folder_converts_like_the_simulator(tmp_path, capsys):
     assert (tmp_path / "cell.swc").read_bytes() == before
 
 
-NEURON_TINY = ["simulate.events=120", "train.steps=30", "train.val_every=15", "train.checkpoint_every=15",
-               "train.val_events=18", "train.batch_size=32", "validate.classifier_seeds=1"]
+NEURON_TINY = ["simulate.events=80", "train.steps=30", "train.val_every=15", "train.checkpoint_every=15",
+               "train.val_events=18", "train.batch_size=32", "validate.classifier_seeds=1",
+               "validate.predictor_steps=60"]
 OPEN_GATE = ["validate.gate.auc_max=1.0", "validate.gate.min_events=20", "validate.gate.separation_mean_max=1.0",
              "validate.gate.length_mean_deviation_max=1e6", "validate.gate.extent_mean_deviation_max=1e6",
              "validate.gate.class_accuracy_drop_max=1.0"]
@@ -242,7 +243,7 @@ def test_neuron_chain_registers_and_a_consumer_predicts_from_class_names(tmp_pat
     from simgan.checkpoint import load_checkpoint
     from simgan.domains import load_config
     cfg = load_config(NEURON, [f"runs_dir={tmp_path}", f"register.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-                               "register.name=neuron-tiny", "prepare.fractions=[0.6,0.2,0.2]", *NEURON_TINY,
+                               "register.name=neuron-tiny", "prepare.fractions=[0.5,0.2,0.3]", *NEURON_TINY,
                                *OPEN_GATE])
     assert run_chain(cfg, progress=False) == 0
     run = cfg.run_dir
@@ -273,7 +274,7 @@ def test_neuron_chain_registers_and_a_consumer_predicts_from_class_names(tmp_pat
     # the GAN twin (configs/experiment/neuron_quickstart_gan.yaml), shrunk, on the same NeuroTS cells
     gan = load_config(NEURON.parent / "neuron_quickstart_gan.yaml",
                       [f"runs_dir={tmp_path}", f"register.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-                       f"prepare.input={run / 'simulate' / 'showers.h5'}", "prepare.fractions=[0.6,0.2,0.2]",
+                       f"prepare.input={run / 'simulate' / 'showers.h5'}", "prepare.fractions=[0.5,0.2,0.3]",
                        *[o for o in NEURON_TINY if not o.startswith("simulate.")], "train.steps=6",
                        "model.width=8", "model.critic_width=8", "model.n_critic=2"])
     assert gan.model.family == "neuron_gan" and gan.validate.gate == load_config(NEURON).validate.gate

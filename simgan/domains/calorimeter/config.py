@@ -91,6 +91,7 @@ class CaloValidateConfig(ValidateConfig):
     # gbdt: boosted trees only; dnn: also the CaloChallenge DNN classifier test (dnn_runs runs)
     classifier: Literal["gbdt", "dnn"] = "gbdt"
     dnn_runs: int = Field(10, gt=0)
+    dnn_epochs: int = Field(50, gt=0)  # per run; the CaloChallenge's evaluation trains 50
     dask: bool = False  # run-only
     dask_workers: int = Field(2, gt=0)  # run-only
     gate: GateConfig = GateConfig()

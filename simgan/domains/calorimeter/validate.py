@@ -101,10 +101,10 @@ def compare(rf, re, cf, ce, names, low_ref, low_cand, cfg: ValidateConfig, edges
     }
     if cfg.classifier == "dnn":
         dh = dnn_classifier_test(dnn_high_level_inputs(rf, re, names), dnn_high_level_inputs(cf, ce, names),
-                                 cfg.dnn_runs, max_events=cfg.classifier_max_events)
+                                 cfg.dnn_runs, epochs=cfg.dnn_epochs, max_events=cfg.classifier_max_events)
         dl = dnn_classifier_test(dnn_low_level_inputs(np.where(rs >= thr, rs, 0), rse),
                                  dnn_low_level_inputs(np.where(cs >= thr, cs, 0), cse), cfg.dnn_runs,
-                                 max_events=cfg.classifier_max_events_low)
+                                 epochs=cfg.dnn_epochs, max_events=cfg.classifier_max_events_low)
         m.update(auc_high_dnn=dh["auc"], auc_high_dnn_std=dh["auc_std"], jsd_high_dnn=dh["jsd"],
                  auc_low_dnn=dl["auc"], auc_low_dnn_std=dl["auc_std"], jsd_low_dnn=dl["jsd"], dnn_runs=dh["runs"])
     return m

@@ -63,6 +63,8 @@ class NeuronGateConfig(GateBase):
 
 
 class NeuronValidateConfig(ValidateConfig):
+    # the class predictor (a small CNN on the floor file's images): Adam steps of 64 images
+    predictor_steps: int = Field(600, gt=0)
     gate: NeuronGateConfig = NeuronGateConfig()
 
 

@@ -224,7 +224,7 @@ def validate_files(reference, candidate, floor, out_dir, vcfg) -> dict:
     m = nv.compare(ref_summary, (cand_summary := nv.summarise(cand)), vcfg.classifier_seeds,
                    vcfg.classifier_max_events)
     fl = nv.compare(ref_summary, nv.summarise(fl_ni), vcfg.classifier_seeds, vcfg.classifier_max_events)
-    predictor = nv.train_predictor(train)
+    predictor = nv.train_predictor(train, vcfg.predictor_steps)
     pred = {"reference": nv.predictor_scores(predictor, ref), "candidate": nv.predictor_scores(predictor, cand)}
     meta = json.loads(cand.attrs.get("metadata", "{}") or "{}")
     m.update({"reference": str(reference), "candidate": str(candidate), "n_reference": len(ref),
