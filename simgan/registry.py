@@ -1,6 +1,7 @@
-"""MLflow: the pyfunc wrapper, register, promote, load. The domain of the model is handed in
-(simgan.domains.domain_of_checkpoint finds it): it gives the pyfunc's input example, its
-predict, the files the model carries and the headline figures."""
+"""MLflow: register, promote, load. The domain of the model is handed in
+(simgan.domains.domain_of_checkpoint finds it): it gives the pyfunc's code (models from code:
+simgan/domains/pyfunc.py), input example, predict, the files the model carries and the
+headline figures."""
 
 from __future__ import annotations
 
@@ -15,48 +16,6 @@ from simgan.errors import SimganError
 from simgan.io import file_sha256
 from simgan.metrics.gate import inconsistency
 from simgan.tracking import end_dead_runs, ensure_store, mlflow_env, process_tags, tracking_uri
-
-
-def _pyfunc_class():
-    import mlflow.pyfunc  # heavy: only registering and loading need it
-
-    class ShowerSurrogate(mlflow.pyfunc.PythonModel):
-        """Input: a table of float64 conditions, the columns the checkpoint's domain names
-        (calorimeter: incident_energy in MeV and the extra conditions; air showers:
-        log10_energy_eV, zenith_rad, azimuth_rad, core_x_m, core_y_m; neurons: cell_class,
-        randomness). Output: the domain's samples (calorimeter: (N, n_voxels) float32 showers in
-        MeV, CaloChallenge voxel order; air showers: (N, 3, 9, 9) signal, time, triggered;
-        neurons: (N, 64, 64) um per pixel).
-        Params: seed (int), precision ('fp32' or 'bf16': the network in bfloat16), extrapolate
-        (bool, default False: conditions outside the training range are refused).
-        Bad input (a missing, non-numeric or non-finite column, an empty frame, a condition
-        out of range, an output too large for the memory) raises MlflowException
-        INVALID_PARAMETER_VALUE naming the column and row."""
-
-        def __init__(self, domain):
-            self.domain = domain  # pickled by reference (its module and name)
-
-        def load_context(self, context):
-            ckpt = load_checkpoint(context.artifacts["checkpoint"])
-            self.model = build_model(ckpt, self.domain, "cpu")
-            self.ckpt = {k: v for k, v in ckpt.items() if k not in ("model", "ema", "optimizers")}
-            self.extras = self.domain.pyfunc_load(self.ckpt, dict(context.artifacts))
-
-        def predict(self, context, model_input, params=None):
-            from mlflow.exceptions import MlflowException
-
-            params = params or {}
-            try:
-                precision = str(params.get("precision", "fp32"))
-                if precision not in ("fp32", "bf16"):
-                    raise ValueError(f"params 'precision' must be 'fp32' or 'bf16' (got {precision!r})")
-                return self.domain.pyfunc_predict(self.model, self.ckpt, model_input, int(params.get("seed", 0)),
-                                                  precision, extrapolate=bool(params.get("extrapolate", False)))
-            except (ValueError, SimganError) as exc:
-                # what `mlflow models serve` answers as HTTP 400 with this message (not a stack trace)
-                raise MlflowException.invalid_parameter_value(str(exc)) from None
-
-    return ShowerSurrogate
 
 
 SHORT_NAMES = {"separation_power_mean": "separation_mean"}
@@ -162,8 +121,11 @@ def register_model(checkpoint, domain, name: str, uri: str, metrics: dict | None
         ctx = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(run_name="register")
         with ctx as run:
             mlflow.set_tags(process_tags("FINISHED" if run_id else "KILLED"))
-            info = mlflow.pyfunc.log_model(name="surrogate", python_model=_pyfunc_class()(domain), artifacts=artifacts,
-                                           signature=signature, input_example=example)
+            # models from code: the domain's pyfunc file, no pickled object; its config names the domain
+            package = type(domain).__module__.rpartition(".")[0]
+            info = mlflow.pyfunc.log_model(name="surrogate", python_model=str(domain.pyfunc_code),
+                                           model_config={"domain": domain.name, "domain_package": package},
+                                           artifacts=artifacts, signature=signature, input_example=example)
             if metrics:
                 mlflow.log_metrics({f"val_{k}": v for k, v in headline(metrics, domain.headline_keys).items()})
             run_id = run.info.run_id

@@ -129,6 +129,9 @@ class Domain:
         """The registered model's input example: a DataFrame of the schema's conditions."""
         raise NotImplementedError
 
+    # the registered model's code (MLflow models from code), logged by `register`
+    pyfunc_code = Path(__file__).with_name("pyfunc.py")
+
     # input columns the registered model takes in more than one type (its signature says any)
     pyfunc_any_type_columns: tuple[str, ...] = ()
     # input columns a consumer may leave out (the domain's pyfunc_predict supplies the default)

@@ -334,3 +334,39 @@ def test_the_footprint_models_generate_traces_that_decide_signal_time_and_trigge
     assert np.all(gen.traces[~trig] == 0) and np.all(gen.time[~trig] == 0)
     back = aio.read(aio.write(tmp_path / "gen.h5", gen))  # the reader's trace checks
     assert back.traces.shape == (100, 9, 9, 80)
+
+
+def test_surrogate_traces_are_drawn_in_quanta_whose_spikiness_the_training_term_predicts():
+    """The trace surrogates' sampler: the decay matrix is the simulator's light in bins (one
+    particle per bin, its place in the bin averaged); the drawn traces integrate to the signal;
+    muon-sized quanta give spikier traces than EM ones, and the spikiness the training term
+    expects is what the sampler draws (a metric that could fail: it ignores the sampler's
+    normalisation to the signal, which matters only at a few quanta)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from simgan.domains.airshower.models import decay_matrix, draw_traces, expected_shape, spikiness
+
+    tank = T.TankParams()
+    spec = {"bins": 80, "bin_ns": 25.0, "pe_per_vem": 95.0, "noise_vem": 0.002, "em_vem": 0.05, "decay_ns": 65.0}
+    model = SimpleNamespace(trace=spec, decay=decay_matrix(80, 25.0, 65.0))
+    n = 20000
+    t = 3 * 25.0 + np.random.default_rng(0).uniform(0, 25.0, n)
+    light = T._light_in_bins(np.zeros(n, int), t, np.ones(n), 1, tank)[0] / n
+    np.testing.assert_allclose(model.decay[3].numpy(), light, atol=3e-3)
+    bins = torch.arange(80.0)
+    arrival = torch.exp(-0.5 * ((bins - 10) / 4.0) ** 2)
+    arrival = (arrival / arrival.sum()).expand(3000, 1, 80).contiguous()
+    g = torch.Generator().manual_seed(1)
+    spikes = {}
+    for signal, share in ((5.0, 0.5), (30.0, 0.9), (30.0, 0.05)):
+        s, f, q = torch.full((3000, 1), signal), torch.full((3000, 1), share), torch.full((3000, 1), 1.1)
+        drawn = draw_traces(model, s, arrival, f, q, g)
+        assert (drawn >= 0).all() and abs(float(drawn.sum(-1).mean()) / signal - 1) < 0.01
+        observed = float((drawn / drawn.sum(-1, keepdim=True)).square().sum(-1).mean())
+        expected = float(spikiness(model, arrival[:1], f[:1], s[:1], q[:1]))
+        assert abs(observed / expected - 1) < 0.05, (signal, share, observed, expected)
+        spikes[share] = observed
+    smooth = float(expected_shape(model, arrival[:1])[0].square().sum())  # the expected shape's own
+    assert spikes[0.9] - smooth > 5 * (spikes[0.05] - smooth) > 0

@@ -73,7 +73,8 @@ def layer(mod: str) -> int:
         return 3
     parts = mod.split(".")
     if parts[:2] == ["simgan", "domains"]:
-        return 1 if len(parts) == 2 or parts[2] == "base" else 2
+        # the interface and the registered model's code (it finds its domain by name, as the registry)
+        return 1 if len(parts) == 2 or parts[2] in ("base", "pyfunc") else 2
     return 0
 
 

@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -134,6 +135,13 @@ def test_fresh_process_loads_champion_and_generates(chain, tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
     assert r.returncode == 0, r.stderr[-2000:]
+    # logged from code (simgan/domains/pyfunc.py), nothing pickled; loading printed no warning
+    import mlflow
+    mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
+    local = Path(mlflow.artifacts.download_artifacts("models:/tiny@champion"))
+    mlmodel = (local / "MLmodel").read_text()
+    assert "model_code_path" in mlmodel and "domain: calorimeter" in mlmodel, mlmodel
+    assert not list(local.rglob("*.pkl")) and "Warning" not in r.stderr, r.stderr[-2000:]
     assert "(2, 6480) True" in r.stdout and "NO ERROR" not in r.stdout, r.stdout
     errors = [line for line in r.stdout.splitlines() if line.startswith("ERR")]
     assert len(errors) == 5 and all("INVALID_PARAMETER_VALUE" in e for e in errors), r.stdout

@@ -63,7 +63,9 @@ def trace_spec(fp: aio.Footprints) -> dict | None:
     tank = TankParams(**json.loads(fp.attrs["tank"])) if "tank" in fp.attrs else TankParams()
     return {"bins": int(fp.traces.shape[-1]), "bin_ns": float(fp.attrs.get("trace_bin_ns", tank.bin_ns)),
             "pe_per_vem": tank.pe_per_vem, "noise_vem": tank.noise_vem, "threshold_vem": tank.threshold_vem,
-            "tot_threshold_vem": tank.tot_threshold_vem_peak * vem_peak(tank), "tot_bins": tank.tot_bins}
+            "tot_threshold_vem": tank.tot_threshold_vem_peak * vem_peak(tank), "tot_bins": tank.tot_bins,
+            "decay_ns": tank.decay_ns, "em_vem": tank.em_particle_vem, "tank_radius_m": tank.radius_m,
+            "tank_height_m": tank.height_m}
 
 
 def mixed_masses(fp: aio.Footprints) -> bool:

@@ -45,6 +45,9 @@ class FootprintVAEConfig(ConfigModel):
     # of the trace-shape term (cross-entropy of the unit-sum trace, per triggered station)
     station_latent_dim: int = Field(4, gt=0)
     trace_weight: float = Field(1.0, ge=0)
+    # the weight of the granularity term: each station's muon share (how much of its light
+    # arrives in muon-sized quanta) fitted so that the drawn traces' spikiness matches the data's
+    granularity_weight: float = Field(1.0, ge=0)
 
 
 class FootprintGANConfig(ConfigModel):
@@ -74,6 +77,9 @@ class FootprintGANConfig(ConfigModel):
     # with traces (the hybrid only): as the VAE's
     station_latent_dim: int = Field(4, gt=0)
     trace_weight: float = Field(1.0, ge=0)
+    # the weight of the granularity term: each station's muon share (how much of its light
+    # arrives in muon-sized quanta) fitted so that the drawn traces' spikiness matches the data's
+    granularity_weight: float = Field(1.0, ge=0)
 
 
 MASS = "mass_A"  # the sixth column of the condition matrix (1 where a file has none); a model
@@ -146,14 +152,30 @@ class FootprintSurrogate(nn.Module):
         self.n_bins = int(self.trace["bins"]) if self.trace else 0
         self.register_buffer("t_mean", torch.zeros(()))
         self.register_buffer("t_std", torch.ones(()))
+        if self.n_bins:  # the tank's light decay over the bins, and the spread of the traces' spikiness
+            self.register_buffer("decay", decay_matrix(self.n_bins, self.trace["bin_ns"], self.trace["decay_ns"]))
+            self.register_buffer("q_var", torch.ones(()))
 
     def add_trace_parts(self, latent_dim: int, width: int, station_latent_dim: int) -> None:
         """A trace model's parts: the station latent's encoder (per station, from its view) and
-        the trace head (logits per FADC bin from the event code, the conditions and that latent)."""
+        the trace head (from the event code, the conditions and that latent: logits per FADC bin
+        of the light's arrival before the tank's decay, and the logit of the muon share)."""
         self.station_encoder = nn.Sequential(nn.Conv2d(3 + self.n_bins, width, 1), nn.LeakyReLU(0.2),
                                              nn.Conv2d(width, width, 1), nn.LeakyReLU(0.2),
                                              nn.Conv2d(width, 2 * station_latent_dim, 1))
-        self.trace_head = conv_stack(latent_dim + self.n_cond_channels + station_latent_dim, width, 2, self.n_bins)
+        self.trace_head = conv_stack(latent_dim + self.n_cond_channels + station_latent_dim, width, 2,
+                                     self.n_bins + 1)
+
+    def trace_outputs(self, z, inputs, zs):
+        """The trace head's (N, 81, T) arrival distribution (unit sum) and (N, 81) muon share."""
+        out = self.trace_head(torch.cat([broadcast(z), inputs, zs], 1)).float().flatten(2)
+        return torch.softmax(out[:, :-1], 1).transpose(1, 2), torch.sigmoid(out[:, -1])
+
+    def muon_quantum(self, inputs) -> torch.Tensor:
+        """(N, 1) the mean signal of one muon (VEM) along the shower axis (inputs' cos theta)."""
+        cos = inputs[:, 4, 0, 0].float().clamp(0.0, 1.0)[:, None]
+        r, h = self.trace["tank_radius_m"], self.trace["tank_height_m"]
+        return math.pi * r * r / (math.pi * r * r * cos + 2 * r * h * torch.sqrt(1 - cos * cos))
 
     def trace_modules(self) -> dict[str, nn.Module]:
         return ({"station_encoder": self._modules["station_encoder"], "trace_head": self._modules["trace_head"]}
@@ -208,6 +230,9 @@ class FootprintSurrogate(nn.Module):
         self.t_mean.fill_(float(resid[m].mean()))
         self.t_std.fill_(float(resid[m].std()) or 1.0)
         view = self.to_view(torch.as_tensor(signal), torch.as_tensor(time), m, c, traces)
+        if self.n_bins:
+            q = view[:, 3:].square().sum(1).flatten(1)[m]
+            self.q_var.fill_(float(q.var()) if q.numel() > 1 else 1.0)
         return {"main": (view, c)}
 
     def run_modules(self) -> dict[str, nn.Module]:
@@ -283,22 +308,86 @@ def start_time_torch(trace: torch.Tensor, bin_ns: float, q: float = 0.1) -> torc
     return torch.where(total > 0, out, torch.zeros_like(out)).squeeze(-1)
 
 
+def decay_matrix(n_bins: int, bin_ns: float, decay_ns: float) -> torch.Tensor:
+    """(T, T): the share of light arriving uniformly within bin j that the tank emits in bin b
+    (its exponential decay, tau = decay_ns; light after the last bin is lost):
+    traces._light_in_bins for one particle per bin, averaged over its place in the bin."""
+    q = math.exp(-bin_ns / decay_ns)
+    left = decay_ns / bin_ns * (1 - q)  # the mean share still to come at the arrival bin's end
+    k = torch.arange(n_bins)
+    lag = (k[None, :] - k[:, None]).double()
+    later = left * (1 - q) * q ** (lag - 1).clamp(min=0)
+    return torch.where(lag == 0, torch.full_like(lag, 1 - left), torch.where(lag > 0, later, torch.zeros_like(lag))
+                       ).float()
+
+
+def expected_shape(model, arrival):
+    """The unit-sum expected trace of (N, 81, T) arrival distributions and the share kept in the
+    window (N, 81)."""
+    raw = arrival @ model.decay
+    kept = raw.sum(-1)
+    return raw / kept.clamp(min=1e-12)[..., None], kept
+
+
+def spikiness(model, arrival, muon_share, signal, quantum):
+    """The expected sum of squares of a station's unit-sum trace (N, 81) drawn by `draw_traces`
+    with `signal` VEM: the expected shape's, plus the quanta's spread (muons quantum^1, EM
+    particles 2 x their mean: exponential deposits; a multinomial over the bins, the light
+    decayed), plus the photoelectrons' and the baseline's."""
+    tr = model.trace
+    shape, kept = expected_shape(model, arrival)
+    own = (model.decay.square().sum(1) * arrival).sum(-1)  # sum_j p_j |H_j|^2
+    spread = own - kept.square() * shape.square().sum(-1)
+    per_vem = muon_share * quantum + (1 - muon_share) * 2 * tr["em_vem"]
+    s = signal.clamp(min=1e-3)
+    return (shape.square().sum(-1) + per_vem * spread / (kept.clamp(min=1e-12) * s) + 1 / (tr["pe_per_vem"] * s)
+            + tr["bins"] * tr["noise_vem"] ** 2 / s.square())
+
+
 def trace_terms(model, view, inputs, z, generator, autocast):
-    """The trace shapes' loss: each triggered station's unit-sum trace against the head's
-    softmax (cross-entropy, summed over stations, batch mean), given the event's code z and the
-    station's latent encoded from its trace; that latent's KL from the prior, over triggered
-    stations."""
+    """The trace terms: each triggered station's unit-sum trace against its expected shape (the
+    head's arrival distribution through the tank's decay; cross-entropy, summed over stations,
+    batch mean), its sum of squares (spikiness) against the expectation under the head's muon
+    share (squared error over its variance in the training set, the shape held fixed), given
+    the event's code z and the station's latent encoded from its trace; that latent's KL from
+    the prior, over triggered stations. Returns (cross-entropy + granularity_weight x spikiness
+    term, KL)."""
     m = view[:, 2].flatten(1)
     with autocast():
         mu, logvar = model.station_encoder(view).float().chunk(2, 1)
         logvar = logvar.clamp(-12, 6)
         eps = torch.randn(mu.shape, generator=generator, device=view.device)
         zs = mu + torch.exp(0.5 * logvar) * eps
-        logits = model.trace_head(torch.cat([broadcast(z), inputs, zs], 1)).float().flatten(2)
-    shape = view[:, 3:].flatten(2)
-    ce = -(shape * torch.log_softmax(logits, 1)).sum(1)  # (N, 81)
+        arrival, share = model.trace_outputs(z, inputs, zs)
+    obs = view[:, 3:].flatten(2).transpose(1, 2)  # (N, 81, T)
+    shape, _ = expected_shape(model, arrival)
+    ce = -(obs * torch.log(shape.clamp(min=1e-30))).sum(-1)  # (N, 81)
+    signal = 10.0 ** view[:, 0].float().flatten(1)
+    pred = spikiness(model, arrival.detach(), share, signal, model.muon_quantum(inputs))
+    spike = (pred - obs.square().sum(-1)).square() / (2 * model.q_var)
     kl = 0.5 * (mu.square() + logvar.exp() - 1 - logvar).sum(1).flatten(1)
-    return (ce * m).sum(1).mean(), (kl * m).sum(1).mean()
+    return ((ce + model.cfg.granularity_weight * spike) * m).sum(1).mean(), (kl * m).sum(1).mean()
+
+
+def draw_traces(model, signal, arrival, muon_share, quantum, generator):
+    """(N, 81, T) traces in VEM of stations with `signal` VEM: the light arrives in quanta, in
+    each bin Poisson muons of `quantum` VEM (N, 1) and Poisson EM particles of exponential
+    deposits (mean em_vem), at the head's arrival distribution, their total scaled to the
+    signal; decayed by the tank; Poisson photoelectrons (pe_per_vem per VEM) plus baseline
+    noise, clipped at 0."""
+    tr = model.trace
+    light = (signal / expected_shape(model, arrival)[1].clamp(min=1e-12))[..., None] * arrival  # before the decay
+    q_mu = quantum[..., None]
+    n_mu = torch.poisson(muon_share[..., None] * light / q_mu, generator=generator)
+    n_em = torch.poisson((1 - muon_share[..., None]) * light / tr["em_vem"], generator=generator)
+    em = torch._standard_gamma(n_em.clamp(min=1e-6), generator=generator) * tr["em_vem"] * (n_em > 0)
+    drawn = (n_mu * q_mu + em) @ model.decay
+    total = drawn.sum(-1, keepdim=True)
+    expected = torch.where(total > 0, drawn * (signal[..., None] / total.clamp(min=1e-12)),
+                           signal[..., None] * expected_shape(model, arrival)[0])
+    pe = torch.poisson(tr["pe_per_vem"] * expected, generator=generator)
+    trace = pe / tr["pe_per_vem"] + tr["noise_vem"] * torch.randn(pe.shape, generator=generator, device=pe.device)
+    return torch.clamp(trace, min=0.0)
 
 
 def kl_warm(cfg, step: int) -> float:
@@ -362,23 +451,20 @@ def sample_heads(model, decoder, conditions, generator, precision):
 
 def sample_traces(model, decoder, c, generator, precision):
     """Footprints with traces: the event code and the station latents from the prior; each
-    station's signal from its head, its trace's shape from the trace head, photoelectrons
-    Poisson (pe_per_vem per VEM) plus baseline noise; the trigger (threshold or time over
-    threshold), the signal (the integral) and the start time (window + t10) from the trace."""
+    station's signal from its head, its trace drawn in quanta (`draw_traces`) at the trace
+    head's arrival distribution and muon share; the trigger (threshold or time over threshold),
+    the signal (the integral) and the start time (window + t10) from the trace."""
     n, dev, tr = len(c), c.device, model.trace
     with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         inputs = model.inputs(c)
         z = torch.randn(n, model.cfg.latent_dim, generator=generator, device=dev)
         mu_s, ls_s, mu_t, ls_t = (t.float() for t in decode_heads(decoder, z, inputs))
         zs = torch.randn(n, model.cfg.station_latent_dim, GRID, GRID, generator=generator, device=dev)
-        logits = model.trace_head(torch.cat([broadcast(z), inputs, zs], 1)).float().flatten(2)
+        arrival, share = model.trace_outputs(z, inputs, zs)
     noise = torch.randn(2, *mu_s.shape, generator=generator, device=dev)
     signal = 10.0 ** torch.clamp(mu_s + torch.exp(ls_s) * noise[0], max=6.0)
     resid = mu_t + torch.exp(ls_t) * noise[1]
-    rate = tr["pe_per_vem"] * signal[..., None] * torch.softmax(logits, 1).transpose(1, 2)  # (N, 81, T)
-    pe = torch.poisson(rate, generator=generator)
-    trace = pe / tr["pe_per_vem"] + tr["noise_vem"] * torch.randn(pe.shape, generator=generator, device=dev)
-    trace = torch.clamp(trace, min=0.0)
+    trace = draw_traces(model, signal, arrival.float(), share.float(), model.muon_quantum(inputs), generator)
     total = trace.sum(-1)
     tot = (trace > tr["tot_threshold_vem"]).sum(-1) >= tr["tot_bins"]
     mask = ((total >= tr["threshold_vem"]) | tot).float()
@@ -426,16 +512,17 @@ class FootprintGAN(AdversarialModel, FootprintSurrogate):
 
     def fake_with_traces(self, inputs, generator):
         """A generated view with trace shapes for the critic: the trigger softened, each shape
-        drawn with photoelectron noise whose gradient passes through the expected shape."""
+        drawn in quanta (`draw_traces`) with its gradient passed through the expected shape."""
         n, dev = len(inputs), inputs.device
         logs, resid, mask, z = draw_heads(self, self.g_run, inputs, generator, soft=True, return_code=True)
         zs = torch.randn(n, self.cfg.station_latent_dim, GRID, GRID, generator=generator, device=dev)
-        p = torch.softmax(self.trace_head(torch.cat([broadcast(z), inputs, zs], 1)).float(), 1)  # (N, T, 9, 9)
+        arrival, share = self.trace_outputs(z, inputs, zs)
+        shape = expected_shape(self, arrival)[0]  # (N, 81, T)
         with torch.no_grad():
-            pe = torch.poisson(self.trace["pe_per_vem"] * torch.clamp(10.0 ** logs.detach(), max=1e6).view(n, 1, GRID, GRID)
-                               * p, generator=generator)
-            drawn = pe / torch.clamp(pe.sum(1, keepdim=True), min=1.0)
-        shape = p + (drawn - p).detach()
+            drawn = draw_traces(self, torch.clamp(10.0 ** logs.detach(), max=1e6), arrival.detach(), share.detach(),
+                                self.muon_quantum(inputs), generator)
+            drawn = drawn / torch.clamp(drawn.sum(-1, keepdim=True), min=1e-12)
+        shape = (shape + (drawn - shape).detach()).transpose(1, 2).reshape(n, self.n_bins, GRID, GRID)
         head = torch.stack([logs * mask, resid * mask, mask], 1).view(n, 3, GRID, GRID)
         return torch.cat([head, shape * mask.view(n, 1, GRID, GRID)], 1)
 
