@@ -143,6 +143,12 @@ def cmd_register(args) -> int:
     return register_cli(args)
 
 
+def cmd_export(args) -> int:
+    from pipeline.export import export_cli  # lazy: see _config
+
+    return export_cli(args)
+
+
 def cmd_workflow(args) -> int:
     from pipeline.workflow import render  # lazy: see _config
 
@@ -256,6 +262,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tracking-uri")
     s.add_argument("overrides", nargs="*")
     s.set_defaults(func=cmd_register)
+
+    s = sub.add_parser("export", help="export a model's sampler as one ONNX or TorchScript graph for C++ consumers")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--checkpoint")
+    g.add_argument("--model", help="MLflow model URI, e.g. models:/NAME@champion")
+    s.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    s.add_argument("--out", required=True, help="a new or empty folder: model.onnx or model.pt, and model.json")
+    s.add_argument("--metrics", help="the metrics.json of this checkpoint's validation (recorded in the sidecar)")
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("workflow", help="render Slurm job scripts for a config (dry run: nothing is submitted)")
     with_config(s)

@@ -1,6 +1,6 @@
 """Optional parts and how to install them: Geant4 (the reference calorimeter simulation),
 ROOT files (uproot), dask (scale-out), dask-jobqueue (Slurm clusters), NeuroTS and morphio
-(neurons), corsikaio (CORSIKA particle files)."""
+(neurons), corsikaio (CORSIKA particle files), onnxscript and onnxruntime (`simgan export`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ EXTRAS = {"geant4_pybind": ("geant4", "the Geant4 reference simulation"),
           "dask_jobqueue": ("slurm", "dask-jobqueue on Slurm"),
           "neurots": ("neuron", "the NeuroTS reference neuron simulation"),
           "morphio": ("neuron", "reading morphologies (SWC)"),
-          "corsikaio": ("corsika", "reading CORSIKA particle files")}
+          "corsikaio": ("corsika", "reading CORSIKA particle files"),
+          "onnxscript": ("export", "ONNX export (torch's exporter writes through onnxscript)"),
+          "onnxruntime": ("export", "running exported ONNX graphs (the export's round trip)")}
 
 
 def require(module: str):

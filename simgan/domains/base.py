@@ -152,6 +152,12 @@ class Domain:
         """What the loaded pyfunc keeps of those files (its `extras`)."""
         return {}
 
+    def export_graph(self, model, ckpt: dict):
+        """`simgan export`: the model's sampler as one graph of the conditions and the noise
+        (simgan.export.ExportGraph)."""
+        raise SimganError(f"the {self.name} domain's models cannot be exported yet (`simgan export` covers the "
+                          "air-shower footprint models)")
+
     # -- the command line's hooks --------------------------------------------------------------
     def simulate_file(self, cfg, out, progress: bool, shard_index: int | None, shard_count: int | None,
                       dask: bool = False, scheduler: str | None = None) -> str:

@@ -172,6 +172,63 @@ class Airshower(ConditionedFileDomain):
         ranges = ckpt.get("condition_ranges", {})
         return pd.DataFrame({k: example_values(ranges, k, v) for k, v in defaults.items()})
 
+    def export_graph(self, model, ckpt):
+        from simgan.export import ExportGraph, Port  # lazy: only `simgan export` needs it
+
+        from simgan.domains.airshower.models import FootprintSampler, GRID
+
+        cfg, n_st = model.cfg, GRID * GRID
+        hybrid = getattr(model, "hybrid", True)
+        decoder = model._modules.get("decoder") or model.g_run
+        kind = "traces" if model.n_bins else ("heads" if hybrid else "gan")
+        cond = Port("conditions", ("N", 6), "log10(E/eV), rad, rad, m, m, 1",
+                    "log10_energy_eV, zenith_rad, azimuth_rad, core_x_m, core_y_m, mass_A (the mass number; 1 for "
+                    "protons, used only by models trained on mixed masses), inside the training ranges")
+        z = Port("z", ("N", cfg.latent_dim), "1", "the event's code", noise="normal")
+        eps = Port("eps", ("N", 2, n_st), "1", "per station (row-major 9 x 9): the signal's and the time "
+                   "residual's draw", noise="normal")
+        if kind == "gan":
+            inputs = [cond, z, Port("station_noise", ("N", cfg.station_noise, GRID, GRID), "1", "per station",
+                                    noise="normal")]
+        elif kind == "heads":
+            inputs = [cond, z, eps]
+        else:
+            inputs = [cond, z, Port("station_latent", ("N", cfg.station_latent_dim, GRID, GRID), "1",
+                                    "per station: its trace's latent", noise="normal"), eps]
+        footprint = Port("footprint", ("N", 3, GRID, GRID), "VEM, ns, 1",
+                         "signal, start time (ns, the core's front crossing at 0), triggered (0/1)")
+        post = None
+        if kind == "traces":
+            t = model.n_bins
+            outputs = [Port("signal", ("N", n_st), "VEM", "each station's integral before its trace is drawn"),
+                       Port("window_ns", ("N", n_st), "ns", "each station's trace window start on the front's clock",
+                            relative_to="range"),
+                       Port("arrival", ("N", n_st, t), "1", "the light's arrival distribution over the FADC bins "
+                            "(unit sum), before the tank's decay"),
+                       Port("muon_share", ("N", n_st), "1", "the share of the light in muon quanta"),
+                       Port("muon_quantum", ("N", n_st), "VEM", "one muon's mean signal along the axis")]
+            post = ("draw each station's trace in quanta and derive the footprint from it: "
+                    "simgan.domains.airshower.models.draw_traces (Poisson muons of muon_quantum and Poisson EM "
+                    f"particles of exponential deposits, mean {model.trace['em_vem']} VEM, per bin at the arrival "
+                    f"distribution, their sum scaled to the signal, decayed over the bins with the tank's "
+                    f"{model.trace['decay_ns']} ns, Poisson photoelectrons at {model.trace['pe_per_vem']} per VEM, "
+                    f"baseline noise {model.trace['noise_vem']} VEM), then finish_traces (trigger: integral >= "
+                    f"{model.trace['threshold_vem']} VEM or {model.trace['tot_bins']} bins above "
+                    f"{model.trace['tot_threshold_vem']:.4g} VEM; signal: the integral; time: window_ns + t10)")
+        else:
+            outputs = [footprint]
+        ranges = ckpt.get("condition_ranges", {})
+
+        def example(n, generator):
+            lo = torch.tensor([ranges.get(k, [0.0, 0.0])[0] for k in (*CONDITIONS, MASS)])
+            hi = torch.tensor([ranges.get(k, [1.0, 1.0])[1] for k in (*CONDITIONS, MASS)])
+            c = lo + (hi - lo) * torch.rand(n, 6, generator=generator)
+            if not model.with_mass:
+                c[:, 5] = 1.0
+            return (c, *(torch.randn(n, *p.shape[1:], generator=generator) for p in inputs[1:]))
+
+        return ExportGraph(FootprintSampler(model, decoder, kind), inputs, outputs, example, post)
+
     def pyfunc_predict(self, model, ckpt, frame, seed: int, precision: str, extrapolate: bool = False):
         # mass_A may be left out: protons (models trained before it was a column take none)
         have_mass = hasattr(frame, "columns") and MASS in frame.columns

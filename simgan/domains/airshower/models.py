@@ -119,7 +119,7 @@ class Geometry(nn.Module):
         """(N, 3, 9, 9): log10 of max(r, 150 m) / 1000 m, r / 3000 m, along / 3000 m."""
         r, along = self(c)
         ch = torch.stack([torch.log10(torch.clamp(r, min=150.0) / 1000.0), r / 3000.0, along / 3000.0], 1)
-        return ch.view(len(c), 3, GRID, GRID)
+        return ch.view(-1, 3, GRID, GRID)
 
 
 def conv_stack(n_in: int, width: int, depth: int, n_out: int) -> nn.Sequential:
@@ -215,7 +215,7 @@ class FootprintSurrogate(nn.Module):
         chans = [signal, time, mask]
         if traces is not None:
             chans += list((traces * mask[..., None]).permute(2, 0, 1))
-        return torch.stack(chans, 1).view(len(c), len(chans), GRID, GRID)
+        return torch.stack(chans, 1).view(-1, len(chans), GRID, GRID)
 
     def fit(self, signal: np.ndarray, time: np.ndarray, trig: np.ndarray, cond: np.ndarray, traces=None) -> dict:
         """The time standardisation from the training set; returns the training table."""
@@ -429,15 +429,23 @@ def draw_heads(model, decoder, inputs, generator, soft: bool = False, return_cod
     residual, trigger mask), the mask softened (differentiable, for a critic) or hard; with
     `return_code` the latent too."""
     z = torch.randn(len(inputs), model.cfg.latent_dim, generator=generator, device=inputs.device)
+    # (drawn as (2, N, 81): the same footprints for a seed as before the noise was an argument)
+    eps = torch.randn(2, len(inputs), GRID * GRID, generator=generator, device=inputs.device).transpose(0, 1)
+    logs, resid, mask = heads_from_noise(model, decoder, inputs, z, eps, soft)
+    return (logs, resid, mask, z) if return_code else (logs, resid, mask)
+
+
+def heads_from_noise(model, decoder, inputs, z, eps, soft: bool = False):
+    """(log10 S, residual, trigger mask) per station from the code z and the per-station
+    normal draws eps (N, 2, 81) of the signal and the residual."""
     mu_s, ls_s, mu_t, ls_t = (t.float() for t in decode_heads(decoder, z, inputs))
-    noise = torch.randn(2, *mu_s.shape, generator=generator, device=inputs.device)
-    logs = mu_s + torch.exp(ls_s) * noise[0]
-    resid = mu_t + torch.exp(ls_t) * noise[1]
+    logs = mu_s + torch.exp(ls_s) * eps[:, 0]
+    resid = mu_t + torch.exp(ls_t) * eps[:, 1]
     if soft:
         mask = torch.sigmoid((logs - model.log_thr) / model.cfg.soft_trigger)
     else:
         mask = (logs >= model.log_thr).float()
-    return (logs, resid, mask, z) if return_code else (logs, resid, mask)
+    return logs, resid, mask
 
 
 def sample_heads(model, decoder, conditions, generator, precision):
@@ -450,21 +458,36 @@ def sample_heads(model, decoder, conditions, generator, precision):
 
 
 def sample_traces(model, decoder, c, generator, precision):
-    """Footprints with traces: the event code and the station latents from the prior; each
-    station's signal from its head, its trace drawn in quanta (`draw_traces`) at the trace
-    head's arrival distribution and muon share; the trigger (threshold or time over threshold),
-    the signal (the integral) and the start time (window + t10) from the trace."""
-    n, dev, tr = len(c), c.device, model.trace
+    """Footprints with traces: the event code and the station latents from the prior
+    (`trace_parts`), then each station's trace drawn in quanta (`finish_traces`)."""
+    n, dev = len(c), c.device
+    z = torch.randn(n, model.cfg.latent_dim, generator=generator, device=dev)
+    zs = torch.randn(n, model.cfg.station_latent_dim, GRID, GRID, generator=generator, device=dev)
+    eps = torch.randn(n, 2, GRID * GRID, generator=generator, device=dev)
     with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        inputs = model.inputs(c)
-        z = torch.randn(n, model.cfg.latent_dim, generator=generator, device=dev)
-        mu_s, ls_s, mu_t, ls_t = (t.float() for t in decode_heads(decoder, z, inputs))
-        zs = torch.randn(n, model.cfg.station_latent_dim, GRID, GRID, generator=generator, device=dev)
-        arrival, share = model.trace_outputs(z, inputs, zs)
-    noise = torch.randn(2, *mu_s.shape, generator=generator, device=dev)
-    signal = 10.0 ** torch.clamp(mu_s + torch.exp(ls_s) * noise[0], max=6.0)
-    resid = mu_t + torch.exp(ls_t) * noise[1]
-    trace = draw_traces(model, signal, arrival.float(), share.float(), model.muon_quantum(inputs), generator)
+        parts = trace_parts(model, decoder, c, z, zs, eps)
+    return finish_traces(model, c, *(t.float() for t in parts), generator)
+
+
+def trace_parts(model, decoder, c, z, zs, eps):
+    """What a station's trace is drawn from, given the code z, the station latents zs and the
+    normal draws eps (N, 2, 81): its signal (VEM, from the signal head), its time residual
+    (standardised), the trace head's arrival distribution (N, 81, T) and muon share (N, 81),
+    and the mean signal of one muon (N, 1) VEM."""
+    inputs = model.inputs(c)
+    mu_s, ls_s, mu_t, ls_t = (t.float() for t in decode_heads(decoder, z, inputs))
+    arrival, share = model.trace_outputs(z, inputs, zs)
+    signal = 10.0 ** torch.clamp(mu_s + torch.exp(ls_s) * eps[:, 0], max=6.0)
+    resid = mu_t + torch.exp(ls_t) * eps[:, 1]
+    return signal, resid, arrival, share, model.muon_quantum(inputs)
+
+
+def finish_traces(model, c, signal, resid, arrival, share, quantum, generator):
+    """Footprints from the trace parts: each station's trace drawn in quanta (`draw_traces`);
+    the trigger (threshold or time over threshold), the signal (the integral) and the start
+    time (window + t10) from the trace. (N, 3 + T, 9, 9)."""
+    tr = model.trace
+    trace = draw_traces(model, signal, arrival, share, quantum, generator)
     total = trace.sum(-1)
     tot = (trace > tr["tot_threshold_vem"]).sum(-1) >= tr["tot_bins"]
     mask = ((total >= tr["threshold_vem"]) | tot).float()
@@ -532,6 +555,10 @@ class FootprintGAN(AdversarialModel, FootprintSurrogate):
         n, device = len(inputs), inputs.device
         z = torch.randn(n, self.cfg.latent_dim, generator=generator, device=device)
         zs = torch.randn(n, self.cfg.station_noise, GRID, GRID, generator=generator, device=device)
+        return self.view_from_noise(inputs, z, zs, soft)
+
+    def view_from_noise(self, inputs, z, zs, soft: bool = False):
+        """The pure generator's (log10 S, residual, mask) from the code z and the station noise zs."""
         out = self.g_run(torch.cat([broadcast(z), zs, inputs], 1)).flatten(2)
         logs, resid = out[:, 0], out[:, 1]
         if soft:  # differentiable trigger for the critic
@@ -572,3 +599,31 @@ class FootprintGAN(AdversarialModel, FootprintSurrogate):
 
 
 FAMILIES = {"footprint_vae": (FootprintVAEConfig, FootprintVAE), "footprint_gan": (FootprintGANConfig, FootprintGAN)}
+
+
+class FootprintSampler(nn.Module):
+    """A footprint model's sampler as one graph of the conditions and the noise (`simgan
+    export`): the same functions as `sample`, the random draws passed in.
+
+    kind "heads" (the VAE and the hybrid): (conditions, z, eps) -> footprint (N, 3, 9, 9);
+    "gan" (the pure WGAN-GP): (conditions, z, station_noise) -> footprint;
+    "traces": (conditions, z, station_latent, eps) -> the trace parts (`trace_parts`: signal,
+    residual, arrival, muon share, muon quantum), the traces then drawn by `finish_traces`."""
+
+    def __init__(self, model, decoder, kind: str):
+        super().__init__()
+        self.model, self.decoder, self.kind = model, decoder, kind
+
+    def forward(self, conditions, z, noise, eps=None):
+        c = conditions.float()
+        if self.kind == "traces":
+            signal, resid, arrival, share, quantum = trace_parts(self.model, self.decoder, c, z, noise, eps)
+            _, along = self.model.geometry(c)
+            window = resid * self.model.t_std + self.model.t_mean - along / C_M_PER_NS
+            return signal, window, arrival, share, quantum.expand(-1, GRID * GRID)
+        inputs = self.model.inputs(c)
+        if self.kind == "gan":
+            logs, resid, mask = self.model.view_from_noise(inputs, z, noise)
+        else:
+            logs, resid, mask = heads_from_noise(self.model, self.decoder, inputs, z, noise)
+        return self.model.from_view(logs, resid, mask, c)

@@ -1,0 +1,170 @@
+"""Export of a trained model as one graph for consumers outside Python: C++ frameworks load
+ONNX (onnxruntime) or TorchScript (libtorch), as Geant4's fast-simulation example Par04 and
+ATLAS's AtlFast3 do.
+
+The graph takes the conditions and the random numbers as inputs: the caller owns the random
+generator and draws the noise each input names (normal: N(0, 1) per entry; uniform: U[0, 1)
+per entry). It returns the sample in the domain's file units; where a part cannot be one
+graph, the graph returns what that part starts from and the sidecar names the post-step and
+its reference code. A JSON sidecar beside the graph states the contract: the inputs and
+outputs (names, shapes with N the batch, units, noise), the checkpoint's SHA-256, the
+validation verdict it passed, and the round trip measured at export (the exported graph
+against the PyTorch module on the same inputs).
+
+A domain gives `export_graph(model, ckpt) -> ExportGraph` (simgan.domains.base.Domain).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from simgan.errors import SimganError
+from simgan.extras import require
+from simgan.io import file_sha256, write_json_atomic
+
+FORMATS = ("onnx", "torchscript")
+OPSET = 18
+
+
+@dataclass
+class Port:
+    """One input or output of the graph. shape: "N" stands for the batch."""
+
+    name: str
+    shape: tuple
+    units: str
+    meaning: str = ""
+    noise: str | None = None  # inputs only: "normal" or "uniform", the caller's draws
+    dtype: str = "float32"
+    # outputs: the round trip's difference relative to each value, or to the output's range for
+    # quantities whose zero is arbitrary (a time on a clock)
+    relative_to: str = "value"
+
+
+@dataclass
+class ExportGraph:
+    """What a domain hands to the exporter: the module (forward takes the inputs in order and
+    returns the outputs in order), its ports, and example inputs (conditions inside the
+    training range, noise drawn from `generator`) of n rows."""
+
+    module: torch.nn.Module
+    inputs: list[Port]
+    outputs: list[Port]
+    example: Callable[[int, torch.Generator], tuple[torch.Tensor, ...]]
+    post_step: str | None = None  # what the consumer does with the outputs, and the reference code
+    notes: list[str] = field(default_factory=list)
+
+
+def _dims(ports: list[Port]):
+    n = torch.export.Dim("N", min=1, max=1 << 24)
+    return tuple({0: n} for _ in ports)
+
+
+def export_graph(graph: ExportGraph, fmt: str, path: Path) -> None:
+    """Write the graph in `fmt` to `path` (atomically: a temporary name, then a rename)."""
+    if fmt not in FORMATS:
+        raise SimganError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    module = graph.module.eval()
+    example = graph.example(4, torch.Generator().manual_seed(0))
+    tmp = path.with_name(f".{path.name}.tmp")
+    with torch.no_grad(), warnings.catch_warnings():
+        # torch's exporter says that each input's batch axis is one axis N, which it is
+        warnings.filterwarnings("ignore", message=".*will not be used, since it shares the same shape constraints")
+        if fmt == "onnx":
+            require("onnxscript")  # torch's ONNX exporter writes through it
+            torch.onnx.export(module, example, str(tmp), input_names=[p.name for p in graph.inputs],
+                              output_names=[p.name for p in graph.outputs], dynamic_shapes=_dims(graph.inputs),
+                              opset_version=OPSET, dynamo=True, external_data=False, verbose=False)
+        else:
+            torch.jit.save(torch.jit.trace(module, example, check_trace=False), str(tmp))
+    tmp.replace(path)
+
+
+def run_exported(path: Path, fmt: str, graph: ExportGraph, inputs: tuple[torch.Tensor, ...]) -> list[np.ndarray]:
+    """The exported file's outputs for these inputs (onnxruntime or torch.jit.load)."""
+    if fmt == "onnx":
+        ort = require("onnxruntime")
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return sess.run(None, {p.name: x.numpy() for p, x in zip(graph.inputs, inputs)})
+    loaded = torch.jit.load(str(path))
+    with torch.no_grad():
+        out = loaded(*inputs)
+    return [o.numpy() for o in (out if isinstance(out, (tuple, list)) else (out,))]
+
+
+def max_relative_difference(a: np.ndarray, b: np.ndarray, relative_to: str = "value") -> float:
+    """max |a - b| / max(|b|, 1e-3 max |b|): relative per entry, entries below a thousandth of
+    the output's largest measured against that; relative_to="range": max |a - b| / (max b -
+    min b), for quantities whose zero is arbitrary (a time near 0 ns is the difference of terms
+    of 10^4 ns, whose float32 rounding is what is left)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if relative_to == "range":
+        return float(np.abs(a - b).max(initial=0.0) / max(float(np.ptp(b)) if b.size else 0.0, 1e-30))
+    scale = np.maximum(np.abs(b), max(1e-3 * float(np.abs(b).max(initial=0.0)), 1e-30))
+    return float((np.abs(a - b) / scale).max(initial=0.0))
+
+
+def round_trip(path: Path, fmt: str, graph: ExportGraph, n: int = 256, seed: int = 1) -> dict:
+    """The exported graph against the PyTorch module on n example rows (other than the export's
+    own): the largest relative difference per output, and the throughput of both (rows/s)."""
+    inputs = graph.example(n, torch.Generator().manual_seed(seed))
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        ref = graph.module.eval()(*inputs)
+    t_torch = time.perf_counter() - t0
+    ref = [r.numpy() for r in (ref if isinstance(ref, (tuple, list)) else (ref,))]
+    t0 = time.perf_counter()
+    got = run_exported(path, fmt, graph, inputs)
+    t_exported = time.perf_counter() - t0
+    diffs = {p.name: max_relative_difference(g, r, p.relative_to) for p, g, r in zip(graph.outputs, got, ref)}
+    return {"rows": n, "max_relative_difference": diffs, "max_relative_difference_all": max(diffs.values()),
+            "rows_per_s_pytorch": n / t_torch, f"rows_per_s_{fmt}": n / t_exported}
+
+
+def export_model(graph: ExportGraph, fmt: str, out_dir: Path, checkpoint: Path, domain: str, family: str,
+                 verdict: dict, source: str) -> dict:
+    """The graph and its sidecar into out_dir (`model.onnx` or `model.pt`, and `model.json`);
+    returns the sidecar. The round trip is measured before anything is left in out_dir."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / ("model.onnx" if fmt == "onnx" else "model.pt")
+    export_graph(graph, fmt, path)
+    try:
+        check = round_trip(path, fmt, graph)
+    except Exception:
+        path.unlink(missing_ok=True)
+        raise
+    sidecar = {
+        "format": fmt, "file": path.name, "opset": OPSET if fmt == "onnx" else None, "domain": domain,
+        "family": family, "source": source, "checkpoint_sha256": file_sha256(checkpoint),
+        "validation": verdict, "inputs": [asdict(p) for p in graph.inputs],
+        "outputs": [asdict(p) for p in graph.outputs], "post_step": graph.post_step, "notes": graph.notes,
+        "round_trip": check, "torch": torch.__version__,
+    }
+    write_json_atomic(out_dir / "model.json", sidecar)
+    return sidecar
+
+
+def describe(sidecar: dict) -> str:
+    """One line for the command line."""
+    rt = sidecar["round_trip"]
+    return (f"exported {sidecar['domain']} {sidecar['family']} as {sidecar['format']} ({sidecar['file']}): "
+            f"{len(sidecar['inputs'])} inputs, {len(sidecar['outputs'])} outputs; round trip on {rt['rows']} rows: "
+            f"max relative difference {rt['max_relative_difference_all']:.2e}; validation "
+            f"{sidecar['validation'].get('gate', 'none')}")
+
+
+def read_sidecar(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise SimganError(f"{path}: not a readable export sidecar ({exc})") from None

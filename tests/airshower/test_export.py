@@ -1,0 +1,98 @@
+"""`simgan export` of the footprint models: ONNX (onnxruntime) and TorchScript graphs of the
+conditions and the noise that return what the PyTorch model returns, and a complete sidecar."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.cli import main
+from simgan.domains import get_domain, load_config, model_from_checkpoint
+from simgan.domains.airshower import io as aio
+from simgan.domains.airshower.simulator import ArrayParams, simulate
+from simgan.train.trainer import Trainer
+from tests.conftest import REPO
+
+AIR = REPO / "configs" / "experiment" / "airshower_quickstart.yaml"
+SMALL = ["model.width=8", "model.depth=1", "train.steps=4", "train.batch_size=32", "train.val_every=4",
+         "train.val_events=50", "train.checkpoint_every=4", "train.log_every=2", "train.mlflow=false",
+         "train.progress=false"]
+
+
+def _trained(tmp_path, traces: bool, overrides=()):
+    p = ArrayParams(traces=traces, mass_A=0)
+    data = aio.from_simulation(simulate(300, 8, p, 150), p, 8)
+    train = aio.write(tmp_path / "train.h5", data.subset(slice(0, 250)))
+    val = aio.write(tmp_path / "val.h5", data.subset(slice(250, 300)))
+    cfg = load_config(AIR, [f"runs_dir={tmp_path}", *overrides, *SMALL])
+    Trainer(cfg, get_domain("airshower"), train, val, tmp_path / "train", progress=False).fit()
+    return tmp_path / "train" / "model.pt", data
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_the_exported_footprint_sampler_is_the_model(tmp_path, fmt):
+    ckpt_path, data = _trained(tmp_path, traces=False)
+    out = tmp_path / "export"
+    assert main(["export", "--checkpoint", str(ckpt_path), "--format", fmt, "--out", str(out)]) == 0
+    side = json.loads((out / "model.json").read_text())
+    assert (out / side["file"]).is_file() and side["format"] == fmt and side["domain"] == "airshower"
+    assert [p["name"] for p in side["inputs"]] == ["conditions", "z", "eps"]
+    assert side["inputs"][1]["noise"] == "normal" and side["outputs"][0]["shape"] == ["N", 3, 9, 9]
+    assert all(p["units"] and p["meaning"] for p in side["inputs"] + side["outputs"])
+    assert side["validation"]["gate"] == "not validated" and len(side["checkpoint_sha256"]) == 64
+    assert side["round_trip"]["max_relative_difference_all"] <= 1e-5
+    # the graph with the draws `sample` makes for a seed returns `sample`'s footprints
+    model, ckpt = model_from_checkpoint(ckpt_path)
+    dom = get_domain("airshower")
+    graph = dom.export_graph(model, ckpt)
+    c = torch.as_tensor(dom.condition_matrix(data.subset(slice(0, 40))))
+    want = model.sample(c, generator=torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(40, model.cfg.latent_dim, generator=g)
+    eps = torch.randn(2, 40, 81, generator=g).transpose(0, 1).contiguous()
+    from simgan.export import run_exported
+
+    got = run_exported(out / side["file"], fmt, graph, (c, z, eps))[0]
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-3)
+    assert (want[:, 2] > 0).any()  # some stations triggered
+    # a second export into the same folder is refused; nothing else is written
+    assert main(["export", "--checkpoint", str(ckpt_path), "--out", str(out)]) == 2
+    assert sorted(f.name for f in out.iterdir()) == sorted([side["file"], "model.json"])
+
+
+def test_a_trace_model_exports_the_parts_its_traces_are_drawn_from(tmp_path, capsys):
+    ckpt_path, data = _trained(tmp_path, traces=True)
+    out = tmp_path / "export"
+    assert main(["export", "--checkpoint", str(ckpt_path), "--out", str(out)]) == 0
+    side = json.loads((out / "model.json").read_text())
+    assert [p["name"] for p in side["inputs"]] == ["conditions", "z", "station_latent", "eps"]
+    assert [p["name"] for p in side["outputs"]] == ["signal", "window_ns", "arrival", "muon_share", "muon_quantum"]
+    assert "draw_traces" in side["post_step"], side["round_trip"]
+    assert side["round_trip"]["max_relative_difference_all"] <= 1e-5, side["round_trip"]["max_relative_difference"]
+    # the exported parts, finished by the reference post-step, are the model's footprints for the same draws
+    from simgan.domains.airshower.models import finish_traces, trace_parts
+    from simgan.export import run_exported
+
+    model, ckpt = model_from_checkpoint(ckpt_path)
+    graph = get_domain("airshower").export_graph(model, ckpt)
+    c = torch.as_tensor(get_domain("airshower").condition_matrix(data.subset(slice(0, 30))))
+    g = torch.Generator().manual_seed(2)
+    draws = (torch.randn(30, model.cfg.latent_dim, generator=g),
+             torch.randn(30, model.cfg.station_latent_dim, 9, 9, generator=g), torch.randn(30, 2, 81, generator=g))
+    signal, window, arrival, share, quantum = (torch.as_tensor(x) for x in run_exported(out / "model.onnx", "onnx",
+                                                                                         graph, (c, *draws)))
+    with torch.no_grad():
+        ref = trace_parts(model, model.decoder, c, *draws)
+    np.testing.assert_allclose(arrival.numpy(), ref[2].numpy(), rtol=1e-4, atol=1e-7)
+    fp = finish_traces(model, c, signal, ref[1], arrival, share, quantum[:, :1], torch.Generator().manual_seed(0))
+    trig = fp[:, 2] > 0
+    assert trig.any() and torch.allclose(fp[:, 3:].sum(1)[trig], fp[:, 0][trig], rtol=1e-4)
+
+
+def test_export_refuses_what_it_cannot_do(tmp_path, capsys):
+    ckpt_path, _ = _trained(tmp_path, traces=False)
+    bad = tmp_path / "m.json"
+    bad.write_text(json.dumps({"gate": {"pass": True, "checks": {}}, "candidate_checkpoint_sha256": "0" * 64}))
+    assert main(["export", "--checkpoint", str(ckpt_path), "--metrics", str(bad), "--out", str(tmp_path / "e")]) == 2
+    assert "another checkpoint" in capsys.readouterr().err and not (tmp_path / "e").exists()
