@@ -161,6 +161,35 @@ class Neuron(ConditionedFileDomain):
         return pd.DataFrame({"cell_class": ["IN", "PC", "L5_TPC"],
                              "randomness": example_values(ckpt.get("condition_ranges", {}), "randomness", [0.1, 0.25, 0.4])})
 
+    def export_graph(self, model, ckpt):
+        from simgan.export import ExportGraph, Port  # lazy: only `simgan export` needs it
+
+        from simgan.domains.neuron.models import NeuronSampler
+
+        if getattr(model.cfg, "pixel_correlation", 0.0):
+            raise SimganError(f"model.pixel_correlation {model.cfg.pixel_correlation}: the correlated hit noise is not "
+                              "part of the export; export a model sampled with independent pixels (0)")
+        s = model.size
+        graph = NeuronSampler(model)
+        inputs = [Port("conditions", ("N", 2), "1, 1", f"cell_class as its index ({', '.join(f'{i} {c}' for i, c in enumerate(CLASSES))}) "
+                       "as a float, NeuroTS randomness (inside the training range)"),
+                  Port("z", ("N", model.cfg.latent_dim), "1", "the neuron's code", noise="normal")]
+        if graph.drawn:
+            inputs += [Port("hit_uniform", ("N", s, s), "1", "per pixel: whether it holds neurite", noise="uniform"),
+                       Port("pixel_normal", ("N", s, s), "1", "per pixel: its length's draw", noise="normal")]
+        outputs = [Port("image", ("N", s, s), "um", "projected neurite length per pixel (the soma at the centre)")]
+        lo, hi = ckpt.get("condition_ranges", {}).get("randomness", [0.1, 0.4])
+
+        def example(n, generator):
+            cls = torch.randint(0, len(CLASSES), (n,), generator=generator).float()
+            c = torch.stack([cls, lo + (hi - lo) * torch.rand(n, generator=generator)], 1)
+            noise = [torch.randn(n, model.cfg.latent_dim, generator=generator)]
+            if graph.drawn:
+                noise += [torch.rand(n, s, s, generator=generator), torch.randn(n, s, s, generator=generator)]
+            return (c, *noise)
+
+        return ExportGraph(graph, inputs, outputs, example)
+
     def pyfunc_predict(self, model, ckpt, frame, seed: int, precision: str, extrapolate: bool = False):
         rnd = frame_columns(frame, {"randomness": "NeuroTS's randomness, 0-1"})["randomness"]
         if "cell_class" not in frame.columns:

@@ -160,7 +160,7 @@ class Decoder(nn.Module):
         self.out = nn.Conv2d(w[0], n_out, 1)
 
     def forward(self, z, cond_vec):
-        h = self.fc(torch.cat([z, cond_vec.to(z.dtype)], 1)).view(len(z), self.w0, self.s0, self.s0)
+        h = self.fc(torch.cat([z, cond_vec.to(z.dtype)], 1)).view(-1, self.w0, self.s0, self.s0)
         for up in self.ups:
             h = up(h, cond_vec, self.soma)
         return self.out(h)
@@ -196,7 +196,15 @@ def draw_pixels(out: torch.Tensor, generator=None, straight_through: bool = Fals
     p = torch.sigmoid(out[:, 0].float())
     noise = correlated_uniform(p.shape, correlation, generator, p.device)
     gauss = torch.randn(p.shape, generator=generator, device=p.device)
-    hit = (noise < p).to(p.dtype)
+    return pixels_from_noise(out, noise, gauss, straight_through)
+
+
+def pixels_from_noise(out: torch.Tensor, uniform: torch.Tensor, gauss: torch.Tensor,
+                      straight_through: bool = False) -> torch.Tensor:
+    """`draw_pixels` with its draws given: a hit where uniform < the hit probability, v = mean +
+    sd x gauss (>= 0) where hit."""
+    p = torch.sigmoid(out[:, 0].float())
+    hit = (uniform < p).to(p.dtype)
     if straight_through:
         hit = hit + p - p.detach()
     v = (out[:, 1].float() + torch.exp(out[:, 2].float().clamp(-5, 2)) * gauss).clamp(min=0)
@@ -391,3 +399,24 @@ class NeuronGAN(AdversarialModel, NeuronSurrogate):
 
 
 FAMILIES = {"neuron_vae": (NeuronVAEConfig, NeuronVAE), "neuron_gan": (NeuronGANConfig, NeuronGAN)}
+
+
+class NeuronSampler(nn.Module):
+    """A neuron model's sampler as one graph of the conditions and the noise (`simgan export`):
+    (conditions (N, 2), z (N, latent) normal[, hit_uniform (N, S, S) uniform, pixel_normal (N, S,
+    S) normal]) -> image (N, S, S) um per pixel; the VAE's latent flow (when fitted) maps z to the
+    code inside the graph. The pure WGAN-GP takes z alone."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.network = model.decoder if isinstance(model, NeuronVAE) else model.generator
+        self.drawn = isinstance(model, NeuronVAE) or model.hybrid
+
+    def forward(self, conditions, z, uniform=None, gauss=None):
+        c = conditions.float()
+        if isinstance(self.model, NeuronVAE) and self.model.cfg.latent_sampler == "flow" and bool(self.model.flow_fitted):
+            z = self.model.latent_flow(one_hot_vector(c)).transform.inv(z)
+        out = self.network(z, self.model.cond_vector(c)).float()
+        v = pixels_from_noise(out, uniform, gauss)[:, None] if self.drawn else torch.relu(out)
+        return from_view(v)
