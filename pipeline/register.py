@@ -26,7 +26,7 @@ def outputs(cfg: ExperimentConfig) -> dict[str, Path]:
     return {"registered": stage_dir(cfg, "register") / "registered.json"}
 
 
-def _register_dir(run_dir: Path, name: str, uri: str, alias: str, retries: int) -> dict:
+def _register_dir(run_dir: Path, name: str, uri: str, alias: str, retries: int, export: str = "onnx") -> dict:
     model = run_dir / "train" / "model.pt"
     if not model.is_file():
         raise SimganError(f"{run_dir}: no trained model at {model}")
@@ -45,14 +45,15 @@ def _register_dir(run_dir: Path, name: str, uri: str, alias: str, retries: int) 
     train_split = run_dir / "prepare" / "train.h5"
     data_hash = input_hashes({"t": train_split})["t"] if train_split.is_file() else "unknown"
     domain = domain_of_checkpoint(load_checkpoint(model), str(model))
-    return register_model(model, domain, name, uri, metrics, data_hash, run_id, alias, retries, str(metrics_path))
+    return register_model(model, domain, name, uri, metrics, data_hash, run_id, alias, retries, str(metrics_path),
+                          export)
 
 
 def run(cfg: ExperimentConfig, ctx: Context) -> dict[str, Path]:
     t0 = time.time()
     ins, out = inputs(cfg), outputs(cfg)
     res = _register_dir(cfg.run_dir, cfg.register.name, tracking_uri(cfg.register.tracking_uri), cfg.register.alias,
-                        cfg.register.retries)
+                        cfg.register.retries, cfg.register.export)
     write_json_atomic(out["registered"], res)
     write_manifest(cfg, "register", ins, out, t0, extra={"registered": res})
     return out
@@ -80,7 +81,8 @@ def register_cli(args) -> int:
     if not name:
         raise SimganError("give --name NAME (or -c CONFIG with register.name)")
     uri = tracking_uri(args.tracking_uri or (cfg.register.tracking_uri if cfg else None))
-    res = _register_dir(run_dir, name, uri, cfg.register.alias if cfg else "champion", cfg.register.retries if cfg else 3)
+    res = _register_dir(run_dir, name, uri, cfg.register.alias if cfg else "champion", cfg.register.retries if cfg else 3,
+                        cfg.register.export if cfg else "onnx")
     print(json.dumps(res, indent=2))
     return 0
 

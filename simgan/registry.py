@@ -67,8 +67,10 @@ def gate_verdict(metrics: dict | None, checkpoint, source: str = "metrics.json")
 
 def register_model(checkpoint, domain, name: str, uri: str, metrics: dict | None, data_hash: str,
                    run_id: str | None = None, alias: str = "champion", retries: int = 3,
-                   metrics_source: str = "metrics.json") -> dict:
-    """Log the pyfunc under the training run, register a version, tag it, move the alias if the gate passed."""
+                   metrics_source: str = "metrics.json", export: str = "onnx") -> dict:
+    """Log the pyfunc under the training run (with the model's export among its artifacts where
+    the domain exports: `export` onnx or torchscript, or none), register a version, tag it, move
+    the alias if the gate passed."""
     gate_pass = gate_verdict(metrics, checkpoint, metrics_source)  # before anything is logged
     ensure_store(uri)
     mlflow_env()
@@ -113,6 +115,17 @@ def register_model(checkpoint, domain, name: str, uri: str, metrics: dict | None
             for c in signature.inputs.inputs]), outputs=signature.outputs, params=signature.params)
     with tempfile.TemporaryDirectory() as td:
         artifacts = {"checkpoint": str(checkpoint), **domain.pyfunc_artifacts(ckpt, str(checkpoint), Path(td))}
+        exported = None
+        if export != "none" and domain.exports:  # the graph a C++ consumer pulls by alias, and its sidecar
+            from simgan.export import export_model
+
+            verdict = {"gate": "pass" if gate_pass else ("fail" if metrics else "not validated"),
+                       "metrics": metrics_source if metrics else None,
+                       **({"headline": headline(metrics, domain.headline_keys)} if metrics else {})}
+            exported = export_model(domain.export_graph(model, ckpt), export, Path(td) / "export", Path(checkpoint),
+                                    domain.name, ckpt["model_args"]["config"]["family"], verdict, str(checkpoint))
+            artifacts.update({"export_graph": str(Path(td) / "export" / exported["file"]),
+                              "export_sidecar": str(Path(td) / "export" / "model.json")})
         if run_id:
             experiment_id = client.get_run(run_id).info.experiment_id
         else:  # the training run is in another store: log under an experiment of this one
@@ -142,7 +155,10 @@ def register_model(checkpoint, domain, name: str, uri: str, metrics: dict | None
         client.set_registered_model_alias(name, alias, mv.version)
     return {"name": name, "version": int(mv.version), "run_id": run_id, "tracking_uri": uri,
             "model_uri": f"models:/{name}/{mv.version}", "alias": alias if gate_pass else None,
-            "alias_uri": f"models:/{name}@{alias}" if gate_pass else None, "gate": tags["gate"]}
+            "alias_uri": f"models:/{name}@{alias}" if gate_pass else None, "gate": tags["gate"],
+            "export": ({"format": exported["format"], "file": exported["file"],
+                        "max_relative_difference": exported["round_trip"]["max_relative_difference_all"]}
+                       if exported else None)}
 
 
 def load_surrogate(model_uri: str, uri: str | None = None):

@@ -152,6 +152,8 @@ class Domain:
         """What the loaded pyfunc keeps of those files (its `extras`)."""
         return {}
 
+    exports = False  # whether export_graph is implemented
+
     def export_graph(self, model, ckpt: dict):
         """`simgan export`: the model's sampler as one graph of the conditions and the noise
         (simgan.export.ExportGraph)."""

@@ -2,6 +2,7 @@
 its determinism, the footprint format's checks, and the ROOT converter."""
 
 import math
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -228,6 +229,25 @@ def test_airshower_chain_registers_and_a_consumer_predicts_from_a_dataframe(air_
         model.predict(frame.assign(mass_A=56.0))
     with pytest.raises(MlflowException, match="column 'mass_A' row 0: 0: expected the primary's mass number"):
         model.predict(frame.assign(mass_A=0.0))
+    # a C++-style consumer pulls the ONNX export by the alias: the graph, its sidecar with the verdict, and
+    # footprints from its own noise through onnxruntime
+    import onnxruntime as ort
+    local = Path(mlflow.artifacts.download_artifacts("models:/air-tiny@champion"))
+    side = json.loads(next(local.rglob("model.json")).read_text())
+    assert side["validation"]["gate"] == "pass" and side["checkpoint_sha256"] == reg_sha(cfg)
+    assert reg["export"]["format"] == "onnx" and side["round_trip"]["max_relative_difference_all"] <= 1e-5
+    sess = ort.InferenceSession(str(next(local.rglob(side["file"]))), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feed = {"conditions": np.array([[19.0, 0.1, 0.0, 0.0, 0.0, 1.0], [19.5, 0.6, 1.0, 100.0, 50.0, 1.0]], np.float32)}
+    for port in side["inputs"][1:]:
+        feed[port["name"]] = rng.standard_normal((2, *port["shape"][1:])).astype(np.float32)
+    fp = sess.run(None, feed)[0]
+    assert fp.shape == (2, 3, 9, 9) and ((fp[:, 2] == 0) | (fp[:, 0] >= 3)).all() and fp[:, 2].sum() > 0
+
+
+def reg_sha(cfg):
+    from simgan.io import file_sha256
+    return file_sha256(cfg.run_dir / "train" / "model.pt")
 
 
 def test_checkpoint_carries_the_schema_and_generate_warns_outside_the_training_range(air_chain, tmp_path, capsys):

@@ -67,7 +67,8 @@ def test_a_trace_model_exports_the_parts_its_traces_are_drawn_from(tmp_path, cap
     assert main(["export", "--checkpoint", str(ckpt_path), "--out", str(out)]) == 0
     side = json.loads((out / "model.json").read_text())
     assert [p["name"] for p in side["inputs"]] == ["conditions", "z", "station_latent", "eps"]
-    assert [p["name"] for p in side["outputs"]] == ["signal", "window_ns", "arrival", "muon_share", "muon_quantum"]
+    assert [p["name"] for p in side["outputs"]] == ["signal", "window_ns", "arrival", "muon_share", "muon_quantum",
+                                                     "tot_probability"]
     assert "draw_traces" in side["post_step"], side["round_trip"]
     assert side["round_trip"]["max_relative_difference_all"] <= 1e-5, side["round_trip"]["max_relative_difference"]
     # the exported parts, finished by the reference post-step, are the model's footprints for the same draws
@@ -80,12 +81,12 @@ def test_a_trace_model_exports_the_parts_its_traces_are_drawn_from(tmp_path, cap
     g = torch.Generator().manual_seed(2)
     draws = (torch.randn(30, model.cfg.latent_dim, generator=g),
              torch.randn(30, model.cfg.station_latent_dim, 9, 9, generator=g), torch.randn(30, 2, 81, generator=g))
-    signal, window, arrival, share, quantum = (torch.as_tensor(x) for x in run_exported(out / "model.onnx", "onnx",
+    signal, window, arrival, share, quantum, tot = (torch.as_tensor(x) for x in run_exported(out / "model.onnx", "onnx",
                                                                                          graph, (c, *draws)))
     with torch.no_grad():
         ref = trace_parts(model, model.decoder, c, *draws)
     np.testing.assert_allclose(arrival.numpy(), ref[2].numpy(), rtol=1e-4, atol=1e-7)
-    fp = finish_traces(model, c, signal, ref[1], arrival, share, quantum[:, :1], torch.Generator().manual_seed(0))
+    fp = finish_traces(model, c, signal, ref[1], arrival, share, quantum[:, :1], tot, torch.Generator().manual_seed(0))
     trig = fp[:, 2] > 0
     assert trig.any() and torch.allclose(fp[:, 3:].sum(1)[trig], fp[:, 0][trig], rtol=1e-4)
 

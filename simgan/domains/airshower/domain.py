@@ -172,6 +172,8 @@ class Airshower(ConditionedFileDomain):
         ranges = ckpt.get("condition_ranges", {})
         return pd.DataFrame({k: example_values(ranges, k, v) for k, v in defaults.items()})
 
+    exports = True
+
     def export_graph(self, model, ckpt):
         from simgan.export import ExportGraph, Port  # lazy: only `simgan export` needs it
 
@@ -206,13 +208,17 @@ class Airshower(ConditionedFileDomain):
                        Port("arrival", ("N", n_st, t), "1", "the light's arrival distribution over the FADC bins "
                             "(unit sum), before the tank's decay"),
                        Port("muon_share", ("N", n_st), "1", "the share of the light in muon quanta"),
-                       Port("muon_quantum", ("N", n_st), "VEM", "one muon's mean signal along the axis")]
+                       Port("muon_quantum", ("N", n_st), "VEM", "one muon's mean signal along the axis"),
+                       Port("tot_probability", ("N", n_st), "1", "the probability that a station whose trace "
+                            "integrates below the threshold triggers by time over threshold")]
             post = ("draw each station's trace in quanta and derive the footprint from it: "
                     "simgan.domains.airshower.models.draw_traces (Poisson muons of muon_quantum and Poisson EM "
                     f"particles of exponential deposits, mean {model.trace['em_vem']} VEM, per bin at the arrival "
                     f"distribution, their sum scaled to the signal, decayed over the bins with the tank's "
                     f"{model.trace['decay_ns']} ns, Poisson photoelectrons at {model.trace['pe_per_vem']} per VEM, "
-                    f"baseline noise {model.trace['noise_vem']} VEM), then finish_traces (trigger: integral >= "
+                    f"baseline noise {model.trace['noise_vem']} VEM), then finish_traces (below the threshold a "
+                    "time-over-threshold trigger is drawn with tot_probability and the trace redrawn until it agrees; "
+                    f"trigger: integral >= "
                     f"{model.trace['threshold_vem']} VEM or {model.trace['tot_bins']} bins above "
                     f"{model.trace['tot_threshold_vem']:.4g} VEM; signal: the integral; time: window_ns + t10)")
         else:

@@ -260,7 +260,7 @@ class FootprintVAE(FootprintSurrogate):
         self.encoder = nn.Sequential(conv_stack(3 + self.n_bins + k, cfg.width, cfg.depth, cfg.width),
                                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cfg.width, 2 * cfg.latent_dim))
         # per station: mean and log sd of log10 S (censored at the threshold), of the time residual
-        self.decoder = conv_stack(cfg.latent_dim + k, cfg.width, cfg.depth, 4)
+        self.decoder = conv_stack(cfg.latent_dim + k, cfg.width, cfg.depth, 4 + int(self.n_bins > 0))
         if self.n_bins:  # the trace shapes: a latent per station, encoded from its trace; logits per bin
             self.add_trace_parts(cfg.latent_dim, cfg.width, cfg.station_latent_dim)
 
@@ -396,28 +396,38 @@ def kl_warm(cfg, step: int) -> float:
 
 
 def decode_heads(decoder: nn.Module, z: torch.Tensor, inputs: torch.Tensor):
-    """Per station: mean and log sd of log10 S (censored at the threshold), of the time residual."""
-    out = decoder(torch.cat([broadcast(z), inputs], 1)).flatten(2)  # (N, 4, 81)
-    mu_s, ls_s, mu_t, ls_t = out.unbind(1)
+    """Per station: mean and log sd of log10 S (censored at the threshold), of the time residual
+    (and, for trace models, the logit of a station below the threshold triggering by time over
+    threshold: `tot_logit`)."""
+    out = decoder(torch.cat([broadcast(z), inputs], 1)).flatten(2)  # (N, 4 or 5, 81)
+    mu_s, ls_s, mu_t, ls_t = out[:, :4].unbind(1)
     return mu_s, ls_s.clamp(-6, 2), mu_t, ls_t.clamp(-6, 2)
 
 
 def vae_terms(model, encoder, decoder, view, inputs, generator, autocast, return_code: bool = False):
     """The footprint VAE's loss on real footprints: (Tobit NLL of the signals + Gaussian NLL of
     the triggered stations' time residuals, batch mean; KL of the code from the prior), and
-    with `return_code` the code drawn."""
+    with `return_code` the code drawn. With traces the Tobit's observed stations are those at
+    or above the threshold (a station below it is censored whether or not it triggered by time
+    over threshold), and the stations below it add the cross-entropy of triggering by time
+    over threshold (the decoder's fifth channel)."""
     eps = torch.randn(len(view), model.cfg.latent_dim, generator=generator, device=view.device)
     with autocast():
         mu, logvar = encoder(torch.cat([view, inputs], 1)).float().chunk(2, 1)
         logvar = logvar.clamp(-12, 6)
         z = mu + torch.exp(0.5 * logvar) * eps
-        mu_s, ls_s, mu_t, ls_t = (t.float() for t in decode_heads(decoder, z, inputs))
+        out = decoder(torch.cat([broadcast(z), inputs], 1)).float().flatten(2)
+    mu_s, ls_s, mu_t, ls_t = out[:, 0], out[:, 1].clamp(-6, 2), out[:, 2], out[:, 3].clamp(-6, 2)
     logs, resid, m = view[:, :3].float().flatten(2).unbind(1)
     sd_s = torch.exp(ls_s)
-    # Tobit: triggered stations the density of log10 S, silent ones P(log10 S < threshold)
+    observed = m * (logs >= model.log_thr).float() if model.n_bins else m
+    # Tobit: observed stations the density of log10 S, the others P(log10 S < threshold)
     nll_trig = 0.5 * ((logs - mu_s) / sd_s) ** 2 + ls_s + 0.5 * math.log(2 * math.pi)
     below = torch.special.log_ndtr((model.log_thr - mu_s) / sd_s)
-    nll_s = torch.where(m > 0, nll_trig, -below).sum(1)
+    nll_s = torch.where(observed > 0, nll_trig, -below).sum(1)
+    if model.n_bins:  # below the threshold: triggered (by time over threshold) or silent
+        bce = nn.functional.binary_cross_entropy_with_logits(out[:, 4], m, reduction="none")
+        nll_s = nll_s + (bce * (1 - observed)).sum(1)
     nll_t = ((0.5 * ((resid - mu_t) / torch.exp(ls_t)) ** 2 + ls_t + 0.5 * math.log(2 * math.pi)) * m).sum(1)
     if return_code:
         return (nll_s + nll_t).mean(), kl_normal(mu, logvar), z
@@ -473,24 +483,47 @@ def trace_parts(model, decoder, c, z, zs, eps):
     """What a station's trace is drawn from, given the code z, the station latents zs and the
     normal draws eps (N, 2, 81): its signal (VEM, from the signal head), its time residual
     (standardised), the trace head's arrival distribution (N, 81, T) and muon share (N, 81),
-    and the mean signal of one muon (N, 1) VEM."""
+    the mean signal of one muon (N, 1) VEM, and the probability that a station below the
+    threshold triggers by time over threshold (N, 81)."""
     inputs = model.inputs(c)
-    mu_s, ls_s, mu_t, ls_t = (t.float() for t in decode_heads(decoder, z, inputs))
+    out = decoder(torch.cat([broadcast(z), inputs], 1)).float().flatten(2)
+    mu_s, ls_s, mu_t, ls_t = out[:, 0], out[:, 1].clamp(-6, 2), out[:, 2], out[:, 3].clamp(-6, 2)
     arrival, share = model.trace_outputs(z, inputs, zs)
     signal = 10.0 ** torch.clamp(mu_s + torch.exp(ls_s) * eps[:, 0], max=6.0)
     resid = mu_t + torch.exp(ls_t) * eps[:, 1]
-    return signal, resid, arrival, share, model.muon_quantum(inputs)
+    return signal, resid, arrival, share, model.muon_quantum(inputs), torch.sigmoid(out[:, 4])
 
 
-def finish_traces(model, c, signal, resid, arrival, share, quantum, generator):
+def finish_traces(model, c, signal, resid, arrival, share, quantum, tot_probability, generator, tries: int = 16):
     """Footprints from the trace parts: each station's trace drawn in quanta (`draw_traces`);
     the trigger (threshold or time over threshold), the signal (the integral) and the start
-    time (window + t10) from the trace. (N, 3 + T, 9, 9)."""
+    time (window + t10) from the trace. (N, 3 + T, 9, 9).
+
+    Below the threshold, whether a station triggers by time over threshold is drawn first
+    (with `tot_probability`, which the likelihood fits to every station below the threshold,
+    silent or not), and its trace is drawn again (up to `tries` times) until its time over
+    threshold agrees: the trace shapes are learnt from recorded, hence triggered, stations,
+    and their own rate of passing would count stations the detector does not record. A
+    station whose draws never agree keeps its last trace, and the trace decides."""
     tr = model.trace
+
+    def tot_of(trace):
+        return (trace > tr["tot_threshold_vem"]).sum(-1) >= tr["tot_bins"]
+
     trace = draw_traces(model, signal, arrival, share, quantum, generator)
+    wanted = torch.rand(tot_probability.shape, generator=generator, device=signal.device) < tot_probability
+    redo = (trace.sum(-1) < tr["threshold_vem"]) & (tot_of(trace) != wanted)
+    for _ in range(tries):
+        if not bool(redo.any()):
+            break
+        i = redo.nonzero(as_tuple=True)
+        again = draw_traces(model, signal[i][:, None], arrival[i][:, None], share[i][:, None], quantum[i[0]],
+                            generator)[:, 0]
+        ok = (again.sum(-1) >= tr["threshold_vem"]) | (tot_of(again) == wanted[i])
+        trace[i] = torch.where(ok[:, None], again, trace[i])
+        redo[i] = ~ok
     total = trace.sum(-1)
-    tot = (trace > tr["tot_threshold_vem"]).sum(-1) >= tr["tot_bins"]
-    mask = ((total >= tr["threshold_vem"]) | tot).float()
+    mask = ((total >= tr["threshold_vem"]) | tot_of(trace)).float()
     return model.from_view(torch.log10(torch.clamp(total, min=1e-12)), resid, mask, c, trace)
 
 
@@ -506,7 +539,7 @@ class FootprintGAN(AdversarialModel, FootprintSurrogate):
             raise ValueError("the pure footprint WGAN-GP (model.likelihood_weight=0) does not generate traces; "
                              "use the hybrid (model.likelihood_weight > 0) or the VAE")
         if self.hybrid:  # the VAE's decoder (per-station heads from a global latent) and encoder
-            generator = conv_stack(cfg.latent_dim + k, cfg.width, cfg.depth, 4)
+            generator = conv_stack(cfg.latent_dim + k, cfg.width, cfg.depth, 4 + int(nb > 0))
             self.encoder = nn.Sequential(conv_stack(3 + nb + k, cfg.width, cfg.depth, cfg.width),
                                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cfg.width, 2 * cfg.latent_dim))
             object.__setattr__(self, "e_run", self.encoder)
@@ -608,7 +641,8 @@ class FootprintSampler(nn.Module):
     kind "heads" (the VAE and the hybrid): (conditions, z, eps) -> footprint (N, 3, 9, 9);
     "gan" (the pure WGAN-GP): (conditions, z, station_noise) -> footprint;
     "traces": (conditions, z, station_latent, eps) -> the trace parts (`trace_parts`: signal,
-    residual, arrival, muon share, muon quantum), the traces then drawn by `finish_traces`."""
+    trace window, arrival, muon share, muon quantum, time-over-threshold probability), the
+    traces then drawn by `finish_traces`."""
 
     def __init__(self, model, decoder, kind: str):
         super().__init__()
@@ -617,10 +651,10 @@ class FootprintSampler(nn.Module):
     def forward(self, conditions, z, noise, eps=None):
         c = conditions.float()
         if self.kind == "traces":
-            signal, resid, arrival, share, quantum = trace_parts(self.model, self.decoder, c, z, noise, eps)
+            signal, resid, arrival, share, quantum, tot = trace_parts(self.model, self.decoder, c, z, noise, eps)
             _, along = self.model.geometry(c)
             window = resid * self.model.t_std + self.model.t_mean - along / C_M_PER_NS
-            return signal, window, arrival, share, quantum.expand(-1, GRID * GRID)
+            return signal, window, arrival, share, quantum.expand(-1, GRID * GRID), tot
         inputs = self.model.inputs(c)
         if self.kind == "gan":
             logs, resid, mask = self.model.view_from_noise(inputs, z, noise)

@@ -161,6 +161,8 @@ class Neuron(ConditionedFileDomain):
         return pd.DataFrame({"cell_class": ["IN", "PC", "L5_TPC"],
                              "randomness": example_values(ckpt.get("condition_ranges", {}), "randomness", [0.1, 0.25, 0.4])})
 
+    exports = True
+
     def export_graph(self, model, ckpt):
         from simgan.export import ExportGraph, Port  # lazy: only `simgan export` needs it
 
