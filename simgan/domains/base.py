@@ -158,7 +158,7 @@ class Domain:
         """`simgan export`: the model's sampler as one graph of the conditions and the noise
         (simgan.export.ExportGraph)."""
         raise SimganError(f"the {self.name} domain's models cannot be exported yet (`simgan export` covers the "
-                          "air-shower footprint models)")
+                          "air-shower and neuron models)")
 
     # -- the command line's hooks --------------------------------------------------------------
     def simulate_file(self, cfg, out, progress: bool, shard_index: int | None, shard_count: int | None,
