@@ -26,7 +26,7 @@ def outputs(cfg: ExperimentConfig) -> dict[str, Path]:
     return {"registered": stage_dir(cfg, "register") / "registered.json"}
 
 
-def _register_dir(run_dir: Path, name: str, uri: str, alias: str, retries: int, export: str = "onnx") -> dict:
+def _register_dir(run_dir: Path, name: str, uri: str, alias: str, retries: int, export: str = "none") -> dict:
     model = run_dir / "train" / "model.pt"
     if not model.is_file():
         raise SimganError(f"{run_dir}: no trained model at {model}")
@@ -82,7 +82,7 @@ def register_cli(args) -> int:
         raise SimganError("give --name NAME (or -c CONFIG with register.name)")
     uri = tracking_uri(args.tracking_uri or (cfg.register.tracking_uri if cfg else None))
     res = _register_dir(run_dir, name, uri, cfg.register.alias if cfg else "champion", cfg.register.retries if cfg else 3,
-                        cfg.register.export if cfg else "onnx")
+                        cfg.register.export if cfg else "none")
     print(json.dumps(res, indent=2))
     return 0
 

@@ -101,8 +101,9 @@ class RegisterConfig(Strict):
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db
     alias: str = "champion"
     retries: int = Field(3, ge=1)
-    # the export stored beside the registered model (`simgan export`), where its domain exports
-    export: Literal["onnx", "torchscript", "none"] = "onnx"
+    # the export stored beside the registered model (`simgan export`) where its domain exports;
+    # off by default (an ONNX export takes seconds, a neuron VAE's latent flow minutes)
+    export: Literal["onnx", "torchscript", "none"] = "none"
 
 
 class DomainConfigs(NamedTuple):

@@ -82,7 +82,8 @@ def export_graph(graph: ExportGraph, fmt: str, path: Path) -> None:
             require("onnxscript")  # torch's ONNX exporter writes through it
             torch.onnx.export(module, example, str(tmp), input_names=[p.name for p in graph.inputs],
                               output_names=[p.name for p in graph.outputs], dynamic_shapes=_dims(graph.inputs),
-                              opset_version=OPSET, dynamo=True, external_data=False, verbose=False)
+                              opset_version=OPSET, dynamo=True, external_data=False, verbose=False,
+                              optimize=False)  # (onnxscript's graph rewrites take minutes on a flow's inverse)
         else:
             torch.jit.save(torch.jit.trace(module, example, check_trace=False), str(tmp))
     tmp.replace(path)

@@ -67,7 +67,7 @@ def gate_verdict(metrics: dict | None, checkpoint, source: str = "metrics.json")
 
 def register_model(checkpoint, domain, name: str, uri: str, metrics: dict | None, data_hash: str,
                    run_id: str | None = None, alias: str = "champion", retries: int = 3,
-                   metrics_source: str = "metrics.json", export: str = "onnx") -> dict:
+                   metrics_source: str = "metrics.json", export: str = "none") -> dict:
     """Log the pyfunc under the training run (with the model's export among its artifacts where
     the domain exports: `export` onnx or torchscript, or none), register a version, tag it, move
     the alias if the gate passed."""
@@ -117,7 +117,7 @@ def register_model(checkpoint, domain, name: str, uri: str, metrics: dict | None
         artifacts = {"checkpoint": str(checkpoint), **domain.pyfunc_artifacts(ckpt, str(checkpoint), Path(td))}
         exported = None
         if export != "none" and domain.exports:  # the graph a C++ consumer pulls by alias, and its sidecar
-            from simgan.export import export_model
+            from simgan.export import export_model  # lazy: torch's exporter loads onnxscript
 
             verdict = {"gate": "pass" if gate_pass else ("fail" if metrics else "not validated"),
                        "metrics": metrics_source if metrics else None,

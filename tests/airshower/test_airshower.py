@@ -235,7 +235,7 @@ def test_airshower_chain_registers_and_a_consumer_predicts_from_a_dataframe(air_
     local = Path(mlflow.artifacts.download_artifacts("models:/air-tiny@champion"))
     side = json.loads(next(local.rglob("model.json")).read_text())
     assert side["validation"]["gate"] == "pass" and side["checkpoint_sha256"] == reg_sha(cfg)
-    assert reg["export"]["format"] == "onnx" and side["round_trip"]["max_relative_difference_all"] <= 1e-5
+    assert reg["export"]["format"] == "onnx" and side["round_trip"]["max_relative_difference_all"] <= 1e-4
     sess = ort.InferenceSession(str(next(local.rglob(side["file"]))), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     feed = {"conditions": np.array([[19.0, 0.1, 0.0, 0.0, 0.0, 1.0], [19.5, 0.6, 1.0, 100.0, 50.0, 1.0]], np.float32)}

@@ -30,9 +30,15 @@ def _trained(tmp_path, traces: bool, overrides=()):
     return tmp_path / "train" / "model.pt", data
 
 
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    """A footprint VAE (no traces) trained a few steps, and its data."""
+    return _trained(tmp_path_factory.mktemp("plain"), traces=False)
+
+
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-def test_the_exported_footprint_sampler_is_the_model(tmp_path, fmt):
-    ckpt_path, data = _trained(tmp_path, traces=False)
+def test_the_exported_footprint_sampler_is_the_model(plain, tmp_path, fmt):
+    ckpt_path, data = plain
     out = tmp_path / "export"
     assert main(["export", "--checkpoint", str(ckpt_path), "--format", fmt, "--out", str(out)]) == 0
     side = json.loads((out / "model.json").read_text())
@@ -41,7 +47,7 @@ def test_the_exported_footprint_sampler_is_the_model(tmp_path, fmt):
     assert side["inputs"][1]["noise"] == "normal" and side["outputs"][0]["shape"] == ["N", 3, 9, 9]
     assert all(p["units"] and p["meaning"] for p in side["inputs"] + side["outputs"])
     assert side["validation"]["gate"] == "not validated" and len(side["checkpoint_sha256"]) == 64
-    assert side["round_trip"]["max_relative_difference_all"] <= 1e-5
+    assert side["round_trip"]["max_relative_difference_all"] <= 1e-4
     # the graph with the draws `sample` makes for a seed returns `sample`'s footprints
     model, ckpt = model_from_checkpoint(ckpt_path)
     dom = get_domain("airshower")
@@ -70,7 +76,7 @@ def test_a_trace_model_exports_the_parts_its_traces_are_drawn_from(tmp_path, cap
     assert [p["name"] for p in side["outputs"]] == ["signal", "window_ns", "arrival", "muon_share", "muon_quantum",
                                                      "tot_probability"]
     assert "draw_traces" in side["post_step"], side["round_trip"]
-    assert side["round_trip"]["max_relative_difference_all"] <= 1e-5, side["round_trip"]["max_relative_difference"]
+    assert side["round_trip"]["max_relative_difference_all"] <= 1e-4, side["round_trip"]["max_relative_difference"]
     # the exported parts, finished by the reference post-step, are the model's footprints for the same draws
     from simgan.domains.airshower.models import finish_traces, trace_parts
     from simgan.export import run_exported
@@ -91,8 +97,8 @@ def test_a_trace_model_exports_the_parts_its_traces_are_drawn_from(tmp_path, cap
     assert trig.any() and torch.allclose(fp[:, 3:].sum(1)[trig], fp[:, 0][trig], rtol=1e-4)
 
 
-def test_export_refuses_what_it_cannot_do(tmp_path, capsys):
-    ckpt_path, _ = _trained(tmp_path, traces=False)
+def test_export_refuses_what_it_cannot_do(plain, tmp_path, capsys):
+    ckpt_path, _ = plain
     bad = tmp_path / "m.json"
     bad.write_text(json.dumps({"gate": {"pass": True, "checks": {}}, "candidate_checkpoint_sha256": "0" * 64}))
     assert main(["export", "--checkpoint", str(ckpt_path), "--metrics", str(bad), "--out", str(tmp_path / "e")]) == 2

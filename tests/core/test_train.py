@@ -185,7 +185,7 @@ def test_sigterm_saves_the_step_it_reached_then_resumes(tmp_path, splits):
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     info = json.loads((run_dir / "train" / "run_info.json").read_text())
-    assert info["resumed_from_step"] == step and info["steps"] == 700 + ENERGY_STEPS
+    assert info["resumed_from_step"] == step and info["steps"] == 1500 + ENERGY_STEPS
 
 
 def test_changed_config_or_data_never_resumes(tmp_path, splits, capsys):

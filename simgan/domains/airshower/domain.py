@@ -15,7 +15,7 @@ import torch
 
 from simgan.domains.airshower import io as aio
 from simgan.domains.airshower import validate as av
-from simgan.domains.airshower.models import CONDITIONS, FAMILIES, MASS
+from simgan.domains.airshower.models import CONDITIONS, FAMILIES, GRID, MASS, FootprintSampler
 from simgan.domains.airshower.corsika import corsika_footprints
 from simgan.domains.airshower.simulator import ArrayParams, simulate
 from simgan.domains.airshower.traces import TankParams, vem_peak
@@ -175,9 +175,7 @@ class Airshower(ConditionedFileDomain):
     exports = True
 
     def export_graph(self, model, ckpt):
-        from simgan.export import ExportGraph, Port  # lazy: only `simgan export` needs it
-
-        from simgan.domains.airshower.models import FootprintSampler, GRID
+        from simgan.export import ExportGraph, Port  # lazy: only `simgan export` and `register` need it
 
         cfg, n_st = model.cfg, GRID * GRID
         hybrid = getattr(model, "hybrid", True)

@@ -18,7 +18,7 @@ from simgan.domains.base import (ConditionedFileDomain, ConvertRequest, check_in
                                  sample_rows)
 from simgan.domains.neuron import io as nio
 from simgan.domains.neuron import validate as nv
-from simgan.domains.neuron.models import CONDITIONS, FAMILIES, condition_array
+from simgan.domains.neuron.models import CONDITIONS, FAMILIES, NeuronSampler, condition_array
 from simgan.domains.neuron.simulator import CLASSES, Projection, events_per_shard, input_hashes, simulate, versions
 from simgan.domains.neuron.observables import KEY_OBSERVABLES, image_features
 from simgan.errors import SimganError
@@ -164,9 +164,7 @@ class Neuron(ConditionedFileDomain):
     exports = True
 
     def export_graph(self, model, ckpt):
-        from simgan.export import ExportGraph, Port  # lazy: only `simgan export` needs it
-
-        from simgan.domains.neuron.models import NeuronSampler
+        from simgan.export import ExportGraph, Port  # lazy: only `simgan export` and `register` need it
 
         if getattr(model.cfg, "pixel_correlation", 0.0):
             raise SimganError(f"model.pixel_correlation {model.cfg.pixel_correlation}: the correlated hit noise is not "

@@ -412,10 +412,12 @@ class NeuronSampler(nn.Module):
         self.model = model
         self.network = model.decoder if isinstance(model, NeuronVAE) else model.generator
         self.drawn = isinstance(model, NeuronVAE) or model.hybrid
+        # (decided here, not in forward: the graph holds the flow or not)
+        self.flow = (isinstance(model, NeuronVAE) and model.cfg.latent_sampler == "flow" and bool(model.flow_fitted))
 
     def forward(self, conditions, z, uniform=None, gauss=None):
         c = conditions.float()
-        if isinstance(self.model, NeuronVAE) and self.model.cfg.latent_sampler == "flow" and bool(self.model.flow_fitted):
+        if self.flow:
             z = self.model.latent_flow(one_hot_vector(c)).transform.inv(z)
         out = self.network(z, self.model.cond_vector(c)).float()
         v = pixels_from_noise(out, uniform, gauss)[:, None] if self.drawn else torch.relu(out)
