@@ -42,21 +42,21 @@ def _registered_checkpoint(uri: str, into: Path) -> tuple[Path, dict]:
     local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(into)))
     try:
         flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
-        found = [local / flavor["artifacts"]["checkpoint"]["path"]]
+        checkpoint = local / flavor["artifacts"]["checkpoint"]["path"]
     except (OSError, KeyError, TypeError, yaml.YAMLError):
         raise SimganError(f"{uri}: the registered model names no checkpoint artifact in its MLmodel") from None
     verdict = {"gate": "unknown", "model": uri}
     try:
+        from mlflow.store.artifact.utils.models import get_model_name_and_version
         from mlflow.tracking import MlflowClient
 
-        name, _, ref = uri[len("models:/"):].partition("@") if "@" in uri else (*uri[len("models:/"):].split("/", 1), "")
         client = MlflowClient()
-        mv = client.get_model_version_by_alias(name, ref) if "@" in uri else client.get_model_version(name, _ or ref)
+        mv = client.get_model_version(*get_model_name_and_version(client, uri))
         verdict.update({"gate": mv.tags.get("gate", "unknown"), "version": int(mv.version),
-                        **{k: v for k, v in mv.tags.items() if k not in ("gate",)}})
+                        **{k: v for k, v in mv.tags.items() if k != "gate"}})
     except Exception as exc:  # the registry's answer is a record, not a requirement
         verdict["registry_error"] = str(exc)
-    return found[0], verdict
+    return checkpoint, verdict
 
 
 def export_cli(args) -> int:
@@ -82,8 +82,7 @@ def export_cli(args) -> int:
         sidecar = export_model(graph, args.format, staging, checkpoint, domain.name,
                                ckpt["model_args"]["config"]["family"], verdict, source)
         out.mkdir(parents=True, exist_ok=True)
-        for f in staging.iterdir():  # whole files only: the graph first, the sidecar last
-            shutil.move(str(f), out / f.name) if f.name != "model.json" else None
-        shutil.move(str(staging / "model.json"), out / "model.json")
+        for name in (sidecar["file"], "model.json"):  # whole files only: the graph first, the sidecar last
+            shutil.move(str(staging / name), out / name)
     print(describe(sidecar))
     return 0

@@ -16,7 +16,6 @@ A domain gives `export_graph(model, ckpt) -> ExportGraph` (simgan.domains.base.D
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -162,10 +161,3 @@ def describe(sidecar: dict) -> str:
             f"{len(sidecar['inputs'])} inputs, {len(sidecar['outputs'])} outputs; round trip on {rt['rows']} rows: "
             f"max relative difference {rt['max_relative_difference_all']:.2e}; validation "
             f"{sidecar['validation'].get('gate', 'none')}")
-
-
-def read_sidecar(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise SimganError(f"{path}: not a readable export sidecar ({exc})") from None

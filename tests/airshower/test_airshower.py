@@ -243,6 +243,18 @@ def test_airshower_chain_registers_and_a_consumer_predicts_from_a_dataframe(air_
         feed[port["name"]] = rng.standard_normal((2, *port["shape"][1:])).astype(np.float32)
     fp = sess.run(None, feed)[0]
     assert fp.shape == (2, 3, 9, 9) and ((fp[:, 2] == 0) | (fp[:, 0] >= 3)).all() and fp[:, 2].sum() > 0
+    # `simgan export --model` takes the registered version's checkpoint and its gate
+    import os
+    from pipeline.cli import main
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = cfg.register.tracking_uri
+    try:
+        out = Path(tmp) / "export_by_alias"
+        assert main(["export", "--model", "models:/air-tiny@champion", "--out", str(out), "--format", "torchscript"]) == 0
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI") if before is None else os.environ.update(MLFLOW_TRACKING_URI=before)
+    by_alias = json.loads((out / "model.json").read_text())
+    assert by_alias["validation"]["gate"] == "pass" and by_alias["checkpoint_sha256"] == reg_sha(cfg)
 
 
 def reg_sha(cfg):

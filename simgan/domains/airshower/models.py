@@ -399,9 +399,14 @@ def decode_heads(decoder: nn.Module, z: torch.Tensor, inputs: torch.Tensor):
     """Per station: mean and log sd of log10 S (censored at the threshold), of the time residual
     (and, for trace models, the logit of a station below the threshold triggering by time over
     threshold: `tot_logit`)."""
-    out = decoder(torch.cat([broadcast(z), inputs], 1)).flatten(2)  # (N, 4 or 5, 81)
-    mu_s, ls_s, mu_t, ls_t = out[:, :4].unbind(1)
-    return mu_s, ls_s.clamp(-6, 2), mu_t, ls_t.clamp(-6, 2)
+    return split_heads(decoder(torch.cat([broadcast(z), inputs], 1)).flatten(2))[:4]
+
+
+def split_heads(out: torch.Tensor):
+    """The decoder's (N, 4 or 5, 81) output as (mean, clamped log sd) of log10 S and of the time
+    residual, and the time-over-threshold logit (None without it)."""
+    heads = out.unbind(1)  # (a tuple's length: the channel count stays a Python int when traced)
+    return (heads[0], heads[1].clamp(-6, 2), heads[2], heads[3].clamp(-6, 2), heads[4] if len(heads) > 4 else None)
 
 
 def vae_terms(model, encoder, decoder, view, inputs, generator, autocast, return_code: bool = False):
@@ -417,7 +422,7 @@ def vae_terms(model, encoder, decoder, view, inputs, generator, autocast, return
         logvar = logvar.clamp(-12, 6)
         z = mu + torch.exp(0.5 * logvar) * eps
         out = decoder(torch.cat([broadcast(z), inputs], 1)).float().flatten(2)
-    mu_s, ls_s, mu_t, ls_t = out[:, 0], out[:, 1].clamp(-6, 2), out[:, 2], out[:, 3].clamp(-6, 2)
+    mu_s, ls_s, mu_t, ls_t, tot = split_heads(out)
     logs, resid, m = view[:, :3].float().flatten(2).unbind(1)
     sd_s = torch.exp(ls_s)
     observed = m * (logs >= model.log_thr).float() if model.n_bins else m
@@ -426,7 +431,7 @@ def vae_terms(model, encoder, decoder, view, inputs, generator, autocast, return
     below = torch.special.log_ndtr((model.log_thr - mu_s) / sd_s)
     nll_s = torch.where(observed > 0, nll_trig, -below).sum(1)
     if model.n_bins:  # below the threshold: triggered (by time over threshold) or silent
-        bce = nn.functional.binary_cross_entropy_with_logits(out[:, 4], m, reduction="none")
+        bce = nn.functional.binary_cross_entropy_with_logits(tot, m, reduction="none")
         nll_s = nll_s + (bce * (1 - observed)).sum(1)
     nll_t = ((0.5 * ((resid - mu_t) / torch.exp(ls_t)) ** 2 + ls_t + 0.5 * math.log(2 * math.pi)) * m).sum(1)
     if return_code:
@@ -486,12 +491,11 @@ def trace_parts(model, decoder, c, z, zs, eps):
     the mean signal of one muon (N, 1) VEM, and the probability that a station below the
     threshold triggers by time over threshold (N, 81)."""
     inputs = model.inputs(c)
-    out = decoder(torch.cat([broadcast(z), inputs], 1)).float().flatten(2)
-    mu_s, ls_s, mu_t, ls_t = out[:, 0], out[:, 1].clamp(-6, 2), out[:, 2], out[:, 3].clamp(-6, 2)
+    mu_s, ls_s, mu_t, ls_t, tot = split_heads(decoder(torch.cat([broadcast(z), inputs], 1)).float().flatten(2))
     arrival, share = model.trace_outputs(z, inputs, zs)
     signal = 10.0 ** torch.clamp(mu_s + torch.exp(ls_s) * eps[:, 0], max=6.0)
     resid = mu_t + torch.exp(ls_t) * eps[:, 1]
-    return signal, resid, arrival, share, model.muon_quantum(inputs), torch.sigmoid(out[:, 4])
+    return signal, resid, arrival, share, model.muon_quantum(inputs), torch.sigmoid(tot)
 
 
 def finish_traces(model, c, signal, resid, arrival, share, quantum, tot_probability, generator, tries: int = 16):
