@@ -22,7 +22,7 @@ import torch
 
 from simgan.checkpoint import build_model, checkpoint_metadata, load_checkpoint, resolve_device
 from simgan.errors import SimganError
-from simgan.io import check_output_dir, same_file, write_json_atomic
+from simgan.io import atomic_path, check_output_dir, same_file, write_json_atomic
 from simgan.seeding import derive_seed
 from simgan.splits import split_indices
 
@@ -212,6 +212,22 @@ class ConditionedFileDomain(Domain):
     unit = "events"
     simulator = "the simulator"
     monitor_batch = 1024  # rows per sampling call in the training monitor
+
+    def after_training(self, cfg, model_path, train_path):
+        """model.latent_sampler=flow: the VAE's latent flow fitted to the codes of the training
+        split (the model's `fit_latent_flow(data, conditions, seed)`), stored into model.pt atomically."""
+        ckpt = load_checkpoint(model_path)
+        if ckpt["model_args"]["config"].get("latent_sampler", "prior") != "flow":
+            return None
+        model = self.build_model(ckpt["model_args"])
+        model.load_state_dict(ckpt["model"])
+        model.eval()
+        data = self.read(train_path)
+        info = model.fit_latent_flow(data, self.condition_matrix(data), cfg.seed)
+        ckpt["model"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        with atomic_path(model_path, suffix=".pt") as tmp:
+            torch.save(ckpt, tmp)
+        return info
     floor_note = ""  # why validate needs --floor, beyond the floor itself
 
     def write(self, path, data):

@@ -15,7 +15,7 @@ from simgan.train.trainer import Trainer
 from tests.conftest import REPO
 
 AIR = REPO / "configs" / "experiment" / "airshower_quickstart.yaml"
-SMALL = ["model.width=8", "model.depth=1", "train.steps=4", "train.batch_size=32", "train.val_every=4",
+SMALL = ["model.width=8", "model.depth=1", "model.latent_sampler=prior", "train.steps=4", "train.batch_size=32", "train.val_every=4",
          "train.val_events=50", "train.checkpoint_every=4", "train.log_every=2", "train.mlflow=false",
          "train.progress=false"]
 
@@ -25,7 +25,7 @@ def _trained(tmp_path, traces: bool, overrides=()):
     data = aio.from_simulation(simulate(300, 8, p, 150), p, 8)
     train = aio.write(tmp_path / "train.h5", data.subset(slice(0, 250)))
     val = aio.write(tmp_path / "val.h5", data.subset(slice(250, 300)))
-    cfg = load_config(AIR, [f"runs_dir={tmp_path}", *overrides, *SMALL])
+    cfg = load_config(AIR, [f"runs_dir={tmp_path}", *SMALL, *overrides])
     Trainer(cfg, get_domain("airshower"), train, val, tmp_path / "train", progress=False).fit()
     return tmp_path / "train" / "model.pt", data
 
@@ -68,11 +68,15 @@ def test_the_exported_footprint_sampler_is_the_model(plain, tmp_path, fmt):
 
 
 def test_a_trace_model_exports_the_parts_its_traces_are_drawn_from(tmp_path, capsys):
-    ckpt_path, data = _trained(tmp_path, traces=True)
+    """A trace VAE with the latent flow (model.latent_sampler=flow): the flow is fitted when
+    training completes, a seed repeats its codes, which are not the prior's; the export holds
+    the flow and returns the parts `trace_parts` makes from the flow's codes."""
+    ckpt_path, data = _trained(tmp_path, traces=True, overrides=["model.latent_sampler=flow", "model.flow_steps=20"])
     out = tmp_path / "export"
     assert main(["export", "--checkpoint", str(ckpt_path), "--out", str(out)]) == 0
     side = json.loads((out / "model.json").read_text())
     assert [p["name"] for p in side["inputs"]] == ["conditions", "z", "station_latent", "eps"]
+    assert "latent flow" in side["inputs"][1]["meaning"]
     assert [p["name"] for p in side["outputs"]] == ["signal", "window_ns", "arrival", "muon_share", "muon_quantum",
                                                      "tot_probability"]
     assert "draw_traces" in side["post_step"], side["round_trip"]
@@ -89,8 +93,14 @@ def test_a_trace_model_exports_the_parts_its_traces_are_drawn_from(tmp_path, cap
              torch.randn(30, model.cfg.station_latent_dim, 9, 9, generator=g), torch.randn(30, 2, 81, generator=g))
     signal, window, arrival, share, quantum, tot = (torch.as_tensor(x) for x in run_exported(out / "model.onnx", "onnx",
                                                                                          graph, (c, *draws)))
+    assert bool(model.flow_fitted) and model.uses_flow
+    run_info = json.loads((tmp_path / "train" / "run_info.json").read_text())
+    assert run_info["calibration"]["latent_flow_steps"] == 20 and np.isfinite(run_info["calibration"]["latent_flow_nll"])
     with torch.no_grad():
-        ref = trace_parts(model, model.decoder, c, *draws)
+        code = model.draw_codes(c, torch.Generator().manual_seed(2))
+        assert torch.equal(code, model.draw_codes(c, torch.Generator().manual_seed(2)))
+        assert not torch.allclose(code, draws[0])  # the flow's codes, not the prior's draws
+        ref = trace_parts(model, model.decoder, c, code, *draws[1:])
     np.testing.assert_allclose(arrival.numpy(), ref[2].numpy(), rtol=1e-4, atol=1e-7)
     fp = finish_traces(model, c, signal, ref[1], arrival, share, quantum[:, :1], tot, torch.Generator().manual_seed(0))
     trig = fp[:, 2] > 0

@@ -301,10 +301,11 @@ def test_the_footprint_models_generate_traces_that_decide_signal_time_and_trigge
     data = aio.from_simulation(simulate(600, 8, p, 300), p, 8)
     train, val = aio.write(tmp_path / "train.h5", data.subset(slice(0, 500))), aio.write(tmp_path / "val.h5",
                                                                                         data.subset(slice(500, 600)))
-    gan = ["model=airshower/footprint_gan", "model.likelihood_weight=1", "model.critic_width=8", "model.n_critic=1",
-           "model.gp_every=2"]
-    cfg = load_config(REPO / "configs" / "experiment" / "airshower_quickstart.yaml",
-                      [f"runs_dir={tmp_path}", *(gan if family == "gan" else []), "model.width=8", "model.depth=1",
+    gan = ["model.likelihood_weight=1", "model.critic_width=8", "model.n_critic=1", "model.gp_every=2"]
+    exp = REPO / "configs" / "experiment"
+    cfg = load_config(exp / ("airshower_quickstart_gan.yaml" if family == "gan" else "airshower_quickstart.yaml"),
+                      [f"runs_dir={tmp_path}", *(gan if family == "gan" else ["model.flow_steps=20"]), "model.width=8",
+                       "model.depth=1",
                        "train.steps=6", "train.batch_size=32", "train.val_every=6", "train.val_events=50",
                        "train.checkpoint_every=6", "train.log_every=2", "train.mlflow=false", "train.progress=false"])
     dom = get_domain("airshower")
@@ -314,8 +315,7 @@ def test_the_footprint_models_generate_traces_that_decide_signal_time_and_trigge
     assert info["complete"] and all(np.isfinite(r[key]) for r in rows if key in r)
     assert len({r[key] for r in rows if key in r}) > 1
     if family == "gan":
-        pure = dom.model_args(load_config(REPO / "configs" / "experiment" / "airshower_quickstart.yaml",
-                                          ["model=airshower/footprint_gan"]), data)
+        pure = dom.model_args(load_config(exp / "airshower_quickstart_gan.yaml", ["model.likelihood_weight=0"]), data)
         with pytest.raises(SimganError, match="pure footprint WGAN-GP .* does not generate traces"):
             dom.build_model(pure)
     from simgan.domains import model_from_checkpoint

@@ -259,8 +259,8 @@ def test_airshower_chain_on_a_real_slurm(local_slurm, tmp_path):
     air = REPO / "configs" / "experiment" / "airshower_quickstart.yaml"
     overrides = [f"runs_dir={runs}", "simulate.events=3000", "simulate.shard_events=1000", "train.steps=40",
                  "train.batch_size=64", "train.val_every=20", "train.checkpoint_every=20", "train.log_every=10",
-                 "train.val_events=200", "model.width=16", "model.depth=2", "validate.classifier_seeds=1",
-                 "validate.plots=false", "register.name=slurm-air", f"register.tracking_uri=sqlite:///{tmp_path}/mlflow.db"]
+                 "train.val_events=200", "model.width=16", "model.depth=2", "model.flow_steps=30",
+                 "validate.classifier_seeds=1", "validate.plots=false", "register.name=slurm-air", f"register.tracking_uri=sqlite:///{tmp_path}/mlflow.db"]
     assert main(["workflow", "-c", str(air), "--out", str(wf), "--partition", "debug", "--gpu-partition", "debug",
                  "--gpus-per-node", "0", "--cpus", "2", *overrides]) == 0
     jobs = _submit(wf, env)

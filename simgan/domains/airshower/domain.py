@@ -184,7 +184,9 @@ class Airshower(ConditionedFileDomain):
         cond = Port("conditions", ("N", 6), "log10(E/eV), rad, rad, m, m, 1",
                     "log10_energy_eV, zenith_rad, azimuth_rad, core_x_m, core_y_m, mass_A (the mass number; 1 for "
                     "protons, used only by models trained on mixed masses), inside the training ranges")
-        z = Port("z", ("N", cfg.latent_dim), "1", "the event's code", noise="normal")
+        z = Port("z", ("N", cfg.latent_dim), "1", "the event's code" + (
+            " (mapped to the code by the fitted latent flow inside the graph)" if getattr(model, "uses_flow", False)
+            else ""), noise="normal")
         eps = Port("eps", ("N", 2, n_st), "1", "per station (row-major 9 x 9): the signal's and the time "
                    "residual's draw", noise="normal")
         if kind == "gan":

@@ -26,7 +26,7 @@ from torch import nn
 
 from simgan.domains.airshower.simulator import C_M_PER_NS, GRID, ArrayParams, station_xyz
 from simgan.models.adversarial import AdversarialModel
-from simgan.models.latent import kl_normal
+from simgan.models.latent import code_flow, codes_from_noise, fit_code_flow, kl_normal
 from simgan.schema import ConfigModel
 
 CONDITIONS = ("log10_energy_eV", "zenith_rad", "azimuth_rad", "core_x_m", "core_y_m")
@@ -48,6 +48,10 @@ class FootprintVAEConfig(ConfigModel):
     # the weight of the granularity term: each station's muon share (how much of its light
     # arrives in muon-sized quanta) fitted so that the drawn traces' spikiness matches the data's
     granularity_weight: float = Field(1.0, ge=0)
+    # where sampling draws the event codes: the prior N(0, 1), or a conditional flow fitted after
+    # training to the encoder's means of the training split (simgan.models.latent.code_flow)
+    latent_sampler: Literal["prior", "flow"] = "prior"
+    flow_steps: int = Field(2000, gt=0)
 
 
 class FootprintGANConfig(ConfigModel):
@@ -177,6 +181,10 @@ class FootprintSurrogate(nn.Module):
         r, h = self.trace["tank_radius_m"], self.trace["tank_height_m"]
         return math.pi * r * r / (math.pi * r * r * cos + 2 * r * h * torch.sqrt(1 - cos * cos))
 
+    def draw_codes(self, c: torch.Tensor, generator=None) -> torch.Tensor:
+        """(N, latent_dim) event codes for conditions c: the prior's."""
+        return torch.randn(len(c), self.cfg.latent_dim, generator=generator, device=c.device)
+
     def trace_modules(self) -> dict[str, nn.Module]:
         return ({"station_encoder": self._modules["station_encoder"], "trace_head": self._modules["trace_head"]}
                 if self.n_bins else {})
@@ -263,6 +271,36 @@ class FootprintVAE(FootprintSurrogate):
         self.decoder = conv_stack(cfg.latent_dim + k, cfg.width, cfg.depth, 4 + int(self.n_bins > 0))
         if self.n_bins:  # the trace shapes: a latent per station, encoded from its trace; logits per bin
             self.add_trace_parts(cfg.latent_dim, cfg.width, cfg.station_latent_dim)
+        if cfg.latent_sampler == "flow":  # fitted when training completes (the monitor uses the prior)
+            self.latent_flow = code_flow(cfg.latent_dim, k - 3, passes=2)
+            self.register_buffer("flow_fitted", torch.zeros((), dtype=torch.bool))
+
+    @property
+    def uses_flow(self) -> bool:
+        return self.cfg.latent_sampler == "flow" and bool(self.flow_fitted)
+
+    def draw_codes(self, c, generator=None):
+        """Event codes for conditions c: the prior's draws, through the fitted flow (its base noise
+        drawn from `generator`, so a seed gives the same codes)."""
+        eps = super().draw_codes(c, generator)
+        return codes_from_noise(self.latent_flow, condition_vector(c, self.with_mass), eps) if self.uses_flow else eps
+
+    def fit_latent_flow(self, data, cond: np.ndarray, seed: int, chunk: int = 512) -> dict:
+        """The flow fitted to the encoder's means of the training footprints (Footprints `data`,
+        conditions (N, 6); maximum likelihood)."""
+        c = torch.as_tensor(cond, dtype=torch.float32)
+        mus = []
+        with torch.no_grad():
+            for i in range(0, len(c), chunk):
+                part = slice(i, i + chunk)
+                view = self.to_view(torch.as_tensor(data.signal[part]), torch.as_tensor(data.time[part]),
+                                    torch.as_tensor(data.triggered[part]).bool(), c[part],
+                                    None if data.traces is None else data.traces[part])
+                mus.append(self.encoder(torch.cat([view, self.inputs(c[part])], 1)).float().chunk(2, 1)[0])
+        mu = torch.cat(mus)
+        nll = fit_code_flow(self.latent_flow, mu, condition_vector(c, self.with_mass), self.cfg.flow_steps, seed)
+        self.flow_fitted.fill_(True)
+        return {"latent_flow_nll": nll, "latent_flow_steps": self.cfg.flow_steps, "latent_flow_rows": len(mu)}
 
     def run_modules(self):
         return {"encoder": self._modules["encoder"], "decoder": self._modules["decoder"], **self.trace_modules()}
@@ -439,11 +477,12 @@ def vae_terms(model, encoder, decoder, view, inputs, generator, autocast, return
     return (nll_s + nll_t).mean(), kl_normal(mu, logvar)
 
 
-def draw_heads(model, decoder, inputs, generator, soft: bool = False, return_code: bool = False):
-    """A footprint drawn from the per-station heads for a latent from the prior: (log10 S,
-    residual, trigger mask), the mask softened (differentiable, for a critic) or hard; with
-    `return_code` the latent too."""
-    z = torch.randn(len(inputs), model.cfg.latent_dim, generator=generator, device=inputs.device)
+def draw_heads(model, decoder, inputs, generator, soft: bool = False, return_code: bool = False, z=None):
+    """A footprint drawn from the per-station heads for the code z (default: from the prior):
+    (log10 S, residual, trigger mask), the mask softened (differentiable, for a critic) or hard;
+    with `return_code` the code too."""
+    if z is None:
+        z = torch.randn(len(inputs), model.cfg.latent_dim, generator=generator, device=inputs.device)
     # (drawn as (2, N, 81): the same footprints for a seed as before the noise was an argument)
     eps = torch.randn(2, len(inputs), GRID * GRID, generator=generator, device=inputs.device).transpose(0, 1)
     logs, resid, mask = heads_from_noise(model, decoder, inputs, z, eps, soft)
@@ -467,8 +506,9 @@ def sample_heads(model, decoder, conditions, generator, precision):
     c = conditions.float()
     if model.n_bins:
         return sample_traces(model, decoder, c, generator, precision)
+    z = model.draw_codes(c, generator)
     with torch.autocast(device_type=c.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        logs, resid, mask = draw_heads(model, decoder, model.inputs(c), generator)
+        logs, resid, mask = draw_heads(model, decoder, model.inputs(c), generator, z=z)
     return model.from_view(logs, resid, mask, c)
 
 
@@ -476,7 +516,7 @@ def sample_traces(model, decoder, c, generator, precision):
     """Footprints with traces: the event code and the station latents from the prior
     (`trace_parts`), then each station's trace drawn in quanta (`finish_traces`)."""
     n, dev = len(c), c.device
-    z = torch.randn(n, model.cfg.latent_dim, generator=generator, device=dev)
+    z = model.draw_codes(c, generator)
     zs = torch.randn(n, model.cfg.station_latent_dim, GRID, GRID, generator=generator, device=dev)
     eps = torch.randn(n, 2, GRID * GRID, generator=generator, device=dev)
     with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -643,6 +683,7 @@ class FootprintSampler(nn.Module):
     export`): the same functions as `sample`, the random draws passed in.
 
     kind "heads" (the VAE and the hybrid): (conditions, z, eps) -> footprint (N, 3, 9, 9);
+    the VAE's fitted latent flow (model.latent_sampler=flow) maps z to the code inside the graph;
     "gan" (the pure WGAN-GP): (conditions, z, station_noise) -> footprint;
     "traces": (conditions, z, station_latent, eps) -> the trace parts (`trace_parts`: signal,
     trace window, arrival, muon share, muon quantum, time-over-threshold probability), the
@@ -651,9 +692,12 @@ class FootprintSampler(nn.Module):
     def __init__(self, model, decoder, kind: str):
         super().__init__()
         self.model, self.decoder, self.kind = model, decoder, kind
+        self.flow = getattr(model, "uses_flow", False)  # the VAE's fitted latent flow: z -> code in the graph
 
     def forward(self, conditions, z, noise, eps=None):
         c = conditions.float()
+        if self.flow:
+            z = codes_from_noise(self.model.latent_flow, condition_vector(c, self.model.with_mass), z)
         if self.kind == "traces":
             signal, resid, arrival, share, quantum, tot = trace_parts(self.model, self.decoder, c, z, noise, eps)
             _, along = self.model.geometry(c)

@@ -13,7 +13,6 @@ import time
 import numpy as np
 import torch
 
-from simgan.checkpoint import load_checkpoint
 from simgan.domains.base import (ConditionedFileDomain, ConvertRequest, check_inside, example_values, frame_columns,
                                  sample_rows)
 from simgan.domains.neuron import io as nio
@@ -22,7 +21,7 @@ from simgan.domains.neuron.models import CONDITIONS, FAMILIES, NeuronSampler, co
 from simgan.domains.neuron.simulator import CLASSES, Projection, events_per_shard, input_hashes, simulate, versions
 from simgan.domains.neuron.observables import KEY_OBSERVABLES, image_features
 from simgan.errors import SimganError
-from simgan.io import atomic_path, write_json_atomic
+from simgan.io import write_json_atomic
 from simgan.metrics.gate import verdict
 
 SCHEMA = {"domain": "neuron", "sample_shape": [64, 64], "channels": ["neurite_length_um"],
@@ -88,21 +87,6 @@ class Neuron(ConditionedFileDomain):
         return {"schema": SCHEMA, "extra_conditions": [],
                 "condition_ranges": {"randomness": [float(data.randomness.min()), float(data.randomness.max())]},
                 "classes_seen": sorted({CLASSES[i] for i in np.unique(data.cell_class)})}
-
-    def after_training(self, cfg, model_path, train_path):
-        """model.latent_sampler=flow: fit the latent flow on the training split, into model.pt."""
-        ckpt = load_checkpoint(model_path)
-        if ckpt["model_args"]["config"].get("latent_sampler", "prior") != "flow":
-            return None
-        model = self.build_model(ckpt["model_args"])
-        model.load_state_dict(ckpt["model"])
-        model.eval()
-        data = nio.read(train_path)
-        info = model.fit_latent_flow(data.images, conditions_of(data), cfg.seed)
-        ckpt["model"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        with atomic_path(model_path, suffix=".pt") as tmp:
-            torch.save(ckpt, tmp)
-        return info
 
     def features(self, data, cfg):
         f = image_features(data.images, nio.projection_of(data.attrs) if "projection" in data.attrs

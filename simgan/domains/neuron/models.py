@@ -25,7 +25,7 @@ from pydantic import Field
 from torch import nn
 
 from simgan.models.adversarial import AdversarialModel
-from simgan.models.latent import kl_normal, kl_weight
+from simgan.models.latent import code_flow, codes_from_noise, fit_code_flow, kl_normal, kl_weight
 from simgan.schema import ConfigModel
 
 CONDITIONS = ("cell_class", "randomness")
@@ -274,9 +274,7 @@ class NeuronVAE(NeuronSurrogate):
         self.encoder = Encoder(1 + N_CLASSES + 1, cfg.width, 2 * cfg.latent_dim, self.soma, self.size)
         self.decoder = Decoder(cfg.latent_dim, k, cfg.width, 3, self.soma, self.size)  # hit logit, mean, log sd of v
         if cfg.latent_sampler == "flow":
-            import zuko
-            self.latent_flow = zuko.flows.NSF(features=cfg.latent_dim, context=N_CLASSES + 1, transforms=3,
-                                              hidden_features=[128, 128])
+            self.latent_flow = code_flow(cfg.latent_dim, N_CLASSES + 1)
             self.register_buffer("flow_fitted", torch.zeros((), dtype=torch.bool))
 
     def draw_codes(self, c: torch.Tensor, generator=None) -> torch.Tensor:
@@ -285,26 +283,16 @@ class NeuronVAE(NeuronSurrogate):
         eps = torch.randn(len(c), self.cfg.latent_dim, generator=generator, device=c.device)
         if self.cfg.latent_sampler != "flow" or not bool(self.flow_fitted):
             return eps  # the prior; the flow is fitted when training completes (the monitor uses the prior)
-        return self.latent_flow(one_hot_vector(c)).transform.inv(eps)
+        return codes_from_noise(self.latent_flow, one_hot_vector(c), eps)
 
-    def fit_latent_flow(self, images: np.ndarray, cond: np.ndarray, seed: int, batch: int = 256) -> dict:
+    def fit_latent_flow(self, data, cond: np.ndarray, seed: int, batch: int = 256) -> dict:
         """The flow fitted to the encoder's means of the training images (maximum likelihood)."""
-        g = torch.Generator().manual_seed(seed)
-        c = torch.as_tensor(cond, dtype=torch.float32)
+        images, c = data.images, torch.as_tensor(cond, dtype=torch.float32)
         with torch.no_grad():
             mu = torch.cat([encode(self.encoder, to_view(torch.as_tensor(images[i:i + 512])), c[i:i + 512])[0]
                             for i in range(0, len(images), 512)])
-        ctx = one_hot_vector(c)
-        opt = torch.optim.Adam(self.latent_flow.parameters(), lr=1e-3)
-        for _ in range(self.cfg.flow_steps):
-            i = torch.randint(len(mu), (min(batch, len(mu)),), generator=g)
-            loss = -self.latent_flow(ctx[i]).log_prob(mu[i]).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        nll = fit_code_flow(self.latent_flow, mu, one_hot_vector(c), self.cfg.flow_steps, seed, batch)
         self.flow_fitted.fill_(True)
-        with torch.no_grad():
-            nll = float(-self.latent_flow(ctx).log_prob(mu).mean())
         return {"latent_flow_nll": nll, "latent_flow_steps": self.cfg.flow_steps, "latent_flow_rows": len(mu)}
 
     def run_modules(self):
@@ -418,7 +406,7 @@ class NeuronSampler(nn.Module):
     def forward(self, conditions, z, uniform=None, gauss=None):
         c = conditions.float()
         if self.flow:
-            z = self.model.latent_flow(one_hot_vector(c)).transform.inv(z)
+            z = codes_from_noise(self.model.latent_flow, one_hot_vector(c), z)
         out = self.network(z, self.model.cond_vector(c)).float()
         v = pixels_from_noise(out, uniform, gauss)[:, None] if self.drawn else torch.relu(out)
         return from_view(v)
