@@ -418,7 +418,9 @@ def draw_traces(model, signal, arrival, muon_share, quantum, generator):
     q_mu = quantum[..., None]
     n_mu = torch.poisson(muon_share[..., None] * light / q_mu, generator=generator)
     n_em = torch.poisson((1 - muon_share[..., None]) * light / tr["em_vem"], generator=generator)
-    em = torch._standard_gamma(n_em.clamp(min=1e-6), generator=generator) * tr["em_vem"] * (n_em > 0)
+    em = torch.zeros_like(n_em)  # the sum of n exponential deposits: Gamma(n), drawn where n > 0 only (most
+    hit = n_em > 0               # bins are empty, and a Gamma of a tiny shape is slow to draw)
+    em[hit] = torch._standard_gamma(n_em[hit], generator=generator) * tr["em_vem"]
     drawn = (n_mu * q_mu + em) @ model.decay
     total = drawn.sum(-1, keepdim=True)
     expected = torch.where(total > 0, drawn * (signal[..., None] / total.clamp(min=1e-12)),
