@@ -2,6 +2,11 @@
 
 Two samples of N showers are generated from a checkpoint (different seeds), then
 `simgan validate` runs on them in a fresh process; peak memory is that process's VmHWM.
+With --busy it runs a second time beside one other busy process (a single-threaded loop, as
+another job on a shared node), and reports the ratio of the two times (target <= 2x: thread
+pools sized to the CPUs, no OpenMP spin-waiting against the other job).
+
+    python benchmarks/bench_validate.py CHECKPOINT [N] [--busy]
 """
 
 from __future__ import annotations
@@ -13,9 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def main(checkpoint: str, n: int = 100_000) -> dict:
+def main(checkpoint: str, n: int = 100_000, busy: bool = False) -> dict:
     from benchmarks.common import machine_info
     from simgan.domains.calorimeter.data.binning import reference_binning
     from simgan.domains.calorimeter.generate import generate_to_file, log_uniform_energies
@@ -31,14 +37,29 @@ def main(checkpoint: str, n: int = 100_000) -> dict:
                 "t=time.perf_counter(); m=validate(sys.argv[1], sys.argv[2], sys.argv[3], ValidateConfig(), 0.01515);"
                 "hwm=[int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')][0]/1024;"
                 "print(json.dumps({'seconds': time.perf_counter()-t, 'peak_rss_mb': hwm, 'auc_high': m['auc_high']}))")
-        t = time.perf_counter()
-        out = subprocess.run([sys.executable, "-c", code, str(td / "ref.h5"), str(td / "cand.h5"), str(td / "v")],
-                             capture_output=True, text=True, check=True)
-        res = json.loads(out.stdout.strip().splitlines()[-1])
-        res["process_seconds"] = time.perf_counter() - t
+
+        def timed(out_dir):
+            t = time.perf_counter()
+            out = subprocess.run([sys.executable, "-c", code, str(td / "ref.h5"), str(td / "cand.h5"), str(out_dir)],
+                                 capture_output=True, text=True, check=True)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            r["process_seconds"] = time.perf_counter() - t
+            return r
+
+        res = timed(td / "v")
         res["file_mb"] = (td / "ref.h5").stat().st_size / 2**20
+        if busy:
+            spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            try:
+                beside = timed(td / "v_busy")
+            finally:
+                spin.kill()
+                spin.wait()
+            res["beside_busy_process_seconds"] = beside["process_seconds"]
+            res["beside_busy_ratio"] = beside["process_seconds"] / res["process_seconds"]
     return {"machine": machine_info(), "events_per_sample": n, **res}
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 100_000), indent=2))
+    args = [a for a in sys.argv[1:] if a != "--busy"]
+    print(json.dumps(main(args[0], int(args[1]) if len(args) > 1 else 100_000, "--busy" in sys.argv), indent=2))
