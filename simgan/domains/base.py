@@ -212,6 +212,7 @@ class ConditionedFileDomain(Domain):
     unit = "events"
     simulator = "the simulator"
     monitor_batch = 1024  # rows per sampling call in the training monitor
+    floor_note = ""  # why validate needs --floor, beyond the floor itself
 
     def after_training(self, cfg, model_path, train_path):
         """model.latent_sampler=flow: the VAE's latent flow fitted to the codes of the training
@@ -228,7 +229,6 @@ class ConditionedFileDomain(Domain):
         with atomic_path(model_path, suffix=".pt") as tmp:
             torch.save(ckpt, tmp)
         return info
-    floor_note = ""  # why validate needs --floor, beyond the floor itself
 
     def write(self, path, data):
         raise NotImplementedError

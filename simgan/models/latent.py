@@ -34,8 +34,6 @@ def gaussian_nll(mean: torch.Tensor, logvar: torch.Tensor, x: torch.Tensor) -> t
     return 0.5 * ((mean - x) ** 2 * torch.exp(-logvar) + logvar)
 
 
-
-
 def code_flow(latent_dim: int, context_dim: int, passes: int | None = None) -> nn.Module:
     """A VAE's latent sampler: a conditional neural spline flow (zuko) of the codes given the
     conditions, fitted after training to the encoder's means of the training set (the aggregate

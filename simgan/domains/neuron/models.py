@@ -277,13 +277,17 @@ class NeuronVAE(NeuronSurrogate):
             self.latent_flow = code_flow(cfg.latent_dim, N_CLASSES + 1)
             self.register_buffer("flow_fitted", torch.zeros((), dtype=torch.bool))
 
+    @property
+    def uses_flow(self) -> bool:
+        """Whether codes come from the latent flow: asked for and fitted (it is fitted when training
+        completes; until then, as in the training monitor, the prior)."""
+        return self.cfg.latent_sampler == "flow" and bool(self.flow_fitted)
+
     def draw_codes(self, c: torch.Tensor, generator=None) -> torch.Tensor:
         """Latent codes for conditions c: the prior, or the fitted flow (its base noise drawn
         from `generator`, so a seed gives the same codes)."""
         eps = torch.randn(len(c), self.cfg.latent_dim, generator=generator, device=c.device)
-        if self.cfg.latent_sampler != "flow" or not bool(self.flow_fitted):
-            return eps  # the prior; the flow is fitted when training completes (the monitor uses the prior)
-        return codes_from_noise(self.latent_flow, one_hot_vector(c), eps)
+        return codes_from_noise(self.latent_flow, one_hot_vector(c), eps) if self.uses_flow else eps
 
     def fit_latent_flow(self, data, cond: np.ndarray, seed: int, batch: int = 256) -> dict:
         """The flow fitted to the encoder's means of the training images (maximum likelihood)."""
@@ -401,7 +405,7 @@ class NeuronSampler(nn.Module):
         self.network = model.decoder if isinstance(model, NeuronVAE) else model.generator
         self.drawn = isinstance(model, NeuronVAE) or model.hybrid
         # (decided here, not in forward: the graph holds the flow or not)
-        self.flow = (isinstance(model, NeuronVAE) and model.cfg.latent_sampler == "flow" and bool(model.flow_fitted))
+        self.flow = getattr(model, "uses_flow", False)
 
     def forward(self, conditions, z, uniform=None, gauss=None):
         c = conditions.float()
