@@ -46,6 +46,10 @@ class Port:
     # outputs: the round trip's difference relative to each value, or to the output's range for
     # quantities whose zero is arbitrary (a time on a clock)
     relative_to: str = "value"
+    # outputs: zero where a comparison in the graph dropped the entry (a voxel below a readout
+    # threshold): the round trip counts the entries that one side dropped and the other kept
+    # (float rounding on a comparison's edge), and measures the rest on rows without such
+    cut_by_comparison: bool = False
 
 
 @dataclass
@@ -126,9 +130,20 @@ def round_trip(path: Path, fmt: str, graph: ExportGraph, n: int = 256, seed: int
     t0 = time.perf_counter()
     got = run_exported(path, fmt, graph, inputs)
     t_exported = time.perf_counter() - t0
-    diffs = {p.name: max_relative_difference(g, r, p.relative_to) for p, g, r in zip(graph.outputs, got, ref)}
-    return {"rows": n, "max_relative_difference": diffs, "max_relative_difference_all": max(diffs.values()),
-            "rows_per_s_pytorch": n / t_torch, f"rows_per_s_{fmt}": n / t_exported}
+    diffs, cut = {}, {}
+    for p, g, r in zip(graph.outputs, got, ref):
+        if p.cut_by_comparison:
+            differ = (np.asarray(g) == 0) != (r == 0)
+            rows = differ.reshape(len(r), -1).any(1)
+            cut[p.name] = {"entries_cut_differently": int(differ.sum()), "entries": int(differ.size),
+                           "rows_with_one": int(rows.sum())}
+            g, r = np.asarray(g)[~rows], r[~rows]
+        diffs[p.name] = max_relative_difference(g, r, p.relative_to)
+    out = {"rows": n, "max_relative_difference": diffs, "max_relative_difference_all": max(diffs.values()),
+           "rows_per_s_pytorch": n / t_torch, f"rows_per_s_{fmt}": n / t_exported}
+    if cut:
+        out["cut_by_comparison"] = cut
+    return out
 
 
 def export_model(graph: ExportGraph, fmt: str, out_dir: Path, checkpoint: Path, domain: str, family: str,
@@ -159,5 +174,8 @@ def describe(sidecar: dict) -> str:
     rt = sidecar["round_trip"]
     return (f"exported {sidecar['domain']} {sidecar['family']} as {sidecar['format']} ({sidecar['file']}): "
             f"{len(sidecar['inputs'])} inputs, {len(sidecar['outputs'])} outputs; round trip on {rt['rows']} rows: "
-            f"max relative difference {rt['max_relative_difference_all']:.2e}; validation "
-            f"{sidecar['validation'].get('gate', 'none')}")
+            f"max relative difference {rt['max_relative_difference_all']:.2e}"
+            + "".join(f" ({c['entries_cut_differently']} of {c['entries']} {name} entries cut differently at a "
+                      f"comparison's edge, in {c['rows_with_one']} rows left out of it)"
+                      for name, c in rt.get("cut_by_comparison", {}).items() if c["entries_cut_differently"])
+            + f"; validation {sidecar['validation'].get('gate', 'none')}")

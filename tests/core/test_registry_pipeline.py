@@ -548,10 +548,3 @@ def test_a_served_model_answers_bad_requests_with_400_and_the_reason(chain, tmp_
     finally:
         srv.terminate()
         srv.wait(timeout=30)
-
-
-def test_export_of_a_calorimeter_model_says_it_is_not_there_yet(chain, tmp_path, capsys):
-    tmp, cfg = chain
-    out = tmp_path / "e"
-    assert main(["export", "--checkpoint", str(cfg.run_dir / "train" / "model.pt"), "--out", str(out)]) == 2
-    assert "calorimeter domain's models cannot be exported yet" in capsys.readouterr().err and not out.exists()

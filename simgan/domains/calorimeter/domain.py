@@ -148,6 +148,12 @@ class Calorimeter(Domain):
         x = torch.as_tensor(np.stack([cond[k] for k in extra], 1)) if extra else None
         return sample_rows(model, torch.tensor(e), x, seed, precision)
 
+    exports = True
+
+    def export_graph(self, model, ckpt):
+        from simgan.domains.calorimeter.export import export_graph  # lazy: only `simgan export` and `register`
+        return export_graph(model, ckpt)
+
     def pyfunc_artifacts(self, ckpt, source, folder: Path):
         """The voxel layout travels with the model (binning.xml)."""
         xml = Path(folder) / "binning.xml"

@@ -31,7 +31,7 @@ from torch import nn
 
 from simgan.errors import SimganError
 from simgan.domains.calorimeter.models.base import ConditionalSurrogate
-from simgan.domains.calorimeter.models.energy import CouplingSampler, LayerEnergyFlow, fast_exp
+from simgan.domains.calorimeter.models.energy import CouplingSampler, LayerEnergyFlow, fast_exp, sigmoid
 from simgan.domains.calorimeter.models.vae import zero_inflated_nll
 from simgan.models.adversarial import adversarial_step, gan_optimizers
 from simgan.models.blocks import mlp
@@ -89,14 +89,20 @@ class LayeredSurrogate(ConditionalSurrogate):
 
     def layer_cond(self, cond: torch.Tensor, e_layers: torch.Tensor, sid: torch.Tensor, lid: torch.Tensor) -> torch.Tensor:
         """What the shape network is conditioned on, for layer `lid` of shower `sid`."""
+        return self.all_layer_conds(cond, e_layers)[sid, lid]
+
+    def all_layer_conds(self, cond: torch.Tensor, e_layers: torch.Tensor) -> torch.Tensor:
+        """(N, L, lcond_dim): the shape network's condition for every layer of every shower:
+        the shower's condition, the layer's normalised log energy, its neighbours' (beyond the
+        first and last layer a value of its own; an empty layer reads log(floor)) and the
+        one-hot layer index."""
+        n, L = e_layers.shape
         le = ((torch.log(e_layers.double() + self.floor) - self.le_mean) / self.le_std).float()
-        # beyond the first and last layer: a value of its own (an empty layer reads log(floor))
-        empty = float((math.log(2 * self.floor) - self.le_mean) / self.le_std)
-        prev = torch.where(lid > 0, le[sid, (lid - 1).clamp_min(0)], torch.full_like(lid, empty, dtype=le.dtype))
-        nxt = torch.where(lid < self.n_layers - 1, le[sid, (lid + 1).clamp_max(self.n_layers - 1)],
-                          torch.full_like(lid, empty, dtype=le.dtype))
-        onehot = F.one_hot(lid, self.n_layers).to(le.dtype)
-        return torch.cat([cond[sid].float(), le[sid, lid, None], prev[:, None], nxt[:, None], onehot], 1)
+        empty = ((math.log(2 * self.floor) - self.le_mean) / self.le_std).to(le.dtype).expand(n, 1)
+        prev, nxt = torch.cat([empty, le[:, :-1]], 1), torch.cat([le[:, 1:], empty], 1)
+        onehot = torch.eye(L, device=le.device, dtype=le.dtype).expand(n, L, L)
+        return torch.cat([cond.float()[:, None].expand(n, L, cond.shape[1]), le[..., None], prev[..., None],
+                          nxt[..., None], onehot], 2)
 
     def layer_energy_of(self, lcond: torch.Tensor) -> torch.Tensor:
         c = self.transform.cond_dim
@@ -163,9 +169,11 @@ class LayeredSurrogate(ConditionalSurrogate):
 
     # -- sampling -----------------------------------------------------------------------------
     def raw_shape(self, lcond: torch.Tensor, generator: torch.Generator | None, sid: torch.Tensor | None = None,
-                  n_showers: int = 0) -> torch.Tensor:
+                  n_showers: int = 0, z: torch.Tensor | None = None, zs: torch.Tensor | None = None) -> torch.Tensor:
         """(m, 3 v_max): per voxel the hit logit, log-share mean and log-share log-variance, for
-        layers of the showers `sid` (of n_showers)."""
+        layers of the showers `sid` (of n_showers). z: the layers' codes (m, latent_dim) and zs
+        (GAN with model.shower_latent_dim) the showers' (n_showers, shower_latent_dim), drawn
+        from `generator` when not given."""
         raise NotImplementedError
 
     def split_head(self, raw: torch.Tensor, lid: torch.Tensor):
@@ -193,8 +201,8 @@ class LayeredSurrogate(ConditionalSurrogate):
         return w / w.sum(1, keepdim=True).clamp_min(1e-30)
 
     def draw_voxels(self, raw: torch.Tensor, lid: torch.Tensor, e_layer: torch.Tensor,
-                    generator: torch.Generator | None, calibrate: bool = False
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    generator: torch.Generator | None, calibrate: bool = False, u: torch.Tensor | None = None,
+                    eps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sample the voxels of m layers: (row, index in the (m, v_max) grid, energy) of every
         voxel kept.
 
@@ -203,16 +211,19 @@ class LayeredSurrogate(ConditionalSurrogate):
         layer that drew no hit takes its most probable voxel; one left with none above the
         threshold keeps only its largest hit. Sparse after the hit draw: generation is
         memory-bound, and about 7% of voxels are hit. On a CPU the hit uniforms come from
-        numpy's PCG64 (2x faster than torch's generator), seeded from `generator`."""
+        numpy's PCG64 (2x faster than torch's generator), seeded from `generator`. Given `u`
+        and `eps` ((m, v_max) uniforms and normals), the draw takes its noise from them, as
+        `draw_dense` does."""
         V, m = self.v_max, len(e_layer)
         hit_logit, mean, logvar = self.split_head(raw, lid)
-        if not getattr(self.cfg, "voxel_noise", True):  # (GAN) hits where the probability is above one half
-            u = torch.full(hit_logit.shape, 0.5, device=hit_logit.device)
-        elif hit_logit.device.type == "cpu":
-            seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-            u = torch.from_numpy(np.random.default_rng(seed).random(hit_logit.shape, dtype=np.float32))
-        else:
-            u = torch.rand(hit_logit.shape, generator=generator, device=hit_logit.device)
+        if u is None:
+            if not self.hit_uniforms_drawn():  # (GAN) hits where the probability is above one half
+                u = torch.full(hit_logit.shape, 0.5, device=hit_logit.device)
+            elif hit_logit.device.type == "cpu":
+                seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+                u = torch.from_numpy(np.random.default_rng(seed).random(hit_logit.shape, dtype=np.float32))
+            else:
+                u = torch.rand(hit_logit.shape, generator=generator, device=hit_logit.device)
         p = hit_logit.float()  # (a bfloat16 comparison is 3x slower)
         hard = u < (p.sigmoid_() if p.data_ptr() != hit_logit.data_ptr() else torch.sigmoid(p))
         idx = hard.view(-1).nonzero().squeeze(1)
@@ -226,7 +237,8 @@ class LayeredSurrogate(ConditionalSurrogate):
         flat = raw.view(-1)
         mu = flat.index_select(0, at.add_(V))
         sigma = fast_exp(flat.index_select(0, at.add_(V)).float().clamp_(LOGVAR_MIN, LOGVAR_MAX).mul_(0.5))
-        log_s = torch.randn(len(idx), generator=generator, device=idx.device).mul_(sigma).add_(mu)
+        log_s = (torch.randn(len(idx), generator=generator, device=idx.device) if eps is None
+                 else eps.reshape(-1).index_select(0, idx).clone()).mul_(sigma).add_(mu)
         top = torch.full((m,), -math.inf, device=idx.device).scatter_reduce_(0, row, log_s, "amax")
         w = fast_exp(log_s.sub_(top.index_select(0, row)))  # each layer's largest hit has weight exactly 1
         row, idx, w = self._above_threshold(row, idx, w, e_layer)
@@ -247,6 +259,45 @@ class LayeredSurrogate(ConditionalSurrogate):
         total = torch.zeros(len(e_layer), device=w.device).index_add_(0, row, w)
         kept = (w >= (total * (self.threshold / e_layer)).clamp_max_(1.0).index_select(0, row)).nonzero().squeeze(1)
         return row.index_select(0, kept), idx.index_select(0, kept), w.index_select(0, kept)
+
+    def hit_uniforms_drawn(self) -> bool:
+        """Whether the hits are drawn (else a voxel is hit where its probability is above one half)."""
+        return getattr(self.cfg, "voxel_noise", True)
+
+    def draw_dense(self, raw: torch.Tensor, lid: torch.Tensor, e_layer: torch.Tensor, u: torch.Tensor | None,
+                   eps: torch.Tensor, calibrate: bool = False) -> torch.Tensor:
+        """`draw_voxels` on the dense (m, v_max) grid with its noise given: u, the hits'
+        uniforms (None where the hits are not drawn), eps, the log shares' normals; returns
+        the (m, v_max) voxel energies. The same values as draw_voxels given the same noise (to
+        float32 rounding of sums), without data-dependent shapes: the exported graph
+        (simgan.domains.calorimeter.export). A layer of energy 0 comes out empty."""
+        V = self.v_max
+        hit_logit, mean, logvar = self.split_head(raw.float(), lid)
+        if u is None:
+            u = torch.full_like(hit_logit, 0.5)
+        hit = u < sigmoid(hit_logit)
+        top_voxel = torch.arange(V, device=raw.device) == hit_logit.argmax(1, keepdim=True)
+        hit = hit | (top_voxel & ~hit.any(1, keepdim=True))
+        sigma = fast_exp(logvar.clamp(LOGVAR_MIN, LOGVAR_MAX) * 0.5)
+        log_s = eps * sigma + mean
+        top = torch.where(hit, log_s, torch.full_like(log_s, -math.inf)).amax(1, keepdim=True)
+        w = torch.where(hit, fast_exp(log_s - top), torch.zeros_like(log_s))
+        w = self._above_threshold_dense(w, e_layer)
+        if calibrate:
+            w = w / w.sum(1, keepdim=True)
+            kept = w > 0
+            lids = lid[:, None].expand_as(w).reshape(-1)
+            cal = self._calibrated_log_share(torch.log(torch.where(kept, w, torch.ones_like(w))).reshape(-1), lids)
+            w = torch.where(kept, fast_exp(cal.view_as(w)), torch.zeros_like(w))
+            w = self._above_threshold_dense(w / w.amax(1, keepdim=True), e_layer)
+        return w * (e_layer / w.sum(1))[:, None]
+
+    def _above_threshold_dense(self, w: torch.Tensor, e_layer: torch.Tensor) -> torch.Tensor:
+        """`_above_threshold` on the dense grid: the weights of the voxels dropped are zero."""
+        if self.threshold <= 0:
+            return w
+        cut = (w.sum(1) * (self.threshold / e_layer)).clamp_max(1.0)
+        return torch.where(w >= cut[:, None], w, torch.zeros_like(w))
 
     def _calibrated_log_share(self, log_s: torch.Tensor, lid: torch.Tensor) -> torch.Tensor:
         """Piecewise-linear lookup in the layer's calibration table."""
@@ -420,8 +471,9 @@ class LayeredVAE(LayeredSurrogate):
         opts["vae"].step()
         return {"loss": float(loss.detach()), "recon": float(rec.detach()), "kl": float(kl.detach())}
 
-    def raw_shape(self, lcond, generator, sid=None, n_showers=0):
-        z = torch.randn(len(lcond), self.cfg.latent_dim, generator=generator, device=lcond.device)
+    def raw_shape(self, lcond, generator, sid=None, n_showers=0, z=None, zs=None):
+        if z is None:
+            z = torch.randn(len(lcond), self.cfg.latent_dim, generator=generator, device=lcond.device)
         return self.shape.decoder(torch.cat([z, lcond], 1))
 
 
@@ -686,12 +738,13 @@ class LayeredGAN(LayeredSurrogate):
         h_fake, h_real = spectra
         return ((h_fake - h_real) ** 2).sum() / (h_real**2).sum().clamp_min(1e-12)
 
-    def raw_shape(self, lcond, generator, sid=None, n_showers=0, run=None, z=None):
+    def raw_shape(self, lcond, generator, sid=None, n_showers=0, z=None, zs=None, run=None):
         if z is None:  # from the prior (sampling); the likelihood term hands the encoder's code
             z = torch.randn(len(lcond), self.cfg.latent_dim, generator=generator, device=lcond.device)
         parts = [z, lcond]
         if self.cfg.shower_latent_dim:  # one draw per shower, shared by its layers
-            zs = torch.randn(n_showers, self.cfg.shower_latent_dim, generator=generator, device=lcond.device)
+            if zs is None:
+                zs = torch.randn(n_showers, self.cfg.shower_latent_dim, generator=generator, device=lcond.device)
             parts.insert(1, zs[sid].to(z.dtype))
         raw = (run or self.generator)(torch.cat(parts, 1))
         if not self.cfg.voxel_noise:  # the log shares' width at its floor: exp(LOGVAR_MIN / 2) = 0.7%

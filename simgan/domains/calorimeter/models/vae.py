@@ -148,6 +148,7 @@ class _Sampler(nn.Module):
         if self.zero_inflated:
             t = self.transform
             empty = t.from_log_fraction(torch.full_like(t.mean, math.log(t.eps)))
-            hit = eps[:, V:] < torch.special.ndtri(torch.sigmoid(out[:, 2 * V:]).clamp(1e-6, 1 - 1e-6))
+            # Phi(eps) < p_hit (erfc: one graph op for the export, where ndtri has none)
+            hit = 0.5 * torch.erfc(eps[:, V:] * -math.sqrt(0.5)) < torch.sigmoid(out[:, 2 * V:])
             u = torch.where(hit, u, empty.expand_as(u))
         return u
