@@ -216,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     src = s.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint")
     src.add_argument("--model", help="MLflow model URI, e.g. models:/NAME@champion")
+    src.add_argument("--export", metavar="DIR", help="a folder written by `simgan export`: the graph run in "
+                     "onnxruntime (or TorchScript) with the noise its sidecar names, as a C++ consumer runs it")
     s.add_argument("--out", required=True)
     s.add_argument("--events", type=_int_at_least(1))
     s.add_argument("--energies-from", help="canonical file whose incident energies to use")

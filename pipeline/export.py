@@ -79,10 +79,14 @@ def export_cli(args) -> int:
         model = build_model(ckpt, domain, "cpu")
         graph = domain.export_graph(model, ckpt)
         staging = Path(td) / "export"
+        staging.mkdir()
+        # what a consumer needs beside the graph (the calorimeter's voxel layout), as the registered model has it
+        beside = {k: Path(v).name for k, v in domain.pyfunc_artifacts(ckpt, str(checkpoint), staging).items()}
         sidecar = export_model(graph, args.format, staging, checkpoint, domain.name,
-                               ckpt["model_args"]["config"]["family"], verdict, source)
+                               ckpt["model_args"]["config"]["family"], verdict, source, beside)
         out.mkdir(parents=True, exist_ok=True)
-        for name in (sidecar["file"], "model.json"):  # whole files only: the graph first, the sidecar last
+        # whole files only: the graph and what goes beside it first, the sidecar last
+        for name in (sidecar["file"], *beside.values(), "model.json"):
             shutil.move(str(staging / name), out / name)
     print(describe(sidecar))
     return 0

@@ -38,7 +38,7 @@ def generate_cli(args) -> int:
     """`simgan generate --checkpoint CKPT | --model URI --out FILE ...`"""
     out = check_output_file(args.out, {"--energies-from": args.energies_from,
                                        "--layer-energies-from": args.layer_energies_from,
-                                       "--checkpoint": args.checkpoint})
+                                       "--checkpoint": args.checkpoint, "--export": args.export})
     fmt = args.format or ("root" if out.suffix.lower() == ".root" else "hdf5")
     if fmt == "hdf5" and out.suffix.lower() not in (".h5", ".hdf5"):
         raise SimganError(f"{out}: HDF5 output needs a .h5 or .hdf5 name (or --format root with .root)")
@@ -55,6 +55,13 @@ def generate_cli(args) -> int:
         dask_workers=args.dask_workers, shards=args.shards, progress=not args.quiet)
     if ckpt is not None:
         domain = domain_of_checkpoint(ckpt, str(args.checkpoint))
+    elif args.export:
+        from simgan.export import ExportedSampler  # lazy: onnxruntime
+        req.exported = ExportedSampler(Path(args.export))
+        domain = get_domain(req.exported.sidecar.get("domain", "?"))
+        if not domain.generates_from_export:
+            raise SimganError(f"--export {args.export}: generation from an export covers the calorimeter models; "
+                              f"generate this {domain.name} model from its checkpoint")
     else:  # a registered model: loaded once here, its pyfunc knows its domain
         req.loaded = load_surrogate(args.model)
         domain = req.loaded.unwrap_python_model().domain

@@ -16,6 +16,7 @@ A domain gives `export_graph(model, ckpt) -> ExportGraph` (simgan.domains.base.D
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -43,6 +44,7 @@ class Port:
     meaning: str = ""
     noise: str | None = None  # inputs only: "normal" or "uniform", the caller's draws
     dtype: str = "float32"
+    columns: list[str] | None = None  # a condition input of named columns: their names, in order
     # outputs: the round trip's difference relative to each value, or to the output's range for
     # quantities whose zero is arbitrary (a time on a clock)
     relative_to: str = "value"
@@ -88,6 +90,9 @@ def export_graph(graph: ExportGraph, fmt: str, path: Path) -> None:
                               opset_version=OPSET, dynamo=True, external_data=False, verbose=False,
                               optimize=False)  # (onnxscript's graph rewrites take minutes on a flow's inverse)
         else:
+            # zuko's splines unpack a pair (x0, x1 = t) along an axis of 2, whatever the batch: the
+            # trace holds for every batch size (the round trip runs another size than the trace's)
+            warnings.filterwarnings("ignore", message="Iterating over a tensor might cause the trace to be incorrect")
             torch.jit.save(torch.jit.trace(module, example, check_trace=False), str(tmp))
     tmp.replace(path)
 
@@ -147,9 +152,11 @@ def round_trip(path: Path, fmt: str, graph: ExportGraph, n: int = 256, seed: int
 
 
 def export_model(graph: ExportGraph, fmt: str, out_dir: Path, checkpoint: Path, domain: str, family: str,
-                 verdict: dict, source: str) -> dict:
+                 verdict: dict, source: str, beside: dict[str, str] | None = None) -> dict:
     """The graph and its sidecar into out_dir (`model.onnx` or `model.pt`, and `model.json`);
-    returns the sidecar. The round trip is measured before anything is left in out_dir."""
+    returns the sidecar. The round trip is measured before anything is left in out_dir.
+    `beside`: files of the domain already in out_dir that a consumer needs (what -> file name,
+    e.g. the voxel layout), listed in the sidecar."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / ("model.onnx" if fmt == "onnx" else "model.pt")
     export_graph(graph, fmt, path)
@@ -163,7 +170,7 @@ def export_model(graph: ExportGraph, fmt: str, out_dir: Path, checkpoint: Path, 
         "family": family, "source": source, "checkpoint_sha256": file_sha256(checkpoint),
         "validation": verdict, "inputs": [asdict(p) for p in graph.inputs],
         "outputs": [asdict(p) for p in graph.outputs], "post_step": graph.post_step, "notes": graph.notes,
-        "round_trip": check, "torch": torch.__version__,
+        "round_trip": check, "torch": torch.__version__, "files": dict(beside or {}),
     }
     write_json_atomic(out_dir / "model.json", sidecar)
     return sidecar
@@ -179,3 +186,61 @@ def describe(sidecar: dict) -> str:
                       f"comparison's edge, in {c['rows_with_one']} rows left out of it)"
                       for name, c in rt.get("cut_by_comparison", {}).items() if c["entries_cut_differently"])
             + f"; validation {sidecar['validation'].get('gate', 'none')}")
+
+
+class ExportedSampler:
+    """An export folder as a consumer uses it: the graph in onnxruntime (or TorchScript), fed
+    the conditions it is given and the noise its sidecar names, drawn here with numpy's PCG64 as
+    a C++ caller draws it with its own generator. What `simgan generate --export` runs."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        side = self.folder / "model.json"
+        try:
+            self.sidecar = json.loads(side.read_text())
+            self.inputs = [Port(**{**p, "shape": tuple(p["shape"])}) for p in self.sidecar["inputs"]]
+            self.outputs = [Port(**{**p, "shape": tuple(p["shape"])}) for p in self.sidecar["outputs"]]
+            self.fmt, self.path = self.sidecar["format"], self.folder / self.sidecar["file"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SimganError(f"--export {self.folder}: no readable export sidecar model.json ({exc}); expected "
+                              "a folder written by `simgan export`") from None
+        if self.fmt not in FORMATS or not self.path.is_file():
+            raise SimganError(f"--export {self.folder}: the sidecar names {self.sidecar.get('file')!r} in format "
+                              f"{self.fmt!r}, which is not there")
+        if self.sidecar.get("post_step"):
+            raise SimganError(f"--export {self.folder}: this graph's outputs need a post-step in Python "
+                              f"({self.sidecar['post_step'][:80]}...); generate from the checkpoint")
+        self.conditions = [p for p in self.inputs if p.noise is None]
+        if self.fmt == "onnx":
+            ort = require("onnxruntime")
+            opts = ort.SessionOptions()
+            opts.log_severity_level = 3
+            session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+            self._run = lambda feed: session.run(None, feed)
+        else:
+            graph = torch.jit.load(str(self.path))
+
+            def run(feed):
+                with torch.no_grad():
+                    out = graph(*(torch.from_numpy(feed[p.name]) for p in self.inputs))
+                return [o.numpy() for o in (out if isinstance(out, (tuple, list)) else (out,))]
+            self._run = run
+
+    def file(self, what: str) -> Path:
+        """A file the export carries beside the graph (the sidecar's `files`)."""
+        name = self.sidecar.get("files", {}).get(what)
+        if not name or not (self.folder / name).is_file():
+            raise SimganError(f"--export {self.folder}: no {what} file beside the graph (the sidecar lists "
+                              f"{sorted(self.sidecar.get('files', {}))}); export it again with this version")
+        return self.folder / name
+
+    def __call__(self, conditions: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+        """The outputs for these condition inputs (in the sidecar's order, N rows each)."""
+        n = len(conditions[0])
+        feed = {p.name: np.ascontiguousarray(x, dtype=p.dtype) for p, x in zip(self.conditions, conditions)}
+        for p in self.inputs:
+            if p.noise is not None:
+                shape = (n, *p.shape[1:])
+                feed[p.name] = (rng.random(shape, dtype=np.float32) if p.noise == "uniform"
+                                else rng.standard_normal(shape, dtype=np.float32)).astype(p.dtype, copy=False)
+        return self._run(feed)

@@ -122,10 +122,14 @@ def register_model(checkpoint, domain, name: str, uri: str, metrics: dict | None
             verdict = {"gate": "pass" if gate_pass else ("fail" if metrics else "not validated"),
                        "metrics": metrics_source if metrics else None,
                        **({"headline": headline(metrics, domain.headline_keys)} if metrics else {})}
-            exported = export_model(domain.export_graph(model, ckpt), export, Path(td) / "export", Path(checkpoint),
-                                    domain.name, ckpt["model_args"]["config"]["family"], verdict, str(checkpoint))
-            artifacts.update({"export_graph": str(Path(td) / "export" / exported["file"]),
-                              "export_sidecar": str(Path(td) / "export" / "model.json")})
+            folder = Path(td) / "export"
+            folder.mkdir()
+            beside = domain.pyfunc_artifacts(ckpt, str(checkpoint), folder)
+            exported = export_model(domain.export_graph(model, ckpt), export, folder, Path(checkpoint),
+                                    domain.name, ckpt["model_args"]["config"]["family"], verdict, str(checkpoint),
+                                    {k: Path(v).name for k, v in beside.items()})
+            artifacts.update({"export_graph": str(folder / exported["file"]), "export_sidecar": str(folder / "model.json"),
+                              **{f"export_{k}": v for k, v in beside.items()}})
         if run_id:
             experiment_id = client.get_run(run_id).info.experiment_id
         else:  # the training run is in another store: log under an experiment of this one

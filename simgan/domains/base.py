@@ -39,6 +39,7 @@ class GenerateRequest:
     ckpt: dict | None = None  # the checkpoint, loaded once
     model_uri: str | None = None
     loaded: object = None  # the registered model, loaded (mlflow.pyfunc), when model_uri is given
+    exported: object = None  # an export folder, opened (simgan.export.ExportedSampler), for --export
     events: int | None = None
     energies_from: Path | None = None  # a file of the domain's kind: its conditions are used
     layer_energies_from: Path | None = None
@@ -153,6 +154,7 @@ class Domain:
         return {}
 
     exports = False  # whether export_graph is implemented
+    generates_from_export = False  # whether generate_to takes an export folder (GenerateRequest.exported)
 
     def export_graph(self, model, ckpt: dict):
         """`simgan export`: the model's sampler as one graph of the conditions and the noise

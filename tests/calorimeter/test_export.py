@@ -74,9 +74,15 @@ def trained(tmp_path_factory, g4_sample):
     return tmp / "train" / "model.pt"
 
 
-def test_the_exported_shower_sampler_is_the_model(trained, g4_sample, tmp_path):
-    out = tmp_path / "export"
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    out = tmp_path_factory.mktemp("exported") / "export"
     assert main(["export", "--checkpoint", str(trained), "--format", "onnx", "--out", str(out)]) == 0
+    return out
+
+
+def test_the_exported_shower_sampler_is_the_model(trained, exported):
+    out = exported
     side = json.loads((out / "model.json").read_text())
     assert side["domain"] == "calorimeter" and side["family"] == "vae" and (out / "model.onnx").is_file()
     names = [p["name"] for p in side["inputs"]]
@@ -116,10 +122,12 @@ def test_every_calorimeter_model_kind_exports(g4_sample, tmp_path, kind):
     ranges = {"incident_energy": [float(data.energies.min()), float(data.energies.max())]}
     graph = get_domain("calorimeter").export_graph(m, {"condition_ranges": ranges})
     assert [p.name for p in graph.inputs] == names
-    export_graph(graph, "onnx", tmp_path / "model.onnx")
+    # the GAN as TorchScript, the VAE as ONNX
+    fmt, path = ("torchscript", tmp_path / "model.pt") if kind == "gan_shower_code" else ("onnx", tmp_path / "model.onnx")
+    export_graph(graph, fmt, path)
     # (weights drawn far from a trained model's: log shares of tens, whose float32 rounding exp() turns
     # into relative differences of 1e-4 between onnxruntime's and PyTorch's matrix products)
-    check = round_trip(tmp_path / "model.onnx", "onnx", graph)
+    check = round_trip(path, fmt, graph)
     assert check["max_relative_difference_all"] <= 2e-3
     assert check["cut_by_comparison"]["showers"]["entries_cut_differently"] <= 10
     if kind == "one_stage_vae":  # the graph with sample's draws is sample
@@ -127,3 +135,30 @@ def test_every_calorimeter_model_kind_exports(g4_sample, tmp_path, kind):
         want = m.sample(e, None, torch.Generator().manual_seed(2))
         noise = torch.randn(len(e), m.noise_dim, generator=torch.Generator().manual_seed(2))
         torch.testing.assert_close(graph.module(e, noise), want)
+
+
+def test_showers_generated_through_onnxruntime_from_the_export_folder(exported, g4_sample, tmp_path, capsys):
+    """`simgan generate --export DIR`: the folder alone (graph, sidecar, voxel layout) gives
+    showers for a file's energies, as a C++ consumer would; a folder that is no export is refused
+    by name, with nothing written."""
+    out = exported
+    assert json.loads((out / "model.json").read_text())["files"] == {"binning": "binning.xml"}
+    gen = tmp_path / "gen.h5"
+    assert main(["generate", "--export", str(out), "--energies-from", str(g4_sample), "--out", str(gen),
+                 "--events", "50", "--batch-size", "20", "-q"]) == 0
+    data, ref = cc.read(gen), cc.read(g4_sample, max_events=50)
+    np.testing.assert_array_equal(data.energies, ref.energies)
+    assert data.showers.shape == (50, 6480) and np.isfinite(data.showers).all()
+    assert ((data.showers == 0) | (data.showers >= THRESHOLD * (1 - 1e-6))).all()
+    assert (data.showers.sum(1) > 0).all()
+    # the same seed gives the same showers; another seed others
+    again = tmp_path / "again.h5"
+    assert main(["generate", "--export", str(out), "--energies-from", str(g4_sample), "--out", str(again),
+                 "--events", "50", "--batch-size", "20", "-q"]) == 0
+    np.testing.assert_array_equal(cc.read(again).showers, data.showers)
+    capsys.readouterr()
+    (tmp_path / "empty").mkdir()
+    bad = tmp_path / "bad.h5"
+    assert main(["generate", "--export", str(tmp_path / "empty"), "--energies-from", str(g4_sample),
+                 "--out", str(bad)]) == 2
+    assert "model.json" in capsys.readouterr().err and not bad.exists()

@@ -149,6 +149,7 @@ class Calorimeter(Domain):
         return sample_rows(model, torch.tensor(e), x, seed, precision)
 
     exports = True
+    generates_from_export = True
 
     def export_graph(self, model, ckpt):
         from simgan.domains.calorimeter.export import export_graph  # lazy: only `simgan export` and `register`

@@ -87,7 +87,7 @@ def export_graph(model, ckpt: dict):
     inputs = [Port("incident_energy", ("N",), "MeV", f"the particle's energy (training range {lo:g}-{hi:g} MeV)")]
     if extra:
         inputs.append(Port("extra_conditions", ("N", len(extra)), "as in the training file",
-                           f"the model's other conditions, in this order: {', '.join(extra)}"))
+                           f"the model's other conditions, in this order: {', '.join(extra)}", columns=extra))
     n_vox = int(model.transform.mean.numel())
     outputs = [Port("showers", ("N", n_vox), "MeV", "the energy of every voxel, in the order of the binning XML "
                     "(binning.xml beside the registered model; zero below the readout threshold)",

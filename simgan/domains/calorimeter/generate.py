@@ -287,3 +287,19 @@ def generate_from_registry(loaded, model_uri: str, energies: np.ndarray, out, ba
     timing = write_generated(out, energies, {}, binning, batch_size, sample_batch, fmt, {"model_uri": model_uri},
                              progress=False)
     return {**timing, "model_uri": model_uri}
+
+
+def generate_from_export(sampler, energies: np.ndarray, conds: dict, names: list[str], out, batch_size: int, fmt: str,
+                         seed: int, progress: bool = False) -> dict:
+    """Showers from an export folder (simgan.export.ExportedSampler: the graph in onnxruntime or
+    TorchScript, the noise drawn by numpy per batch from [seed, first row]) in the voxel layout
+    it carries."""
+    binning = parse_binning_xml(sampler.file("binning").read_text(), str(sampler.file("binning")))
+
+    def sample_batch(lo: int, hi: int) -> np.ndarray:
+        c = [energies[lo:hi]] + ([np.stack([conds[k][lo:hi] for k in names], 1)] if names else [])
+        return sampler(c, np.random.default_rng([seed, lo]))[0]
+
+    meta = {"export": str(sampler.folder), "export_format": sampler.fmt}
+    timing = write_generated(out, energies, conds, binning, batch_size, sample_batch, fmt, meta, progress)
+    return {**timing, **meta}

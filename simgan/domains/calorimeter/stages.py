@@ -17,9 +17,9 @@ from simgan.domains.calorimeter.config import SimulateConfig
 from simgan.domains.calorimeter.data import calochallenge as cc
 from simgan.domains.calorimeter.data.convert import read_any
 from simgan.domains.calorimeter.generate import (calorimeter_model, checkpoint_binning, energies_from_file,
-                                                 generate_from_registry, generate_to_file, generate_with_dask,
-                                                 geant4_rate, layer_energies_from_file, log_uniform_energies,
-                                                 model_conditions, shard_rows, surrogate_rate)
+                                                 generate_from_export, generate_from_registry, generate_to_file,
+                                                 generate_with_dask, geant4_rate, layer_energies_from_file,
+                                                 log_uniform_energies, model_conditions, shard_rows, surrogate_rate)
 from simgan.domains.calorimeter.sim.produce import merge_shards, simulate_to_file
 from simgan.domains.calorimeter.validate import validate as run_validation
 from simgan.errors import SimganError
@@ -195,6 +195,16 @@ def generate_request(req: GenerateRequest) -> str:
         energies = log_uniform_energies(req.events, *req.energy_range, req.seed)
     else:
         raise SimganError("give --energies-from FILE, or --events N with --energy-range MIN_GEV MAX_GEV")
+    if req.exported is not None:
+        if req.layer_energies_from or req.shard_index is not None or req.shard_count is not None or req.dask:
+            raise SimganError("--export generates in one process from --energies-from or --energy-range (no "
+                              "--layer-energies-from, --shard-index or --dask)")
+        names = next((p.columns for p in req.exported.conditions if p.columns), None) or []
+        conds = model_conditions({"extra_conditions": names}, conds, req.energies_from or "--energy-range")
+        timing = generate_from_export(req.exported, energies, conds, names, req.out, req.batch_size, req.fmt,
+                                      req.seed, req.progress)
+        return (f"wrote {req.out}: {timing['events']} showers at {timing['showers_per_s']:.0f} showers/s\n"
+                + json.dumps(timing))
     if req.ckpt is not None:
         source = req.layer_energies_from or req.energies_from or "--energy-range"
         conds = model_conditions(req.ckpt, conds, source)
