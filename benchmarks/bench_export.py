@@ -2,7 +2,9 @@
 the same graph (`Domain.export_graph`: conditions and noise in, the sample or, for a trace
 model, the parts its traces are drawn from, out), the same inputs, the same CPU, one run;
 onnxruntime (one session, CPU provider, the usable CPUs as its threads) or TorchScript against
-PyTorch eager, medians of 3 timed calls per batch size after a warm-up.
+PyTorch eager, medians of 3 timed calls per batch size after a warm-up. For a calorimeter
+model also `simgan generate`'s own sampler (fp32), whose voxel draw is sparse and skips empty
+layers where the graph draws the dense grid.
 
     python benchmarks/bench_export.py CHECKPOINT [onnx|torchscript]
 """
@@ -63,6 +65,10 @@ def main(checkpoint: str, fmt: str = "onnx", batches=(1000, 10000)) -> dict:
             out[f"batch{b}_rows_per_s_pytorch"] = torch_rate
             out[f"batch{b}_rows_per_s_{fmt}"] = exported_rate
             out[f"batch{b}_ratio_{fmt}_to_pytorch"] = exported_rate / torch_rate
+            if domain == "calorimeter":  # what `simgan generate` runs: the sparse draw, empty layers skipped
+                extra = inputs[1] if ckpt.get("extra_conditions") else None
+                rate = b / median_seconds(lambda: model.sample(inputs[0], extra, torch.Generator().manual_seed(0)))
+                out[f"batch{b}_rows_per_s_simgan_generate"] = rate
     return out
 
 
