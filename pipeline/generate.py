@@ -60,8 +60,8 @@ def generate_cli(args) -> int:
         req.exported = ExportedSampler(Path(args.export))
         domain = get_domain(req.exported.sidecar.get("domain", "?"))
         if not domain.generates_from_export:
-            raise SimganError(f"--export {args.export}: generation from an export covers the calorimeter models; "
-                              f"generate this {domain.name} model from its checkpoint")
+            raise SimganError(f"--export {args.export}: the {domain.name} domain does not generate from an export; "
+                              "generate from the checkpoint")
     else:  # a registered model: loaded once here, its pyfunc knows its domain
         req.loaded = load_surrogate(args.model)
         domain = req.loaded.unwrap_python_model().domain

@@ -378,6 +378,8 @@ class ConditionedFileDomain(Domain):
         if req.shard_count is not None or req.dask or req.compare_geant4:
             raise SimganError(f"a {self.name} model generates in one process (no --shard-index, --dask or "
                               "--compare-geant4)")
+        if req.exported is not None:
+            return self.generate_from_export(req)
         if req.loaded is not None:  # a registered model: its pyfunc holds the built model and the checkpoint's keys
             surrogate = req.loaded.unwrap_python_model()
             model, ckpt, metadata = surrogate.model, surrogate.ckpt, {"model_uri": req.model_uri}
@@ -387,6 +389,30 @@ class ConditionedFileDomain(Domain):
         src = self.read(req.energies_from, req.events)
         warn_outside(ckpt.get("condition_ranges", {}), src.conditions, str(req.energies_from))
         timing = self.generate_file(model, src, req.out, req.batch_size, req.seed, req.precision, metadata)
+        return (f"wrote {req.out}: {timing['events']} {self.unit} at {timing['events_per_s']:.0f} {self.unit}/s\n"
+                + json.dumps(timing))
+
+
+    generates_from_export = True
+
+    def generate_from_export(self, req: GenerateRequest) -> str:
+        """Samples for the conditions of req.energies_from from an export folder (its graph takes
+        the domain's condition matrix and returns the samples; simgan.export.ExportedSampler draws
+        the noise, each batch from (seed, its first row))."""
+        sampler = req.exported
+        src = self.read(req.energies_from, req.events)
+        c = self.condition_matrix(src)
+        t0 = time.perf_counter()
+        parts = [sampler([c[lo:lo + req.batch_size]], np.random.default_rng([req.seed, lo]))[0]
+                 for lo in range(0, len(c), req.batch_size)]
+        seconds = time.perf_counter() - t0
+        data = self.with_samples(src, np.concatenate(parts) if parts else None)
+        data.attrs["metadata"] = json.dumps({"export": str(sampler.folder), "export_format": sampler.fmt,
+                                             "checkpoint_sha256": sampler.sidecar.get("checkpoint_sha256")},
+                                            sort_keys=True)
+        self.write(req.out, data)
+        timing = {"events": len(data), "sample_seconds": seconds, "events_per_s": len(data) / max(seconds, 1e-9),
+                  "export": str(sampler.folder), "export_format": sampler.fmt}
         return (f"wrote {req.out}: {timing['events']} {self.unit} at {timing['events_per_s']:.0f} {self.unit}/s\n"
                 + json.dumps(timing))
 

@@ -62,6 +62,13 @@ def test_the_exported_footprint_sampler_is_the_model(plain, tmp_path, fmt):
     got = run_exported(out / side["file"], fmt, graph, (c, z, eps))[0]
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-3)
     assert (want[:, 2] > 0).any()  # some stations triggered
+    # footprints through the exported graph from the folder alone, for a file's conditions
+    src = aio.write(tmp_path / "src.h5", data.subset(slice(0, 40)))
+    assert main(["generate", "--export", str(out), "--energies-from", str(src), "--out", str(tmp_path / "g.h5"),
+                 "--batch-size", "16"]) == 0
+    gen = aio.read(tmp_path / "g.h5")
+    assert len(gen) == 40 and np.isfinite(gen.signal).all()
+    assert (gen.signal[gen.triggered] > 0).all() and gen.triggered.sum(axis=(1, 2)).max() > 0
     # a second export into the same folder is refused; nothing else is written
     assert main(["export", "--checkpoint", str(ckpt_path), "--out", str(out)]) == 2
     assert sorted(f.name for f in out.iterdir()) == sorted([side["file"], "model.json"])
@@ -105,6 +112,11 @@ def test_a_trace_model_exports_the_parts_its_traces_are_drawn_from(tmp_path, cap
     fp = finish_traces(model, c, signal, ref[1], arrival, share, quantum[:, :1], tot, torch.Generator().manual_seed(0))
     trig = fp[:, 2] > 0
     assert trig.any() and torch.allclose(fp[:, 3:].sum(1)[trig], fp[:, 0][trig], rtol=1e-4)
+    # the post-step is Python: generation from the folder alone is refused, by name, with nothing written
+    capsys.readouterr()
+    assert main(["generate", "--export", str(out), "--energies-from", str(tmp_path / "val.h5"),
+                 "--out", str(tmp_path / "g.h5")]) == 2
+    assert "post-step" in capsys.readouterr().err and not (tmp_path / "g.h5").exists()
 
 
 def test_export_refuses_what_it_cannot_do(plain, tmp_path, capsys):

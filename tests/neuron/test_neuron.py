@@ -339,6 +339,13 @@ def test_image_models_train_through_the_shared_trainer_and_sample_by_class(tmp_p
         assert side["round_trip"]["max_relative_difference_all"] <= 1e-4
         assert [p["name"] for p in side["inputs"]] == (["conditions", "z", "hit_uniform", "pixel_normal"] if hybrid
                                                        else ["conditions", "z"])
+        # images through onnxruntime from the folder alone, for a file's classes and randomness
+        from pipeline.cli import main
+        assert main(["generate", "--export", str(tmp_path / "export"), "--energies-from", str(tmp_path / "val.h5"),
+                     "--out", str(tmp_path / "gen.h5"), "--batch-size", "10"]) == 0
+        gen, val = nio.read(tmp_path / "gen.h5"), nio.read(tmp_path / "val.h5")
+        np.testing.assert_array_equal(gen.cell_class, val.cell_class)
+        assert gen.images.shape == val.images.shape and (gen.images >= 0).all() and gen.images.sum() > 0
     if flow:  # the graph's module holds the flow: with sample's draws it returns sample's images (its ONNX
         # export works too, but tracing the flow's autoregressive inverse takes about two minutes)
         from simgan.domains.neuron.models import NeuronSampler
