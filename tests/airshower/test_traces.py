@@ -277,8 +277,8 @@ def test_trace_validation_passes_equal_samples_and_fails_stretched_traces(tmp_pa
     bad = av.compare(rs, av.summarise(stretched), 1, 20000)
     assert bad["rise_1000_deviation_max"] > 0.1 and bad["trace_shape_deviation_max"] > 0.1 and bad["auc"] > 0.8
     assert np.isnan(bad["traces"]["by_distance"][3]["muon_fraction_candidate"])  # no components: no figure
-    m["floor"] = m
-    assert av.trace_plot(m, tmp_path, 25.0).is_file()
+    same_s = av.summarise(same)
+    assert av.trace_plot(rs["stations"], same_s["stations"], rs["stations"], tmp_path, 25.0).is_file()
     no_traces = av.trace_figures(rs["stations"], None)  # a candidate without traces: no trace figures
     assert np.isnan(no_traces["rise_1000_deviation_max"]) and no_traces["traces"] is None
 

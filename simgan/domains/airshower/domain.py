@@ -286,15 +286,16 @@ def validate_files(reference, candidate, floor, out_dir, vcfg) -> dict:
     out_dir, ref, cand, _, fl_fp = DOMAIN.validation_inputs(reference, candidate, floor, out_dir)
     meta = json.loads(cand.attrs.get("metadata", "{}") or "{}")
     ref_summary = av.summarise(ref)  # once, for the candidate and for the floor
-    m = av.compare(ref_summary, av.summarise(cand), vcfg.classifier_seeds, vcfg.classifier_max_events)
-    fl = av.compare(ref_summary, av.summarise(fl_fp), vcfg.classifier_seeds, vcfg.classifier_max_events)
+    cand_summary, fl_summary = av.summarise(cand), av.summarise(fl_fp)
+    m = av.compare(ref_summary, cand_summary, vcfg.classifier_seeds, vcfg.classifier_max_events)
+    fl = av.compare(ref_summary, fl_summary, vcfg.classifier_seeds, vcfg.classifier_max_events)
     m.update({"reference": str(reference), "candidate": str(candidate), "n_reference": len(ref),
               "n_candidate": len(cand), "floor": fl,
               "floor_source": f"{len(fl_fp)} simulated events of {floor} (independent of the reference, "
                               "the candidate's size)",
               "candidate_checkpoint_sha256": meta.get("checkpoint_sha256"), "domain": "airshower"})
     m["gate"] = av.gate(m, vcfg.gate)
-    plots = av.plots(ref, cand, m, out_dir) if vcfg.plots else []
+    plots = av.plots(ref_summary, cand_summary, fl_summary, m, out_dir) if vcfg.plots else []
     av.write_report(out_dir, m, plots)
     write_json_atomic(out_dir / "metrics.json", m)
     return m

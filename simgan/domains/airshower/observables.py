@@ -96,21 +96,21 @@ def event_features(signal, time, triggered, cond: dict, xyz, p: ArrayParams = Ar
 
 def radial_profiles(signal, time, triggered, cond, xyz, p: ArrayParams = ArrayParams(), bins=R_BINS):
     """Over all events, per bin of distance to the axis (true geometry): the bin centres, the
-    median log10 S of triggered stations (lateral distribution) and their median time after the
-    plane front through the core (ns)."""
+    median log10 S of triggered stations (lateral distribution) and its error, their median
+    time after the plane front through the core (ns) and its error (1.2533 sd / sqrt(n))."""
+    from simgan.report.plots import profile_stats
+
     n = len(signal)
     s = np.asarray(signal, np.float64).reshape(n, -1)
     t = np.asarray(time, np.float64).reshape(n, -1)
     trig = np.asarray(triggered).reshape(n, -1).astype(bool)
     _, r, along, _ = geometry(cond, xyz, p)
     resid = t + along / C_M_PER_NS
-    ldf, front = [], []
-    for lo, hi in zip(bins[:-1], bins[1:]):
-        m = trig & (r >= lo) & (r < hi)
-        hit = m & (s > 0)
-        ldf.append(float(np.median(np.log10(s[hit]))) if hit.any() else math.nan)
-        front.append(float(np.median(resid[m])) if m.any() else math.nan)
-    return 0.5 * (bins[:-1] + bins[1:]), np.array(ldf), np.array(front)
+    hit = trig & (s > 0)
+    bins = np.asarray(bins, np.float64)
+    ldf, ldf_err = profile_stats(r[hit], np.log10(s[hit]), bins, "median")
+    front, front_err = profile_stats(r[trig], resid[trig], bins, "median")
+    return 0.5 * (bins[:-1] + bins[1:]), ldf, ldf_err, front, front_err
 
 
 STATION_BINS = ((3, 5), (6, 7), (8, 10), (11, 15), (16, 25), (26, 81))

@@ -9,14 +9,15 @@ from pathlib import Path
 import numpy as np
 
 from simgan.domains.airshower.io import Footprints, masses
-from simgan.domains.airshower.observables import (TRACE_R_BINS, ZENITH_BINS_DEG, angular_resolution, event_features,
-                                                  trace_event_features, trace_stations,
-                                                  radial_profiles)
+from simgan.domains.airshower.observables import (STATION_BINS, TRACE_R_BINS, ZENITH_BINS_DEG, angular_resolution,
+                                                  event_features, radial_profiles, trace_event_features,
+                                                  trace_stations)
 from simgan.domains.airshower.simulator import ArrayParams
 from simgan.report.markdown import fmt, write_markdown_report
 from simgan.metrics.classifier import classifier_test
 from simgan.metrics.distances import separation_power
 from simgan.metrics.gate import gate_checks, gate_rows
+from simgan.report.plots import Labels, compare_profile, figure, profile_stats, save
 
 # observables the classifier and the separation powers use (NaN where undefined: trees take it)
 LG_BINS = (18.5, 19.0, 19.5, 20.0)
@@ -183,87 +184,100 @@ def gate(m: dict, gcfg) -> dict:
     return gate_checks(m, gcfg, GATE_KEYS, m["classifier_events_per_class"])
 
 
-def plots(ref: Footprints, cand: Footprints, m: dict, out_dir: Path) -> list[Path]:
-    import matplotlib
+LABELS = Labels(reference="simulation (held out)", candidate="surrogate", floor="simulator floor")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    paths = []
-    # footprint maps: the same conditions, simulated and generated
-    n_show = min(4, len(ref))
-    idx = np.argsort(-ref.conditions["log10_energy_eV"])[:n_show]
-    fig, axes = plt.subplots(2, n_show, figsize=(3.2 * n_show, 6.2), squeeze=False)
-    x, y = ref.xyz[..., 0].ravel() / 1000, ref.xyz[..., 1].ravel() / 1000
-    for k, i in enumerate(idx):
-        for row, (fp, label) in enumerate(((ref, "simulated"), (cand, "generated"))):
-            ax = axes[row, k]
-            s = fp.signal[i].ravel()
-            on = s > 0
-            ax.scatter(x[~on], y[~on], s=4, c="lightgrey")
-            ax.scatter(x[on], y[on], s=20 + 40 * np.log10(1 + s[on]), c=fp.time[i].ravel()[on], cmap="viridis")
-            ax.plot(fp.conditions["core_x_m"][i] / 1000, fp.conditions["core_y_m"][i] / 1000, "r*")
-            ax.set_title(f"{label}: lgE {fp.conditions['log10_energy_eV'][i]:.2f}, "
-                         f"θ {math.degrees(fp.conditions['zenith_rad'][i]):.0f}°", fontsize=8)
-            ax.set_aspect("equal")
-            ax.set_xticks([])
-            ax.set_yticks([])
-    fig.tight_layout()
-    paths.append(out_dir / "footprints.png")
-    fig.savefig(paths[-1], dpi=90)
-    plt.close(fig)
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for fp, label, color in ((ref, "simulation (held out)", "k"), (cand, "surrogate", "tab:red")):
-        r, ldf, front = radial_profiles(fp.signal, fp.time, fp.triggered, fp.conditions, fp.xyz, params_of(fp))
-        axes[0].plot(r, ldf, "o-", color=color, label=label)
-        axes[1].plot(r, front, "o-", color=color, label=label)
-    axes[0].set(xlabel="distance to axis r [m]", ylabel="median log10 S [VEM]", title="lateral distribution")
-    axes[1].set(xlabel="distance to axis r [m]", ylabel="median time after plane front [ns]", title="time residuals")
-    ang = m["angular_resolution"]
-    labels = [a["stations"] for a in ang]
-    axes[2].plot(labels, [a["reference"] for a in ang], "o-", color="k", label="simulation (held out)")
-    axes[2].plot(labels, [a["candidate"] for a in ang], "o-", color="tab:red", label="surrogate")
-    axes[2].set(xlabel="triggered stations", ylabel="68% space angle [deg]", title="angular resolution (plane fit)")
-    for ax in axes:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(out_dir / "observables.png")
-    fig.savefig(paths[-1], dpi=90)
-    plt.close(fig)
-    if m.get("traces"):
-        paths.append(trace_plot(m, out_dir, float(ref.attrs.get("trace_bin_ns", 25.0))))
+def plots(ref: dict, cand: dict, floor: dict, m: dict, out_dir: Path) -> list[Path]:
+    """Footprint maps, the lateral distribution, time residuals and angular resolution (and
+    with traces the trace figures) of the `summarise`d samples, the floor sample as a band."""
+    paths = [footprint_maps(ref["fp"], cand["fp"], out_dir / "footprints.png")]
+    with figure(1, 3, panel_size=(4.6, 3.8)) as (fig, (a1, a2, a3)):
+        prof = {}
+        for name, sm in (("reference", ref), ("candidate", cand), ("floor", floor)):
+            fp = sm["fp"]
+            r, ldf, ldf_e, front, front_e = radial_profiles(fp.signal, fp.time, fp.triggered, fp.conditions, fp.xyz,
+                                                            params_of(fp))
+            prof[name] = ((ldf, ldf_e), (front, front_e))
+        compare_profile(a1, r, *(prof[k][0] for k in ("reference", "candidate", "floor")), "distance to the axis r",
+                        "m", "median log10(S / VEM)", "1", LABELS, title="lateral distribution", legend=True)
+        compare_profile(a2, r, *(prof[k][1] for k in ("reference", "candidate", "floor")), "distance to the axis r",
+                        "m", "median time after the plane front", "ns", LABELS, title="time residuals")
+        labels = [f"{lo}-{hi}" for lo, hi in STATION_BINS]
+        res = [angular_resolution_with_errors(sm["features"]) for sm in (ref, cand, floor)]
+        compare_profile(a3, np.arange(len(labels)), *res, "triggered stations", "1", "68% space angle", "deg",
+                        LABELS, title="angular resolution (plane fit)")
+        a3.set_xticks(np.arange(len(labels)), labels, fontsize=8)
+        paths.append(save(fig, out_dir / "observables.png", dpi=90))
+    if m.get("traces") and ref["stations"] is not None and cand["stations"] is not None:
+        paths.append(trace_plot(ref["stations"], cand["stations"], floor["stations"], out_dir,
+                                float(ref["fp"].attrs.get("trace_bin_ns", 25.0))))
     return paths
 
 
-def trace_plot(m: dict, out_dir: Path, bin_ns: float) -> Path:
-    """Mean traces per distance bin and the median rise time against distance: simulation,
-    surrogate and the simulator floor."""
-    import matplotlib.pyplot as plt
+def angular_resolution_with_errors(f: dict, boots: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """The 68% space angle per station-count bin (angular_resolution) and its bootstrap error."""
+    angle, n_trig = f["plane_fit_angle_deg"], f["n_triggered"]
+    val = np.array(list(angular_resolution(angle, n_trig).values()))
+    rng = np.random.default_rng(0)
+    reps = []
+    for _ in range(boots):
+        i = rng.integers(0, len(angle), len(angle))
+        reps.append(list(angular_resolution(angle[i], n_trig[i]).values()))
+    with np.errstate(invalid="ignore"):
+        return val, np.nanstd(np.array(reps), 0)
 
-    rows = [r for r in m["traces"]["by_distance"] if "mean_trace_reference" in r and "mean_trace_candidate" in r]
-    floor = {(r["r_lo"], r["r_hi"]): r for r in (m.get("floor", {}).get("traces") or {}).get("by_distance", [])}
-    fig, axes = plt.subplots(1, len(rows) + 1, figsize=(3.2 * (len(rows) + 1), 3.4), squeeze=False)
-    for ax, r in zip(axes[0], rows):
-        t = (np.arange(len(r["mean_trace_reference"])) + 0.5) * bin_ns
-        ax.step(t, r["mean_trace_reference"], where="mid", color="k", label="simulation (held out)")
-        ax.step(t, r["mean_trace_candidate"], where="mid", color="tab:red", label="surrogate")
-        fl = floor.get((r["r_lo"], r["r_hi"]), {})
-        if "mean_trace_candidate" in fl:
-            ax.step(t, fl["mean_trace_candidate"], where="mid", color="tab:blue", alpha=0.5, label="simulator floor")
-        ax.set(xlabel="time in trace [ns]", ylabel="share of the signal per bin",
-               title=f"r {r['r_lo']:.0f}-{r['r_hi']:.0f} m: {r['shape_deviation']:.3f}")
-    ax = axes[0][-1]
-    centres = [(r["r_lo"] + r["r_hi"]) / 2 for r in rows]
-    ax.plot(centres, [r["rise_reference"] for r in rows], "o-", color="k", label="simulation (held out)")
-    ax.plot(centres, [r["rise_candidate"] for r in rows], "o-", color="tab:red", label="surrogate")
-    ax.set(xlabel="distance to axis r [m]", ylabel="median rise time t10-50 [ns]", title="rise time")
-    ax.legend(fontsize=7)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    path = out_dir / "traces.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+
+def footprint_maps(ref: Footprints, cand: Footprints, path: Path) -> Path:
+    """The same conditions, simulated and generated: stations sized by signal, coloured by time."""
+    n_show = min(4, len(ref))
+    idx = np.argsort(-ref.conditions["log10_energy_eV"])[:n_show]
+    x, y = ref.xyz[..., 0].ravel() / 1000, ref.xyz[..., 1].ravel() / 1000
+    with figure(2, n_show, panel_size=(3.4, 3.4)) as (fig, axes):
+        for k, i in enumerate(idx):
+            for row, (fp, label) in enumerate(((ref, "simulated"), (cand, "generated"))):
+                ax = axes[row * n_show + k]
+                s = fp.signal[i].ravel()
+                on = s > 0
+                ax.scatter(x[~on], y[~on], s=4, c="lightgrey")
+                pts = ax.scatter(x[on], y[on], s=20 + 40 * np.log10(1 + s[on]), c=fp.time[i].ravel()[on],
+                                 cmap="viridis")
+                ax.plot(fp.conditions["core_x_m"][i] / 1000, fp.conditions["core_y_m"][i] / 1000, "r*")
+                ax.set_title(f"{label}: lgE {fp.conditions['log10_energy_eV'][i]:.2f}, "
+                             f"θ {math.degrees(fp.conditions['zenith_rad'][i]):.0f}°", fontsize=8)
+                ax.set_aspect("equal")
+                ax.set_xlabel("x [km]", fontsize=8)
+                ax.set_ylabel("y [km]", fontsize=8)
+                ax.tick_params(labelsize=7)
+                if on.any():
+                    fig.colorbar(pts, ax=ax, shrink=0.7).set_label("start time [ns]", fontsize=7)
+        return save(fig, path, dpi=90)
+
+
+def _mean_trace(st: dict, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The signal-weighted mean of the unit-sum traces of the stations `m`, and its error."""
+    w, shape = st["integral"][m], st["shape"][m]
+    mean = (shape * w[:, None]).sum(0) / w.sum()
+    err = np.sqrt((w[:, None] ** 2 * (shape - mean) ** 2).sum(0)) / w.sum()
+    return mean, err
+
+
+def trace_plot(rs: dict, cs: dict, fs: dict | None, out_dir: Path, bin_ns: float) -> Path:
+    """Mean traces per distance bin and the median rise time against distance, with their
+    errors: simulation, surrogate and the simulator floor."""
+    bins = [(lo, hi) for lo, hi in zip(TRACE_R_BINS[:-1], TRACE_R_BINS[1:])
+            if min(((s["r"] >= lo) & (s["r"] < hi)).sum() for s in (rs, cs)) >= 10]
+    with figure(1, len(bins) + 1, panel_size=(3.4, 3.4)) as (fig, axes):
+        for ax, (lo, hi) in zip(axes, bins):
+            curves = [None if s is None or ((s["r"] >= lo) & (s["r"] < hi)).sum() < 10
+                      else _mean_trace(s, (s["r"] >= lo) & (s["r"] < hi)) for s in (rs, cs, fs)]
+            t = (np.arange(len(curves[0][0])) + 0.5) * bin_ns
+            compare_profile(ax, t, *curves, "time in the trace", "ns", "share of the signal per bin", "1", LABELS,
+                            title=f"r {lo:.0f}-{hi:.0f} m", legend=ax is axes[0])
+        edges = np.asarray(TRACE_R_BINS, np.float64)
+        rise = [None if s is None else profile_stats(s["r"], s["rise_ns"], edges, "median") for s in (rs, cs, fs)]
+        compare_profile(axes[-1], 0.5 * (edges[1:] + edges[:-1]), *rise, "distance to the axis r", "m",
+                        "median rise time t10-50", "ns", LABELS, title="rise time")
+        return save(fig, out_dir / "traces.png", dpi=90)
 
 
 def write_report(out_dir: Path, m: dict, plot_paths: list[Path]) -> None:

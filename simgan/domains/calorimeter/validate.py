@@ -182,6 +182,7 @@ def validate(reference, candidate, out_dir, cfg: ValidateConfig, threshold_mev: 
         floor_m = compare(rf, re, f_all[rows], e_all[rows], names, low_ref,
                           _sample_rows(floor, fl_info.n_events, n_low, 3), cfg, edges, threshold_mev)
         floor_desc = f"{floor} ({len(rows)} showers, the candidate's size)"
+        plot_floor = (f_all[rows], e_all[rows])
     else:  # the reference's halves
         half = np.random.default_rng(3).permutation(ref_info.n_events)
         a, b = np.sort(half[: len(half) // 2]), np.sort(half[len(half) // 2:])
@@ -189,6 +190,7 @@ def validate(reference, candidate, out_dir, cfg: ValidateConfig, threshold_mev: 
         low_b = _sample_rows(reference, ref_info.n_events, 0, 0, b[: n_low // 2])
         floor_m = compare(rf[a], re[a], rf[b], re[b], names, low_a, low_b, cfg, edges, threshold_mev)
         floor_desc = f"the reference split in halves ({len(a)} vs {len(b)} showers: half the size)"
+        plot_floor = (rf[b], re[b])
     extras = {}
     for label, path in (extra_candidates or {}).items():
         extras[label] = one(path, infos[label])[0]
@@ -210,9 +212,11 @@ def validate(reference, candidate, out_dir, cfg: ValidateConfig, threshold_mev: 
         picks = ["etot_over_einc"] + [n for n in names if n.endswith(("_layer_05", "_layer_20"))
                                       and n.startswith(("e_layer", "width_r", "sparsity"))] + worst
         picks = list(dict.fromkeys(picks))[:12]
-        plots = [P.feature_grid(rf, cf, names, seps, out_dir / "features.png", picks),
-                 P.profiles(rf, cf, names, out_dir / "profiles.png"),
-                 P.response(rf, re, cf, ce, out_dir / "response.png"),
+        unit = "cells" if any(l.grid == "cartesian" for l in binning.layers) else "mm"
+        ff, fe = plot_floor
+        plots = [P.feature_grid(rf, cf, ff, names, seps, out_dir / "features.png", picks, unit),
+                 P.profiles(rf, cf, ff, names, out_dir / "profiles.png", unit),
+                 P.response(rf, re, cf, ce, ff, fe, out_dir / "response.png"),
                  P.auc_breakdown(metrics, out_dir / "auc_breakdown.png")]
     write_report(out_dir, metrics, plots)
     write_json_atomic(out_dir / "metrics.json", metrics)

@@ -236,7 +236,8 @@ def validate_files(reference, candidate, floor, out_dir, vcfg) -> dict:
     ref_summary = nv.summarise(ref)  # once, for the candidate and for the floor
     m = nv.compare(ref_summary, (cand_summary := nv.summarise(cand)), vcfg.classifier_seeds,
                    vcfg.classifier_max_events)
-    fl = nv.compare(ref_summary, nv.summarise(fl_ni), vcfg.classifier_seeds, vcfg.classifier_max_events)
+    fl = nv.compare(ref_summary, (fl_summary := nv.summarise(fl_ni)), vcfg.classifier_seeds,
+                    vcfg.classifier_max_events)
     predictor = nv.train_predictor(train, vcfg.predictor_steps)
     pred = {"reference": nv.predictor_scores(predictor, ref), "candidate": nv.predictor_scores(predictor, cand)}
     meta = json.loads(cand.attrs.get("metadata", "{}") or "{}")
@@ -247,7 +248,7 @@ def validate_files(reference, candidate, floor, out_dir, vcfg) -> dict:
                               "candidate's size); the class predictor trains on all of that file",
               "candidate_checkpoint_sha256": meta.get("checkpoint_sha256"), "domain": "neuron"})
     m["gate"] = nv.gate(m, vcfg.gate)
-    plots = nv.plots(ref, cand, ref_summary, cand_summary, out_dir) if vcfg.plots else []
+    plots = nv.plots(ref_summary, cand_summary, fl_summary, out_dir) if vcfg.plots else []
     nv.write_report(out_dir, m, plots)
     write_json_atomic(out_dir / "metrics.json", m)
     return m

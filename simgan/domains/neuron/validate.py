@@ -18,6 +18,7 @@ from simgan.metrics.classifier import classifier_test
 from simgan.metrics.distances import separation_power
 from simgan.metrics.gate import gate_checks, gate_rows
 from simgan.report.markdown import fmt, write_markdown_report
+from simgan.report.plots import Labels, compare_hist, figure, save
 
 MIN_PER_CLASS = 10
 
@@ -127,46 +128,44 @@ def gate(m: dict, gcfg) -> dict:
     return gate_checks(m, gcfg, GATE_KEYS, m["classifier_events_per_class"])
 
 
-def plots(ref: NeuronImages, cand: NeuronImages, reference: dict, candidate: dict, out_dir: Path) -> list[Path]:
-    import matplotlib
+LABELS = Labels(reference="NeuroTS (held out)", candidate="surrogate", floor="NeuroTS floor")
+UNITS = {"total_length": ("total projected length", "um"), "max_extent": ("maximum extent", "um"),
+         "occupancy": ("occupied pixels", "1"), "elongation": ("elongation", "1"),
+         "centroid_dy": ("centroid offset y", "um"), "radius_of_gyration": ("radius of gyration", "um")}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def plots(reference: dict, candidate: dict, floor: dict | None, out_dir: Path) -> list[Path]:
+    """Example images per class, and per class the observables' histograms with ratio panels,
+    the NeuroTS floor sample as a band (the samples `summarise`d)."""
+    ref, cand = reference["ni"], candidate["ni"]
     paths = []
     n_show = 4
-    fig, axes = plt.subplots(2 * len(CLASSES), n_show, figsize=(2.2 * n_show, 2.3 * 2 * len(CLASSES)), squeeze=False)
-    for ci, name in enumerate(CLASSES):
-        rows = np.flatnonzero(ref.cell_class == ci)[:n_show]
-        for k in range(n_show):
-            for j, (ni, label) in enumerate(((ref, "NeuroTS"), (cand, "surrogate"))):
-                ax = axes[2 * ci + j, k]
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if k < len(rows):
-                    ax.imshow(np.log1p(ni.images[rows[k]]), cmap="magma", vmin=0, vmax=5)
-                    ax.set_title(f"{label} {name} r={ni.randomness[rows[k]]:.2f}", fontsize=7)
-    fig.tight_layout()
-    paths.append(out_dir / "images.png")
-    fig.savefig(paths[-1], dpi=80)
-    plt.close(fig)
+    with figure(2 * len(CLASSES), n_show, panel_size=(2.4, 2.4)) as (fig, axes):
+        for ci, name in enumerate(CLASSES):
+            rows = np.flatnonzero(ref.cell_class == ci)[:n_show]
+            for k in range(n_show):
+                for j, (ni, label) in enumerate(((ref, "NeuroTS"), (cand, "surrogate"))):
+                    ax = axes[(2 * ci + j) * n_show + k]
+                    ax.set_xticks([])
+                    ax.set_yticks([])
+                    if k < len(rows):
+                        im = ax.imshow(np.log1p(ni.images[rows[k]]), cmap="magma", vmin=0, vmax=5)
+                        ax.set_title(f"{label} {name} r={ni.randomness[rows[k]]:.2f}", fontsize=7)
+        fig.colorbar(im, ax=axes, shrink=0.4).set_label("log(1 + neurite length per pixel / um)", fontsize=8)
+        paths.append(save(fig, out_dir / "images.png"))
     keys = (*KEY_OBSERVABLES, "radius_of_gyration")
-    fig, axes = plt.subplots(len(CLASSES), len(keys), figsize=(3 * len(keys), 2.6 * len(CLASSES)), squeeze=False)
-    for ci, name in enumerate(CLASSES):
-        mr, mc = ref.cell_class == ci, cand.cell_class == ci
-        for j, k in enumerate(keys):
-            ax = axes[ci, j]
-            a, b = reference["features"][k][mr], candidate["features"][k][mc]
-            if len(a) and len(b):
-                bins = np.histogram_bin_edges(np.concatenate([a, b]), 30)
-                ax.hist(a, bins, histtype="step", color="k", density=True, label="NeuroTS (held out)")
-                ax.hist(b, bins, histtype="step", color="tab:red", density=True, label="surrogate")
-            ax.set_title(f"{name}: {k}", fontsize=8)
-    axes[0, 0].legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(out_dir / "observables.png")
-    fig.savefig(paths[-1], dpi=80)
-    plt.close(fig)
+    with figure(len(CLASSES), len(keys), ratio=True, panel_size=(3.2, 3.0)) as (fig, panels):
+        for ci, name in enumerate(CLASSES):
+            mr, mc = ref.cell_class == ci, cand.cell_class == ci
+            for j, k in enumerate(keys):
+                panel = panels[ci * len(keys) + j]
+                a, b = reference["features"][k][mr], candidate["features"][k][mc]
+                f = None if floor is None else floor["features"][k][floor["ni"].cell_class == ci]
+                if len(a) and len(b):
+                    bins = np.histogram_bin_edges(np.concatenate([a, b]), 20)
+                    compare_hist(panel, a, b, f, bins, *UNITS[k], LABELS, title=name,
+                                 legend=ci == 0 and j == 0)
+        paths.append(save(fig, out_dir / "observables.png"))
     return paths
 
 
