@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -70,3 +71,37 @@ def small_disk(tmp_path):
         yield d
     finally:
         subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+@pytest.fixture(scope="session")
+def local_slurm():
+    """A single-node Slurm on 127.0.0.1 through workflows/local_slurm.sh (reused if one runs)."""
+    import shutil
+    missing = [x for x in ("munged", "slurmctld", "slurmd", "sbatch") if not shutil.which(x)]
+    if missing:
+        pytest.skip(f"no local Slurm: {missing} not found (apt-get install slurm-wlm munge)")
+    if os.geteuid() != 0:
+        pytest.skip("the local Slurm needs root")
+    script = REPO / "workflows" / "local_slurm.sh"
+    running = subprocess.run([str(script), "status"], capture_output=True).returncode == 0
+    r = subprocess.run([str(script), "up"], capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    conf = r.stdout.strip().split("=", 1)[1]
+    yield conf
+    if not running:
+        subprocess.run([str(script), "down"], capture_output=True, timeout=60)
+
+
+def wait_for_jobs(jobs, env, seconds):
+    """Until none of `jobs` is queued or running; whatever happens, none stays queued."""
+    import time
+    deadline = time.time() + seconds
+    try:
+        while time.time() < deadline:
+            q = subprocess.run(["squeue", "-h", "-j", ",".join(map(str, jobs))], capture_output=True, text=True,
+                               env=env)
+            if not q.stdout.strip():
+                return
+            time.sleep(2)
+    finally:
+        subprocess.run(["scancel", *map(str, jobs)], capture_output=True, env=env)

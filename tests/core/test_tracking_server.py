@@ -2,16 +2,18 @@
 with a real PostgreSQL behind it, under jobs that log and register at once."""
 
 import glob
+import json
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, wait_for_jobs
 
 SCRIPT = REPO / "workflows" / "mlflow_server.sh"
 
@@ -52,21 +54,59 @@ def pg_server():
     assert not folder.exists()
 
 
-def test_eight_jobs_at_once_lose_nothing_on_the_postgres_backed_server(pg_server):
-    """8 processes start together, each logs a run with 20 metric values and an artifact and
-    registers a model version; every one is found afterwards, in PostgreSQL (not a sqlite
-    file) and the artifacts in the server's folder."""
-    from benchmarks.bench_tracking import main
-
+def test_eight_training_jobs_at_once_track_and_register_everything(pg_server, tmp_path):
+    """8 processes start together, each running a whole chain (the toy domain: simulate,
+    train, generate, validate, register) under one experiment and one model name, as the
+    seeds of one configuration on a cluster do: every training run with all its logged
+    losses, and 8 model versions with their artifacts, are on the server afterwards."""
     uri, folder, env = pg_server
-    res = main(uri, processes=8, metrics=20)
-    assert res["failed_workers"] == {}, res["failed_workers"]
-    assert (res["lost_runs"], res["lost_metric_values"], res["lost_versions"]) == (0, 0, 0), res
-    assert res["log_metric_p95_ms"] > 0
-    assert (folder / "pg" / "PG_VERSION").is_file() and not list(folder.rglob("*.db"))
-    assert len(list((folder / "artifacts").rglob("model.json"))) == 8
+    jobs = [subprocess.Popen([sys.executable, str(REPO / "tests" / "core" / "toy_job.py"), str(tmp_path / f"job{i}"),
+                              uri, str(i)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for i in range(8)]
+    outs = [j.communicate(timeout=600)[0] for j in jobs]
+    failed = [(i, out[-3000:]) for i, (j, out) in enumerate(zip(jobs, outs)) if j.returncode]
+    assert not failed, failed[:1]
+    _everything_is_there(uri, "toy-jobs", [tmp_path / f"job{i}" for i in range(8)])
+    assert len(list((folder / "artifacts").rglob("MLmodel"))) >= 8
+    assert (folder / "pg" / "PG_VERSION").is_file() and not list(folder.rglob("*.db"))  # PostgreSQL, no sqlite
     status = subprocess.run(["bash", str(SCRIPT), "status", str(folder)], env=env, capture_output=True, text=True)
     assert status.returncode == 0 and uri in status.stdout
+
+
+def _everything_is_there(uri: str, name: str, run_dirs: list[Path]) -> None:
+    """Every job's training run (finished, with every loss it logged) and one model version per
+    job, each from its job's run."""
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name(name)
+    runs = [r for r in client.search_runs([exp.experiment_id], max_results=1000) if "nll" in r.data.metrics]
+    assert len(runs) == len(run_dirs) and {r.info.status for r in runs} == {"FINISHED"}
+    logged = [json.loads(x) for d in run_dirs for x in (d / name / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(len(client.get_metric_history(r.info.run_id, "nll")) for r in runs) == \
+        sum("nll" in row for row in logged) > len(run_dirs)
+    versions = client.search_model_versions(f"name = '{name}'", max_results=100)
+    assert sorted(int(v.version) for v in versions) == list(range(1, len(run_dirs) + 1))
+    assert {v.run_id for v in versions} == {r.info.run_id for r in runs}  # each job's version is its run's
+
+
+@pytest.mark.slurm
+def test_a_slurm_job_array_tracks_and_registers_on_the_server(pg_server, local_slurm, tmp_path):
+    """A real Slurm job array (4 tasks, each the toy chain with its task's seed) against the
+    same server: every task's run, losses and model version are there."""
+    uri, _, env = pg_server
+    script = tmp_path / "array.sh"
+    script.write_text(f"#!/bin/bash\nexec {sys.executable} {REPO / 'tests' / 'core' / 'toy_job.py'} "
+                      f"{tmp_path}/task$SLURM_ARRAY_TASK_ID {uri} $((100 + SLURM_ARRAY_TASK_ID)) toy-array\n")
+    env = {**env, "SLURM_CONF": local_slurm}
+    r = subprocess.run(["sbatch", "--parsable", "--array=0-3", "--cpus-per-task=1", "--mem=1G",
+                        f"--output={tmp_path}/%A_%a.out", str(script)], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    job = r.stdout.strip().split(";")[0]
+    wait_for_jobs([job], env, 600)
+    done = [(tmp_path / f"task{i}" / "toy-array" / "register" / "manifest.json").is_file() for i in range(4)]
+    assert all(done), "".join(p.read_text()[-1500:] for p in tmp_path.glob("*.out"))
+    _everything_is_there(uri, "toy-array", [tmp_path / f"task{i}" for i in range(4)])
 
 
 def test_the_server_script_names_what_is_missing(tmp_path):

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from pipeline.cli import main
-from tests.conftest import QUICKSTART, REPO
+from tests.conftest import QUICKSTART, REPO, wait_for_jobs
 
 
 def test_rendered_slurm_scripts_pass_bash_n(tmp_path, monkeypatch):
@@ -56,40 +56,6 @@ def test_prepare_missing_input_and_merge_of_non_shard(tmp_path, capsys):
     assert "not a shard file" in capsys.readouterr().err and not out.exists()
 
 
-@pytest.fixture(scope="module")
-def local_slurm():
-    """A single-node Slurm on 127.0.0.1 through workflows/local_slurm.sh (reused if one runs)."""
-    import shutil
-    missing = [x for x in ("munged", "slurmctld", "slurmd", "sbatch") if not shutil.which(x)]
-    if missing:
-        pytest.skip(f"no local Slurm: {missing} not found (apt-get install slurm-wlm munge)")
-    if os.geteuid() != 0:
-        pytest.skip("the local Slurm needs root")
-    script = REPO / "workflows" / "local_slurm.sh"
-    running = subprocess.run([str(script), "status"], capture_output=True).returncode == 0
-    r = subprocess.run([str(script), "up"], capture_output=True, text=True, timeout=180)
-    assert r.returncode == 0, r.stderr
-    conf = r.stdout.strip().split("=", 1)[1]
-    yield conf
-    if not running:
-        subprocess.run([str(script), "down"], capture_output=True, timeout=60)
-
-
-def _wait_for_jobs(jobs, env, seconds):
-    """Until none of `jobs` is queued or running; whatever happens, none stays queued."""
-    import time
-    deadline = time.time() + seconds
-    try:
-        while time.time() < deadline:
-            q = subprocess.run(["squeue", "-h", "-j", ",".join(map(str, jobs))], capture_output=True, text=True,
-                               env=env)
-            if not q.stdout.strip():
-                return
-            time.sleep(2)
-    finally:
-        subprocess.run(["scancel", *map(str, jobs)], capture_output=True, env=env)
-
-
 def _submit(wf, env, *stage):
     r = subprocess.run(["bash", str(wf / "submit.sh"), *stage], capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 0, r.stderr
@@ -126,7 +92,7 @@ def test_quickstart_chain_on_a_real_slurm_resumes_after_the_time_limit(local_slu
                  "register.name=slurm-chain", f"register.tracking_uri=sqlite:///{tmp_path}/mlflow.db"]
     assert main(["workflow", *flags, "--time-train", "1", *overrides]) == 0
     jobs = _submit(wf, env)
-    _wait_for_jobs(jobs.values(), env, 300)
+    wait_for_jobs(jobs.values(), env, 300)
     run, logs = runs / "quickstart", runs / "quickstart" / "logs"
     tails = {p.name: p.read_text()[-600:] for p in sorted(logs.glob("*.out"))}
     state = subprocess.run(["scontrol", "show", "job", jobs["train"]], capture_output=True, text=True, env=env).stdout
@@ -140,7 +106,7 @@ def test_quickstart_chain_on_a_real_slurm_resumes_after_the_time_limit(local_slu
     assert main(["workflow", *flags, "--time-train", "10", *overrides]) == 0
     jobs = _submit(wf, env, "train")
     assert list(jobs) == ["train", "generate", "generate-merge", "validate", "register"]
-    _wait_for_jobs(jobs.values(), env, 300)
+    wait_for_jobs(jobs.values(), env, 300)
     tails = {p.name: p.read_text()[-600:] for p in sorted(logs.glob("*.out"))}
     reg = run / "register" / "registered.json"
     assert reg.exists(), tails
@@ -265,7 +231,7 @@ def test_airshower_chain_on_a_real_slurm(local_slurm, tmp_path):
                  "--gpus-per-node", "0", "--cpus", "2", *overrides]) == 0
     jobs = _submit(wf, env)
     assert list(jobs) == ["simulate", "prepare", "train", "generate", "validate", "register"]
-    _wait_for_jobs(jobs.values(), env, 300)
+    wait_for_jobs(jobs.values(), env, 300)
     run, logs = runs / "airshower_quickstart", runs / "airshower_quickstart" / "logs"
     tails = {p.name: p.read_text()[-600:] for p in sorted(logs.glob("*.out"))}
     assert len(list((run / "simulate" / "shards").glob("shard_*.h5"))) == 3, tails
