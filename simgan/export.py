@@ -65,6 +65,7 @@ class ExportGraph:
     outputs: list[Port]
     example: Callable[[int, torch.Generator], tuple[torch.Tensor, ...]]
     post_step: str | None = None  # what the consumer does with the outputs, and the reference code
+    post_step_parameters: dict | None = None  # what the reference code of the post-step needs
     notes: list[str] = field(default_factory=list)
 
 
@@ -169,7 +170,8 @@ def export_model(graph: ExportGraph, fmt: str, out_dir: Path, checkpoint: Path, 
         "format": fmt, "file": path.name, "opset": OPSET if fmt == "onnx" else None, "domain": domain,
         "family": family, "source": source, "checkpoint_sha256": file_sha256(checkpoint),
         "validation": verdict, "inputs": [asdict(p) for p in graph.inputs],
-        "outputs": [asdict(p) for p in graph.outputs], "post_step": graph.post_step, "notes": graph.notes,
+        "outputs": [asdict(p) for p in graph.outputs], "post_step": graph.post_step,
+        "post_step_parameters": graph.post_step_parameters, "notes": graph.notes,
         "round_trip": check, "torch": torch.__version__, "files": dict(beside or {}),
     }
     write_json_atomic(out_dir / "model.json", sidecar)
@@ -207,9 +209,6 @@ class ExportedSampler:
         if self.fmt not in FORMATS or not self.path.is_file():
             raise SimganError(f"--export {self.folder}: the sidecar names {self.sidecar.get('file')!r} in format "
                               f"{self.fmt!r}, which is not there")
-        if self.sidecar.get("post_step"):
-            raise SimganError(f"--export {self.folder}: this graph's outputs need a post-step in Python "
-                              f"({self.sidecar['post_step'][:80]}...); generate from the checkpoint")
         self.conditions = [p for p in self.inputs if p.noise is None]
         if self.fmt == "onnx":
             ort = require("onnxruntime")

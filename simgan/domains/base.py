@@ -395,6 +395,15 @@ class ConditionedFileDomain(Domain):
 
     generates_from_export = True
 
+    def samples_from_export(self, sampler, outputs: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+        """The samples (what `with_samples` takes) from an export's outputs for one batch: its
+        first output, or where the sidecar names a post-step, the domain's reference code run
+        on them (a subclass that has one overrides this)."""
+        if sampler.sidecar.get("post_step"):
+            raise SimganError(f"--export {sampler.folder}: the graph's outputs need a post-step this domain does not "
+                              "run from an export; generate from the checkpoint")
+        return outputs[0]
+
     def generate_from_export(self, req: GenerateRequest) -> str:
         """Samples for the conditions of req.energies_from from an export folder (its graph takes
         the domain's condition matrix and returns the samples; simgan.export.ExportedSampler draws
@@ -403,8 +412,10 @@ class ConditionedFileDomain(Domain):
         src = self.read(req.energies_from, req.events)
         c = self.condition_matrix(src)
         t0 = time.perf_counter()
-        parts = [sampler([c[lo:lo + req.batch_size]], np.random.default_rng([req.seed, lo]))[0]
-                 for lo in range(0, len(c), req.batch_size)]
+        parts = []
+        for lo in range(0, len(c), req.batch_size):
+            rng = np.random.default_rng([req.seed, lo])
+            parts.append(self.samples_from_export(sampler, sampler([c[lo:lo + req.batch_size]], rng), rng))
         seconds = time.perf_counter() - t0
         data = self.with_samples(src, np.concatenate(parts) if parts else None)
         data.attrs["metadata"] = json.dumps({"export": str(sampler.folder), "export_format": sampler.fmt,

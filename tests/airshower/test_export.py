@@ -112,11 +112,23 @@ def test_a_trace_model_exports_the_parts_its_traces_are_drawn_from(tmp_path, cap
     fp = finish_traces(model, c, signal, ref[1], arrival, share, quantum[:, :1], tot, torch.Generator().manual_seed(0))
     trig = fp[:, 2] > 0
     assert trig.any() and torch.allclose(fp[:, 3:].sum(1)[trig], fp[:, 0][trig], rtol=1e-4)
-    # the post-step is Python: generation from the folder alone is refused, by name, with nothing written
-    capsys.readouterr()
+    # the post-step from the sidecar's parameters (models.footprints_from_parts, the reference code):
+    # the same footprints as finish_traces from the model itself, given the same draws
+    from simgan.domains.airshower.models import Tank, footprints_from_parts
+    assert side["post_step_parameters"]["trace"] == model.trace
+    parts = run_exported(out / "model.onnx", "onnx", graph, (c, *draws))
+    got = footprints_from_parts(Tank(side["post_step_parameters"]["trace"]), *(torch.as_tensor(x) for x in parts),
+                                torch.Generator().manual_seed(0))
+    torch.testing.assert_close(got[:, 2], fp[:, 2])  # the same triggers
+    torch.testing.assert_close(got[:, 3:], fp[:, 3:], rtol=1e-4, atol=1e-5)  # the same traces
+    torch.testing.assert_close(got[:, :2], fp[:, :2], rtol=1e-4, atol=1e-2)  # signal, start time (ns)
+    # and from the folder alone, for a file's conditions
     assert main(["generate", "--export", str(out), "--energies-from", str(tmp_path / "val.h5"),
-                 "--out", str(tmp_path / "g.h5")]) == 2
-    assert "post-step" in capsys.readouterr().err and not (tmp_path / "g.h5").exists()
+                 "--out", str(tmp_path / "g.h5")]) == 0
+    gen = aio.read(tmp_path / "g.h5")
+    assert gen.traces is not None and len(gen) == 50
+    on = gen.triggered
+    np.testing.assert_allclose(gen.traces.sum(-1)[on], gen.signal[on], rtol=1e-4)
 
 
 def test_export_refuses_what_it_cannot_do(plain, tmp_path, capsys):

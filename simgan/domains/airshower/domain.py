@@ -15,7 +15,8 @@ import torch
 
 from simgan.domains.airshower import io as aio
 from simgan.domains.airshower import validate as av
-from simgan.domains.airshower.models import CONDITIONS, FAMILIES, GRID, MASS, FootprintSampler
+from simgan.domains.airshower.models import (CONDITIONS, FAMILIES, GRID, MASS, FootprintSampler, Tank,
+                                            footprints_from_parts)
 from simgan.domains.airshower.corsika import corsika_footprints
 from simgan.domains.airshower.simulator import ArrayParams, simulate
 from simgan.domains.airshower.traces import TankParams, vem_peak
@@ -233,7 +234,21 @@ class Airshower(ConditionedFileDomain):
                 c[:, 5] = 1.0
             return (c, *(torch.randn(n, *p.shape[1:], generator=generator) for p in inputs[1:]))
 
-        return ExportGraph(FootprintSampler(model, decoder, kind), inputs, outputs, example, post)
+        return ExportGraph(FootprintSampler(model, decoder, kind), inputs, outputs, example, post,
+                           {"trace": model.trace} if kind == "traces" else None)
+
+    def samples_from_export(self, sampler, outputs, rng):
+        """A trace model's post-step from its export folder alone: the quanta drawn by the
+        reference code (models.footprints_from_parts) with the tank of the sidecar."""
+        if not sampler.sidecar.get("post_step"):
+            return outputs[0]
+        params = sampler.sidecar.get("post_step_parameters") or {}
+        if "trace" not in params:
+            raise SimganError(f"--export {sampler.folder}: the sidecar has no post_step_parameters.trace (exported by "
+                              "an earlier version: export the checkpoint again)")
+        g = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
+        parts = [torch.from_numpy(np.asarray(x)) for x in outputs]
+        return footprints_from_parts(Tank(params["trace"]), *parts, g).numpy()
 
     def pyfunc_predict(self, model, ckpt, frame, seed: int, precision: str, extrapolate: bool = False):
         # mass_A may be left out: protons (models trained before it was a column take none)

@@ -541,9 +541,25 @@ def trace_parts(model, decoder, c, z, zs, eps):
 
 
 def finish_traces(model, c, signal, resid, arrival, share, quantum, tot_probability, generator, tries: int = 16):
-    """Footprints from the trace parts: each station's trace drawn in quanta (`draw_traces`);
-    the trigger (threshold or time over threshold), the signal (the integral) and the start
-    time (window + t10) from the trace. (N, 3 + T, 9, 9).
+    """Footprints from the trace parts: each station's trace drawn in quanta and its trigger
+    (`draw_station_traces`); the signal (the integral) and the start time (window + t10) from
+    the trace. (N, 3 + T, 9, 9)."""
+    trace, mask = draw_station_traces(model, signal, arrival, share, quantum, tot_probability, generator, tries)
+    return model.from_view(torch.log10(torch.clamp(trace.sum(-1), min=1e-12)), resid, mask, c, trace)
+
+
+class Tank:
+    """What the trace post-step needs of a model (its `trace` settings and the tank's `decay`
+    matrix): from a model, or from an export's sidecar (`post_step_parameters`)."""
+
+    def __init__(self, trace: dict):
+        self.trace = dict(trace)
+        self.decay = decay_matrix(int(trace["bins"]), float(trace["bin_ns"]), float(trace["decay_ns"]))
+
+
+def draw_station_traces(tank, signal, arrival, share, quantum, tot_probability, generator, tries: int = 16):
+    """Each station's trace drawn in quanta (`draw_traces`) and its trigger (N, 81): threshold
+    or time over threshold. `tank`: the model, or a Tank.
 
     Below the threshold, whether a station triggers by time over threshold is drawn first
     (with `tot_probability`, which the likelihood fits to every station below the threshold,
@@ -551,26 +567,35 @@ def finish_traces(model, c, signal, resid, arrival, share, quantum, tot_probabil
     threshold agrees: the trace shapes are learnt from recorded, hence triggered, stations,
     and their own rate of passing would count stations the detector does not record. A
     station whose draws never agree keeps its last trace, and the trace decides."""
-    tr = model.trace
+    tr = tank.trace
 
     def tot_of(trace):
         return (trace > tr["tot_threshold_vem"]).sum(-1) >= tr["tot_bins"]
 
-    trace = draw_traces(model, signal, arrival, share, quantum, generator)
+    trace = draw_traces(tank, signal, arrival, share, quantum, generator)
     wanted = torch.rand(tot_probability.shape, generator=generator, device=signal.device) < tot_probability
     redo = (trace.sum(-1) < tr["threshold_vem"]) & (tot_of(trace) != wanted)
     for _ in range(tries):
         if not bool(redo.any()):
             break
         i = redo.nonzero(as_tuple=True)
-        again = draw_traces(model, signal[i][:, None], arrival[i][:, None], share[i][:, None], quantum[i[0]],
+        again = draw_traces(tank, signal[i][:, None], arrival[i][:, None], share[i][:, None], quantum[i[0]],
                             generator)[:, 0]
         ok = (again.sum(-1) >= tr["threshold_vem"]) | (tot_of(again) == wanted[i])
         trace[i] = torch.where(ok[:, None], again, trace[i])
         redo[i] = ~ok
     total = trace.sum(-1)
-    mask = ((total >= tr["threshold_vem"]) | tot_of(trace)).float()
-    return model.from_view(torch.log10(torch.clamp(total, min=1e-12)), resid, mask, c, trace)
+    return trace, ((total >= tr["threshold_vem"]) | tot_of(trace)).float()
+
+
+def footprints_from_parts(tank: Tank, signal, window_ns, arrival, share, quantum, tot_probability, generator):
+    """The post-step of an exported trace model: its graph's outputs (N, 81) each, arrival (N,
+    81, T), quantum (N, 81) -> footprints (N, 3 + T, 9, 9): signal (the trace's integral),
+    start time (window + t10), trigger, then the T bins, as the model's own sampler makes them."""
+    trace, mask = draw_station_traces(tank, signal, arrival, share, quantum[:, :1], tot_probability, generator)
+    time = window_ns + start_time_torch(trace, tank.trace["bin_ns"])
+    chans = [trace.sum(-1) * mask, time * mask, mask, *(trace * mask[..., None]).permute(2, 0, 1)]
+    return torch.stack(chans, 1).view(len(signal), len(chans), GRID, GRID)
 
 
 class FootprintGAN(AdversarialModel, FootprintSurrogate):
