@@ -22,7 +22,7 @@ TINY = ["simulate.events=150", "simulate.energy_max_gev=8", "simulate.shard_even
         "model.hidden=[32,32]", "model.latent_dim=4", "model.energy.steps=3", "model.energy.hidden=[16,16]",
         "model.energy.transforms=2", "train.steps=6", "train.batch_size=16", "train.log_every=3",
         "train.val_every=3", "train.val_events=20", "train.checkpoint_every=3", "generate.ablation=true",
-        "validate.classifier_seeds=1", "validate.plots=false"]
+        "validate.classifier_seeds=1", "validate.plots=false", "register.export=none"]
 
 
 @pytest.fixture(scope="module")
