@@ -26,6 +26,7 @@ from torch import nn
 
 from simgan.domains.airshower.simulator import C_M_PER_NS, GRID, ArrayParams, station_xyz
 from simgan.models.adversarial import AdversarialModel
+from simgan.models.blocks import logistic
 from simgan.models.latent import code_flow, codes_from_noise, fit_code_flow, kl_normal
 from simgan.schema import ConfigModel
 
@@ -173,7 +174,7 @@ class FootprintSurrogate(nn.Module):
     def trace_outputs(self, z, inputs, zs):
         """The trace head's (N, 81, T) arrival distribution (unit sum) and (N, 81) muon share."""
         out = self.trace_head(torch.cat([broadcast(z), inputs, zs], 1)).float().flatten(2)
-        return torch.softmax(out[:, :-1], 1).transpose(1, 2), torch.sigmoid(out[:, -1])
+        return torch.softmax(out[:, :-1], 1).transpose(1, 2), logistic(out[:, -1])
 
     def muon_quantum(self, inputs) -> torch.Tensor:
         """(N, 1) the mean signal of one muon (VEM) along the shower axis (inputs' cos theta)."""
@@ -537,7 +538,7 @@ def trace_parts(model, decoder, c, z, zs, eps):
     arrival, share = model.trace_outputs(z, inputs, zs)
     signal = 10.0 ** torch.clamp(mu_s + torch.exp(ls_s) * eps[:, 0], max=6.0)
     resid = mu_t + torch.exp(ls_t) * eps[:, 1]
-    return signal, resid, arrival, share, model.muon_quantum(inputs), torch.sigmoid(tot)
+    return signal, resid, arrival, share, model.muon_quantum(inputs), logistic(tot)  # (exported: full precision in the tail)
 
 
 def finish_traces(model, c, signal, resid, arrival, share, quantum, tot_probability, generator, tries: int = 16):

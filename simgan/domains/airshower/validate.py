@@ -4,6 +4,7 @@ the simulator-vs-simulator floor at the same size beside every figure, plots and
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -223,7 +224,8 @@ def angular_resolution_with_errors(f: dict, boots: int = 100) -> tuple[np.ndarra
     for _ in range(boots):
         i = rng.integers(0, len(angle), len(angle))
         reps.append(list(angular_resolution(angle[i], n_trig[i]).values()))
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():  # a bin without enough events in any resample: NaN, no error bar
+        warnings.simplefilter("ignore", RuntimeWarning)
         return val, np.nanstd(np.array(reps), 0)
 
 

@@ -31,10 +31,10 @@ from torch import nn
 
 from simgan.errors import SimganError
 from simgan.domains.calorimeter.models.base import ConditionalSurrogate
-from simgan.domains.calorimeter.models.energy import CouplingSampler, LayerEnergyFlow, fast_exp, sigmoid
+from simgan.domains.calorimeter.models.energy import CouplingSampler, LayerEnergyFlow, fast_exp
 from simgan.domains.calorimeter.models.vae import zero_inflated_nll
 from simgan.models.adversarial import adversarial_step, gan_optimizers
-from simgan.models.blocks import mlp
+from simgan.models.blocks import logistic, mlp
 from simgan.models.latent import LOGVAR_MAX, LOGVAR_MIN, encode_decode, kl_normal, kl_weight
 
 LOG_SHARE_FLOOR = math.log(1e-8)  # an empty voxel in the log-share view
@@ -275,7 +275,7 @@ class LayeredSurrogate(ConditionalSurrogate):
         hit_logit, mean, logvar = self.split_head(raw.float(), lid)
         if u is None:
             u = torch.full_like(hit_logit, 0.5)
-        hit = u < sigmoid(hit_logit)
+        hit = u < logistic(hit_logit)
         top_voxel = torch.arange(V, device=raw.device) == hit_logit.argmax(1, keepdim=True)
         hit = hit | (top_voxel & ~hit.any(1, keepdim=True))
         sigma = fast_exp(logvar.clamp(LOGVAR_MIN, LOGVAR_MAX) * 0.5)
