@@ -135,7 +135,9 @@ def register_model(checkpoint, domain, name: str, uri: str, metrics: dict | None
         else:  # the training run is in another store: log under an experiment of this one
             experiment_id = mlflow.set_experiment(f"{name}-registrations").experiment_id
         end_dead_runs(client, [experiment_id])  # left RUNNING by a register killed before this one
-        ctx = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(run_name="register")
+        # (by id: see _Tracker in simgan/train/trainer.py)
+        ctx = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(experiment_id=experiment_id,
+                                                                               run_name="register")
         with ctx as run:
             mlflow.set_tags(process_tags("FINISHED" if run_id else "KILLED"))
             # models from code: the domain's pyfunc file, no pickled object; its config names the domain

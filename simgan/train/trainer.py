@@ -446,7 +446,10 @@ class _Tracker:
         try:
             experiment = mlflow.set_experiment(cfg.name)
             end_dead_runs(mlflow.MlflowClient(self.uri), [experiment.experiment_id])  # a killed earlier attempt's
-            run = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(run_name=f"train-{cfg.model.family}")
+            # (the experiment by id: when jobs create it at once, MLflow's set_experiment returns it to
+            # the losers of the race without making it active, and a bare start_run lands in Default)
+            run = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(
+                experiment_id=experiment.experiment_id, run_name=f"train-{cfg.model.family}")
             mlflow.set_tags(process_tags("KILLED"))
         except Exception as exc:  # network and store errors come in many types
             raise SimganError(f"MLflow tracking at {self.uri} failed: {str(exc).splitlines()[0][:300]}; fix "

@@ -80,8 +80,10 @@ def _everything_is_there(uri: str, name: str, run_dirs: list[Path]) -> None:
 
     client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name(name)
-    runs = [r for r in client.search_runs([exp.experiment_id], max_results=1000) if "nll" in r.data.metrics]
-    assert len(runs) == len(run_dirs) and {r.info.status for r in runs} == {"FINISHED"}
+    every = client.search_runs([exp.experiment_id], max_results=1000)
+    runs = [r for r in every if "nll" in r.data.metrics]
+    assert len(runs) == len(run_dirs) and {r.info.status for r in runs} == {"FINISHED"}, \
+        [(r.info.run_id, r.info.run_name, r.info.status, sorted(r.data.metrics)) for r in every]
     logged = [json.loads(x) for d in run_dirs for x in (d / name / "train" / "metrics.jsonl").read_text().splitlines()]
     assert sum(len(client.get_metric_history(r.info.run_id, "nll")) for r in runs) == \
         sum("nll" in row for row in logged) > len(run_dirs)

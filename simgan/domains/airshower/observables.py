@@ -11,6 +11,7 @@ import numpy as np
 from simgan.domains.airshower.traces import rise_fall_ns
 from simgan.domains.airshower.simulator import (C_M_PER_NS, ArrayParams, ldf, mean_xmax_proton,
                                                 s1000_and_beta, shower_plane_geometry, timing_sigma)
+from simgan.report.plots import profile_stats
 
 R_BINS = np.array([0, 500, 750, 1000, 1250, 1500, 2000, 3000, 6000.0])
 
@@ -98,8 +99,6 @@ def radial_profiles(signal, time, triggered, cond, xyz, p: ArrayParams = ArrayPa
     """Over all events, per bin of distance to the axis (true geometry): the bin centres, the
     median log10 S of triggered stations (lateral distribution) and its error, their median
     time after the plane front through the core (ns) and its error (1.2533 sd / sqrt(n))."""
-    from simgan.report.plots import profile_stats
-
     n = len(signal)
     s = np.asarray(signal, np.float64).reshape(n, -1)
     t = np.asarray(time, np.float64).reshape(n, -1)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from simgan.domains.calorimeter.models.layered import LayeredGAN, LayeredSurrogate
+from simgan.export import ExportGraph, Port
 
 
 class LayeredShowerSampler(nn.Module):
@@ -79,8 +80,6 @@ class VoxelShowerSampler(nn.Module):
 
 def export_graph(model, ckpt: dict):
     """The ExportGraph of a calorimeter model (simgan.export)."""
-    from simgan.export import ExportGraph, Port
-
     extra = list(ckpt.get("extra_conditions", []))
     ranges = ckpt.get("condition_ranges", {})
     lo, hi = ranges.get("incident_energy", [1000.0, 64000.0])
