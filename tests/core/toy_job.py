@@ -16,8 +16,8 @@ sys.path.insert(0, str(HERE.parent.parent))
 from pipeline.runner import run_chain  # noqa: E402
 from simgan.domains import load_config, register_domain  # noqa: E402
 
-TINY = ["simulate.events=600", "train.steps=40", "train.val_every=20", "train.checkpoint_every=20",
-        "train.log_every=10", "train.progress=false"]
+TINY = ["simulate.events=300", "train.steps=20", "train.val_every=10", "train.checkpoint_every=10",
+        "train.log_every=5", "train.progress=false"]
 
 if __name__ == "__main__":
     runs_dir, uri, seed = sys.argv[1:4]
