@@ -128,8 +128,10 @@ def register_model(checkpoint, domain, name: str, uri: str, metrics: dict | None
             exported = export_model(domain.export_graph(model, ckpt), export, folder, Path(checkpoint),
                                     domain.name, ckpt["model_args"]["config"]["family"], verdict, str(checkpoint),
                                     {k: Path(v).name for k, v in beside.items()})
+            # (the files beside the graph are the domain's own artifacts, already logged: logged twice, MLflow
+            # would file both copies under numbered folders instead of beside model.onnx)
             artifacts.update({"export_graph": str(folder / exported["file"]), "export_sidecar": str(folder / "model.json"),
-                              **{f"export_{k}": v for k, v in beside.items()}})
+                              **{f"export_{k}": v for k, v in beside.items() if k not in artifacts}})
         if run_id:
             experiment_id = client.get_run(run_id).info.experiment_id
         else:  # the training run is in another store: log under an experiment of this one
