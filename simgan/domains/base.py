@@ -215,6 +215,7 @@ class ConditionedFileDomain(Domain):
     simulator = "the simulator"
     monitor_batch = 1024  # rows per sampling call in the training monitor
     floor_note = ""  # why validate needs --floor, beyond the floor itself
+    generates_from_export = True
 
     def after_training(self, cfg, model_path, train_path):
         """model.latent_sampler=flow: the VAE's latent flow fitted to the codes of the training
@@ -292,13 +293,18 @@ class ConditionedFileDomain(Domain):
 
     def generate_file(self, model, src, out, batch_size: int, seed: int, precision: str, metadata: dict) -> dict:
         """Samples for the conditions of `src`, written atomically with the checkpoint's metadata."""
+        return self.write_samples(out, lambda: self.sample(model, src, batch_size, precision, seed=seed), metadata,
+                                  {"device": str(next(model.parameters()).device), "precision": precision})
+
+    def write_samples(self, out, draw, metadata: dict, info: dict) -> dict:
+        """`draw()`'s samples (data of this domain), timed, written atomically with `metadata`;
+        returns the timing, then `info`."""
         t0 = time.perf_counter()
-        data = self.sample(model, src, batch_size, precision, seed=seed)
+        data = draw()
         seconds = time.perf_counter() - t0
         data.attrs["metadata"] = json.dumps(metadata, sort_keys=True)
         self.write(out, data)
-        return {"events": len(data), "sample_seconds": seconds, "events_per_s": len(data) / max(seconds, 1e-9),
-                "device": str(next(model.parameters()).device), "precision": precision}
+        return {"events": len(data), "sample_seconds": seconds, "events_per_s": len(data) / max(seconds, 1e-9), **info}
 
     sharded_stages = ("simulate",)
 
@@ -378,22 +384,20 @@ class ConditionedFileDomain(Domain):
         if req.shard_count is not None or req.dask or req.compare_geant4:
             raise SimganError(f"a {self.name} model generates in one process (no --shard-index, --dask or "
                               "--compare-geant4)")
-        if req.exported is not None:
-            return self.generate_from_export(req)
-        if req.loaded is not None:  # a registered model: its pyfunc holds the built model and the checkpoint's keys
-            surrogate = req.loaded.unwrap_python_model()
-            model, ckpt, metadata = surrogate.model, surrogate.ckpt, {"model_uri": req.model_uri}
-        else:
-            model, ckpt = build_model(req.ckpt, self, resolve_device(req.device)), req.ckpt
-            metadata = checkpoint_metadata(req.checkpoint)
         src = self.read(req.energies_from, req.events)
-        warn_outside(ckpt.get("condition_ranges", {}), src.conditions, str(req.energies_from))
-        timing = self.generate_file(model, src, req.out, req.batch_size, req.seed, req.precision, metadata)
+        if req.exported is not None:
+            timing = self.generate_from_export(req, src)
+        else:
+            if req.loaded is not None:  # a registered model: its pyfunc holds the built model and the checkpoint's keys
+                surrogate = req.loaded.unwrap_python_model()
+                model, ckpt, metadata = surrogate.model, surrogate.ckpt, {"model_uri": req.model_uri}
+            else:
+                model, ckpt = build_model(req.ckpt, self, resolve_device(req.device)), req.ckpt
+                metadata = checkpoint_metadata(req.checkpoint)
+            warn_outside(ckpt.get("condition_ranges", {}), src.conditions, str(req.energies_from))
+            timing = self.generate_file(model, src, req.out, req.batch_size, req.seed, req.precision, metadata)
         return (f"wrote {req.out}: {timing['events']} {self.unit} at {timing['events_per_s']:.0f} {self.unit}/s\n"
                 + json.dumps(timing))
-
-
-    generates_from_export = True
 
     def samples_from_export(self, sampler, outputs: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
         """The samples (what `with_samples` takes) from an export's outputs for one batch: its
@@ -404,28 +408,23 @@ class ConditionedFileDomain(Domain):
                               "run from an export; generate from the checkpoint")
         return outputs[0]
 
-    def generate_from_export(self, req: GenerateRequest) -> str:
-        """Samples for the conditions of req.energies_from from an export folder (its graph takes
-        the domain's condition matrix and returns the samples; simgan.export.ExportedSampler draws
-        the noise, each batch from (seed, its first row))."""
+    def generate_from_export(self, req: GenerateRequest, src) -> dict:
+        """Samples for the conditions of `src` from an export folder (its graph takes the domain's
+        condition matrix and returns the samples; simgan.export.ExportedSampler draws the noise,
+        each batch from (seed, its first row)); returns the timing."""
         sampler = req.exported
-        src = self.read(req.energies_from, req.events)
         c = self.condition_matrix(src)
-        t0 = time.perf_counter()
-        parts = []
-        for lo in range(0, len(c), req.batch_size):
-            rng = np.random.default_rng([req.seed, lo])
-            parts.append(self.samples_from_export(sampler, sampler([c[lo:lo + req.batch_size]], rng), rng))
-        seconds = time.perf_counter() - t0
-        data = self.with_samples(src, np.concatenate(parts) if parts else None)
-        data.attrs["metadata"] = json.dumps({"export": str(sampler.folder), "export_format": sampler.fmt,
-                                             "checkpoint_sha256": sampler.sidecar.get("checkpoint_sha256")},
-                                            sort_keys=True)
-        self.write(req.out, data)
-        timing = {"events": len(data), "sample_seconds": seconds, "events_per_s": len(data) / max(seconds, 1e-9),
-                  "export": str(sampler.folder), "export_format": sampler.fmt}
-        return (f"wrote {req.out}: {timing['events']} {self.unit} at {timing['events_per_s']:.0f} {self.unit}/s\n"
-                + json.dumps(timing))
+
+        def draw():
+            parts = []
+            for lo in range(0, len(c), req.batch_size):
+                rng = np.random.default_rng([req.seed, lo])
+                parts.append(self.samples_from_export(sampler, sampler([c[lo:lo + req.batch_size]], rng), rng))
+            return self.with_samples(src, np.concatenate(parts) if parts else None)
+
+        where = {"export": str(sampler.folder), "export_format": sampler.fmt}
+        return self.write_samples(req.out, draw, {**where, "checkpoint_sha256": sampler.sidecar.get("checkpoint_sha256")},
+                                  where)
 
 
 # -- the registered model's input, shared by the domains' pyfunc_predict --------------------------

@@ -137,17 +137,8 @@ def compare_hist(panel, reference, candidate, floor, bins, quantity: str, unit: 
     rax.set_xlabel(axis_label(quantity, unit), fontsize=10)
     per = "1" if unit in ("", "1") else f"1/{unit}"
     ax.set_ylabel(axis_label("density", per), fontsize=10)
-    for a in (ax, rax):
-        a.tick_params(labelsize=8)
-    if logx:
-        ax.set_xscale("log")
-        readable_log(ax.xaxis)
-    if logy:
-        ax.set_yscale("log")
-    if title:
-        ax.set_title(title, fontsize=9)
-    if legend:
-        ax.legend(fontsize=7)
+    rax.tick_params(labelsize=8)
+    _finish(ax, logx, logy, title, legend)
 
 
 def profile_stats(x: np.ndarray, y: np.ndarray, edges: np.ndarray, stat: str = "mean") -> tuple[np.ndarray, np.ndarray]:
@@ -185,6 +176,11 @@ def compare_profile(ax, x, reference, candidate, floor, xquantity: str, xunit: s
         ax.errorbar(x, v, yerr=e, color=color, marker=marker, ms=3, lw=1, capsize=1.5, label=label)
     ax.set_xlabel(axis_label(xquantity, xunit), fontsize=10)
     ax.set_ylabel(axis_label(yquantity, yunit), fontsize=10)
+    _finish(ax, logx, logy, title, legend)
+
+
+def _finish(ax, logx: bool, logy: bool, title: str | None, legend: bool) -> None:
+    """What every comparison panel ends with: tick size, log axes, title and legend."""
     ax.tick_params(labelsize=8)
     if logx:
         ax.set_xscale("log")

@@ -193,16 +193,14 @@ def plots(ref: dict, cand: dict, floor: dict, m: dict, out_dir: Path) -> list[Pa
     with traces the trace figures) of the `summarise`d samples, the floor sample as a band."""
     paths = [footprint_maps(ref["fp"], cand["fp"], out_dir / "footprints.png")]
     with figure(1, 3, panel_size=(4.6, 3.8)) as (fig, (a1, a2, a3)):
-        prof = {}
-        for name, sm in (("reference", ref), ("candidate", cand), ("floor", floor)):
-            fp = sm["fp"]
-            r, ldf, ldf_e, front, front_e = radial_profiles(fp.signal, fp.time, fp.triggered, fp.conditions, fp.xyz,
-                                                            params_of(fp))
-            prof[name] = ((ldf, ldf_e), (front, front_e))
-        compare_profile(a1, r, *(prof[k][0] for k in ("reference", "candidate", "floor")), "distance to the axis r",
-                        "m", "median log10(S / VEM)", "1", LABELS, title="lateral distribution", legend=True)
-        compare_profile(a2, r, *(prof[k][1] for k in ("reference", "candidate", "floor")), "distance to the axis r",
-                        "m", "median time after the plane front", "ns", LABELS, title="time residuals")
+        # per sample: (r, ldf, its error, front, its error)
+        prof = [radial_profiles(fp.signal, fp.time, fp.triggered, fp.conditions, fp.xyz, params_of(fp))
+                for fp in (ref["fp"], cand["fp"], floor["fp"])]
+        r = prof[0][0]
+        compare_profile(a1, r, *(p[1:3] for p in prof), "distance to the axis r", "m", "median log10(S / VEM)", "1",
+                        LABELS, title="lateral distribution", legend=True)
+        compare_profile(a2, r, *(p[3:5] for p in prof), "distance to the axis r", "m",
+                        "median time after the plane front", "ns", LABELS, title="time residuals")
         labels = [f"{lo}-{hi}" for lo, hi in STATION_BINS]
         res = [angular_resolution_with_errors(sm["features"]) for sm in (ref, cand, floor)]
         compare_profile(a3, np.arange(len(labels)), *res, "triggered stations", "1", "68% space angle", "deg",
@@ -266,12 +264,16 @@ def _mean_trace(st: dict, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def trace_plot(rs: dict, cs: dict, fs: dict | None, out_dir: Path, bin_ns: float) -> Path:
     """Mean traces per distance bin and the median rise time against distance, with their
     errors: simulation, surrogate and the simulator floor."""
+    def inside(s, lo, hi):  # the stations of `s` in the distance bin, where it holds at least 10
+        m = (s["r"] >= lo) & (s["r"] < hi)
+        return m if m.sum() >= 10 else None
+
     bins = [(lo, hi) for lo, hi in zip(TRACE_R_BINS[:-1], TRACE_R_BINS[1:])
-            if min(((s["r"] >= lo) & (s["r"] < hi)).sum() for s in (rs, cs)) >= 10]
+            if inside(rs, lo, hi) is not None and inside(cs, lo, hi) is not None]
     with figure(1, len(bins) + 1, panel_size=(3.4, 3.4)) as (fig, axes):
         for ax, (lo, hi) in zip(axes, bins):
-            curves = [None if s is None or ((s["r"] >= lo) & (s["r"] < hi)).sum() < 10
-                      else _mean_trace(s, (s["r"] >= lo) & (s["r"] < hi)) for s in (rs, cs, fs)]
+            masks = [None if s is None else inside(s, lo, hi) for s in (rs, cs, fs)]
+            curves = [None if m is None else _mean_trace(s, m) for s, m in zip((rs, cs, fs), masks)]
             t = (np.arange(len(curves[0][0])) + 0.5) * bin_ns
             compare_profile(ax, t, *curves, "time in the trace", "ns", "share of the signal per bin", "1", LABELS,
                             title=f"r {lo:.0f}-{hi:.0f} m", legend=ax is axes[0])

@@ -83,10 +83,12 @@ def export_graph(model, ckpt: dict):
     extra = list(ckpt.get("extra_conditions", []))
     ranges = ckpt.get("condition_ranges", {})
     lo, hi = ranges.get("incident_energy", [1000.0, 64000.0])
-    inputs = [Port("incident_energy", ("N",), "MeV", f"the particle's energy (training range {lo:g}-{hi:g} MeV)")]
+    inputs = [Port("incident_energy", ("N",), "MeV", f"the particle's energy (training range {lo:g}-{hi:g} MeV)",
+                   dtype="float64")]
     if extra:
         inputs.append(Port("extra_conditions", ("N", len(extra)), "as in the training file",
-                           f"the model's other conditions, in this order: {', '.join(extra)}", columns=extra))
+                           f"the model's other conditions, in this order: {', '.join(extra)}", dtype="float64",
+                           columns=extra))
     n_vox = int(model.transform.mean.numel())
     outputs = [Port("showers", ("N", n_vox), "MeV", "the energy of every voxel, in the order of the binning XML "
                     "(binning.xml beside the registered model; zero below the readout threshold)",
@@ -127,8 +129,6 @@ def export_graph(model, ckpt: dict):
                        else torch.randn(shape, generator=generator))
         return tuple(out)
 
-    for p in inputs[:1 + bool(extra)]:
-        p.dtype = "float64"
     return ExportGraph(graph, inputs, outputs, example, notes=notes)
 
 

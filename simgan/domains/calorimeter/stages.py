@@ -184,7 +184,7 @@ def generate_request(req: GenerateRequest) -> str:
     energies (and extra conditions) of req.energies_from, or log-uniform in req.energy_range;
     returns what to print."""
     conds: dict = {}
-    if req.layer_energies_from and (req.energies_from or req.energy_range or req.model_uri):
+    if req.layer_energies_from and (req.energies_from or req.energy_range or req.model_uri or req.exported):
         raise SimganError("--layer-energies-from takes the energies from that file: give it with --checkpoint, "
                           "without --energies-from or --energy-range")
     if req.layer_energies_from:
@@ -195,17 +195,11 @@ def generate_request(req: GenerateRequest) -> str:
         energies = log_uniform_energies(req.events, *req.energy_range, req.seed)
     else:
         raise SimganError("give --energies-from FILE, or --events N with --energy-range MIN_GEV MAX_GEV")
-    if req.exported is not None:
-        if req.layer_energies_from or req.shard_index is not None or req.shard_count is not None or req.dask:
-            raise SimganError("--export generates in one process from --energies-from or --energy-range (no "
-                              "--layer-energies-from, --shard-index or --dask)")
+    names = None
+    if req.exported is not None:  # the model's extra conditions: the names its graph's input columns carry
         names = next((p.columns for p in req.exported.conditions if p.columns), None) or []
         conds = model_conditions({"extra_conditions": names}, conds, req.energies_from or "--energy-range")
-        timing = generate_from_export(req.exported, energies, conds, names, req.out, req.batch_size, req.fmt,
-                                      req.seed, req.progress)
-        return (f"wrote {req.out}: {timing['events']} showers at {timing['showers_per_s']:.0f} showers/s\n"
-                + json.dumps(timing))
-    if req.ckpt is not None:
+    elif req.ckpt is not None:
         source = req.layer_energies_from or req.energies_from or "--energy-range"
         conds = model_conditions(req.ckpt, conds, source)
         warn_outside(req.ckpt.get("condition_ranges", {}), {"incident_energy": energies, **conds}, str(source))
@@ -216,7 +210,10 @@ def generate_request(req: GenerateRequest) -> str:
         raise SimganError("--shard-index/--shard-count and --dask work with --checkpoint")
     if (sharded or req.dask) and req.fmt != "hdf5":
         raise SimganError("sharded and dask generation write HDF5 (merge, then `simgan convert`)")
-    if req.dask:
+    if req.exported is not None:
+        timing = generate_from_export(req.exported, energies, conds, names, req.out, req.batch_size, req.fmt,
+                                      req.seed, req.progress)
+    elif req.dask:
         with dask_client(True, req.dask_workers, req.scheduler) as client:
             timing = generate_with_dask(req.checkpoint, energies, conds, req.out, req.batch_size, req.seed, client,
                                         req.shards, req.precision)
