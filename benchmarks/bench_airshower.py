@@ -22,9 +22,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import machine_info, median_seconds  # noqa: E402
+from simgan.domains import model_from_checkpoint  # noqa: E402
 from simgan.domains.airshower.models import CONDITIONS  # noqa: E402
 from simgan.domains.airshower.simulator import ArrayParams, sample_conditions, simulate_events  # noqa: E402
-from simgan.domains import model_from_checkpoint  # noqa: E402
 
 DEFAULT_CHECKPOINT = "runs/airshower_quickstart/train/model.pt"
 

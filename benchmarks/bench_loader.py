@@ -44,7 +44,7 @@ def child(mode: str, path: str, chunk: int) -> None:
     elif mode == "chunks":
         from simgan.domains.calorimeter.data.calochallenge import iter_chunks
 
-        for _, e, s, _ in iter_chunks(path, chunk, check=True):
+        for _, e, _s, _ in iter_chunks(path, chunk, check=True):
             rows += len(e)
     else:
         from torch.utils.data import DataLoader
@@ -55,7 +55,7 @@ def child(mode: str, path: str, chunk: int) -> None:
             loader = DataLoader(ChunkedShowerDataset(path, chunk), batch_size=256)
         else:  # "torch_batches": the dataset cuts batches itself
             loader = DataLoader(ChunkedShowerDataset(path, chunk, batch_size=256), batch_size=None)
-        for x, e, _ in loader:
+        for _x, e, _ in loader:
             rows += len(e)
     dt = time.perf_counter() - t
     print(json.dumps({"rows": rows, "seconds": dt, "rows_per_s": rows / dt,

@@ -100,7 +100,7 @@ def main(uri: str, processes: int = 8, metrics: int = 50, name: str | None = Non
         for i, (out, p) in enumerate(procs):
             _, err = p.communicate(timeout=600)
             if p.returncode != 0 or not out.is_file():
-                failed[i] = (err.strip().splitlines() or ["exit code %d" % p.returncode])[-1][:300]
+                failed[i] = (err.strip().splitlines() or [f"exit code {p.returncode}"])[-1][:300]
                 continue
             lat += json.loads(out.read_text())["latencies_s"]
     found = count_back(uri, experiment, name)

@@ -21,8 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from benchmarks.common import machine_info  # noqa: E402
-from simgan.domains import load_config  # noqa: E402
-from simgan.domains import get_domain  # noqa: E402
+from simgan.domains import (
+    get_domain,  # noqa: E402
+    load_config,  # noqa: E402
+)
 from simgan.train.trainer import Trainer  # noqa: E402
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "configs" / "experiment" / "quickstart.yaml"

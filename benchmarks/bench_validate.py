@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def main(checkpoint: str, n: int = 100_000, busy: bool = False) -> dict:
     from benchmarks.common import machine_info
+    from simgan.domains import model_from_checkpoint
     from simgan.domains.calorimeter.data.binning import reference_binning
     from simgan.domains.calorimeter.generate import generate_to_file, log_uniform_energies
-    from simgan.domains import model_from_checkpoint
 
     model, _ = model_from_checkpoint(checkpoint)
     with tempfile.TemporaryDirectory() as td:
@@ -33,7 +33,8 @@ def main(checkpoint: str, n: int = 100_000, busy: bool = False) -> dict:
         e = log_uniform_energies(n, 1, 64, 0)
         for name, seed in (("ref.h5", 1), ("cand.h5", 2)):
             generate_to_file(model, e, {}, td / name, reference_binning(), 10000, "cpu", seed, progress=False)
-        code = ("import json,time,sys; from simgan.domains.calorimeter.validate import validate; from simgan.domains.calorimeter.config import CaloValidateConfig as ValidateConfig;"
+        code = ("import json,time,sys; from simgan.domains.calorimeter.validate import validate; "
+                "from simgan.domains.calorimeter.config import CaloValidateConfig as ValidateConfig;"
                 "t=time.perf_counter(); m=validate(sys.argv[1], sys.argv[2], sys.argv[3], ValidateConfig(), 0.01515);"
                 "hwm=[int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')][0]/1024;"
                 "print(json.dumps({'seconds': time.perf_counter()-t, 'peak_rss_mb': hwm, 'auc_high': m['auc_high']}))")

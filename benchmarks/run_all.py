@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import bench_generate, bench_geant4, bench_loader  # noqa: E402
+from benchmarks import bench_geant4, bench_generate, bench_loader  # noqa: E402
 
 if __name__ == "__main__":
     print(json.dumps({"geant4": bench_geant4.main(), "loader": bench_loader.main(),

@@ -35,8 +35,9 @@ def _verdict_of_metrics(path: Path, checkpoint: Path) -> dict:
 
 def _registered_checkpoint(uri: str, into: Path) -> tuple[Path, dict]:
     """A registered model's checkpoint (downloaded into `into`) and its version's verdict."""
-    from simgan.registry import load_surrogate  # lazy: MLflow is heavy
     import mlflow
+
+    from simgan.registry import load_surrogate  # lazy: MLflow is heavy
 
     load_surrogate(uri)  # a clear error when the URI does not resolve
     local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(into)))

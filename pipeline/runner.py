@@ -7,7 +7,6 @@ from pipeline.contract import STAGES, Context, is_complete, run_folder_lock
 from simgan.config import ExperimentConfig
 from simgan.errors import SimganError
 
-
 MODULES = {"simulate": simulate, "prepare": prepare, "train": train, "generate": generate, "validate": validate,
            "register": register}
 

@@ -12,11 +12,10 @@ import shutil
 import socket
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from simgan.errors import SimganError
-
 
 _HOST = socket.gethostname().replace(".", "_") or "host"
 

@@ -17,7 +17,6 @@ from simgan.io import file_sha256
 from simgan.metrics.gate import inconsistency
 from simgan.tracking import end_dead_runs, ensure_store, mlflow_env, process_tags, tracking_uri
 
-
 SHORT_NAMES = {"separation_power_mean": "separation_mean"}
 
 
@@ -83,8 +82,8 @@ def register_model(checkpoint, domain, name: str, uri: str, metrics: dict | None
         raise SimganError(f"register name {name!r}: {exc.message}") from None
     import mlflow
     from mlflow.models import ModelSignature, infer_signature
-    from mlflow.types.schema import AnyType, ColSpec, Schema
     from mlflow.tracking import MlflowClient
+    from mlflow.types.schema import AnyType, ColSpec, Schema
 
     last_exc: Exception | None = None
     for attempt in range(retries):

@@ -42,7 +42,6 @@ from simgan.seeding import derive_seed
 from simgan.tracking import end_dead_runs, ensure_store, mlflow_env, process_tags, tracking_uri
 
 
-
 def _dist_info() -> tuple[int, int, int, bool]:
     """(rank, world size, local rank, launched by torchrun). A torchrun launch runs DDP even
     with one process, so that one GPU exercises the same NCCL path as many."""

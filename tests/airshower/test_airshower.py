@@ -10,8 +10,7 @@ import pytest
 
 from simgan.domains.airshower import io as aio
 from simgan.domains.airshower.observables import angular_resolution, event_features
-from simgan.domains.airshower.simulator import (C_M_PER_NS, ArrayParams, shower_plane_geometry, simulate,
-                                                station_xyz)
+from simgan.domains.airshower.simulator import C_M_PER_NS, ArrayParams, shower_plane_geometry, simulate, station_xyz
 from simgan.errors import SimganError
 
 P = ArrayParams()
@@ -288,6 +287,7 @@ def test_airshower_chain_registers_and_a_consumer_predicts_from_a_dataframe(air_
     assert fp.shape == (2, 3, 9, 9) and ((fp[:, 2] == 0) | (fp[:, 0] >= 3)).all() and fp[:, 2].sum() > 0
     # `simgan export --model` takes the registered version's checkpoint and its gate
     import os
+
     from pipeline.cli import main
     before = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = cfg.register.tracking_uri

@@ -7,8 +7,8 @@ from pipeline.cli import main
 from simgan.domains.calorimeter.config import CaloValidateConfig as ValidateConfig
 from simgan.domains.calorimeter.data import calochallenge as cc
 from simgan.domains.calorimeter.data.binning import Binning, Layer
-from simgan.errors import SimganError
 from simgan.domains.calorimeter.features import feature_names, high_level_features
+from simgan.errors import SimganError
 
 
 def test_features_hand_computed():
@@ -79,8 +79,8 @@ def test_mismatched_geometry_refused(g4_pair, tmp_path):
 def test_dnn_classifier_equal_and_distorted(g4_pair, tmp_path):
     """The CaloChallenge DNN classifier test: about 0.5 for Geant4 against Geant4, above 0.95
     for a visibly distorted sample (small samples: 300 showers per class)."""
-    from simgan.metrics.classifier import dnn_classifier_test, dnn_high_level_inputs
     from simgan.domains.calorimeter.features import features_from_file
+    from simgan.metrics.classifier import dnn_classifier_test, dnn_high_level_inputs
     a, b = g4_pair
     bad = _distorted(b, tmp_path / "bad.h5")
     (fa, ea), (fb, eb), (fx, ex) = (features_from_file(p, threshold_mev=0.01515) for p in (a, b, bad))
@@ -94,6 +94,7 @@ def test_dnn_classifier_equal_and_distorted(g4_pair, tmp_path):
 @pytest.mark.slow
 def test_validate_cli_dnn_floor_and_breakdown(g4_pair, tmp_path, capsys):
     import json
+
     from tests.conftest import QUICKSTART
     a, b = g4_pair
     bad = _distorted(b, tmp_path / "bad.h5")

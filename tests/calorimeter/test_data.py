@@ -1,4 +1,5 @@
 import os
+
 import h5py
 import numpy as np
 import pytest
@@ -252,6 +253,7 @@ def test_outputs_follow_the_umask_and_dead_writers_temps_are_swept(tmp_path):
     the same output, a live writer's is not."""
     import subprocess
     import sys
+
     from simgan.io import _HOST, write_json_atomic
     old = os.umask(0o022)
     try:

@@ -269,8 +269,8 @@ def test_the_likelihood_term_trains_the_encoder_and_the_generator(hybrid):
 
 def test_layered_config_errors():
     from simgan.domains import load_config
-    from simgan.errors import SimganError
     from simgan.domains.calorimeter.models.layered import LayeredVAE
+    from simgan.errors import SimganError
     from tests.conftest import QUICKSTART
     cfg = load_config(QUICKSTART, ["model.likelihood=mse"])
     with pytest.raises(SimganError, match="zero-inflated"):

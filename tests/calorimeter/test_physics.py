@@ -54,6 +54,8 @@ def test_shower_depth_grows_with_log_energy(showers):
 
 
 def test_photons_start_deeper_than_electrons(showers):
-    first = lambda s: np.argmax(s.sum(2) > 1.0, axis=1)  # first layer with > 1 MeV (scaled)
+    def first(s):  # first layer with > 1 MeV (scaled)
+        return np.argmax(s.sum(2) > 1.0, axis=1)
+
     assert first(showers[("gamma", 16)]).mean() > first(showers[("e-", 16)]).mean()
     assert _depth(showers[("gamma", 16)]).mean() > _depth(showers[("e-", 16)]).mean()

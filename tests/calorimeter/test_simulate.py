@@ -2,8 +2,8 @@ import numpy as np
 
 from pipeline.cli import main
 from simgan.domains.calorimeter.data import calochallenge as cc
-from simgan.io import open_hdf5
 from simgan.domains.calorimeter.sim.g4data import tsai_scaled_dcs
+from simgan.io import open_hdf5
 from tests.conftest import QUICKSTART, REPO
 
 
@@ -86,6 +86,7 @@ def test_kill9_of_simulate_takes_its_geant4_workers_along(tmp_path):
     import subprocess
     import sys
     import time
+
     import psutil
     out = tmp_path / "k.h5"
     p = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "simulate", "-c", str(QUICKSTART), "-q",

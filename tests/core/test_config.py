@@ -124,8 +124,8 @@ def test_device_and_output_format_are_checked(tmp_path, capsys):
 
 
 def test_broken_checkpoints_and_unknown_geometry_say_what_is_wrong(tmp_path):
-    from simgan.domains.calorimeter.data.binning import load_binning
     from simgan.checkpoint import load_checkpoint
+    from simgan.domains.calorimeter.data.binning import load_binning
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")
     with pytest.raises(SimganError, match="empty.pt: checkpoint is empty"):
@@ -200,9 +200,9 @@ def test_usable_cpus_follow_affinity_slurm_quota_and_torchrun(tmp_path):
     assert usable_cpus({}, four, tmp_path) == 4
     with pytest.raises(SimganError, match="SLURM_CPUS_PER_TASK='two': expected a whole number"):
         usable_cpus({"SLURM_CPUS_PER_TASK": "two"}, four, tmp_path)
+    import sklearn.ensemble  # noqa: F401  (loads the OpenMP runtime its boosted trees use)
     import torch
     from threadpoolctl import threadpool_info
-    import sklearn.ensemble  # noqa: F401  (loads the OpenMP runtime its boosted trees use)
 
     before = torch.get_num_threads()
     try:

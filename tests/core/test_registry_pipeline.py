@@ -13,9 +13,9 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.runner import run_chain
+from simgan.domains import load_config
 from simgan.domains.calorimeter.data import calochallenge as cc
 from simgan.errors import SimganError
-from simgan.domains import load_config
 from tests.conftest import QUICKSTART, REPO, small_cfg
 
 TINY = ["simulate.events=150", "simulate.energy_max_gev=8", "simulate.shard_events=25",
@@ -80,7 +80,9 @@ def test_alias_moves_only_for_the_validated_checkpoint(chain, tmp_path, capsys):
     the generated file); `register` refuses to move the alias for another checkpoint, a
     verdict bound to none, or a torn or gate-less metrics.json, and logs nothing."""
     import shutil
+
     from mlflow.tracking import MlflowClient
+
     from simgan.io import file_sha256
     _, cfg = chain
     ckpt = cfg.run_dir / "train" / "model.pt"
@@ -183,8 +185,8 @@ def test_generate_checkpoint_cli_and_bad_input(chain, tmp_path, capsys):
     out = tmp_path / "g.root"
     assert main(["generate", "--checkpoint", str(ckpt), "--out", str(out), "--events", "12",
                  "--energy-range", "1", "8", "--batch-size", "5", "-q"]) == 0
-    from simgan.domains.calorimeter.data.rootio import read_root
     from simgan.domains.calorimeter.data.binning import reference_binning
+    from simgan.domains.calorimeter.data.rootio import read_root
     assert read_root(out, reference_binning()).showers.shape == (12, 6480)
     capsys.readouterr()
     assert main(["generate", "--checkpoint", str(ckpt), "--out", str(tmp_path / "c.h5"), "--events", "4",

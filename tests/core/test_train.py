@@ -9,10 +9,10 @@ import torch
 
 from pipeline import prepare
 from pipeline.contract import Context
-from simgan.errors import SimganError
 from simgan.checkpoint import load_checkpoint
-from simgan.splits import split_indices
 from simgan.domains import get_domain
+from simgan.errors import SimganError
+from simgan.splits import split_indices
 from simgan.train.trainer import Trainer
 from tests.conftest import REPO, small_cfg
 

@@ -126,7 +126,9 @@ def test_dask_jobqueue_on_a_real_slurm_equals_the_in_process_run(local_slurm, tm
     """workflows/dask_jobqueue_recipe.py: simulate and validate with dask workers that are
     Slurm jobs give what the same calls give in this process."""
     import importlib.util
+
     import numpy as np
+
     from simgan.domains.calorimeter.data import calochallenge as cc
     from simgan.domains.calorimeter.sim.produce import simulate_to_file
     from simgan.domains.calorimeter.validate import validate
@@ -155,6 +157,7 @@ def test_prepare_names_the_conditions_it_takes(tmp_path, capsys, g4_sample):
     """Extra datasets no longer become model conditions silently: prepare says which, and
     prepare.conditions chooses them (a missing one is named)."""
     import numpy as np
+
     from simgan.domains.calorimeter.data import calochallenge as cc
     d = cc.read(g4_sample)
     d.conditions = {"incident_theta": np.zeros(len(d)), "run_number": np.arange(len(d), dtype=np.float64)}
@@ -175,7 +178,6 @@ def test_prepare_names_the_conditions_it_takes(tmp_path, capsys, g4_sample):
 
 
 def test_prepare_refuses_empty_showers(tmp_path, capsys, g4_sample):
-    import numpy as np
     from simgan.domains.calorimeter.data import calochallenge as cc
     d = cc.read(g4_sample)
     d.showers[[3, 7]] = 0.0
@@ -192,6 +194,7 @@ def test_merge_stage_refuses_bad_input(tmp_path, capsys):
     assert main(["merge", "--stage", "simulate", "--out", str(tmp_path / "x.h5"), "-c", str(QUICKSTART)]) == 2
     assert "--stage simulate takes -c CONFIG [key=value ...] and nothing else" in capsys.readouterr().err
     import yaml
+
     from simgan.domains import load_config
     cfg = load_config(QUICKSTART, [f"runs_dir={tmp_path}", "simulate.events=10", "simulate.shard_events=5",
                                    "simulate.energy_max_gev=2"])

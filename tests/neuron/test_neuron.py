@@ -289,9 +289,7 @@ def test_neuron_chain_registers_and_a_consumer_predicts_from_class_names(tmp_pat
 def test_image_models_train_through_the_shared_trainer_and_sample_by_class(tmp_path, family):
     import torch
 
-    from simgan.domains import model_from_checkpoint
-    from simgan.domains import load_config
-    from simgan.domains import get_domain
+    from simgan.domains import get_domain, load_config, model_from_checkpoint
     from simgan.train.trainer import Trainer
     ni = _images(48)
     ni.attrs = nio.projection_attrs(Projection())

@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from simgan.domains.airshower.models import FootprintGANConfig, FootprintVAEConfig
 from simgan.config import DomainConfigs, GateBase, PrepareConfig, ValidateConfig
+from simgan.domains.airshower.models import FootprintGANConfig, FootprintVAEConfig
 from simgan.schema import Strict
 
 

@@ -15,9 +15,16 @@ import torch
 
 from simgan.domains.airshower import io as aio
 from simgan.domains.airshower import validate as av
-from simgan.domains.airshower.models import (CONDITIONS, FAMILIES, GRID, MASS, FootprintSampler, Tank,
-                                            footprints_from_parts)
 from simgan.domains.airshower.corsika import corsika_footprints
+from simgan.domains.airshower.models import (
+    CONDITIONS,
+    FAMILIES,
+    GRID,
+    MASS,
+    FootprintSampler,
+    Tank,
+    footprints_from_parts,
+)
 from simgan.domains.airshower.simulator import ArrayParams, simulate
 from simgan.domains.airshower.traces import TankParams, vem_peak
 from simgan.domains.base import ConditionedFileDomain, check_inside, example_values, frame_columns, sample_rows

@@ -22,11 +22,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from simgan.roottree import open_root_tree
 from simgan.domains.airshower.simulator import GRID, ArrayParams, station_xyz, tank_params
 from simgan.errors import SimganError
 from simgan.extras import require
 from simgan.io import atomic_path, open_hdf5, ordered_shards, quiet_failed_hdf5
+from simgan.roottree import open_root_tree
 
 SCHEMA_VERSION = 1
 CONDITIONS = ("log10_energy_eV", "zenith_rad", "azimuth_rad", "core_x_m", "core_y_m")
@@ -55,7 +55,7 @@ class Footprints:
     def __len__(self) -> int:
         return len(self.signal)
 
-    def subset(self, idx) -> "Footprints":
+    def subset(self, idx) -> Footprints:
         return Footprints(self.signal[idx], self.time[idx], self.triggered[idx],
                           {k: v[idx] for k, v in self.conditions.items()}, self.xyz,
                           {k: v[idx] for k, v in self.truth.items()}, dict(self.attrs),
@@ -304,7 +304,7 @@ def read_root(path, tree: str = "footprints", branches: dict[str, str] | None = 
     time and triggered, one value per condition, optionally a `traces` branch of 81 x T values
     (VEM per FADC bin of `trace_bin_ns`). `branches` maps this format's names (signal, time,
     triggered, traces and the condition names) to the tree's branch names."""
-    uproot = require("uproot")
+    require("uproot")  # the tree is read through simgan.roottree
 
     names = {k: k for k in (*CHANNELS, *CONDITIONS, *OPTIONAL_CONDITIONS, "traces")}
     if branches:

@@ -8,9 +8,16 @@ import warnings
 
 import numpy as np
 
+from simgan.domains.airshower.simulator import (
+    C_M_PER_NS,
+    ArrayParams,
+    ldf,
+    mean_xmax_proton,
+    s1000_and_beta,
+    shower_plane_geometry,
+    timing_sigma,
+)
 from simgan.domains.airshower.traces import rise_fall_ns
-from simgan.domains.airshower.simulator import (C_M_PER_NS, ArrayParams, ldf, mean_xmax_proton,
-                                                s1000_and_beta, shower_plane_geometry, timing_sigma)
 from simgan.report.plots import profile_stats
 
 R_BINS = np.array([0, 500, 750, 1000, 1250, 1500, 2000, 3000, 6000.0])

@@ -10,14 +10,21 @@ from pathlib import Path
 import numpy as np
 
 from simgan.domains.airshower.io import Footprints, masses
-from simgan.domains.airshower.observables import (STATION_BINS, TRACE_R_BINS, ZENITH_BINS_DEG, angular_resolution,
-                                                  event_features, radial_profiles, trace_event_features,
-                                                  trace_stations)
+from simgan.domains.airshower.observables import (
+    STATION_BINS,
+    TRACE_R_BINS,
+    ZENITH_BINS_DEG,
+    angular_resolution,
+    event_features,
+    radial_profiles,
+    trace_event_features,
+    trace_stations,
+)
 from simgan.domains.airshower.simulator import ArrayParams
-from simgan.report.markdown import fmt, write_markdown_report
 from simgan.metrics.classifier import classifier_test
 from simgan.metrics.distances import separation_power
 from simgan.metrics.gate import gate_checks, gate_rows
+from simgan.report.markdown import fmt, write_markdown_report
 from simgan.report.plots import Labels, compare_profile, figure, profile_stats, save
 
 # observables the classifier and the separation powers use (NaN where undefined: trees take it)

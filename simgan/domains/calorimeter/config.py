@@ -9,9 +9,9 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from simgan.config import DomainConfigs, GateBase, GenerateConfig, PrepareConfig, TrainConfig, ValidateConfig
 from simgan.domains.calorimeter.models.gan import GANConfig
 from simgan.domains.calorimeter.models.vae import VAEConfig
-from simgan.config import (DomainConfigs, GateBase, GenerateConfig, PrepareConfig, TrainConfig, ValidateConfig)
 from simgan.schema import Strict
 
 

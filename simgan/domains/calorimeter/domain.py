@@ -9,8 +9,16 @@ import torch
 
 from simgan.checkpoint import load_checkpoint
 from simgan.cluster import dask_client
-from simgan.domains.base import (ConvertRequest, Domain, GenerateRequest, check_inside, example_values, frame_columns,
-                                 sample_rows)
+from simgan.cpus import usable_cpus
+from simgan.domains.base import (
+    ConvertRequest,
+    Domain,
+    GenerateRequest,
+    check_inside,
+    example_values,
+    frame_columns,
+    sample_rows,
+)
 from simgan.domains.calorimeter import stages as calo_stages
 from simgan.domains.calorimeter.data import calochallenge as cc
 from simgan.domains.calorimeter.data.binning import parse_binning_xml
@@ -25,7 +33,6 @@ from simgan.domains.calorimeter.validate import validate
 from simgan.errors import SimganError
 from simgan.io import atomic_path
 from simgan.metrics.gate import verdict
-from simgan.cpus import usable_cpus
 
 
 class Calorimeter(Domain):

@@ -11,13 +11,13 @@ import numpy as np
 import torch
 
 from simgan.checkpoint import checkpoint_metadata, load_checkpoint
+from simgan.domains.base import warn_outside
 from simgan.domains.calorimeter.data import calochallenge as cc
 from simgan.domains.calorimeter.data.binning import Binning, load_binning, parse_binning_xml
 from simgan.domains.calorimeter.data.rootio import write_root
 from simgan.domains.calorimeter.models.energy import layer_energies
 from simgan.domains.calorimeter.models.registry import model_from_args
 from simgan.domains.calorimeter.sim.geant4 import GeantPool
-from simgan.domains.base import warn_outside
 from simgan.domains.calorimeter.sim.produce import merge_shards, settings_of, simulate_energies
 from simgan.errors import SimganError
 from simgan.io import atomic_path
@@ -269,7 +269,6 @@ def generate_from_registry(loaded, model_uri: str, energies: np.ndarray, out, ba
     """Showers from a registered model, `loaded` as a consumer loads it (its pyfunc from
     `model_uri`), for these energies."""
     import pandas as pd  # heavy; a registered model's consumer has it (mlflow needs it)
-
     from mlflow.exceptions import MlflowException
 
     surrogate = loaded.unwrap_python_model()

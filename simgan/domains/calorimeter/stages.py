@@ -16,10 +16,21 @@ from simgan.domains.base import GenerateRequest, warn_outside
 from simgan.domains.calorimeter.config import SimulateConfig
 from simgan.domains.calorimeter.data import calochallenge as cc
 from simgan.domains.calorimeter.data.convert import read_any
-from simgan.domains.calorimeter.generate import (calorimeter_model, checkpoint_binning, energies_from_file,
-                                                 generate_from_export, generate_from_registry, generate_to_file,
-                                                 generate_with_dask, geant4_rate, layer_energies_from_file,
-                                                 log_uniform_energies, model_conditions, shard_rows, surrogate_rate)
+from simgan.domains.calorimeter.generate import (
+    calorimeter_model,
+    checkpoint_binning,
+    energies_from_file,
+    geant4_rate,
+    generate_from_export,
+    generate_from_registry,
+    generate_to_file,
+    generate_with_dask,
+    layer_energies_from_file,
+    log_uniform_energies,
+    model_conditions,
+    shard_rows,
+    surrogate_rate,
+)
 from simgan.domains.calorimeter.sim.produce import merge_shards, simulate_to_file
 from simgan.domains.calorimeter.validate import validate as run_validation
 from simgan.errors import SimganError

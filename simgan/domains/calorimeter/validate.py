@@ -18,15 +18,21 @@ import numpy as np
 from simgan.domains.calorimeter import plots as P
 from simgan.domains.calorimeter.config import CaloValidateConfig as ValidateConfig
 from simgan.domains.calorimeter.data import calochallenge as cc
-from simgan.errors import SimganError
-from simgan.report.markdown import fmt, write_markdown_report
-from simgan.io import open_hdf5, same_file, write_json_atomic
-from simgan.metrics.gate import gate_from_values, gate_rows, verdict
-from simgan.metrics.classifier import (classifier_test, dnn_classifier_test, dnn_high_level_inputs,
-                                       dnn_low_level_inputs, high_level_inputs, low_level_inputs)
-from simgan.metrics.distances import separation_power, wasserstein1_scaled
 from simgan.domains.calorimeter.features import feature_names, features_from_file, features_with_dask
+from simgan.errors import SimganError
+from simgan.io import open_hdf5, same_file, write_json_atomic
+from simgan.metrics.classifier import (
+    classifier_test,
+    dnn_classifier_test,
+    dnn_high_level_inputs,
+    dnn_low_level_inputs,
+    high_level_inputs,
+    low_level_inputs,
+)
+from simgan.metrics.distances import separation_power, wasserstein1_scaled
 from simgan.metrics.fpd import fpd, kpd
+from simgan.metrics.gate import gate_from_values, gate_rows, verdict
+from simgan.report.markdown import fmt, write_markdown_report
 
 # feature groups for the per-group classifier AUC: name -> feature-name prefixes
 GROUPS = {"response": ("etot_over_einc",), "layer_energies": ("e_layer_",),

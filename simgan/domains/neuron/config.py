@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from simgan.domains.neuron.models import NeuronGANConfig, NeuronVAEConfig
 from simgan.config import DomainConfigs, GateBase, ValidateConfig
+from simgan.domains.neuron.models import NeuronGANConfig, NeuronVAEConfig
 from simgan.schema import Strict
 
 

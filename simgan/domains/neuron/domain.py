@@ -13,13 +13,19 @@ import time
 import numpy as np
 import torch
 
-from simgan.domains.base import (ConditionedFileDomain, ConvertRequest, check_inside, example_values, frame_columns,
-                                 sample_rows)
+from simgan.domains.base import (
+    ConditionedFileDomain,
+    ConvertRequest,
+    check_inside,
+    example_values,
+    frame_columns,
+    sample_rows,
+)
 from simgan.domains.neuron import io as nio
 from simgan.domains.neuron import validate as nv
 from simgan.domains.neuron.models import CONDITIONS, FAMILIES, NeuronSampler, condition_array
-from simgan.domains.neuron.simulator import CLASSES, Projection, events_per_shard, input_hashes, simulate, versions
 from simgan.domains.neuron.observables import KEY_OBSERVABLES, image_features
+from simgan.domains.neuron.simulator import CLASSES, Projection, events_per_shard, input_hashes, simulate, versions
 from simgan.errors import SimganError
 from simgan.io import write_json_atomic
 from simgan.metrics.gate import verdict

@@ -45,7 +45,7 @@ class NeuronImages:
     def conditions(self) -> dict[str, np.ndarray]:
         return {"cell_class": self.cell_class, "randomness": self.randomness}
 
-    def subset(self, idx) -> "NeuronImages":
+    def subset(self, idx) -> NeuronImages:
         return NeuronImages(self.images[idx], self.cell_class[idx], self.randomness[idx], self.class_names,
                             {k: v[idx] for k, v in self.truth.items()},
                             None if self.seed is None else self.seed[idx], dict(self.attrs))

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from simgan.cpus import usable_cpus
 from simgan.errors import SimganError
 from simgan.extras import require
 from simgan.seeding import derive_seed
-from simgan.cpus import usable_cpus
 
 CLASSES = ("IN", "PC", "L5_TPC")
 INPUT_DIR = Path(__file__).resolve().parent / "inputs"

@@ -65,7 +65,8 @@ def compare(reference: dict, candidate: dict, seeds: int, max_events: int) -> di
     clf = classifier_test(reference["observables"], candidate["observables"], seeds=seeds, max_events=max_events)
     clf_im = classifier_test(reference["images"], candidate["images"], seeds=seeds, max_events=max_events)
     pc = per_class(reference, candidate)
-    return {"auc": clf["auc"], "auc_std": clf["auc_std"], "classifier_events_per_class": clf["n_per_class"], "auc_images": clf_im["auc"], "separation_power": seps,
+    return {"auc": clf["auc"], "auc_std": clf["auc_std"], "classifier_events_per_class": clf["n_per_class"],
+            "auc_images": clf_im["auc"], "separation_power": seps,
             "separation_power_mean": float(np.mean(list(seps.values()))), "per_class": pc,
             "length_mean_deviation_max": _maxabs(pc, "total_length", "mean_deviation"),
             "length_spread_deviation_max": _maxabs(pc, "total_length", "std_deviation"),

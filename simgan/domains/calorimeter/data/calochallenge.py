@@ -10,9 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import h5py
 import numpy as np
@@ -47,7 +47,7 @@ class ShowerData:
     def __len__(self) -> int:
         return len(self.energies)
 
-    def subset(self, idx) -> "ShowerData":
+    def subset(self, idx) -> ShowerData:
         return ShowerData(self.energies[idx], self.showers[idx], self.binning,
                           {k: v[idx] for k, v in self.conditions.items()}, dict(self.metadata))
 

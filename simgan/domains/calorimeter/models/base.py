@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from simgan.errors import SimganError
 from simgan.domains.calorimeter.models.preprocess import ShowerTransform
+from simgan.errors import SimganError
 
 
 class ConditionalSurrogate(nn.Module):

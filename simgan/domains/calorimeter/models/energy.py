@@ -122,7 +122,7 @@ class LayerEnergyFlow(nn.Module):
 
     @torch.no_grad()
     def sample(self, cond: torch.Tensor, e_inc: torch.Tensor, generator: torch.Generator | None = None,
-               sampler: "CouplingSampler | None" = None) -> torch.Tensor:
+               sampler: CouplingSampler | None = None) -> torch.Tensor:
         """(N, L) layer energies in MeV for these conditions; the base noise comes from `generator`.
         `sampler` (CouplingSampler.of(self)) is the fast inverse of a coupling flow."""
         z = torch.randn(len(cond), self.n_layers, generator=generator, device=cond.device)
@@ -147,7 +147,7 @@ class CouplingSampler:
         self.passes = passes  # per transform, last first: [(layers, out_w, out_b, lo, hi, total, bins, slope)]
 
     @classmethod
-    def of(cls, energy: "LayerEnergyFlow") -> "CouplingSampler | None":
+    def of(cls, energy: LayerEnergyFlow) -> CouplingSampler | None:
         if not energy.cfg.coupling:
             return None
         from zuko.nn import MaskedLinear

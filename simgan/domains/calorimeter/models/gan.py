@@ -89,8 +89,8 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from simgan.domains.calorimeter.features import layer_moments  # noqa: E402
-from simgan.domains.calorimeter.models.blocks import body  # noqa: E402
 from simgan.domains.calorimeter.models.base import ConditionalSurrogate  # noqa: E402
+from simgan.domains.calorimeter.models.blocks import body  # noqa: E402
 from simgan.domains.calorimeter.models.preprocess import ShowerTransform  # noqa: E402
 from simgan.models.adversarial import adversarial_step, gan_optimizers  # noqa: E402
 

@@ -29,10 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from simgan.errors import SimganError
 from simgan.domains.calorimeter.models.base import ConditionalSurrogate
 from simgan.domains.calorimeter.models.energy import CouplingSampler, LayerEnergyFlow, fast_exp
 from simgan.domains.calorimeter.models.vae import zero_inflated_nll
+from simgan.errors import SimganError
 from simgan.models.adversarial import adversarial_step, gan_optimizers
 from simgan.models.blocks import logistic, mlp
 from simgan.models.latent import LOGVAR_MAX, LOGVAR_MIN, encode_decode, kl_normal, kl_weight

@@ -41,7 +41,7 @@ class ShowerTransform(nn.Module):
             return np.where(showers >= self.threshold_mev, showers, 0.0)
         return torch.where(showers >= self.threshold_mev, showers, torch.zeros_like(showers))
 
-    def fit(self, energies: np.ndarray, showers: np.ndarray, extra: np.ndarray | None = None) -> "ShowerTransform":
+    def fit(self, energies: np.ndarray, showers: np.ndarray, extra: np.ndarray | None = None) -> ShowerTransform:
         showers = self._thresholded(showers)
         log_r = np.log(np.maximum(showers.sum(1, dtype=np.float64) / energies, 1e-12))
         self.r_mean.fill_(float(log_r.mean()))

@@ -44,8 +44,8 @@ import math  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from simgan.domains.calorimeter.models.blocks import body  # noqa: E402
 from simgan.domains.calorimeter.models.base import ConditionalSurrogate  # noqa: E402
+from simgan.domains.calorimeter.models.blocks import body  # noqa: E402
 from simgan.models.latent import LOGVAR_MAX, LOGVAR_MIN, encode_decode, gaussian_nll, kl_normal, kl_weight  # noqa: E402
 
 

@@ -11,19 +11,19 @@ do not depend on the number of workers.
 from __future__ import annotations
 
 import math
+import multiprocessing as mp
 import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
-import multiprocessing as mp
 
 import numpy as np
 
+from simgan.cpus import usable_cpus
 from simgan.domains.calorimeter.sim.g4data import ensure_geant4_data
 from simgan.extras import require
 from simgan.seeding import derive_seed
-from simgan.cpus import usable_cpus
 
 N_PHYS_LAYERS = 90
 N_LAYERS = 45

@@ -18,9 +18,9 @@ import simgan
 from simgan.domains.calorimeter.config import SimulateConfig
 from simgan.domains.calorimeter.data import calochallenge as cc
 from simgan.domains.calorimeter.data.binning import reference_binning
+from simgan.domains.calorimeter.sim.geant4 import G4Settings, GeantPool, shard_seed
 from simgan.errors import SimganError
 from simgan.io import atomic_path, open_hdf5
-from simgan.domains.calorimeter.sim.geant4 import G4Settings, GeantPool, shard_seed
 
 PDG = {"e-": 11, "gamma": 22}
 DATA_NOTE = ("EM standard physics with generated tables: bremsstrahlung below 1 GeV from Tsai's "
