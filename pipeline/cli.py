@@ -243,7 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("validate", help="compare generated showers with held-out simulation")
     s.add_argument("--reference", required=True)
-    s.add_argument("--candidate", required=True)
+    s.add_argument("--candidate", required=True, action="append",
+                   help="generated samples; give it once per draw of the sampler (validate.draws): the verdict "
+                   "passes only where every draw passes")
     s.add_argument("--out", required=True)
     s.add_argument("-c", "--config")
     s.add_argument("overrides", nargs="*")

@@ -37,6 +37,8 @@ def _register_dir(run_dir: Path, name: str, uri: str, alias: str, retries: int, 
             metrics = json.loads(metrics_path.read_text())
         except ValueError as exc:
             raise SimganError(f"{metrics_path}: not valid JSON ({exc}); run `simgan validate` again") from exc
+    if metrics is not None:
+        check_recorded_limits(metrics, metrics_path, run_dir / "validate" / "manifest.json")
     info_path = run_dir / "train" / "run_info.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     run_id = info.get("mlflow_run_id") or None
@@ -47,6 +49,36 @@ def _register_dir(run_dir: Path, name: str, uri: str, alias: str, retries: int, 
     domain = domain_of_checkpoint(load_checkpoint(model), str(model))
     return register_model(model, domain, name, uri, metrics, data_hash, run_id, alias, retries, str(metrics_path),
                           export)
+
+
+def check_recorded_limits(metrics: dict, metrics_path: Path, manifest_path: Path) -> None:
+    """The gate's limits and draws as the validate stage's manifest recorded its config: a
+    metrics.json whose limit was raised (or whose draws were cut) after validation is refused,
+    even where its pass flags were made to agree. Without a manifest (`simgan validate` run by
+    hand) there is nothing recorded to compare."""
+    if not manifest_path.is_file():
+        return
+    try:
+        recorded = json.loads(manifest_path.read_text())["config"]["validate"]
+    except (ValueError, KeyError, TypeError):
+        return  # a torn or foreign manifest: the runner validates again before register runs
+    gate = metrics.get("gate") if isinstance(metrics, dict) else None
+    if not isinstance(gate, dict) or not isinstance(gate.get("checks"), dict):
+        return  # gate_verdict names what is missing
+    limits = recorded.get("gate") or {}
+    for name, c in gate["checks"].items():
+        key = c.get("limit_key") if isinstance(c, dict) else None
+        if key is None or key not in limits:
+            continue
+        have = c.get("min", c.get("max"))
+        if have != limits[key]:
+            raise SimganError(f"{metrics_path}: check {name!r} has the limit {have}, but the validation recorded "
+                              f"validate.gate.{key} = {limits[key]} ({manifest_path}); the file was changed after "
+                              "validation: run `simgan validate` again")
+    draws = recorded.get("draws")
+    if draws is not None and gate.get("draws", 1) != draws:
+        raise SimganError(f"{metrics_path}: a verdict over {gate.get('draws', 1)} draws, but the validation recorded "
+                          f"validate.draws = {draws} ({manifest_path}); run `simgan validate` again")
 
 
 def run(cfg: ExperimentConfig, ctx: Context) -> dict[str, Path]:

@@ -93,6 +93,9 @@ class ValidateConfig(Strict):
 
     classifier_seeds: int = Field(3, gt=0)
     classifier_max_events: int = Field(20000, gt=0)  # per class
+    # independent samples of the model (sampler seeds seed, seed+1, ...) the verdict is judged
+    # on: a check passes when it passes at every draw (simgan.metrics.draws)
+    draws: int = Field(3, ge=1)
     plots: bool = True
 
 

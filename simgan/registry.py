@@ -49,7 +49,7 @@ def gate_verdict(metrics: dict | None, checkpoint, source: str = "metrics.json")
     if not isinstance(gate, dict) or not isinstance(gate.get("pass"), bool):
         raise SimganError(f"{source}: no gate verdict (expected a 'gate' object with 'pass' true or false); "
                           "run `simgan validate` again")
-    why = inconsistency(gate)
+    why = inconsistency(gate, metrics)
     if why:
         raise SimganError(f"{source}: the gate verdict does not follow from its own checks: {why}; the file was "
                           "changed after validation: run `simgan validate` again")

@@ -73,15 +73,23 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(d)], check=False)
 
 
+def service_missing(why: str):
+    """Skip a test whose service is missing; under SIMGAN_REQUIRE_SERVICES=1 (.ci/run) fail it, so
+    a CI that lost a service says so instead of skipping what HPC users depend on."""
+    if os.environ.get("SIMGAN_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{why}; SIMGAN_REQUIRE_SERVICES=1 requires it (bash workflows/ci_services.sh installs it)")
+    pytest.skip(why)
+
+
 @pytest.fixture(scope="session")
 def local_slurm():
     """A single-node Slurm on 127.0.0.1 through workflows/local_slurm.sh (reused if one runs)."""
     import shutil
     missing = [x for x in ("munged", "slurmctld", "slurmd", "sbatch") if not shutil.which(x)]
     if missing:
-        pytest.skip(f"no local Slurm: {missing} not found (apt-get install slurm-wlm munge)")
+        service_missing(f"no local Slurm: {missing} not found (apt-get install slurm-wlm munge)")
     if os.geteuid() != 0:
-        pytest.skip("the local Slurm needs root")
+        service_missing("the local Slurm needs root")
     script = REPO / "workflows" / "local_slurm.sh"
     running = subprocess.run([str(script), "status"], capture_output=True).returncode == 0
     r = subprocess.run([str(script), "up"], capture_output=True, text=True, timeout=180)

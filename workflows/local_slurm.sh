@@ -4,7 +4,7 @@
 # root (slurmd runs jobs as their user).
 #
 #   workflows/local_slurm.sh up [DIR]     # start; prints `export SLURM_CONF=DIR/slurm.conf`
-#   workflows/local_slurm.sh down [DIR]   # stop the daemons and remove DIR
+#   workflows/local_slurm.sh down [DIR]   # stop the daemons and remove what `up` made in DIR
 #   workflows/local_slurm.sh status [DIR]
 #
 # DIR defaults to /tmp/simgan-slurm. The one partition, `debug`, holds this machine's CPUs
@@ -16,6 +16,10 @@ dir=${2:-${SIMGAN_SLURM_DIR:-/tmp/simgan-slurm}}
 conf="$dir/slurm.conf"
 
 die() { echo "local_slurm: $*" >&2; exit 2; }
+
+# `up` marks DIR as its own; `down` removes only what `up` made, and only from a marked DIR
+MARK=.simgan-local-slurm
+OWNED=(state spool log munge slurm.conf slurmctld.pid slurmd.pid "$MARK")
 
 need() {
     for exe in munged slurmctld slurmd sinfo sbatch; do
@@ -72,7 +76,11 @@ up() {
         echo "export SLURM_CONF=$conf"
         return 0
     fi
+    if [ -e "$dir" ] && [ ! -f "$dir/$MARK" ] && [ -n "$(ls -A "$dir" 2>/dev/null)" ]; then
+        die "$dir holds files that are not a local Slurm's (no $dir/$MARK): choose an empty or new DIR"
+    fi
     write_conf
+    touch "$dir/$MARK"
     # munge: its own key and socket in DIR, so a system munged (if any) is left alone
     [ -f "$dir/munge/munge.key" ] || { dd if=/dev/urandom bs=1 count=1024 of="$dir/munge/munge.key" 2>/dev/null; }
     chmod 700 "$dir/munge"; chmod 400 "$dir/munge/munge.key"
@@ -95,16 +103,16 @@ up() {
 }
 
 down() {
+    [ -f "$dir/$MARK" ] || die "$dir is not a local Slurm made by \`up\` (no $dir/$MARK): nothing stopped or removed"
     for pidfile in "$dir/slurmd.pid" "$dir/slurmctld.pid" "$dir/munge/munged.pid"; do
         if [ -f "$pidfile" ]; then
             kill "$(cat "$pidfile")" 2>/dev/null || true
         fi
     done
     sleep 1
-    case "$dir" in
-        /tmp/*|"${TMPDIR:-/tmp}"/*) rm -rf "$dir" ;;
-        *) echo "local_slurm: left $dir in place (not under /tmp)" >&2 ;;
-    esac
+    local f
+    for f in "${OWNED[@]}"; do rm -rf "${dir:?}/$f"; done
+    rmdir "$dir" 2>/dev/null || echo "local_slurm: left $dir in place (it holds other files)" >&2
 }
 
 status() {

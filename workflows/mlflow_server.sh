@@ -4,7 +4,7 @@
 # one process well and many badly ("database is locked" under parallel jobs; README, "Tracking").
 #
 #   workflows/mlflow_server.sh up [DIR]     # start; prints `export MLFLOW_TRACKING_URI=http://127.0.0.1:PORT`
-#   workflows/mlflow_server.sh down [DIR]   # stop both servers and remove DIR (when under /tmp)
+#   workflows/mlflow_server.sh down [DIR]   # stop both servers and remove what `up` made in DIR
 #   workflows/mlflow_server.sh status [DIR]
 #
 # DIR (default /tmp/simgan-mlflow) holds the database cluster, the logs, the password and the
@@ -55,6 +55,14 @@ need() {
 
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
+# `up` marks DIR as its own; `down` removes only what `up` made, and only from a marked DIR
+MARK=.simgan-mlflow-server
+OWNED=(pg run log pgpass ports mlflow.pid "$MARK")
+
+port_taken() {  # something already accepts connections on 127.0.0.1:$1
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
 up() {
     need
     local initdb pg_ctl pw uri
@@ -64,7 +72,15 @@ up() {
         echo "export MLFLOW_TRACKING_URI=http://127.0.0.1:$mport"
         return 0
     fi
+    if [ -e "$dir" ] && [ ! -f "$dir/$MARK" ] && [ -n "$(ls -A "$dir" 2>/dev/null)" ]; then
+        die "$dir holds files that are not a tracking server's (no $dir/$MARK): choose an empty or new DIR"
+    fi
+    port_taken "$mport" && die "port $mport on 127.0.0.1 is taken by another service: set SIMGAN_MLFLOW_PORT to a free port"
+    if [ ! -f "$dir/pg/postmaster.pid" ]; then  # (a PostgreSQL of this DIR that runs already is reused)
+        port_taken "$pport" && die "port $pport on 127.0.0.1 is taken by another service: set SIMGAN_PG_PORT to a free port"
+    fi
     mkdir -p "$dir/run" "$dir/log" "$artifacts"
+    touch "$dir/$MARK"
     chmod 700 "$dir"
     echo "$mport $pport" > "$dir/ports"
     if [ ! -f "$dir/pg/PG_VERSION" ]; then
@@ -94,11 +110,11 @@ up() {
         --workers "$workers" >"$dir/log/mlflow.log" 2>&1 &
     echo $! > "$dir/mlflow.pid"
     for _ in $(seq 180); do
+        running "$dir/mlflow.pid" || break  # (a server that died answers no health check of ours)
         if curl -sf "http://127.0.0.1:$mport/health" >/dev/null; then
             echo "export MLFLOW_TRACKING_URI=http://127.0.0.1:$mport"
             return 0
         fi
-        running "$dir/mlflow.pid" || break
         sleep 1
     done
     echo "mlflow_server: the tracking server did not come up; log: $dir/log/mlflow.log" >&2
@@ -108,6 +124,7 @@ up() {
 }
 
 down() {
+    [ -f "$dir/$MARK" ] || die "$dir is not a tracking server made by \`up\` (no $dir/$MARK): nothing stopped or removed"
     if running "$dir/mlflow.pid"; then
         kill -- -"$(cat "$dir/mlflow.pid")" 2>/dev/null || kill "$(cat "$dir/mlflow.pid")" 2>/dev/null || true
         for _ in $(seq 20); do running "$dir/mlflow.pid" || break; sleep 0.5; done
@@ -115,10 +132,11 @@ down() {
     if [ -f "$dir/pg/postmaster.pid" ]; then
         as_db_user "$(pg_bin pg_ctl)" -D "$dir/pg" -m fast -w stop >/dev/null 2>&1 || true
     fi
-    case "$dir" in
-        /tmp/*|"${TMPDIR:-/tmp}"/*) rm -rf "$dir" ;;
-        *) echo "mlflow_server: left $dir in place (not under /tmp)" >&2 ;;
-    esac
+    # what `up` made, by name; the artifacts stay unless they are DIR's own (the default)
+    local f
+    for f in "${OWNED[@]}"; do rm -rf "${dir:?}/$f"; done
+    if [ "$artifacts" = "$dir/artifacts" ]; then rm -rf "${dir:?}/artifacts"; fi
+    rmdir "$dir" 2>/dev/null || echo "mlflow_server: left $dir in place (it holds other files)" >&2
 }
 
 status() {

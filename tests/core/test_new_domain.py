@@ -60,6 +60,47 @@ def test_a_registered_fourth_domain_runs_prepare_train_generate_validate_registe
                  "--floor", str(d / "prepare/train.h5"), "--out", str(tmp_path / "v2")]) == 3
 
 
+def test_a_model_that_passes_at_one_seed_and_fails_at_another_is_refused(toy, tmp_path, capsys):
+    """A model judged by its draw (its samples shift by 1.5 for half the sampler's seeds): the
+    run's own draw passes the gate, the next seeds' do not all; the verdict over validate.draws=3
+    draws fails, no alias moves, and the report and metrics.json say which draw failed. The same
+    first draw alone, through `simgan validate`, passes: what a one-draw verdict would have said."""
+    import torch
+
+    from pipeline.cli import main
+    from pipeline.runner import run_chain
+    from simgan.seeding import derive_seed
+
+    def shifted(seed):  # the toy model's coin for its one sampling call (the test split: one batch)
+        return int(torch.randint(0, 2, (1,), generator=torch.Generator().manual_seed(derive_seed(seed, 0))))
+
+    seed = next(s for s in range(100) if not shifted(s) and shifted(s + 1) + shifted(s + 2) == 1)
+    cfg = registry.load_config(EXP, [*toy, f"seed={seed}", "model.flaky_shift=1.5", "validate.draws=3"])
+    assert run_chain(cfg, progress=False) == 0
+    out = capsys.readouterr().out
+    m = json.loads((cfg.run_dir / "validate" / "metrics.json").read_text())
+    d = m["draws"]
+    assert d["seeds"] == [seed, seed + 1, seed + 2] and d["pass"][0] and d["pass"].count(True) == 2
+    assert not m["gate"]["pass"] and m["gate"]["draws"] == 3
+    w1 = m["gate"]["checks"]["w1_mean"]
+    assert len(w1["values"]) == 3 and w1["value"] == max(w1["values"]) > 0.25 and not w1["pass"]
+    assert m["w1_mean"] == pytest.approx(np.median(w1["values"]))
+    assert "validation: FAIL" in out and "judged on 3 draws of the sampler" in out and "2 pass on their own" in out
+    reg = json.loads((cfg.run_dir / "register" / "registered.json").read_text())
+    assert reg["alias"] is None and reg["gate"] == "fail"
+    report = (cfg.run_dir / "validate" / "report.md").read_text()
+    assert "## Draws of the sampler" in report and "| w1_mean |" in report
+    d0 = cfg.run_dir
+    common = ["validate", "--reference", str(d0 / "prepare/test.h5"), "--floor", str(d0 / "prepare/train.h5")]
+    assert main([*common, "--candidate", str(d0 / "generate/generated.h5"), "--out", str(tmp_path / "one")]) == 0
+    draws = [str(d0 / "generate/generated.h5"), *(str(d0 / f"validate/draws/draw_{k}/generated.h5") for k in (1, 2))]
+    assert main([*common, *(x for c in draws for x in ("--candidate", c)), "--out", str(tmp_path / "three")]) == 3
+    assert json.loads((tmp_path / "three" / "metrics.json").read_text())["draws"]["pass"] == d["pass"]
+    # a config asking for 3 draws refuses a verdict on one
+    assert main([*common, "--candidate", draws[0], "--out", str(tmp_path / "cfg"), "-c", str(EXP), *toy]) == 2
+    assert "sets validate.draws=3: give 3 --candidate files" in capsys.readouterr().err
+
+
 def test_the_new_domain_shards_its_simulation_and_owns_its_config_keys(toy, tmp_path):
     from pipeline.cli import main
 

@@ -100,13 +100,23 @@ def test_alias_moves_only_for_the_validated_checkpoint(chain, tmp_path, capsys):
     assert "the alias moves only for the checkpoint that was validated" in capsys.readouterr().err
     shutil.copy(ckpt, run / "train" / "model.pt")
     metrics = run / "validate" / "metrics.json"
+    auc = m["gate"]["checks"]["auc_high"]
     failing = json.loads(json.dumps(m))  # a failing figure with the verdict edited to pass by hand
-    failing["gate"]["checks"]["auc_high"].update(value=0.99, max=0.9)
+    failing["gate"]["checks"]["auc_high"]["value"] = auc["max"] + 0.01
+    contradicting = {**m, "auc_high": 0.25}  # the file's figure beside a check that says otherwise
+    raised = json.loads(json.dumps(m))  # a limit raised after validation, the flags made to agree
+    raised["gate"]["checks"]["auc_high"]["max"] = 1.01
+    lucky = json.loads(json.dumps(m))  # a draw that failed, dropped from the check by hand
+    lucky["gate"]["checks"]["auc_high"]["values"] = [auc["value"] - 0.1, auc["value"] - 0.2]
     for text, msg in (('{"auc_high": 0.5', "not valid JSON"), ('{"auc_high": 0.5}', "no gate verdict"),
                       (json.dumps({**m, "candidate_checkpoint_sha256": None}), "no recorded checkpoint"),
-                      (json.dumps(failing), "does not follow from its own checks: check 'auc_high' says pass=True")):
+                      (json.dumps(failing), "does not follow from its own checks: check 'auc_high' says pass=True"),
+                      (json.dumps(contradicting), "the figure auc_high = 0.25 disagrees with its gate check's"),
+                      (json.dumps(raised), f"check 'auc_high' has the limit 1.01, but the validation recorded "
+                                           f"validate.gate.auc_high_max = {auc['max']}"),
+                      (json.dumps(lucky), "check 'auc_high' gives")):
         metrics.write_text(text)
-        assert main(["register", "--run-dir", str(run), "--name", "swapped", "--tracking-uri", uri]) == 2
+        assert main(["register", "--run-dir", str(run), "--name", "swapped", "--tracking-uri", uri]) == 2, msg
         assert msg in capsys.readouterr().err
     metrics.write_text(json.dumps(m))
     assert main(["register", "--run-dir", str(run), "--name", "bad/name", "--tracking-uri", uri]) == 2

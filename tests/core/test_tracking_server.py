@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, wait_for_jobs
+from tests.conftest import REPO, service_missing, wait_for_jobs
 
 SCRIPT = REPO / "workflows" / "mlflow_server.sh"
 
@@ -40,7 +40,7 @@ def _free_port() -> int:
 def pg_server():
     why = _missing()
     if why:
-        pytest.skip(why)
+        service_missing(why)
     # under /tmp itself: the database user must reach the folder (pytest's are private to root)
     folder = Path(tempfile.mkdtemp(prefix="simgan-mlflow-", dir="/tmp"))
     env = {**os.environ, "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}",
@@ -119,3 +119,54 @@ def test_the_server_script_names_what_is_missing(tmp_path):
     assert not (tmp_path / "srv").exists()
     res = subprocess.run(["bash", str(SCRIPT), "sideways"], capture_output=True, text=True)
     assert res.returncode == 2 and "usage:" in res.stderr
+
+
+@pytest.mark.parametrize("script", ["mlflow_server.sh", "local_slurm.sh"])
+def test_down_removes_only_what_up_made(script, tmp_path):
+    """`down` on a folder that `up` did not make (a mistyped DIR, or the temporary folder
+    itself) stops nothing and deletes nothing; in a folder `up` did make, files of the user's
+    own are left in place with the folder."""
+    foreign = tmp_path / "results"
+    foreign.mkdir()
+    (foreign / "thesis.h5").write_text("precious")
+    res = subprocess.run(["bash", str(REPO / "workflows" / script), "down", str(foreign)],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and f"{foreign} is not a" in res.stderr and "nothing stopped or removed" in res.stderr
+    assert (foreign / "thesis.h5").read_text() == "precious"
+    res = subprocess.run(["bash", str(REPO / "workflows" / script), "down", tempfile.gettempdir()],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and Path(tempfile.gettempdir()).is_dir()
+
+    mark = ".simgan-mlflow-server" if script == "mlflow_server.sh" else ".simgan-local-slurm"
+    made = tmp_path / "made"
+    (made / "log").mkdir(parents=True)
+    (made / mark).touch()
+    (made / "log" / "x.log").write_text("log")
+    (made / "notes.txt").write_text("mine")
+    res = subprocess.run(["bash", str(REPO / "workflows" / script), "down", str(made)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in made.iterdir()) == ["notes.txt"] and "left" in res.stderr
+
+
+def test_up_refuses_a_port_another_service_answers(tmp_path):
+    """An HTTP service that already answers /health on the port: `up` says the port is taken
+    and exits 2, instead of reporting that service as the tracking server."""
+    port = _free_port()
+    other = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            import time
+            time.sleep(0.1)
+        env = {**os.environ, "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}", "SIMGAN_MLFLOW_PORT": str(port)}
+        res = subprocess.run(["bash", str(SCRIPT), "up", str(tmp_path / "srv")], env=env, capture_output=True,
+                             text=True, timeout=60)
+        assert res.returncode == 2, (res.stdout, res.stderr)
+        assert f"port {port} on 127.0.0.1 is taken by another service" in res.stderr
+        assert "MLFLOW_TRACKING_URI" not in res.stdout and not (tmp_path / "srv").exists()
+    finally:
+        other.terminate()
+        other.wait()

@@ -246,6 +246,32 @@ def test_averaged_weights_sample_and_best_checkpoint_is_the_model(tmp_path, spli
     assert group["lr"] == pytest.approx(group["initial_lr"] * 0.05, rel=1e-6)
 
 
+def test_ema_warms_up_so_a_short_run_does_not_sample_its_first_steps():
+    """The averaged weights follow min(decay, (1+n)/(10+n)): a weight that jumps from 0 to 1
+    after the first step is averaged to 1 within 1e-6 after 200 steps (decay 0.999 without the
+    ramp gives 0.18: 82% of the average is still the first step), and the ramp ends at the
+    configured decay."""
+    from torch.optim.swa_utils import AveragedModel
+
+    from simgan.train.trainer import ema_decay_at, ema_with_warmup
+
+    assert ema_decay_at(0.999, 0) == pytest.approx(0.1) and ema_decay_at(0.999, 90) == pytest.approx(0.91)
+    assert ema_decay_at(0.999, 10**6) == 0.999 and ema_decay_at(0.9, 200) == 0.9
+    net = torch.nn.Linear(1, 1, bias=False)
+    ema = AveragedModel(net, multi_avg_fn=ema_with_warmup(0.999))
+    with torch.no_grad():
+        net.weight.fill_(0.0)
+        ema.update_parameters(net)  # the first update copies
+        expected = 0.0
+        net.weight.fill_(1.0)
+        for n in range(1, 201):
+            ema.update_parameters(net)
+            expected += (1 - ema_decay_at(0.999, n)) * (1.0 - expected)
+    value = float(ema.module.weight.detach())
+    assert value == pytest.approx(expected, rel=1e-5) and value > 1 - 1e-6
+    assert 1 - 0.999 ** 200 < 0.2  # what the fixed decay would have kept
+
+
 def test_bf16_path_on_cpu(tmp_path, splits):
     info = _trainer(tmp_path, splits, *GAN, "train.steps=3", "train.precision=bf16").fit()
     assert info["precision"] == "bf16" and all(np.isfinite(r["loss_d"]) for r in _losses(tmp_path) if "loss_d" in r)

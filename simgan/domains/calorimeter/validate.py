@@ -117,15 +117,18 @@ def compare(rf, re, cf, ce, names, low_ref, low_cand, cfg: ValidateConfig, edges
 
 
 def gate(metrics: dict, cfg: ValidateConfig) -> dict:
-    g = cfg.gate
+    g, fl = cfg.gate, metrics.get("floor") or {}
     return gate_from_values({
-        "auc_high": (metrics["auc_high"], g.auc_high_max),
-        "auc_low": (metrics["auc_low"], g.auc_low_max),
-        "separation_etot_over_einc": (metrics["separation_power"]["etot_over_einc"], g.separation_etot_max),
-        "separation_mean": (metrics["separation_power_mean"], g.separation_mean_max),
-        "response_deviation_max": (metrics["response_deviation_max"], g.response_deviation_max),
-        "fpd": (metrics.get("fpd", float("nan")), g.fpd_max),
-    }, metrics["classifier_events_per_class"]["high"], g.min_events)
+        "auc_high": (metrics["auc_high"], g.auc_high_max, "auc_high_max", fl.get("auc_high")),
+        "auc_low": (metrics["auc_low"], g.auc_low_max, "auc_low_max", fl.get("auc_low")),
+        "separation_etot_over_einc": (metrics["separation_power"]["etot_over_einc"], g.separation_etot_max,
+                                      "separation_etot_max", fl.get("separation_etot_over_einc")),
+        "separation_mean": (metrics["separation_power_mean"], g.separation_mean_max, "separation_mean_max",
+                            fl.get("separation_power_mean")),
+        "response_deviation_max": (metrics["response_deviation_max"], g.response_deviation_max,
+                                   "response_deviation_max", fl.get("response_deviation_max")),
+        "fpd": (metrics.get("fpd", float("nan")), g.fpd_max, "fpd_max", fl.get("fpd")),
+    }, metrics["classifier_events_per_class"]["high"], g.min_events, metrics.get("n_candidate"))
 
 
 def _features(path, info, binning, threshold_mev, cfg, client):

@@ -33,6 +33,9 @@ class ToyGaussConfig(ConfigModel):
     family: Literal["toy_gauss"] = "toy_gauss"
     hidden: int = Field(32, gt=0)
     lr: float = Field(1e-2, gt=0)
+    # a model built to be judged by its draw: each sampling call shifts all its samples by this
+    # much with probability 1/2 (the generator decides), so one seed passes and another fails
+    flaky_shift: float = 0.0
 
 
 CONFIGS = DomainConfigs(domain=ToyDomainConfig, simulate=ToySimulateConfig, gate=ToyGateConfig,

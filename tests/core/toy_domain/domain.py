@@ -87,6 +87,8 @@ class ToyGauss(nn.Module):
     @torch.no_grad()
     def sample(self, conditions, extra=None, generator=None, precision="fp32", **_):
         mean, log_sd = self.net(conditions.float().reshape(-1, 1)).chunk(2, 1)
+        if self.cfg.flaky_shift:
+            mean = mean + self.cfg.flaky_shift * torch.randint(0, 2, (1,), generator=generator, device=mean.device)
         return mean + log_sd.exp() * torch.randn(mean.shape, generator=generator, device=mean.device)
 
 
