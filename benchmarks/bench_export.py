@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import machine_info, median_seconds  # noqa: E402
 from simgan.cpus import usable_cpus  # noqa: E402
 from simgan.domains import get_domain, model_from_checkpoint  # noqa: E402
-from simgan.export import export_graph  # noqa: E402
+from simgan.export import GRAPH_FILES, export_graph  # noqa: E402
 
 
 def main(checkpoint: str, fmt: str = "onnx", batches=(1000, 10000)) -> dict:
@@ -35,7 +35,7 @@ def main(checkpoint: str, fmt: str = "onnx", batches=(1000, 10000)) -> dict:
            "family": ckpt["model_args"].get("config", {}).get("family", ""), "format": fmt,
            "graph_outputs": [p.name for p in graph.outputs], "post_step_outside_the_graph": bool(graph.post_step)}
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / ("model.onnx" if fmt == "onnx" else "model.pt")
+        path = Path(tmp) / GRAPH_FILES[fmt]
         export_graph(graph, fmt, path)
         if fmt == "onnx":
             import onnxruntime as ort

@@ -303,7 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # key=value overrides after an option (`simgan run -c C --force train.steps=9`) are overrides too
+        if not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra):
+            parser.parse_args(argv)  # argparse's own message for what is not an override, exit 2
+        args.overrides = [*args.overrides, *extra]
     try:
         from simgan.cpus import limit_threads  # lazy: see _config
 

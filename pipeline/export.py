@@ -14,7 +14,7 @@ from simgan.checkpoint import build_model, load_checkpoint
 from simgan.domains import domain_of_checkpoint
 from simgan.errors import SimganError
 from simgan.export import describe, export_model
-from simgan.io import file_sha256
+from simgan.io import atomic_path, check_output_dir, file_sha256
 
 
 def _verdict_of_metrics(path: Path, checkpoint: Path) -> dict:
@@ -64,6 +64,7 @@ def export_cli(args) -> int:
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SimganError(f"--out {out}: exists and is not an empty folder (the export writes model.* and model.json)")
+    check_output_dir(out, create=False)  # a read-only place is named before the export's minutes
     with tempfile.TemporaryDirectory() as td:
         if args.checkpoint:
             checkpoint = Path(args.checkpoint)
@@ -84,10 +85,28 @@ def export_cli(args) -> int:
         # what a consumer needs beside the graph (the calorimeter's voxel layout), as the registered model has it
         beside = {k: Path(v).name for k, v in domain.pyfunc_artifacts(ckpt, str(checkpoint), staging).items()}
         sidecar = export_model(graph, args.format, staging, checkpoint, domain.name,
-                               ckpt["model_args"]["config"]["family"], verdict, source, beside)
-        out.mkdir(parents=True, exist_ok=True)
-        # whole files only: the graph and what goes beside it first, the sidecar last
-        for name in (sidecar["file"], *beside.values(), "model.json"):
-            shutil.move(str(staging / name), out / name)
+                               ckpt["model_args"]["config"]["family"], verdict, source, beside,
+                               ckpt.get("condition_ranges"))
+        place(staging, [sidecar["file"], *beside.values(), "model.json"], out)
     print(describe(sidecar))
     return 0
+
+
+def place(staging: Path, names: list[str], out: Path) -> None:
+    """The export's files into `out`, each whole (a temporary name, then a rename), the sidecar
+    last; if one cannot be written (a full disk, a quota), those placed already are removed with
+    the folder if this made it, and the error names the file and the cause."""
+    made = not out.exists()
+    placed = []
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            with atomic_path(out / name) as tmp:
+                shutil.copyfile(staging / name, tmp)
+            placed.append(out / name)
+    except BaseException:
+        for p in placed:
+            p.unlink(missing_ok=True)
+        if made:
+            shutil.rmtree(out, ignore_errors=True)
+        raise

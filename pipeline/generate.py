@@ -57,6 +57,12 @@ def generate_cli(args) -> int:
         domain = domain_of_checkpoint(ckpt, str(args.checkpoint))
     elif args.export:
         from simgan.export import ExportedSampler  # lazy: onnxruntime
+
+        dropped = [f for f, v in (("--compare-geant4", args.compare_geant4), ("--precision bf16",
+                                                                              args.precision == "bf16")) if v]
+        if dropped:
+            raise SimganError(f"{' and '.join(dropped)} go with --checkpoint or --model: an export runs its graph as "
+                              "exported (float32 in onnxruntime or TorchScript), without Geant4 beside it")
         req.exported = ExportedSampler(Path(args.export))
         domain = get_domain(req.exported.sidecar.get("domain", "?"))
         if not domain.generates_from_export:

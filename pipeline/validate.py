@@ -52,6 +52,8 @@ def run(cfg: ExperimentConfig, ctx: Context) -> dict[str, Path]:
     ckpt = load_checkpoint(ins["model"]) if len(seeds) > 1 else None
     quiet = cfg.validate.model_copy(update={"plots": False})  # the report plots the first draw
     for k, seed in enumerate(seeds[1:], 1):
+        if per[0]["gate"].get("uninformative"):
+            break  # the floor is every draw's: a gate that cannot judge the first judges none
         folder = stage_dir(cfg, "validate") / "draws" / f"draw_{k}"
         folder.mkdir(parents=True, exist_ok=True)
         cand = folder / "generated.h5"
@@ -61,7 +63,7 @@ def run(cfg: ExperimentConfig, ctx: Context) -> dict[str, Path]:
             seed=seed, progress=False))
         per.append(domain.validate_files(ins["reference"], cand, ins["floor"], folder, quiet, cfg.domain))
         candidates.append(cand)
-    m = finish(per, seeds, candidates, out["metrics"].parent)
+    m = finish(per, seeds[:len(per)], candidates, out["metrics"].parent)
     write_manifest(cfg, "validate", ins, out, t0, counts={"reference": m["n_reference"], "candidate": m["n_candidate"]},
                    extra={"gate_pass": m["gate"]["pass"], "draws": len(seeds)})
     return out
@@ -82,20 +84,12 @@ def finish(per_draw: list[dict], seeds: list, candidates: list, out_dir: Path) -
     if report.is_file():
         md = report.read_text().splitlines()
         head = 1 if md and md[0].startswith("# ") else 0
-        write_markdown_report(out_dir, md[:head] + [""] + _verdict_lines(m) + draws_report(m) + md[head:],
+        write_markdown_report(out_dir, md[:head] + [""] + draws_report(m) + md[head:],
                               md[0].lstrip("# ") if head else "simgan validation")
     why = uninformative_message(m["gate"])
     if why:
         raise SimganError(f"{out_dir / 'metrics.json'}: {why}")
     return m
-
-
-def _verdict_lines(m: dict) -> list[str]:
-    d = m.get("draws") or {}
-    if d.get("count", 1) < 2:
-        return []
-    return [f"Verdict over {d['count']} draws: {'PASS' if m['gate']['pass'] else 'FAIL'} "
-            f"({sum(d['pass'])} of {d['count']} draws pass on their own).", ""]
 
 
 def verdict_line(cfg: ExperimentConfig) -> str:
@@ -149,9 +143,11 @@ def validate_cli(args) -> int:
                                  args.scheduler, extra=args.ablation)]
     quiet = vcfg.model_copy(update={"plots": False})
     for k, cand in enumerate(candidates[1:], 1):
+        if per[0]["gate"].get("uninformative"):
+            break  # (as in the stage: the floor is every draw's)
         per.append(domain.validate_files(args.reference, cand, args.floor, Path(args.out) / "draws" / f"draw_{k}",
                                          quiet, dcfg, args.dask, args.scheduler))
-    m = finish(per, [None] * len(per), candidates, Path(args.out))
+    m = finish(per, [None] * len(per), candidates[:len(per)], Path(args.out))
     print(summary_text(m, Path(args.out) / "report.html"))
     if not m["gate"]["pass"]:
         failed = [k for k, c in m["gate"]["checks"].items() if not c["pass"]]

@@ -47,6 +47,10 @@ def render(cfg: ExperimentConfig, config_path: str, out_dir, partition: str = "c
         raise SimganError("generate.format: the Slurm generate array writes HDF5 shards; use hdf5 (convert afterwards)")
     if cfg.prepare.input:
         raise SimganError("prepare.input is set: the Slurm chain simulates; run `simgan run` for given data")
+    if Path(out_dir, "config.yaml").resolve() == Path(config_path).resolve():
+        raise SimganError(f"--out {out_dir}: its config.yaml is the -c config itself, which the workflow would "
+                          "overwrite with its resolved copy; choose another --out (or edit that file and run "
+                          f"{Path(out_dir) / 'submit.sh'} again)")
     out_dir = check_output_dir(out_dir)
     uri = tracking_uri(cfg.register.tracking_uri)
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):  # relative to where jobs run: pin it

@@ -28,9 +28,12 @@ import torch
 
 from simgan.errors import SimganError
 from simgan.extras import require
-from simgan.io import file_sha256, write_json_atomic
+from simgan.io import file_sha256, text_sha256, write_json_atomic
 
 FORMATS = ("onnx", "torchscript")
+# the graph's file in an export folder (the TorchScript one not model.pt: the checkpoint beside
+# it in a registered model is model.pt)
+GRAPH_FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 OPSET = 18
 
 
@@ -155,13 +158,17 @@ def round_trip(path: Path, fmt: str, graph: ExportGraph, n: int = 256, seed: int
 
 
 def export_model(graph: ExportGraph, fmt: str, out_dir: Path, checkpoint: Path, domain: str, family: str,
-                 verdict: dict, source: str, beside: dict[str, str] | None = None) -> dict:
-    """The graph and its sidecar into out_dir (`model.onnx` or `model.pt`, and `model.json`);
-    returns the sidecar. The round trip is measured before anything is left in out_dir.
-    `beside`: files of the domain already in out_dir that a consumer needs (what -> file name,
-    e.g. the voxel layout), listed in the sidecar."""
+                 verdict: dict, source: str, beside: dict[str, str] | None = None,
+                 condition_ranges: dict | None = None) -> dict:
+    """The graph and its sidecar into out_dir (`model.onnx` or `model.torchscript.pt`, and
+    `model.json`); returns the sidecar. The round trip is measured before anything is left in
+    out_dir. `beside`: files of the domain already in out_dir that a consumer needs (what -> file
+    name, e.g. the voxel layout), listed in the sidecar with every file's checksum;
+    `condition_ranges`: the training ranges of the conditions (a consumer warns outside them)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / ("model.onnx" if fmt == "onnx" else "model.pt")
+    if fmt not in FORMATS:
+        raise SimganError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    path = out_dir / GRAPH_FILES[fmt]
     export_graph(graph, fmt, path)
     try:
         check = round_trip(path, fmt, graph)
@@ -175,9 +182,21 @@ def export_model(graph: ExportGraph, fmt: str, out_dir: Path, checkpoint: Path, 
         "outputs": [asdict(p) for p in graph.outputs], "post_step": graph.post_step,
         "post_step_parameters": graph.post_step_parameters, "notes": graph.notes,
         "round_trip": check, "torch": torch.__version__, "files": dict(beside or {}),
+        "condition_ranges": condition_ranges or {},
+        # what a consumer checks before it trusts the folder: the graph's and each file's SHA-256,
+        # and the sidecar's own (of its JSON without this key, sorted keys, compact)
+        "sha256": {path.name: file_sha256(path), **{n: file_sha256(out_dir / n) for n in (beside or {}).values()}},
     }
+    sidecar["sidecar_sha256"] = sidecar_digest(sidecar)
     write_json_atomic(out_dir / "model.json", sidecar)
     return sidecar
+
+
+def sidecar_digest(sidecar: dict) -> str:
+    """The sidecar's own checksum: SHA-256 of its JSON without `sidecar_sha256` (sorted keys,
+    separators ',' and ':')."""
+    body = {k: v for k, v in sidecar.items() if k != "sidecar_sha256"}
+    return text_sha256(json.dumps(body, sort_keys=True, separators=(",", ":")))
 
 
 def describe(sidecar: dict) -> str:
@@ -211,21 +230,69 @@ class ExportedSampler:
         if self.fmt not in FORMATS or not self.path.is_file():
             raise SimganError(f"--export {self.folder}: the sidecar names {self.sidecar.get('file')!r} in format "
                               f"{self.fmt!r}, which is not there")
+        self._check_files()
         self.conditions = [p for p in self.inputs if p.noise is None]
+        bad_noise = [f"{p.name}: {p.noise!r}" for p in self.inputs if p.noise not in (None, "normal", "uniform")]
+        if bad_noise:
+            raise SimganError(f"--export {self.folder}: model.json names noise kinds it does not draw "
+                              f"({', '.join(bad_noise)}); expected normal or uniform")
         if self.fmt == "onnx":
             ort = require("onnxruntime")
             opts = ort.SessionOptions()
             opts.log_severity_level = 3
-            session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+            try:
+                session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+            except Exception as exc:  # onnxruntime's own error types
+                raise SimganError(f"--export {self.folder}: {self.path.name} does not load in onnxruntime "
+                                  f"({str(exc).splitlines()[0][:300]})") from None
+            self._check_ports([(i.name, i.shape) for i in session.get_inputs()],
+                              [(o.name, o.shape) for o in session.get_outputs()])
             self._run = lambda feed: session.run(None, feed)
         else:
-            graph = torch.jit.load(str(self.path))
+            try:
+                graph = torch.jit.load(str(self.path))
+            except Exception as exc:
+                raise SimganError(f"--export {self.folder}: {self.path.name} does not load as TorchScript "
+                                  f"({str(exc).splitlines()[0][:300]})") from None
 
             def run(feed):
                 with torch.no_grad():
                     out = graph(*(torch.from_numpy(feed[p.name]) for p in self.inputs))
                 return [o.numpy() for o in (out if isinstance(out, (tuple, list)) else (out,))]
             self._run = run
+
+    def _check_files(self) -> None:
+        """The sidecar's own checksum, then the graph's and every listed file's, before anything
+        is loaded: an edited sidecar (noise kinds swapped), another model's graph copied in, a
+        corrupt file or another voxel layout is named here, not found out after generating."""
+        where = f"--export {self.folder}"
+        if "sidecar_sha256" not in self.sidecar or not isinstance(self.sidecar.get("sha256"), dict):
+            raise SimganError(f"{where}: model.json carries no checksums (an export of an older simgan, or not "
+                              "written by `simgan export`): export the model again")
+        if sidecar_digest(self.sidecar) != self.sidecar["sidecar_sha256"]:
+            raise SimganError(f"{where}: model.json was changed after export (its checksum does not match its "
+                              "contents): export the model again")
+        names = {self.sidecar["file"], *self.sidecar.get("files", {}).values()}
+        for name in sorted(names):
+            want = self.sidecar["sha256"].get(name)
+            path = self.folder / name
+            if want is None:
+                raise SimganError(f"{where}: model.json lists {name} without its checksum; export the model again")
+            if not path.is_file():
+                raise SimganError(f"{where}: {name}, which model.json lists, is not there")
+            if file_sha256(path) != want:
+                raise SimganError(f"{where}: {name} is not the file exported with this model.json (SHA-256 "
+                                  f"{file_sha256(path)[:12]}, recorded {want[:12]}): it was replaced or damaged "
+                                  "after export; export the model again")
+
+    def _check_ports(self, inputs: list[tuple], outputs: list[tuple]) -> None:
+        """The graph's inputs and outputs as the sidecar states them: names, order and rank."""
+        for kind, ports, have in (("inputs", self.inputs, inputs), ("outputs", self.outputs, outputs)):
+            want = [(p.name, len(p.shape)) for p in ports]
+            got = [(name, len(shape)) for name, shape in have]
+            if want != got:
+                raise SimganError(f"--export {self.folder}: the graph's {kind} {got} are not the sidecar's {want} "
+                                  "(name, rank): the graph belongs to another model; export the model again")
 
     def file(self, what: str) -> Path:
         """A file the export carries beside the graph (the sidecar's `files`)."""

@@ -21,12 +21,19 @@ SHORT_NAMES = {"separation_power_mean": "separation_mean"}
 
 
 def headline(metrics: dict, keys: tuple[str, ...]) -> dict[str, float]:
-    """The validation figures a registered version carries (its domain's headline keys present)."""
+    """The validation figures a registered version carries (its domain's headline keys present):
+    each the median over the validation's draws, and with several draws its spread as
+    NAME_min and NAME_max."""
     out = {}
+    spread = (metrics.get("draws") or {}).get("figures", {})
     for key in keys:
         v = metrics.get(key)
         if isinstance(v, (int, float)) and np.isfinite(v):
-            out[SHORT_NAMES.get(key, key)] = float(v)
+            name = SHORT_NAMES.get(key, key)
+            out[name] = float(v)
+            f = spread.get(key)
+            if f and len(f.get("values", [])) > 1 and np.isfinite(f["min"]) and np.isfinite(f["max"]):
+                out[f"{name}_min"], out[f"{name}_max"] = float(f["min"]), float(f["max"])
     return out
 
 
@@ -126,7 +133,7 @@ def register_model(checkpoint, domain, name: str, uri: str, metrics: dict | None
             beside = domain.pyfunc_artifacts(ckpt, str(checkpoint), folder)
             exported = export_model(domain.export_graph(model, ckpt), export, folder, Path(checkpoint),
                                     domain.name, ckpt["model_args"]["config"]["family"], verdict, str(checkpoint),
-                                    {k: Path(v).name for k, v in beside.items()})
+                                    {k: Path(v).name for k, v in beside.items()}, ckpt.get("condition_ranges"))
             # (the files beside the graph are the domain's own artifacts, already logged: logged twice, MLflow
             # would file both copies under numbered folders instead of beside model.onnx)
             artifacts.update({"export_graph": str(folder / exported["file"]), "export_sidecar": str(folder / "model.json"),

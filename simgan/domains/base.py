@@ -386,6 +386,7 @@ class ConditionedFileDomain(Domain):
                               "--compare-geant4)")
         src = self.read(req.energies_from, req.events)
         if req.exported is not None:
+            warn_outside(req.exported.sidecar.get("condition_ranges", {}), src.conditions, str(req.energies_from))
             timing = self.generate_from_export(req, src)
         else:
             if req.loaded is not None:  # a registered model: its pyfunc holds the built model and the checkpoint's keys
@@ -496,12 +497,12 @@ def sample_rows(model, c: torch.Tensor, x: torch.Tensor | None, seed: int, preci
         part = part.float().cpu().numpy()
         if out is None:
             need = n * part[0].nbytes
-            avail = available_memory()
-            if need > 0.8 * avail:
-                per = max(1, int(0.8 * avail // max(part[0].nbytes, 1)))
-                raise ValueError(f"{where}: {n} rows give {need / 2**30:.1f} GiB of output, more than the "
-                                 f"{avail / 2**30:.1f} GiB of memory available; call predict on at most {per} rows "
-                                 "at a time")
+            budget = output_budget()
+            if need > budget:
+                per = max(1, int(budget // max(part[0].nbytes, 1)))
+                raise ValueError(f"{where}: {n} rows give {need / 2**30:.1f} GiB of output, more than one call's budget "
+                                 f"of {budget / 2**30:.1f} GiB ({BUDGET_VARIABLE}, at most 80% of the memory "
+                                 f"available); call predict on at most {per} rows at a time")
             out = np.empty((n, *part.shape[1:]), part.dtype)
         out[lo:lo + len(part)] = part
     bad = ~np.isfinite(out.reshape(n, -1)).all(1)
@@ -509,6 +510,22 @@ def sample_rows(model, c: torch.Tensor, x: torch.Tensor | None, seed: int, preci
         raise ValueError(f"{where}: the model gave non-finite values for {int(bad.sum())} of {n} rows (first: row "
                          f"{int(np.argmax(bad))}); its conditions are beyond what it can generate")
     return out
+
+
+BUDGET_VARIABLE = "SIMGAN_MAX_OUTPUT_GIB"
+
+
+def output_budget() -> float:
+    """Bytes one predict call may return: SIMGAN_MAX_OUTPUT_GIB (default 2 GiB), and never more
+    than 80% of the memory available now (a node shared with other jobs has less than it shows
+    free for long)."""
+    try:
+        gib = float(os.environ.get(BUDGET_VARIABLE, "2"))
+    except ValueError:
+        raise ValueError(f"{BUDGET_VARIABLE}={os.environ[BUDGET_VARIABLE]!r}: expected a number of GiB") from None
+    if not gib > 0:
+        raise ValueError(f"{BUDGET_VARIABLE}={gib:g}: expected a number of GiB above 0")
+    return min(gib * 2**30, 0.8 * available_memory())
 
 
 def available_memory() -> int:

@@ -49,7 +49,8 @@ def combine_draws(per_draw: list[dict], seeds: list[int], candidates: list[str])
             continue
         figures[key] = {"median": float(np.median(arr)), "min": float(arr.min()), "max": float(arr.max()),
                         "values": [float(x) for x in arr]}
-        out[key] = figures[key]["median"]
+        if arr.min() != arr.max():  # (one value at every draw, e.g. a count, keeps its type)
+            out[key] = figures[key]["median"]
     names = list(dict.fromkeys(k for m in per_draw for k in m["gate"]["checks"]))
     checks = {}
     for name in names:
@@ -96,7 +97,8 @@ def draws_report(m: dict) -> list[str]:
     d = m.get("draws")
     if not d or d["count"] < 2:
         return []
-    lines = ["## Draws of the sampler", "",
+    lines = [f"Verdict over {d['count']} draws: {'PASS' if m['gate']['pass'] else 'FAIL'} "
+             f"({sum(d['pass'])} of {d['count']} draws pass on their own).", "", "## Draws of the sampler", "",
              f"Judged on {d['count']} draws (sampler seeds {', '.join(map(str, d['seeds']))}): {d['rule']}. "
              "The plots and per-bin tables below are the first draw's.", "",
              "| draw | seed | candidate | gate |", "|---|---|---|---|"]

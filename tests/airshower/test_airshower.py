@@ -267,8 +267,17 @@ def test_airshower_chain_registers_and_a_consumer_predicts_from_a_dataframe(air_
     assert np.isfinite(out).all()  # a little past the range, asked for: generated
     # the mass number: optional (protons), checked against the (proton-only) training data and its units
     np.testing.assert_array_equal(model.predict(frame.assign(mass_A=1.0), params={"seed": 3}), out_protons)
-    with pytest.raises(MlflowException, match=r"column 'mass_A' row 0: 56 is outside the training range \[1, 1\]"):
-        model.predict(frame.assign(mass_A=56.0))
+    # the README's own example: an integer mass number is a mass number; a proton-only model refuses
+    # another even with extrapolate (it learnt no mass dependence); a fractional one is refused
+    np.testing.assert_array_equal(model.predict(frame.assign(mass_A=1), params={"seed": 3}), out_protons)
+    for params in ({}, {"extrapolate": True}):
+        with pytest.raises(MlflowException, match="column 'mass_A' row 0: 56; the model was trained on primaries of "
+                                                  "mass number 1 only"):
+            model.predict(frame.assign(mass_A=56), params=params)
+    with pytest.raises(MlflowException, match="column 'mass_A' row 0: 2.5; expected a whole mass number"):
+        model.predict(frame.assign(mass_A=2.5))
+    # a vertical shower (which the simulator draws) is inside the training range
+    assert np.isfinite(model.predict(frame.assign(zenith_rad=[0.0, 0.0, 0.0]))).all()
     with pytest.raises(MlflowException, match="column 'mass_A' row 0: 0: expected the primary's mass number"):
         model.predict(frame.assign(mass_A=0.0))
     # a C++-style consumer pulls the ONNX export by the alias: the graph, its sidecar with the verdict, and

@@ -137,3 +137,66 @@ def test_export_refuses_what_it_cannot_do(plain, tmp_path, capsys):
     bad.write_text(json.dumps({"gate": {"pass": True, "checks": {}}, "candidate_checkpoint_sha256": "0" * 64}))
     assert main(["export", "--checkpoint", str(ckpt_path), "--metrics", str(bad), "--out", str(tmp_path / "e")]) == 2
     assert "another checkpoint" in capsys.readouterr().err and not (tmp_path / "e").exists()
+
+
+def test_an_export_folder_is_checked_before_anything_is_drawn(plain, tmp_path, capsys, small_disk):
+    """The sidecar carries the checksums of the graph, of each file beside it and of itself:
+    an edited sidecar (noise kinds swapped), a damaged or replaced graph are named before
+    generating; options the export path cannot honour are refused; conditions outside the
+    training range (in the sidecar) are warned about as on the checkpoint path; an export onto a
+    read-only place or a full disk says so and leaves nothing."""
+    import os
+    import shutil
+
+    ckpt_path, data = plain
+    out = tmp_path / "export"
+    assert main(["export", "--checkpoint", str(ckpt_path), "--out", str(out)]) == 0
+    side = json.loads((out / "model.json").read_text())
+    assert set(side["sha256"]) == {"model.onnx"} and len(side["sidecar_sha256"]) == 64
+    assert side["condition_ranges"] and set(side["condition_ranges"]) <= set(data.conditions)
+    src = aio.write(tmp_path / "src.h5", data.subset(slice(0, 30)))
+    gen = ["generate", "--export", None, "--energies-from", str(src), "--out", str(tmp_path / "g.h5")]
+
+    def refused(folder, msg, *extra):
+        capsys.readouterr()
+        args = [str(folder) if a is None else a for a in gen]
+        assert main([*args, *extra]) == 2
+        assert msg in capsys.readouterr().err
+        assert not (tmp_path / "g.h5").exists()
+
+    edited = tmp_path / "edited"
+    shutil.copytree(out, edited)
+    s = json.loads((edited / "model.json").read_text())
+    s["inputs"][1]["noise"] = "uniform"  # z drawn uniform: 'generates without a word' before
+    (edited / "model.json").write_text(json.dumps(s))
+    refused(edited, "model.json was changed after export")
+    damaged = tmp_path / "damaged"
+    shutil.copytree(out, damaged)
+    (damaged / "model.onnx").write_bytes((out / "model.onnx").read_bytes()[:1000])
+    refused(damaged, "model.onnx is not the file exported with this model.json")
+    refused(out, "--compare-geant4 go with --checkpoint or --model", "--compare-geant4", "5")
+    refused(out, "--precision bf16 go with --checkpoint or --model", "--precision", "bf16")
+    # outside the training range: a warning, as from the checkpoint
+    far = data.subset(slice(0, 30))
+    key = "core_x_m"
+    lo, hi = side["condition_ranges"][key]
+    far.conditions[key] = np.full(30, hi + (hi - lo), np.float32)
+    capsys.readouterr()
+    assert main([*(str(out) if a is None else a for a in gen[:4]), str(aio.write(tmp_path / "far.h5", far)),
+                 "--out", str(tmp_path / "far_gen.h5")]) == 0
+    assert f"have {key} outside the training" in capsys.readouterr().err
+    # a read-only place: named before the export; a full disk: nothing left
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    os.chmod(ro, 0o500)
+    try:
+        if not os.access(ro, os.W_OK):  # (root writes anywhere; the full disk below still applies)
+            assert main(["export", "--checkpoint", str(ckpt_path), "--out", str(ro / "x")]) == 2
+            assert "is not writable" in capsys.readouterr().err and not (ro / "x").exists()
+    finally:
+        os.chmod(ro, 0o700)
+    capsys.readouterr()
+    assert main(["export", "--checkpoint", str(ckpt_path), "--out", str(small_disk / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "writing failed" in err and "model.onnx" in err and not (small_disk / "x").exists()
+    assert not list(small_disk.iterdir())

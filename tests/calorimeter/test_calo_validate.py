@@ -39,7 +39,12 @@ def _distorted(path, out):
 def test_validate_geant4_vs_geant4_passes_and_distorted_fails(g4_pair, tmp_path, capsys):
     a, b = g4_pair
     from tests.conftest import QUICKSTART
-    fast = ["-c", str(QUICKSTART), "validate.classifier_seeds=1"]  # (the quickstart's gate, one classifier seed)
+    # the quickstart's gate, one classifier seed, one candidate (b is Geant4: it has no sampler seeds);
+    # its floor is the reference's halves of 150 showers, where the quickstart's limits (set for 480)
+    # cannot judge (floors: response 3.6%, E_tot/E_inc separation 0.17, mean separation 0.086)
+    fast = ["-c", str(QUICKSTART), "validate.classifier_seeds=1", "validate.draws=1",
+            "validate.gate.response_deviation_max=0.06", "validate.gate.separation_etot_max=0.3",
+            "validate.gate.separation_mean_max=0.15"]
     assert main(["validate", "--reference", str(a), "--candidate", str(b), "--out", str(tmp_path / "same"), *fast]) == 0
     import json
     m = json.loads((tmp_path / "same" / "metrics.json").read_text())
@@ -100,7 +105,7 @@ def test_validate_cli_dnn_floor_and_breakdown(g4_pair, tmp_path, capsys):
     bad = _distorted(b, tmp_path / "bad.h5")
     rc = main(["validate", "--reference", str(a), "--candidate", str(bad), "--floor", str(b), "--classifier", "dnn",
                "--out", str(tmp_path / "v"), "-c", str(QUICKSTART), "validate.dnn_runs=1", "validate.dnn_epochs=12", "validate.plots=false",
-               "validate.classifier_seeds=1"])
+               "validate.classifier_seeds=1", "validate.draws=1"])
     assert rc == 3
     out = capsys.readouterr().out
     assert "CaloChallenge DNN classifier (1 runs)" in out and "Geant4 floor" in out
@@ -137,3 +142,22 @@ def test_validate_refuses_samples_too_small_to_classify(g4_pair, tmp_path, capsy
         rc = main(["validate", "--reference", str(a), "--candidate", str(small), "--out", str(tmp_path / f"v{n}")])
         assert rc == 2 and f"the candidate holds {n} showers; validation needs at least 20" in capsys.readouterr().err
         assert not (tmp_path / f"v{n}").exists()
+
+
+def test_validate_checks_the_candidates_units_as_the_readers_do(g4_pair, tmp_path, capsys):
+    """A candidate written in GeV (energies and deposits / 1000) is named with the readers' own
+    unit check, not compared into 'response within nan%'; nothing is written."""
+    import shutil
+
+    import h5py
+    a, b = g4_pair
+    gev = tmp_path / "gev.h5"
+    shutil.copy(b, gev)
+    with h5py.File(gev, "r+") as f:
+        f["incident_energies"][...] = f["incident_energies"][...] / 1000
+        f["showers"][...] = f["showers"][...] / 1000
+    out = tmp_path / "v"
+    assert main(["validate", "--reference", str(a), "--candidate", str(gev), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{gev}: dataset 'incident_energies'" in err and "looks like GeV" in err and "nan" not in err
+    assert not out.exists()

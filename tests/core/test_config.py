@@ -155,7 +155,9 @@ def test_gan_twins_keep_their_quickstarts_data_budget_and_gate(twin):
         for key, value in (("traces", False), ("trace_components", False), ("mass_A", 1)):
             b["simulate"][key] = value
         for key in ("rise_1000_deviation_max", "trace_shape_deviation_max", "rise_mass_slope_deviation_max"):
-            assert g["validate"]["gate"][key] is None and b["validate"]["gate"][key] is not None
+            # (the quickstart does not check the mass slope either: uninformative at its size)
+            assert g["validate"]["gate"][key] is None
+            assert b["validate"]["gate"][key] is not None or key == "rise_mass_slope_deviation_max"
             b["validate"]["gate"][key] = None
     for key in ("domain", "simulate", "prepare", "generate", "validate", "seed"):
         assert g[key] == b[key], key

@@ -1,5 +1,7 @@
 """The generic metrics: each passes equal samples and fails distorted ones."""
 
+import json
+
 import numpy as np
 
 from simgan.metrics.classifier import classifier_test
@@ -73,6 +75,58 @@ def test_the_registered_models_sampling_refuses_what_it_cannot_deliver(monkeypat
     with pytest.raises(ValueError, match="10 rows give 0.0 GiB of output, more than .*at most 6 rows at a time"):
         base.sample_rows(Rows(), c, None, 0, "fp32")
     monkeypatch.undo()
+    # a budget, not the free memory: 10 rows of 12 B within 1e-7 GiB (107 B) go 8 at a time
+    monkeypatch.setenv("SIMGAN_MAX_OUTPUT_GIB", "1e-7")
+    with pytest.raises(ValueError, match="more than one call's budget .*SIMGAN_MAX_OUTPUT_GIB.*at most 8 rows"):
+        base.sample_rows(Rows(), c, None, 0, "fp32")
+    monkeypatch.setenv("SIMGAN_MAX_OUTPUT_GIB", "lots")
+    with pytest.raises(ValueError, match="SIMGAN_MAX_OUTPUT_GIB='lots': expected a number of GiB"):
+        base.sample_rows(Rows(), c, None, 0, "fp32")
+    monkeypatch.undo()
     c[4, 1] = float("inf")
     with pytest.raises(ValueError, match="non-finite values for 1 of 10 rows \\(first: row 4\\)"):
         base.sample_rows(Rows(), c, None, 0, "fp32", chunk=3)
+
+
+def test_a_check_whose_floor_is_not_inside_its_limit_is_uninformative():
+    """An AUC is judged from 0.5, other figures from 0: a floor within 80% of the way to the
+    limit is informative; one past it makes the gate fail as uninformative, naming the size
+    that would bring it there (the floor shrinking as 1/sqrt(N))."""
+    from simgan.metrics.gate import floor_verdict, gate_from_values, uninformative_message
+
+    assert floor_verdict(0.6, 0.55, 0.75, 0.5, 480)["informative"]  # 0.05 of 0.25
+    v = floor_verdict(0.2, 0.338, 0.30, 0.0, 2400)
+    assert not v["informative"] and v["events_needed"] == 4761  # ceil(2400 * (0.338 / 0.24)^2)
+    g = gate_from_values({"auc": (0.6, 0.9, "auc_max", 0.52), "slope": (0.2, 0.30, "slope_max", 0.338)},
+                         500, 100, 2400)
+    assert not g["pass"] and set(g["uninformative"]) == {"slope"} and g["checks"]["slope"]["pass"]
+    msg = uninformative_message(g)
+    assert "validate.gate.slope_max = 0.3: the simulator against itself gives slope = 0.338" in msg
+    assert "about 4761 events per sample" in msg
+    assert gate_from_values({"auc": (0.6, 0.9, "auc_max", 0.52)}, 500, 100, 480)["pass"]
+    assert not gate_from_values({"w": (0.1, 0.2, "w_max", float("nan"))})["pass"]  # no floor at this size
+
+
+def test_draws_combine_into_the_worst_and_the_median():
+    """Three draws: the check's value is its worst draw, the figure its median; one failing
+    draw fails the verdict; a file edited to hide it does not follow from its checks."""
+    from simgan.metrics.draws import combine_draws
+    from simgan.metrics.gate import gate_from_values, inconsistency
+
+    per = []
+    for w1 in (0.10, 0.30, 0.12):
+        m = {"w1_mean": w1, "auc": 0.55, "n_candidate": 400}
+        m["gate"] = gate_from_values({"w1_mean": (w1, 0.25, "w1_mean_max"), "auc": (0.55, 0.75, "auc_max")}, 400, 100)
+        per.append(m)
+    c = combine_draws(per, [3, 4, 5], ["a.h5", "b.h5", "c.h5"])
+    w = c["gate"]["checks"]["w1_mean"]
+    assert w["values"] == [0.10, 0.30, 0.12] and w["value"] == 0.30 and not w["pass"] and not c["gate"]["pass"]
+    assert c["w1_mean"] == 0.12 and c["draws"]["pass"] == [True, False, True] and c["draws"]["seeds"] == [3, 4, 5]
+    assert c["draws"]["figures"]["w1_mean"] == {"median": 0.12, "min": 0.10, "max": 0.30, "values": [0.10, 0.30, 0.12]}
+    assert inconsistency(c["gate"], c) is None
+    hidden = json.loads(json.dumps(c))  # the failing draw's value replaced by the median, the verdict flipped
+    hidden["gate"]["checks"]["w1_mean"].update(value=0.12, **{"pass": True})
+    hidden["gate"]["pass"] = True
+    assert "gives 0.12, not the worst of its draws" in inconsistency(hidden["gate"], hidden)
+    ok = combine_draws(per[:1] + per[2:], [3, 5], ["a.h5", "c.h5"])
+    assert ok["gate"]["pass"] and ok["gate"]["checks"]["w1_mean"]["value"] == 0.12

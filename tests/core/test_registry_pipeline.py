@@ -18,6 +18,9 @@ from simgan.domains.calorimeter.data import calochallenge as cc
 from simgan.errors import SimganError
 from tests.conftest import QUICKSTART, REPO, small_cfg
 
+# limits a tiny sample can judge (the quickstart's own are uninformative at 45 held-out showers)
+OPEN_GATE = ["validate.gate.auc_high_max=1.0", "validate.gate.min_events=20", "validate.gate.separation_etot_max=1.0",
+             "validate.gate.separation_mean_max=1.0", "validate.gate.response_deviation_max=1.0"]
 TINY = ["simulate.events=150", "simulate.energy_max_gev=8", "simulate.shard_events=25",
         "model.hidden=[32,32]", "model.latent_dim=4", "model.energy.steps=3", "model.energy.hidden=[16,16]",
         "model.energy.transforms=2", "train.steps=6", "train.batch_size=16", "train.log_every=3",
@@ -28,9 +31,7 @@ TINY = ["simulate.events=150", "simulate.energy_max_gev=8", "simulate.shard_even
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("chain")
-    cfg = small_cfg(tmp, *TINY, "validate.gate.auc_high_max=1.0", "validate.gate.min_events=20", "validate.gate.separation_etot_max=1.0",
-                    "validate.gate.separation_mean_max=1.0", "validate.gate.response_deviation_max=1.0",
-                    "register.name=tiny")
+    cfg = small_cfg(tmp, *TINY, *OPEN_GATE, "register.name=tiny")
     assert run_chain(cfg, progress=False) == 0
     return tmp, cfg
 
@@ -176,7 +177,11 @@ def test_gate_failure_gets_no_alias(chain, tmp_path):
     _, cfg = chain
     tmp = tmp_path  # a copy of the run, so the shared one keeps its passing gate
     shutil.copytree(cfg.run_dir, tmp / cfg.name)
-    failing = small_cfg(tmp, *TINY, "validate.gate.auc_high_max=0.01", "register.name=tiny-fail")
+    # a limit between the simulator's floor and the tiny model's worst draw: informative, and failed
+    auc = json.loads((cfg.run_dir / "validate" / "metrics.json").read_text())["gate"]["checks"]["auc_high"]
+    limit = round((auc["value"] + max(auc["floor"], 0.5)) / 2, 4)
+    assert auc["floor"] - 0.5 <= 0.8 * (limit - 0.5) and auc["value"] > limit
+    failing = small_cfg(tmp, *TINY, *OPEN_GATE, f"validate.gate.auc_high_max={limit}", "register.name=tiny-fail")
     from pipeline import register, validate
     from pipeline.contract import Context
     validate.run(failing, Context(progress=False))
@@ -416,15 +421,25 @@ def test_read_only_output_place_is_refused_before_any_work(tmp_path, g4_sample):
 
 def test_the_gan_twin_of_the_quickstart_runs_the_chain(chain, tmp_path):
     """configs/experiment/quickstart_gan.yaml, shrunk, through every stage on the chain's Geant4
-    showers: the WGAN-GP hybrid trains (critic and likelihood terms logged), is validated with
-    the quickstart's gate and registered under its own name."""
+    showers: the WGAN-GP hybrid trains (critic and likelihood terms logged); the quickstart's
+    gate refuses to judge a sample this small; with limits it can judge, the model is validated
+    and registered under its own name."""
     _, base = chain
-    cfg = load_config(QUICKSTART.parent / "quickstart_gan.yaml",
-                      [f"runs_dir={tmp_path}", f"register.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-                       f"prepare.input={base.run_dir / 'simulate' / 'showers.h5'}", "train.progress=false",
-                       *[o for o in TINY if not o.startswith(("simulate.", "generate.ablation"))],
-                       "model.critic_hidden=[32,32]", "model.n_critic=2"])
+    shrunk = [f"runs_dir={tmp_path}", f"register.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+              f"prepare.input={base.run_dir / 'simulate' / 'showers.h5'}", "train.progress=false",
+              *[o for o in TINY if not o.startswith(("simulate.", "generate.ablation"))],
+              "model.critic_hidden=[32,32]", "model.n_critic=2"]
+    cfg = load_config(QUICKSTART.parent / "quickstart_gan.yaml", shrunk)
     assert cfg.validate.gate == load_config(QUICKSTART).validate.gate  # the quickstart's own gate
+    # which cannot judge 45 showers: the run refuses it, naming the size it needs
+    with pytest.raises(SimganError, match="the gate cannot judge at this size.*validate.gate.separation_etot_max = "
+                                          "0.1: the simulator against itself gives"):
+        run_chain(cfg, progress=False)
+    m = json.loads((cfg.run_dir / "validate" / "metrics.json").read_text())
+    assert not m["gate"]["pass"] and "separation_etot_over_einc" in m["gate"]["uninformative"]
+    assert m["gate"]["uninformative"]["separation_etot_over_einc"]["events_needed"] > m["n_candidate"]
+    assert not (cfg.run_dir / "validate" / "manifest.json").exists()  # refused: the stage is not done
+    cfg = load_config(QUICKSTART.parent / "quickstart_gan.yaml", [*shrunk, *OPEN_GATE])
     assert run_chain(cfg, progress=False) == 0
     rows = [json.loads(x) for x in (cfg.run_dir / "train" / "metrics.jsonl").read_text().splitlines()]
     assert {"loss_d", "loss_g", "gp", "likelihood"} <= set().union(*rows)

@@ -51,8 +51,15 @@ def condition_array(fp: aio.Footprints) -> np.ndarray:
 
 
 def condition_ranges(fp: aio.Footprints) -> dict:
+    """The training range of each condition; the zenith's from vertical when the sample reaches
+    within 5% of its span of it (cos^2 of the zenith drawn uniformly puts few events near 0:
+    a vertical shower is inside the range, not an extrapolation)."""
     cond = {**fp.conditions, MASS: aio.masses(fp.conditions)}
-    return {k: [float(np.min(cond[k])), float(np.max(cond[k]))] for k in (*CONDITIONS, MASS)}
+    ranges = {k: [float(np.min(cond[k])), float(np.max(cond[k]))] for k in (*CONDITIONS, MASS)}
+    lo, hi = ranges["zenith_rad"]
+    if lo <= 0.05 * (hi - lo):
+        ranges["zenith_rad"][0] = 0.0
+    return ranges
 
 
 def schema_of(fp: aio.Footprints) -> dict:
@@ -86,6 +93,7 @@ class Airshower(ConditionedFileDomain):
     simulator = "the air-shower simulator (vectorised numpy)"
     monitor_batch = 4096
     pyfunc_optional_columns = (MASS,)  # protons when left out
+    pyfunc_any_type_columns = (MASS,)  # a mass number given as an integer or a float
     convert_formats = ("corsika",)
     headline_keys = ("auc", "auc_footprints", "separation_power_mean", "angular_resolution_deviation_max",
                      "station_count_deviation_max", "s1000_bias_max")
@@ -178,7 +186,9 @@ class Airshower(ConditionedFileDomain):
         defaults = {"log10_energy_eV": [18.7, 19.3, 19.8], "zenith_rad": [0.2, 0.5, 0.9], "azimuth_rad": [0.0, 2.0, 4.0],
                     "core_x_m": [0.0, 300.0, -200.0], "core_y_m": [0.0, -100.0, 400.0], MASS: [1.0, 1.0, 1.0]}
         ranges = ckpt.get("condition_ranges", {})
-        return pd.DataFrame({k: example_values(ranges, k, v) for k, v in defaults.items()})
+        frame = pd.DataFrame({k: example_values(ranges, k, v) for k, v in defaults.items()})
+        frame[MASS] = np.round(frame[MASS])  # a mass number is whole
+        return frame
 
     exports = True
 
@@ -266,8 +276,20 @@ class Airshower(ConditionedFileDomain):
             aio.check_condition_units(cond, "model input")
         except SimganError as exc:
             raise ValueError(str(exc).replace("dataset 'conditions/", "column '")) from None
+        whole = np.round(cond[MASS])
+        if (cond[MASS] != whole).any():
+            i = int(np.argmax(cond[MASS] != whole))
+            raise ValueError(f"model input: column '{MASS}' row {i}: {cond[MASS][i]:g}; expected a whole mass number "
+                             f"({MASS_MEANING})")
+        ranges = ckpt.get("condition_ranges", {})
+        lo, hi = ranges.get(MASS, (1.0, 1.0))
+        if lo == hi and (cond[MASS] != lo).any():  # no mass dependence learnt: nothing to extrapolate
+            i = int(np.argmax(cond[MASS] != lo))
+            raise ValueError(f"model input: column '{MASS}' row {i}: {cond[MASS][i]:g}; the model was trained on "
+                             f"primaries of mass number {lo:g} only, so it cannot tell masses apart (even with "
+                             f"extrapolate): leave the column out or give {lo:g}")
         if not extrapolate:  # (the azimuth is periodic: any value is inside)
-            check_inside({k: v for k, v in ckpt.get("condition_ranges", {}).items() if k != "azimuth_rad"}, cond)
+            check_inside({k: v for k, v in ranges.items() if k != "azimuth_rad"}, cond)
         c = torch.as_tensor(np.stack([cond[k] for k in (*CONDITIONS, MASS)], 1), dtype=torch.float32)
         return sample_rows(model, c, None, seed, precision)
 

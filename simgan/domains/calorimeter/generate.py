@@ -294,6 +294,10 @@ def generate_from_export(sampler, energies: np.ndarray, conds: dict, names: list
     TorchScript, the noise drawn by numpy per batch from [seed, first row]) in the voxel layout
     it carries."""
     binning = parse_binning_xml(sampler.file("binning").read_text(), str(sampler.file("binning")))
+    width = sampler.outputs[0].shape[-1]
+    if width != binning.n_voxels:
+        raise SimganError(f"--export {sampler.folder}: the graph's {sampler.outputs[0].name} has {width} voxels but "
+                          f"{sampler.file('binning').name} lays out {binning.n_voxels}; export the model again")
 
     def sample_batch(lo: int, hi: int) -> np.ndarray:
         c = [energies[lo:hi]] + ([np.stack([conds[k][lo:hi] for k in names], 1)] if names else [])

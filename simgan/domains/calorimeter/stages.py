@@ -210,6 +210,8 @@ def generate_request(req: GenerateRequest) -> str:
     if req.exported is not None:  # the model's extra conditions: the names its graph's input columns carry
         names = next((p.columns for p in req.exported.conditions if p.columns), None) or []
         conds = model_conditions({"extra_conditions": names}, conds, req.energies_from or "--energy-range")
+        warn_outside(req.exported.sidecar.get("condition_ranges", {}), {"incident_energy": energies, **conds},
+                     str(req.energies_from or "--energy-range"))
     elif req.ckpt is not None:
         source = req.layer_energies_from or req.energies_from or "--energy-range"
         conds = model_conditions(req.ckpt, conds, source)

@@ -132,9 +132,14 @@ def gate(metrics: dict, cfg: ValidateConfig) -> dict:
 
 
 def _features(path, info, binning, threshold_mev, cfg, client):
+    """(features, energies) of a file, whose units are checked as every reader checks them (a
+    candidate in GeV is named, not compared into a response of nan%)."""
     if client is not None:
-        return features_with_dask(path, info.n_events, threshold_mev, cfg.chunk_size, client)
-    return features_from_file(path, binning, threshold_mev, cfg.chunk_size)
+        f, e = features_with_dask(path, info.n_events, threshold_mev, cfg.chunk_size, client)
+    else:
+        f, e = features_from_file(path, binning, threshold_mev, cfg.chunk_size)
+    cc.check_energy_units(path, e, f[:, 0] * e)  # (the first feature is E_tot / E_inc)
+    return f, e
 
 
 MIN_SHOWERS = 20

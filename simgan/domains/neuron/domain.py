@@ -60,6 +60,15 @@ class Neuron(ConditionedFileDomain):
         """The prepare stage's input, without empty images: a neuron without neurite teaches a
         surrogate nothing (the calorimeter refuses showers with no deposit the same way)."""
         data = self.read(path)
+        size = data.images.shape[1]
+        if "projection" in data.attrs:  # the file's own projection: the model takes its size
+            if size % 16:
+                raise SimganError(f"{path}: dataset 'images' holds {size} x {size} images; the networks need a multiple "
+                                  "of 16 pixels (they halve the image four times)")
+        elif size != cfg.domain.size:
+            raise SimganError(f"{path}: dataset 'images' holds {size} x {size} images, but domain.size is "
+                              f"{cfg.domain.size} and the file records no projection of its own; set domain.size={size} "
+                              "(with its pixel_um, soma_row and soma_col) or give images of the configured size")
         empty = ~(data.images.reshape(len(data), -1) > 0).any(1)
         if empty.any():
             raise SimganError(f"{path}: dataset 'images' row {int(np.argmax(empty))}: an empty image ({int(empty.sum())} "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -172,15 +173,32 @@ def merge_shards(paths, out) -> Path:
     return write(out, merged)
 
 
+def morphio_reason(exc: Exception) -> str:
+    """morphio's message without its terminal colours, on one line: where (file:line) and why
+    ("Unable to parse this line", "Sample id: 3 refers to non-existant parent ID: 7")."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    parts = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    where = parts[0] if parts and re.search(r":\d+:(error|warning)$", parts[0]) else None
+    why = " ".join(p for p in parts if p != where) or type(exc).__name__
+    line = re.search(r":(\d+):(?:error|warning)$", where).group(1) if where else None
+    return (f"line {line}: " if line else "") + f"{why} ({type(exc).__name__})"
+
+
 def read_labels(csv_path) -> dict[str, tuple[int, float]]:
-    """CSV with columns file, cell_class (a class name) and optionally randomness -> {file: (class, r)}."""
+    """CSV with columns file, cell_class (a class name) and optionally randomness (NeuroTS's growth
+    randomness, 0 to 1) -> {file: (class, r)}."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise SimganError(f"{csv_path}: labels file not found")
     with open(csv_path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows or not {"file", "cell_class"} <= set(rows[0]):
-        raise SimganError(f"{csv_path}: expected a header with columns file, cell_class (and optionally randomness)")
+        reader = csv.DictReader(fh)
+        header = reader.fieldnames
+        rows = list(reader)
+    if not header or not {"file", "cell_class"} <= set(header):
+        raise SimganError(f"{csv_path}: expected a header with columns file, cell_class (and optionally randomness)"
+                          + (f"; found {header}" if header else ": the file is empty"))
+    if not rows:
+        raise SimganError(f"{csv_path}: a header ({', '.join(header)}) and no rows: label at least one morphology")
     out, lines = {}, {}
     for i, r in enumerate(rows, start=2):
         if r["cell_class"] not in CLASSES:
@@ -190,6 +208,9 @@ def read_labels(csv_path) -> dict[str, tuple[int, float]]:
             rnd = float(r.get("randomness") or 0.0)
         except ValueError:
             raise SimganError(f"{csv_path} line {i}: randomness {r.get('randomness')!r} is not a number") from None
+        if not 0.0 <= rnd <= 1.0:
+            raise SimganError(f"{csv_path} line {i}: randomness {rnd:g} is outside [0, 1] (NeuroTS's growth "
+                              "randomness)")
         if r["file"] in out:
             raise SimganError(f"{csv_path} line {i}: {r['file']} is labelled again (first on line {lines[r['file']]}); "
                               "give each morphology one row")
@@ -237,8 +258,8 @@ def read_swc_dir(folder, labels_csv, scale_um: float = 1.0, proj: Projection = P
             raise SimganError(f"{path}: empty morphology file")
         try:
             morph = morphio.Morphology(str(path))
-        except Exception as exc:  # morphio's own errors name the line
-            raise SimganError(f"{path}: not a readable morphology: {str(exc).strip().splitlines()[0]}") from None
+        except Exception as exc:  # morphio's own errors name the line, in colour
+            raise SimganError(f"{path}: not a readable morphology: {morphio_reason(exc)}") from None
         try:
             seg = orient(segments(morph, scale_um))
         except SimganError as exc:
