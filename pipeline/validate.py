@@ -78,7 +78,7 @@ def finish(per_draw: list[dict], seeds: list, candidates: list, out_dir: Path) -
         raise SimganError("the candidates come from different checkpoints (" + ", ".join(
             f"{c}: {m.get('candidate_checkpoint_sha256')}" for c, m in zip(candidates, per_draw))
             + "): the draws of one verdict are one model's samples at other seeds")
-    m = combine_draws(per_draw, seeds, [str(c) for c in candidates])
+    m = combine_draws(per_draw, seeds, candidates)
     write_json_atomic(out_dir / "metrics.json", m)
     report = out_dir / "report.md"
     if report.is_file():

@@ -10,6 +10,8 @@ import math
 
 import numpy as np
 
+from simgan.metrics.gate import worst_of
+
 RULE = ("a check passes when it passes at every draw of the sampler; each figure is the median over the draws, "
         "[min, max] its spread; a check's value is its worst draw")
 # figures of one validation that are bookkeeping, not a property of the sample
@@ -20,12 +22,6 @@ def draw_seeds(seed: int, draws: int) -> list[int]:
     """The sampler's seeds: the run's own for the first draw (the generate stage's sample),
     then seed + 1, seed + 2, ... (what `simgan generate --seed` takes, to repeat one)."""
     return [seed + k for k in range(draws)]
-
-
-def _worst(values: list[float], lower_bound: bool) -> float:
-    if any(not (isinstance(v, (int, float)) and math.isfinite(v)) for v in values):
-        return float("nan")
-    return float(min(values) if lower_bound else max(values))
 
 
 def combine_draws(per_draw: list[dict], seeds: list[int], candidates: list[str]) -> dict:
@@ -63,7 +59,7 @@ def combine_draws(per_draw: list[dict], seeds: list[int], candidates: list[str])
             continue
         values = [c["value"] for c in per]
         lower = "min" in per[0]
-        worst = _worst(values, lower)
+        worst = worst_of(values, lower)
         if isinstance(per[0]["value"], int) and math.isfinite(worst):
             worst = int(worst)
         finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]

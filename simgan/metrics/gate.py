@@ -14,7 +14,7 @@ FLOOR_SHARE = 0.8
 IDEAL = {"auc": 0.5, "auc_high": 0.5, "auc_low": 0.5, "auc_images": 0.5, "auc_footprints": 0.5}
 
 
-def floor_verdict(value: float, floor: float, limit: float, ideal: float, n: int | None) -> dict:
+def floor_verdict(floor: float, limit: float, ideal: float, n: int | None) -> dict:
     """Whether a check at this size can tell a model from the simulator: its floor (simulator
     against simulator) within FLOOR_SHARE of the way from the ideal value to the limit. If not,
     the size that would bring it there, taking the floor to shrink as 1/sqrt(N) (statistical
@@ -45,7 +45,7 @@ def gate_from_values(values: dict[str, tuple], events: int | None = None, min_ev
         if rest and rest[0]:
             c["limit_key"] = rest[0]
         if len(rest) > 1 and rest[1] is not None:
-            c.update(floor_verdict(v, float(rest[1]), float(t), IDEAL.get(k, 0.0), n))
+            c.update(floor_verdict(float(rest[1]), float(t), IDEAL.get(k, 0.0), n))
             if not c["informative"]:
                 uninformative[k] = {x: c[x] for x in ("floor", "max", "events_needed") if x in c}
         checks[k] = c
@@ -94,6 +94,14 @@ def check_passes(check: dict) -> bool:
     return isinstance(check.get("max"), (int, float)) and v <= check["max"]
 
 
+def worst_of(values: list, lower_bound: bool) -> float:
+    """A check's figure over several draws: its worst draw (the smallest for a check with a
+    minimum, the largest otherwise), NaN where a draw has no finite figure."""
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
+        return float("nan")
+    return float(min(values) if lower_bound else max(values))
+
+
 def _same(a, b) -> bool:
     if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (a, b)):
         return False
@@ -118,9 +126,7 @@ def inconsistency(gate: dict, metrics: dict | None = None) -> str | None:
         if values is not None:
             if not isinstance(values, list) or not values:
                 return f"check {name!r} lists no draws"
-            finite = all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
-            worst = (min(values) if "min" in c else max(values)) if finite else float("nan")
-            if not _same(c.get("value"), worst):
+            if not _same(c.get("value"), worst_of(values, "min" in c)):
                 return f"check {name!r} gives {c.get('value')}, not the worst of its draws {values}"
             if c.get("pass") and not all(check_passes({**c, "value": v}) for v in values):
                 return f"check {name!r} passes although a draw of {values} fails it"

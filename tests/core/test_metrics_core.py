@@ -94,8 +94,8 @@ def test_a_check_whose_floor_is_not_inside_its_limit_is_uninformative():
     that would bring it there (the floor shrinking as 1/sqrt(N))."""
     from simgan.metrics.gate import floor_verdict, gate_from_values, uninformative_message
 
-    assert floor_verdict(0.6, 0.55, 0.75, 0.5, 480)["informative"]  # 0.05 of 0.25
-    v = floor_verdict(0.2, 0.338, 0.30, 0.0, 2400)
+    assert floor_verdict(0.55, 0.75, 0.5, 480)["informative"]  # 0.05 of 0.25
+    v = floor_verdict(0.338, 0.30, 0.0, 2400)
     assert not v["informative"] and v["events_needed"] == 4761  # ceil(2400 * (0.338 / 0.24)^2)
     g = gate_from_values({"auc": (0.6, 0.9, "auc_max", 0.52), "slope": (0.2, 0.30, "slope_max", 0.338)},
                          500, 100, 2400)
