@@ -280,12 +280,8 @@ class ConditionedFileDomain(Domain):
         it is cut."""
         device = next(model.parameters()).device
         c = torch.as_tensor(self.condition_matrix(src), device=device)
-        g = generator if seed is None else torch.Generator(device=device)
-        parts = []
-        for lo in range(0, len(c), batch_size):
-            if seed is not None:
-                g.manual_seed(derive_seed(seed, lo))
-            parts.append(model.sample(c[lo:lo + batch_size], None, g, precision=precision).cpu().numpy())
+        parts = [model.sample(c[rows], None, g, precision=precision).cpu().numpy()
+                 for rows, g in seeded_batches(len(c), batch_size, device, generator, seed)]
         return self.with_samples(src, np.concatenate(parts) if parts else None)
 
     def sample_like(self, model, data, generator, precision="fp32"):
@@ -481,6 +477,16 @@ def check_inside(ranges: dict, cond: dict, where: str = "model input") -> None:
         raise ValueError(f"{where}: column {k!r} row {i}: {v[i]:.6g} is outside the training range "
                          f"[{lo:.6g}, {hi:.6g}] ({int(out.sum())} of {len(v)} rows); the model would extrapolate. "
                          "Pass params={'extrapolate': True} to generate there anyway")
+
+
+def seeded_batches(n: int, batch_size: int, device, generator=None, seed: int | None = None):
+    """(rows, generator) per batch of n rows: one generator throughout, or, with `seed`, one
+    seeded by (seed, the batch's first row), so that samples do not depend on how rows are cut."""
+    g = generator if seed is None else torch.Generator(device=device)
+    for lo in range(0, n, batch_size):
+        if seed is not None:
+            g.manual_seed(derive_seed(seed, lo))
+        yield slice(lo, lo + batch_size), g
 
 
 def sample_rows(model, c: torch.Tensor, x: torch.Tensor | None, seed: int, precision: str,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from simgan.domains.neuron import io as nio
-from simgan.domains.neuron.simulator import CLASSES, Projection, grow, image_and_truth, orient, project, segments
+from simgan.domains.neuron.simulator import CLASSES, Projection, grow, grown_tree, image_and_truth, project
 from simgan.errors import SimganError
 from tests.conftest import REPO
 
@@ -19,9 +19,9 @@ SEEDS = range(100, 103)
 
 
 def _neuron(cls, r, seed):
-    seg = orient(segments(grow(cls, r, seed)))
-    img, truth = image_and_truth(seg)
-    return seg, img, truth
+    tree = grown_tree(cls, r, seed)
+    img, truth = image_and_truth(tree)
+    return tree, img, truth
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +96,7 @@ def test_shards_merge_into_the_events_of_one_run(tmp_path, capsys):
     assert main(["merge", str(tmp_path / "s1.h5"), str(tmp_path / "s0.h5"), "--out", str(tmp_path / "m.h5")]) == 0
     a, b = nio.read(one), nio.read(tmp_path / "m.h5")
     assert np.array_equal(a.images, b.images) and np.array_equal(a.seed, b.seed)
+    assert np.array_equal(a.trees.points, b.trees.points) and np.array_equal(a.trees.structure, b.trees.structure)
     # the same shards as a job array's, merged into the run's simulate stage (with its manifest)
     shard_dir = tmp_path / "runs" / "neuron_quickstart" / "simulate" / "shards"
     shard_dir.mkdir(parents=True)

@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from simgan.config import DomainConfigs, GateBase, ValidateConfig
 from simgan.domains.neuron.models import NeuronGANConfig, NeuronVAEConfig
+from simgan.domains.neuron.treemodels import NeuronTreeVAEConfig
 from simgan.schema import Strict
 
 
@@ -69,4 +70,4 @@ class NeuronValidateConfig(ValidateConfig):
 
 
 CONFIGS = DomainConfigs(domain=NeuronDomainConfig, simulate=NeuronSimulateConfig, gate=NeuronGateConfig,
-                        models=(NeuronGANConfig, NeuronVAEConfig), validate=NeuronValidateConfig)
+                        models=(NeuronGANConfig, NeuronVAEConfig, NeuronTreeVAEConfig), validate=NeuronValidateConfig)

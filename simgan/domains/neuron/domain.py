@@ -20,12 +20,24 @@ from simgan.domains.base import (
     example_values,
     frame_columns,
     sample_rows,
+    seeded_batches,
 )
 from simgan.domains.neuron import io as nio
+from simgan.domains.neuron import trees as ntrees
 from simgan.domains.neuron import validate as nv
-from simgan.domains.neuron.models import CONDITIONS, FAMILIES, NeuronSampler, condition_array
+from simgan.domains.neuron.models import CONDITIONS, NeuronSampler, condition_array
+from simgan.domains.neuron.models import FAMILIES as IMAGE_FAMILIES
 from simgan.domains.neuron.observables import KEY_OBSERVABLES, image_features
-from simgan.domains.neuron.simulator import CLASSES, Projection, events_per_shard, input_hashes, simulate, versions
+from simgan.domains.neuron.simulator import (
+    CLASSES,
+    Projection,
+    events_per_shard,
+    input_hashes,
+    project_trees,
+    simulate,
+    versions,
+)
+from simgan.domains.neuron.treemodels import NeuronTreeVAE, NeuronTreeVAEConfig
 from simgan.errors import SimganError
 from simgan.io import write_json_atomic
 from simgan.metrics.gate import verdict
@@ -33,6 +45,10 @@ from simgan.metrics.gate import verdict
 SCHEMA = {"domain": "neuron", "sample_shape": [64, 64], "channels": ["neurite_length_um"],
           "conditions": list(CONDITIONS), "class_names": list(CLASSES),
           "units": {"cell_class": f"class name ({', '.join(CLASSES)})", "randomness": "NeuroTS randomness (0-1)"}}
+
+
+FAMILIES = {**IMAGE_FAMILIES, "neuron_tree_vae": (NeuronTreeVAEConfig, NeuronTreeVAE)}
+TREE_FAMILIES = ("neuron_tree_vae",)
 
 
 def projection_of_cfg(cfg) -> Projection:
@@ -74,6 +90,10 @@ class Neuron(ConditionedFileDomain):
             raise SimganError(f"{path}: dataset 'images' row {int(np.argmax(empty))}: an empty image ({int(empty.sum())} "
                               f"of {len(data)} hold no neurite); remove those rows (or check --scale-um where the file "
                               "came from `simgan convert`)")
+        if cfg.model.family in TREE_FAMILIES and data.trees is None:
+            raise SimganError(f"{path}: no group 'trees': model family {cfg.model.family} learns morphologies, and this "
+                              "file holds images only (simulate again, or `simgan convert --format swc` from the "
+                              "morphologies)")
         return data
 
     def model_args(self, cfg, data) -> dict:
@@ -87,12 +107,19 @@ class Neuron(ConditionedFileDomain):
         if family not in FAMILIES:
             raise SimganError(f"model family {family!r} is not a neuron model ({sorted(FAMILIES)})")
         cfg_cls, cls = FAMILIES[family]
+        if family in TREE_FAMILIES:
+            return cls(cfg_cls.model_validate(args["config"]), args["size"], tuple(args["soma"]), args.get("projection"))
         # channels-last convolution weights: oneDNN's convolutions on a CPU take about half the
         # time in that layout (the decoder's forward and backward at batch 32: 33 ms against 62)
         return cls(cfg_cls.model_validate(args["config"]), args["size"], tuple(args["soma"])).to(
             memory_format=torch.channels_last)
 
     def fit_model(self, model, data):
+        if getattr(model, "grows_trees", False):
+            if data.trees is None:
+                raise SimganError(f"model family {model.family} learns morphologies; the training file holds images "
+                                  "only (no group 'trees')")
+            return model.encode_trees(data.trees, conditions_of(data))
         if data.images.shape[1] != model.size:
             raise SimganError(f"the training images are {data.images.shape[1]} pixels wide, the model's "
                               f"projection {model.size}")
@@ -107,6 +134,18 @@ class Neuron(ConditionedFileDomain):
         f = image_features(data.images, nio.projection_of(data.attrs) if "projection" in data.attrs
                            else projection_of_cfg(cfg))
         return np.stack([np.log(np.maximum(f[k], 1.0)) if k == "total_length" else f[k] for k in KEY_OBSERVABLES], 1)
+
+    def sample(self, model, src, batch_size: int, precision: str, generator=None, seed: int | None = None):
+        """As the shared sampler; a model that grows trees gives its neurons' trees with their images."""
+        if not getattr(model, "grows_trees", False):
+            return super().sample(model, src, batch_size, precision, generator, seed)
+        device = next(model.parameters()).device
+        c = torch.as_tensor(self.condition_matrix(src), device=device)
+        trees = ntrees.Trees.concat([model.sample_trees(c[rows], g)
+                                     for rows, g in seeded_batches(len(c), batch_size, device, generator, seed)])
+        out = self.with_samples(src, project_trees(trees, model.projection))
+        out.trees = trees
+        return out
 
     # -- what the shared file-conditioned stages need ---------------------------------------------
     def write(self, path, data):
@@ -240,7 +279,7 @@ def simulate_file(cfg, out, progress: bool = True, shard_index: int | None = Non
     if shard_count:
         attrs.update({"shard_index": shard_index, "shard_count": shard_count, "first_event": rows.start})
     ni = nio.NeuronImages(ev["images"], ev["conditions"]["cell_class"].astype(np.int64),
-                          ev["conditions"]["randomness"], CLASSES, ev["truth"], ev["seed"], attrs)
+                          ev["conditions"]["randomness"], CLASSES, ev["truth"], ev["seed"], attrs, ev["trees"])
     nio.write(out, ni)
     return ni
 

@@ -5,6 +5,8 @@
     /conditions/randomness  float32 (N,)
     /truth/total_length, n_tips, n_bifurcations, max_radial_distance, frac_in_fov  (N,)  (optional)
     /seed                   int64 (N,)   (simulated files)
+    /trees/...              the neurons' morphologies, one table (simgan.domains.neuron.trees; optional:
+                            simulated and converted files have them, image-only files stay valid)
     attrs: domain=neuron, schema_version, pixel_um, fov_um, soma_pixel, projection, generator,
            versions (JSON), inputs_sha256 (JSON)
 """
@@ -20,7 +22,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from simgan.domains.neuron.simulator import CLASSES, TRUTH, Projection, image_and_truth, orient, segments
+from simgan.domains.neuron import trees as ntrees
+from simgan.domains.neuron.simulator import CLASSES, TRUTH, Projection, image_and_truth, orient
 from simgan.errors import SimganError
 from simgan.extras import require
 from simgan.io import atomic_path, open_hdf5, ordered_shards, quiet_failed_hdf5
@@ -38,6 +41,7 @@ class NeuronImages:
     truth: dict[str, np.ndarray] = field(default_factory=dict)
     seed: np.ndarray | None = None
     attrs: dict = field(default_factory=dict)
+    trees: ntrees.Trees | None = None  # the neurons' morphologies, where the file keeps them
 
     def __len__(self) -> int:
         return len(self.images)
@@ -49,7 +53,8 @@ class NeuronImages:
     def subset(self, idx) -> NeuronImages:
         return NeuronImages(self.images[idx], self.cell_class[idx], self.randomness[idx], self.class_names,
                             {k: v[idx] for k, v in self.truth.items()},
-                            None if self.seed is None else self.seed[idx], dict(self.attrs))
+                            None if self.seed is None else self.seed[idx], dict(self.attrs),
+                            None if self.trees is None else self.trees.subset(idx))
 
 
 def projection_attrs(proj: Projection) -> dict:
@@ -115,6 +120,8 @@ def write(path, ni: NeuronImages) -> Path:
                     t.create_dataset(k, data=np.asarray(v, np.float64))
             if ni.seed is not None:
                 f.create_dataset("seed", data=np.asarray(ni.seed, np.int64))
+            if ni.trees is not None:
+                ntrees.write_group(f.create_group("trees"), ni.trees)
             for k, v in ni.attrs.items():
                 if k not in ("schema_version", "domain"):
                     f.attrs[k] = v
@@ -149,9 +156,12 @@ def read(path, max_events: int | None = None) -> NeuronImages:
         truth = {k: np.asarray(v[:m], np.float64) for k, v in f["truth"].items()} if "truth" in f else {}
         attrs = {k: (v.tolist() if isinstance(v, np.ndarray) else v.item() if hasattr(v, "item") else v)
                  for k, v in f.attrs.items()}
+        trees = ntrees.read_group(f["trees"], str(path), m) if "trees" in f else None
+        if trees is not None and len(trees) != m:
+            raise SimganError(f"{path}: group 'trees' holds {len(trees)} neurons, dataset 'images' {n}")
         ni = NeuronImages(np.asarray(ds[:m], np.float32), np.asarray(cc[:m]).astype(np.int64),
                           np.asarray(f["conditions/randomness"][:m], np.float32), names, truth,
-                          np.asarray(f["seed"][:m], np.int64) if "seed" in f else None, attrs)
+                          np.asarray(f["seed"][:m], np.int64) if "seed" in f else None, attrs, trees)
     check(ni, str(path), projection_of(ni.attrs).size if "projection" in ni.attrs else None)
     if names != CLASSES:  # the file's own order -> this domain's indices
         ni.cell_class = np.array([CLASSES.index(names[i]) for i in ni.cell_class], dtype=np.int64)
@@ -167,7 +177,8 @@ def merge_shards(paths, out) -> Path:
                           np.concatenate([p.randomness for p in parts]), CLASSES,
                           {k: np.concatenate([p.truth[k] for p in parts]) for k in parts[0].truth},
                           np.concatenate([p.seed for p in parts]) if parts[0].seed is not None else None,
-                          {k: v for k, v in first.items() if k not in ("shard_index", "shard_count", "first_event")})
+                          {k: v for k, v in first.items() if k not in ("shard_index", "shard_count", "first_event")},
+                          ntrees.Trees.concat([p.trees for p in parts]) if parts[0].trees is not None else None)
     if len(merged) != int(first["events_total"]):
         raise SimganError(f"merged {len(merged)} events, the simulation has {first['events_total']}")
     return write(out, merged)
@@ -242,14 +253,14 @@ def check_scale(path, truth: dict, proj: Projection, scale_um: float) -> None:
 
 def read_swc_dir(folder, labels_csv, scale_um: float = 1.0, proj: Projection = Projection()) -> NeuronImages:
     """Every morphology of the labels CSV in `folder` (SWC, or any format morphio reads), oriented
-    and rasterised like the simulator's; `scale_um` converts the file's units to um."""
+    and rasterised like the simulator's, its tree kept; `scale_um` converts the file's units to um."""
     morphio = require("morphio")
 
     folder = Path(folder)
     if not folder.is_dir():
         raise SimganError(f"{folder}: not a folder of morphologies")
     labels = read_labels(labels_csv)
-    images, cls, rnd, truth = [], [], [], {k: [] for k in TRUTH}
+    images, cls, rnd, truth, kept = [], [], [], {k: [] for k in TRUTH}, []
     for name, (c, r) in labels.items():
         path = folder / name
         if not path.is_file():
@@ -261,10 +272,12 @@ def read_swc_dir(folder, labels_csv, scale_um: float = 1.0, proj: Projection = P
         except Exception as exc:  # morphio's own errors name the line, in colour
             raise SimganError(f"{path}: not a readable morphology: {morphio_reason(exc)}") from None
         try:
-            seg = orient(segments(morph, scale_um))
+            tree = orient(ntrees.from_morphio(morph, scale_um))
         except SimganError as exc:
             raise SimganError(f"{path}: {exc}") from None
-        img, tr = image_and_truth(seg, proj)
+        ntrees.check_tree(tree, str(path))
+        img, tr = image_and_truth(tree, proj)
+        kept.append(tree)
         check_scale(path, tr, proj, scale_um)
         images.append(img)
         cls.append(c)
@@ -275,4 +288,4 @@ def read_swc_dir(folder, labels_csv, scale_um: float = 1.0, proj: Projection = P
         raise SimganError(f"{labels_csv}: no rows")
     return NeuronImages(np.stack(images), np.array(cls, np.int64), np.array(rnd, np.float32), CLASSES,
                         {k: np.array(v, np.float64) for k, v in truth.items()}, None,
-                        {**projection_attrs(proj), "source": str(folder), "scale_um": scale_um})
+                        {**projection_attrs(proj), "source": str(folder), "scale_um": scale_um}, ntrees.Trees.of(kept))

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from simgan.cpus import usable_cpus
+from simgan.domains.neuron.trees import Tree, Trees, from_morphio
 from simgan.errors import SimganError
 from simgan.extras import require
 from simgan.seeding import derive_seed
@@ -98,38 +99,6 @@ def grow(cls: str, randomness: float, seed: int, inputs: tuple[dict, dict] | Non
         return neurots.NeuronGrower(params, distr, rng_or_seed=int(seed)).grow()
 
 
-def segments(morph, scale: float = 1.0) -> dict:
-    """Neurite segments of a morphio Morphology (mutable or not), in um relative to the soma
-    centre: starts, ends (M, 3); plus tips, bifurcations and whether it has an apical dendrite.
-    Root sections are joined to the soma centre (the soma connectors)."""
-    morphio = require("morphio")
-
-    secs = list(morph.iter())
-    if not secs:
-        raise SimganError("the morphology has no neurites")
-    soma_pts = np.asarray(morph.soma.points, dtype=np.float64) if morph.soma is not None else np.zeros((0, 3))
-    if len(soma_pts):
-        centre = soma_pts.mean(0)
-    else:  # no soma (e.g. traced fly neurons): the first root point
-        centre = np.asarray(morph.root_sections[0].points[0], dtype=np.float64)
-    starts, ends = [], []
-    apical = []
-    for s in secs:
-        p = np.asarray(s.points, dtype=np.float64)
-        if s.is_root:
-            p = np.vstack([centre, p])
-        if len(p) >= 2:
-            starts.append(p[:-1])
-            ends.append(p[1:])
-        if s.type == morphio.SectionType.apical_dendrite:
-            apical.append(p)
-    a, b = (np.concatenate(starts) - centre) * scale, (np.concatenate(ends) - centre) * scale
-    n_children = np.array([len(s.children) for s in secs])
-    return {"starts": a, "ends": b, "n_tips": int((n_children == 0).sum()),
-            "n_bifurcations": int((n_children >= 2).sum()),
-            "apical_direction": (np.concatenate(apical).mean(0) - centre) * scale if apical else None}
-
-
 def rotation_to_up(v: np.ndarray) -> np.ndarray:
     """The rotation taking direction v onto +y (Rodrigues)."""
     a = v / np.linalg.norm(v)
@@ -142,17 +111,31 @@ def rotation_to_up(v: np.ndarray) -> np.ndarray:
     return np.eye(3) + k + k @ k / (1 + c)
 
 
-def orient(seg: dict) -> dict:
+def orient(tree: Tree) -> Tree:
     """Apical dendrite up (+y); a neuron without one stays as grown."""
-    if seg["apical_direction"] is None or np.linalg.norm(seg["apical_direction"]) == 0:
-        return seg
-    r = rotation_to_up(seg["apical_direction"])
-    return {**seg, "starts": seg["starts"] @ r.T, "ends": seg["ends"] @ r.T, "apical_direction": np.array([0, 1.0, 0])}
+    v = tree.apical_direction()
+    if v is None or np.linalg.norm(v) == 0:
+        return tree
+    return tree.rotated(rotation_to_up(v))
 
 
 def project(starts: np.ndarray, ends: np.ndarray, proj: Projection = Projection()) -> tuple[np.ndarray, float]:
     """(size, size) float32 image of neurite length per pixel (um), and the total length (um).
     Each segment is cut into ceil(L / 0.5 um) equal pieces placed at their midpoints."""
+    img, total = project_groups(starts, ends, np.zeros(len(starts), np.int64), 1, proj)
+    return img[0], float(total[0])
+
+
+def project_trees(trees: Trees, proj: Projection = Projection()) -> np.ndarray:
+    """The images (N, size, size) float32 of many trees at once."""
+    starts, ends, neuron = trees.segments()
+    return project_groups(starts, ends, neuron, len(trees), proj)[0]
+
+
+def project_groups(starts: np.ndarray, ends: np.ndarray, group: np.ndarray, n: int,
+                   proj: Projection = Projection()) -> tuple[np.ndarray, np.ndarray]:
+    """Segments of n images (each segment's image in `group`): the images (n, size, size)
+    float32 and each image's total length (um)."""
     d = ends - starts
     length = np.linalg.norm(d, axis=1)
     k = np.maximum(np.ceil(length / SUBSTEP_UM).astype(np.int64), 1)
@@ -164,15 +147,21 @@ def project(starts: np.ndarray, ends: np.ndarray, proj: Projection = Projection(
     col = np.floor(proj.soma_col + 0.5 + pts[:, 0] / proj.pixel_um).astype(np.int64)
     row = np.floor(proj.soma_row + 0.5 - pts[:, 1] / proj.pixel_um).astype(np.int64)
     inside = (row >= 0) & (row < proj.size) & (col >= 0) & (col < proj.size)
-    img = np.bincount(row[inside] * proj.size + col[inside], weights=w[inside], minlength=proj.size**2)
-    return img.reshape(proj.size, proj.size).astype(np.float32), float(length.sum())
+    pix = (group[seg] * proj.size + row) * proj.size + col
+    img = np.bincount(pix[inside], weights=w[inside], minlength=n * proj.size**2)
+    return (img.reshape(n, proj.size, proj.size).astype(np.float32),
+            np.bincount(group, weights=length, minlength=n))
 
 
-def image_and_truth(seg: dict, proj: Projection = Projection()) -> tuple[np.ndarray, dict]:
-    img, total = project(seg["starts"], seg["ends"], proj)
-    radial = float(np.sqrt(np.concatenate([(seg["starts"] ** 2).sum(1), (seg["ends"] ** 2).sum(1)]).max()))
-    return img, {"total_length": total, "n_tips": seg["n_tips"], "n_bifurcations": seg["n_bifurcations"],
-                 "max_radial_distance": radial, "frac_in_fov": float(img.sum(dtype=np.float64) / total)}
+def image_and_truth(tree: Tree, proj: Projection = Projection()) -> tuple[np.ndarray, dict]:
+    """The projection of a tree (in the projection's frame) and its truth numbers."""
+    starts, ends = tree.segments()
+    img, total = project(starts, ends, proj)
+    n_children = tree.n_children()
+    radial = float(np.sqrt((tree.points ** 2).sum(1).max()))
+    return img, {"total_length": total, "n_tips": int((n_children == 0).sum()),
+                 "n_bifurcations": int((n_children >= 2).sum()), "max_radial_distance": radial,
+                 "frac_in_fov": float(img.sum(dtype=np.float64) / total)}
 
 
 def event_plan(n: int, seed: int, classes: tuple[str, ...], randomness: tuple[float, float],
@@ -191,19 +180,24 @@ def event_plan(n: int, seed: int, classes: tuple[str, ...], randomness: tuple[fl
 _WORKER_INPUTS: dict = {}
 
 
-def _one(job) -> tuple[np.ndarray, dict]:
+def grown_tree(cls: str, randomness: float, seed: int, inputs: tuple[dict, dict] | None = None) -> Tree:
+    """One NeuroTS neuron as a Tree in the projection's frame (oriented)."""
+    return orient(from_morphio(grow(cls, randomness, seed, inputs)))
+
+
+def _one(job) -> tuple[np.ndarray, dict, Tree]:
     cls_i, rnd, seed, proj = job
     cls = CLASSES[cls_i]
     if cls not in _WORKER_INPUTS:
         _WORKER_INPUTS[cls] = load_inputs(cls)
-    seg = orient(segments(grow(cls, rnd, seed, _WORKER_INPUTS[cls])))
-    return image_and_truth(seg, proj)
+    tree = grown_tree(cls, rnd, seed, _WORKER_INPUTS[cls])
+    return (*image_and_truth(tree, proj), tree)
 
 
 def simulate(n: int, seed: int, classes: tuple[str, ...] = CLASSES, randomness: tuple[float, float] = (0.1, 0.4),
              workers: int = 0, progress: bool = False, start: int = 0, proj: Projection = Projection()) -> dict:
     """Events start..start+n-1 of the run `seed`: images (n, size, size), conditions, truth,
-    seeds. One process per core (workers=0), or `workers` processes; 1 runs here."""
+    seeds and the grown trees (oriented). One process per core (workers=0), or `workers` processes; 1 runs here."""
     from tqdm import tqdm
 
     plan = event_plan(n, seed, classes, randomness, start)
@@ -226,7 +220,7 @@ def simulate(n: int, seed: int, classes: tuple[str, ...] = CLASSES, randomness: 
     images = np.stack([r[0] for r in results]) if results else np.zeros((0, proj.size, proj.size), np.float32)
     truth = {k: np.array([r[1][k] for r in results], dtype=np.float64) for k in TRUTH}
     return {"images": images, "conditions": {"cell_class": plan["cell_class"], "randomness": plan["randomness"]},
-            "truth": truth, "seed": plan["seed"]}
+            "truth": truth, "seed": plan["seed"], "trees": Trees.of([r[2] for r in results])}
 
 
 def versions() -> dict[str, str]:
