@@ -22,5 +22,8 @@ def dask_client(enabled: bool, workers: int, scheduler: str | None = None):
         with Client(scheduler) as c:
             yield c
         return
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cl, Client(cl) as c:
+    # ":0": its HTTP server (dashboard and metrics) on a free port; None still takes 8787, so two
+    # jobs on one node collided ("Port 8787 is already in use")
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cl, Client(cl) as c:
         yield c

@@ -11,7 +11,8 @@ import numpy as np
 # inside its limit: the floor's distance from the ideal value at most this share of the limit's.
 FLOOR_SHARE = 0.8
 # checks whose ideal value is not 0 (a classifier's AUC is 0.5 for samples it cannot tell apart)
-IDEAL = {"auc": 0.5, "auc_high": 0.5, "auc_low": 0.5, "auc_images": 0.5, "auc_footprints": 0.5}
+IDEAL = {"auc": 0.5, "auc_high": 0.5, "auc_low": 0.5, "auc_images": 0.5, "auc_footprints": 0.5,
+         "auc_morphometrics": 0.5}
 
 
 def floor_verdict(floor: float, limit: float, ideal: float, n: int | None) -> dict:

@@ -67,7 +67,7 @@ def test_validate_with_dask_matches_in_process(g4_pair, tmp_path):
     a, b = g4_pair
     cfg = ValidateConfig(classifier_seeds=1, plots=False, chunk_size=64)
     m1 = validate(a, b, tmp_path / "p", cfg, 0.01515)
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cl, Client(cl) as c:
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cl, Client(cl) as c:
         m2 = validate(a, b, tmp_path / "d", cfg, 0.01515, client=c)
     assert m1["separation_power"] == m2["separation_power"]
 

@@ -38,8 +38,8 @@ def test_untrained_decoders_grow_only_valid_neurons(tmp_path, seed, max_depth, m
     neurom = pytest.importorskip("neurom")
     from neurom.check import morphology_checks as mc
 
-    trees = grow_untrained(seed, 24, max_depth, max_sections)
-    assert len(trees) == 24
+    trees = grow_untrained(seed, 12, max_depth, max_sections)
+    assert len(trees) == 12
     names = [f"n{i}" for i in range(len(trees))]
     nt.write_container(tmp_path / "grown.h5", trees, names)
     col = morphio.Collection(str(tmp_path / "grown.h5"))
@@ -60,14 +60,14 @@ def test_untrained_decoders_grow_only_valid_neurons(tmp_path, seed, max_depth, m
 
 @pytest.fixture(scope="module")
 def neurons(tmp_path_factory):
-    """24 NeuroTS neurons with their trees: 16 to train on, 8 to validate with."""
+    """18 NeuroTS neurons with their trees: 12 to train on, 6 to validate with."""
     from pipeline.cli import main
     d = tmp_path_factory.mktemp("tree_models")
-    assert main(["simulate", "-c", str(NEURON), "-q", "--out", str(d / "all.h5"), "simulate.events=24",
+    assert main(["simulate", "-c", str(NEURON), "-q", "--out", str(d / "all.h5"), "simulate.events=18",
                  "simulate.workers=2"]) == 0
     ni = nio.read(d / "all.h5")
-    nio.write(d / "train.h5", ni.subset(np.arange(16)))
-    nio.write(d / "val.h5", ni.subset(np.arange(16, 24)))
+    nio.write(d / "train.h5", ni.subset(np.arange(12)))
+    nio.write(d / "val.h5", ni.subset(np.arange(12, 18)))
     return d
 
 
@@ -76,9 +76,9 @@ def test_the_tree_vae_learns_real_neurons_and_samples_trees_by_class(tmp_path, n
     from simgan.domains import get_domain, load_config, model_from_checkpoint
     from simgan.train.trainer import Trainer
 
-    cfg = load_config(NEURON, [f"runs_dir={tmp_path}", "model=neuron_tree_vae", "model.hidden=32", "train.steps=40",
-                               "train.batch_size=8", "train.log_every=5", "train.val_every=40", "train.val_events=8",
-                               "train.checkpoint_every=20", "train.mlflow=false", "train.progress=false",
+    cfg = load_config(NEURON, [f"runs_dir={tmp_path}", "model=neuron_tree_vae", "model.hidden=24", "train.steps=30",
+                               "train.batch_size=8", "train.log_every=5", "train.val_every=30", "train.val_events=6",
+                               "train.checkpoint_every=15", "train.mlflow=false", "train.progress=false",
                                "model.max_sections=600", f"model.latent_sampler={sampler}", "model.flow_steps=20"])
     domain = get_domain("neuron")
     info = Trainer(cfg, domain, neurons / "train.h5", neurons / "val.h5", tmp_path / "train", progress=False).fit()

@@ -52,7 +52,8 @@ class NeuronSimulateConfig(Strict):
 class NeuronGateConfig(GateBase):
     """Neuron gate: classifier AUC on the observables, mean separation power, per class the
     relative deviation of the mean and spread of projected length and extent, and the drop of
-    the class predictor's accuracy (held-out NeuroTS minus generated)."""
+    the class predictor's accuracy (held-out NeuroTS minus generated); for trees, validity,
+    the morphometric classifier and the largest KS distance."""
 
     auc_max: float = Field(0.9, gt=0, le=1)
     separation_mean_max: float = Field(0.3, ge=0, le=1)
@@ -61,6 +62,12 @@ class NeuronGateConfig(GateBase):
     extent_mean_deviation_max: float | None = Field(None, gt=0)
     extent_spread_deviation_max: float | None = Field(None, gt=0)
     class_accuracy_drop_max: float | None = Field(None, gt=0)
+    # the trees (tree families, and files that keep trees on every side): the share of generated
+    # neurons MorphIO or NeuroM's checks refuse, the classifier AUC on per-neuron morphometrics,
+    # the largest KS distance of a NeuroM feature in a class
+    invalid_fraction_max: float | None = Field(None, ge=0, le=1)
+    auc_morphometrics_max: float | None = Field(None, gt=0, le=1)
+    ks_max: float | None = Field(None, gt=0, le=1)
 
 
 class NeuronValidateConfig(ValidateConfig):

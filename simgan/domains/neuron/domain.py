@@ -23,6 +23,7 @@ from simgan.domains.base import (
     seeded_batches,
 )
 from simgan.domains.neuron import io as nio
+from simgan.domains.neuron import morphometrics as morph
 from simgan.domains.neuron import trees as ntrees
 from simgan.domains.neuron import validate as nv
 from simgan.domains.neuron.models import CONDITIONS, NeuronSampler, condition_array
@@ -67,7 +68,8 @@ class Neuron(ConditionedFileDomain):
     floor_note = " (the training split), which also trains the class predictor"
     convert_formats = ("swc",)
     headline_keys = ("auc", "auc_images", "separation_power_mean", "length_mean_deviation_max", "length_spread_deviation_max",
-                     "extent_mean_deviation_max", "extent_spread_deviation_max", "class_accuracy_drop")
+                     "extent_mean_deviation_max", "extent_spread_deviation_max", "class_accuracy_drop",
+                     "invalid_fraction", "auc_morphometrics", "ks_max")
 
     def read(self, path, max_events=None):
         return nio.read(path, max_events)
@@ -189,7 +191,16 @@ class Neuron(ConditionedFileDomain):
                 f"length mean within {pct('length_mean_deviation_max')}, spread "
                 f"{pct('length_spread_deviation_max')}, extent mean {pct('extent_mean_deviation_max')}, spread "
                 f"{pct('extent_spread_deviation_max')}; class accuracy {m['predictor']['candidate']['class_accuracy']:.3f}"
-                f" vs {m['predictor']['reference']['class_accuracy']:.3f} on NeuroTS); report: {report}")
+                f" vs {m['predictor']['reference']['class_accuracy']:.3f} on NeuroTS{self.tree_text(m)}); report: {report}")
+
+    @staticmethod
+    def tree_text(m) -> str:
+        if "trees" not in m:
+            return ""
+        fl = m["floor"]
+        return (f"; trees: valid {100 * (1 - m['invalid_fraction']):.1f}% [{100 * (1 - fl['invalid_fraction']):.1f}%], "
+                f"AUC morphometrics {m['auc_morphometrics']:.3f} [{fl['auc_morphometrics']:.3f}], largest KS "
+                f"{m['ks_max']:.3f} [{fl['ks_max']:.3f}]")
 
     # -- the registered model ------------------------------------------------------------------
     pyfunc_any_type_columns = ("cell_class",)  # a name or an index
@@ -301,8 +312,16 @@ def validate_files(reference, candidate, floor, out_dir, vcfg) -> dict:
               "floor_source": f"{len(fl_ni)} NeuroTS images of {floor} (independent of the reference, the "
                               "candidate's size); the class predictor trains on all of that file",
               "candidate_checkpoint_sha256": meta.get("checkpoint_sha256"), "domain": "neuron"})
+    if all(x.trees is not None for x in (ref, cand, fl_ni)):  # trees on every side: judged as trees too
+        m["trees"] = morph.compare(ref.trees, ref.cell_class, cand.trees, cand.cell_class, fl_ni.trees,
+                                   fl_ni.cell_class, vcfg.classifier_seeds, vcfg.classifier_max_events)
+        figures, floor_figures = nv.tree_figures(m["trees"])
+        m.update(figures)
+        m["floor"].update(floor_figures)
     m["gate"] = nv.gate(m, vcfg.gate)
     plots = nv.plots(ref_summary, cand_summary, fl_summary, out_dir) if vcfg.plots else []
+    if vcfg.plots and "trees" in m:
+        plots.append(nv.tree_plot(ref, cand, out_dir))
     nv.write_report(out_dir, m, plots)
     write_json_atomic(out_dir / "metrics.json", m)
     return m

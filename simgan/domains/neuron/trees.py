@@ -35,6 +35,7 @@ import numpy as np
 
 from simgan.errors import SimganError
 from simgan.extras import require
+from simgan.io import atomic_path, quiet_failed_hdf5
 
 QUANTUM_UM = 1.0 / 256
 AXON, BASAL, APICAL = 2, 3, 4
@@ -151,9 +152,9 @@ class Trees:
                    np.concatenate([t.soma.reshape(-1, 3) for t in trees]), offsets([len(t.points) for t in trees]),
                    offsets([t.n_sections for t in trees]), offsets([len(t.soma) for t in trees]))
 
-    def segments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def segments(self, connectors: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every segment's start and end (M, 3) and neuron: consecutive points of a section, and
-        the soma connector from the origin to each root section's first point."""
+        (with `connectors`) the soma connector from the origin to each root section's first point."""
         nb = np.repeat(np.arange(len(self)), np.diff(self.neuron_sections))
         first = self.neuron_points[nb] + self.structure[:, 0]  # each section's first point
         is_first = np.zeros(len(self.points) + 1, bool)
@@ -161,7 +162,7 @@ class Trees:
         is_first[self.neuron_points] = True
         inner = ~is_first[1:-1]  # the step from point j to j + 1 stays inside one section
         point_neuron = np.repeat(np.arange(len(self)), np.diff(self.neuron_points))
-        roots = first[self.structure[:, 2] < 0]
+        roots = first[self.structure[:, 2] < 0] if connectors else np.zeros(0, np.int64)
         return (np.concatenate([np.zeros((len(roots), 3)), self.points[:-1][inner]]),
                 np.concatenate([self.points[roots], self.points[1:][inner]]),
                 np.concatenate([point_neuron[roots], point_neuron[:-1][inner]]))
@@ -247,8 +248,6 @@ def _morphio_arrays(t: Tree) -> tuple[np.ndarray, np.ndarray]:
 def write_container(path, trees: Trees, names: list[str]) -> Path:
     """One HDF5 holding a group per neuron in MorphIO's own layout: morphio.Collection(path)
     .load(name) gives a morphio Morphology (neurom.load_morphology takes it)."""
-    from simgan.io import atomic_path, quiet_failed_hdf5
-
     path = Path(path)
     with atomic_path(path, suffix=".h5") as tmp:
         quiet_failed_hdf5()
@@ -300,8 +299,6 @@ def order_parents_first(parents: np.ndarray) -> list[int]:
 def write_swc(path, t: Tree) -> Path:
     """One SWC file, written atomically: the soma as one point whose radius is the contour's mean
     distance from the centre, then every section's points without the repeated first point."""
-    from simgan.io import atomic_path
-
     radius = float(np.linalg.norm(t.soma, axis=1).mean()) if len(t.soma) else 0.0
     rows, last = [(1, 1, 0.0, 0.0, 0.0, radius, -1)], {}
     for i in order_parents_first(t.parents):

@@ -125,8 +125,49 @@ GATE_KEYS = {"auc": "auc_max", "separation_power_mean": "separation_mean_max",
              "class_accuracy_drop": "class_accuracy_drop_max"}
 
 
+# the trees' checks (tree families): their figures exist where both samples kept trees
+TREE_GATE_KEYS = {"invalid_fraction": "invalid_fraction_max", "auc_morphometrics": "auc_morphometrics_max",
+                  "ks_max": "ks_max"}
+
+
 def gate(m: dict, gcfg) -> dict:
-    return gate_checks(m, gcfg, GATE_KEYS, m["classifier_events_per_class"])
+    """The image checks, and the trees' where the config sets their limits (a candidate without
+    trees then fails them: its figure is NaN)."""
+    tree_keys = {k: lk for k, lk in TREE_GATE_KEYS.items() if getattr(gcfg, lk) is not None}
+    filled = {**m, **{k: m.get(k, math.nan) for k in tree_keys},
+              "floor": {**m["floor"], **{k: m["floor"].get(k, math.nan) for k in tree_keys}}}
+    return gate_checks(filled, gcfg, {**GATE_KEYS, **tree_keys}, m["classifier_events_per_class"])
+
+
+def tree_figures(trees: dict) -> tuple[dict, dict]:
+    """The gate's figures of the trees' comparison (morphometrics.compare), the candidate's and
+    the floor's."""
+    return ({"invalid_fraction": 1 - trees["validity"], "auc_morphometrics": trees["auc_morphometrics"],
+             "ks_max": trees["ks_max"]},
+            {"invalid_fraction": 1 - trees["validity_floor"], "auc_morphometrics": trees["auc_morphometrics_floor"],
+             "ks_max": trees["ks_floor_max"]})
+
+
+def tree_plot(ref: NeuronImages, cand: NeuronImages, out_dir: Path, n_show: int = 4) -> Path:
+    """Neurons drawn as trees (their segments in the image plane), NeuroTS above the surrogate,
+    per class."""
+    from matplotlib.collections import LineCollection
+    with figure(2 * len(CLASSES), n_show, panel_size=(2.4, 2.4)) as (fig, axes):
+        for ci, name in enumerate(CLASSES):
+            for j, (ni, label) in enumerate(((ref, "NeuroTS"), (cand, "surrogate"))):
+                rows = np.flatnonzero(ni.cell_class == ci)[:n_show]
+                for k in range(n_show):
+                    ax = axes[(2 * ci + j) * n_show + k]
+                    ax.set_xticks([])
+                    ax.set_yticks([])
+                    ax.set_aspect("equal")
+                    if k < len(rows):
+                        a, b = ni.trees[int(rows[k])].segments()
+                        ax.add_collection(LineCollection(np.stack([a[:, :2], b[:, :2]], 1), linewidths=0.4,
+                                                         colors="k"))
+                        ax.autoscale()
+                        ax.set_title(f"{label} {name} r={ni.randomness[rows[k]]:.2f}", fontsize=7)
+        return save(fig, out_dir / "trees.png")
 
 
 LABELS = Labels(reference="NeuroTS (held out)", candidate="surrogate", floor="NeuroTS floor")
@@ -201,5 +242,28 @@ def write_report(out_dir: Path, m: dict, plot_paths: list[Path]) -> None:
           "deviation [floor] |", "|---|---|---|---|---|---|---|---|", *pc_rows, "",
           "| observable | separation | floor |", "|---|---|---|",
           *[f"| {k} | {f(v, 4)} | {f(fl['separation_power'][k], 4)} |" for k, v in m["separation_power"].items()], "",
-          *[f"![{p.stem}]({p.name})" for p in plot_paths], ""]
+          *tree_rows(m), *[f"![{p.stem}]({p.name})" for p in plot_paths], ""]
     write_markdown_report(out_dir, md, "simgan neuron validation")
+
+
+def tree_rows(m: dict, worst: int = 15) -> list[str]:
+    """The report's section on the trees: validity, the morphometric classifier, the largest KS
+    distances per class beside the floor's, the TMD distances beside the floor's spread."""
+    t = m.get("trees")
+    if not t:
+        return []
+    f = fmt
+    ks = sorted(((c, k, v, t["ks_floor"].get(c, {}).get(k, math.nan)) for c, row in t["ks"].items()
+                 for k, v in row.items()), key=lambda r: -(r[2] - (r[3] if np.isfinite(r[3]) else 0)))
+    return ["## Trees (NeuroM, TMD)", "",
+            f"Valid neurons (MorphIO loads them, NeuroM's checks pass): {f(100 * t['validity'], 1)}% "
+            f"[NeuroTS floor {f(100 * t['validity_floor'], 1)}%]. Classifier on per-neuron morphometrics: AUC "
+            f"{f(t['auc_morphometrics'], 4)} [floor {f(t['auc_morphometrics_floor'], 4)}]. Largest KS distance "
+            f"{f(t['ks_max'], 3)} [floor {f(t['ks_floor_max'], 3)}]; a feature meets the target where KS <= 0.10 or "
+            "within 0.05 of its floor.", "",
+            "| class | feature@neurite type | KS | floor KS | target |", "|---|---|---|---|---|",
+            *[f"| {c} | {k} | {f(v, 3)} | {f(fl, 3)} | {'met' if v <= 0.10 or v <= fl + 0.05 else 'missed'} |"
+              for c, k, v, fl in ks[:worst]], "",
+            "| class@type | TMD image distance | floor median | floor 95th percentile |", "|---|---|---|---|",
+            *[f"| {k} | {f(r['distance'], 3)} | {f(r['floor_median'], 3)} | {f(r['floor_p95'], 3)} |"
+              for k, r in t["tmd"].items()], ""]
