@@ -20,10 +20,8 @@ venv: $(BIN)/simgan
 quickstart: venv
 	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/simgan run -c configs/experiment/quickstart.yaml
 
-# two workers (pytest-xdist), a module's tests in one of them: all Slurm tests are in
-# tests/core/test_workflows.py, which starts first (tests/conftest.py)
 test: venv
-	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/python -m pytest -q -n 2 --dist loadfile
+	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/python -m pytest -q
 
 # Resolve pyproject's ranges afresh (only torch pinned, to the CPU build), check that every
 # extra imports in that environment, then write the lock. Review its diff and run `make test`.

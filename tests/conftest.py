@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import glob
-import json
 import os
-import shutil
-import socket
 import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -78,17 +73,6 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(d)], check=False)
 
 
-# every test that drives the machine's one Slurm is in this module
-SLURM_MODULE = "test_workflows.py"
-
-
-def pytest_collection_modifyitems(config, items):
-    """The Slurm tests first: under pytest-xdist (`make test` runs two workers, --dist loadfile:
-    a module's tests in one worker, one after the other) the longest module starts at once
-    while the other worker takes the rest."""
-    items.sort(key=lambda item: item.path.name != SLURM_MODULE)
-
-
 def service_missing(why: str):
     """Skip a test whose service is missing; under SIMGAN_REQUIRE_SERVICES=1 (.ci/run) fail it, so
     a CI that lost a service says so instead of skipping what HPC users depend on."""
@@ -129,63 +113,3 @@ def wait_for_jobs(jobs, env, seconds):
             time.sleep(2)
     finally:
         subprocess.run(["scancel", *map(str, jobs)], capture_output=True, env=env)
-
-
-MLFLOW_SERVER = REPO / "workflows" / "mlflow_server.sh"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pg_missing() -> str | None:
-    if not (shutil.which("initdb") or glob.glob("/usr/lib/postgresql/*/bin/initdb")):
-        return "PostgreSQL's initdb not found (apt-get install postgresql)"
-    try:
-        import psycopg  # noqa: F401  (the driver mlflow server needs: the `server` extra)
-    except ImportError:
-        return "psycopg not installed (pip install 'simgan[server]')"
-    if os.geteuid() == 0 and subprocess.run(["id", "postgres"], capture_output=True).returncode != 0:
-        return "running as root needs the 'postgres' user (Debian's postgresql)"
-    return None
-
-
-@pytest.fixture(scope="module")
-def pg_server():
-    """`mlflow server` on 127.0.0.1 with a real PostgreSQL behind it (workflows/mlflow_server.sh):
-    (tracking URI, its folder, the environment that reaches it)."""
-    why = pg_missing()
-    if why:
-        service_missing(why)
-    # under /tmp itself: the database user must reach the folder (pytest's are private to root)
-    folder = Path(tempfile.mkdtemp(prefix="simgan-mlflow-", dir="/tmp"))
-    env = {**os.environ, "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}",
-           "SIMGAN_MLFLOW_PORT": str(free_port()), "SIMGAN_PG_PORT": str(free_port()), "SIMGAN_MLFLOW_WORKERS": "2"}
-    up = subprocess.run(["bash", str(MLFLOW_SERVER), "up", str(folder)], env=env, capture_output=True, text=True, timeout=300)
-    assert up.returncode == 0, up.stderr[-2000:]
-    line = up.stdout.strip().splitlines()[-1]
-    assert line.startswith("export MLFLOW_TRACKING_URI=http://127.0.0.1:")
-    yield line.split("=", 1)[1], folder, env
-    subprocess.run(["bash", str(MLFLOW_SERVER), "down", str(folder)], env=env, capture_output=True, timeout=120)
-    assert not folder.exists()
-
-
-def everything_is_there(uri: str, name: str, run_dirs: list[Path]) -> None:
-    """Every job's training run (finished, with every loss it logged) and one model version per
-    job, each from its job's run."""
-    import mlflow
-
-    client = mlflow.MlflowClient(uri)
-    exp = client.get_experiment_by_name(name)
-    every = client.search_runs([exp.experiment_id], max_results=1000)
-    runs = [r for r in every if "nll" in r.data.metrics]
-    assert len(runs) == len(run_dirs) and {r.info.status for r in runs} == {"FINISHED"}, \
-        [(r.info.run_id, r.info.run_name, r.info.status, sorted(r.data.metrics)) for r in every]
-    logged = [json.loads(x) for d in run_dirs for x in (d / name / "train" / "metrics.jsonl").read_text().splitlines()]
-    assert sum(len(client.get_metric_history(r.info.run_id, "nll")) for r in runs) == \
-        sum("nll" in row for row in logged) > len(run_dirs)
-    versions = client.search_model_versions(f"name = '{name}'", max_results=100)
-    assert sorted(int(v.version) for v in versions) == list(range(1, len(run_dirs) + 1))
-    assert {v.run_id for v in versions} == {r.info.run_id for r in runs}  # each job's version is its run's

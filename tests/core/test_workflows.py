@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from pipeline.cli import main
-from tests.conftest import QUICKSTART, REPO, everything_is_there, wait_for_jobs
+from tests.conftest import QUICKSTART, REPO, wait_for_jobs
 
 
 def test_rendered_slurm_scripts_pass_bash_n(tmp_path, monkeypatch):
@@ -272,22 +272,3 @@ def test_airshower_chain_on_a_real_slurm(local_slurm, tmp_path):
     assert train["world_size"] == 2 and train["ddp"] and train["complete"]
     m = json.loads((run / "validate" / "metrics.json").read_text())
     assert m["domain"] == "airshower" and m["n_reference"] == 300
-
-
-@pytest.mark.slurm
-def test_a_slurm_job_array_tracks_and_registers_on_the_server(pg_server, local_slurm, tmp_path):
-    """A real Slurm job array (4 tasks, each the toy chain with its task's seed) against the
-    same server: every task's run, losses and model version are there."""
-    uri, _, env = pg_server
-    script = tmp_path / "array.sh"
-    script.write_text(f"#!/bin/bash\nexec {sys.executable} {REPO / 'tests' / 'core' / 'toy_job.py'} "
-                      f"{tmp_path}/task$SLURM_ARRAY_TASK_ID {uri} $((100 + SLURM_ARRAY_TASK_ID)) toy-array\n")
-    env = {**env, "SLURM_CONF": local_slurm}
-    r = subprocess.run(["sbatch", "--parsable", "--array=0-3", "--cpus-per-task=1", "--mem=1G",
-                        f"--output={tmp_path}/%A_%a.out", str(script)], env=env, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    job = r.stdout.strip().split(";")[0]
-    wait_for_jobs([job], env, 600)
-    done = [(tmp_path / f"task{i}" / "toy-array" / "register" / "manifest.json").is_file() for i in range(4)]
-    assert all(done), "".join(p.read_text()[-1500:] for p in tmp_path.glob("*.out"))
-    everything_is_there(uri, "toy-array", [tmp_path / f"task{i}" for i in range(4)])

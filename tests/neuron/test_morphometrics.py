@@ -13,12 +13,10 @@ from simgan.domains.neuron.simulator import CLASSES, simulate
 
 @pytest.fixture(scope="module")
 def samples():
-    """Three independent NeuroTS samples of 20 interneurons (reference, floor, candidate)."""
-    out = []
-    for seed in (1, 2, 3):
-        ev = simulate(20, seed, ("IN",), (0.1, 0.4), workers=2)
-        out.append((ev["trees"], ev["conditions"]["cell_class"]))
-    return out
+    """Three independent NeuroTS samples of 16 interneurons (reference, floor, candidate), from
+    one run."""
+    ev = simulate(48, 1, ("IN",), (0.1, 0.4), workers=2)
+    return [(ev["trees"].subset(slice(k, k + 16)), ev["conditions"]["cell_class"][k:k + 16]) for k in (0, 16, 32)]
 
 
 def scaled(trees: nt.Trees, factor: float) -> nt.Trees:
@@ -42,12 +40,12 @@ def test_neurots_against_neurots_passes_and_a_stretched_sample_fails(samples):
     for k in ("section_lengths", "section_radial_distances", "total_length"):  # 1.5 x longer
         assert ks[f"{k}@basal_dendrite"] > floor[f"{k}@basal_dendrite"] + 0.1, k
     assert ks["section_branch_orders@basal_dendrite"] < 0.2  # the topology is untouched
-    assert same["auc_morphometrics"] == bad["auc_morphometrics"] == 0.5  # 20 neurons: the classifier can say nothing
-    # the morphometric classifier where it can judge: 100 neurons a side (each neuron five times)
+    assert same["auc_morphometrics"] == bad["auc_morphometrics"] == 0.5  # 16 neurons: the classifier can say nothing
+    # the morphometric classifier where it can judge: 96 neurons a side (each neuron six times)
     from simgan.metrics.classifier import classifier_test
     rows = {k: mm.measure(mm.load(t)[1], t) for k, t in (("ref", ref), ("cand", cand), ("bad", scaled(cand, 1.5)))}
     keys = sorted({k for x in rows["ref"] for k in x} - {"sholl_profile"})
-    x = {k: np.repeat(mm.summaries(v, rc, keys), 5, axis=0) for k, v in rows.items()}
+    x = {k: np.repeat(mm.summaries(v, rc, keys), 6, axis=0) for k, v in rows.items()}
     assert classifier_test(x["ref"], x["bad"], seeds=1)["auc"] > 0.9
     assert bad["tmd"]["IN@basal_dendrite"]["distance"] > bad["tmd"]["IN@basal_dendrite"]["floor_p95"]
 
