@@ -27,23 +27,25 @@ def scaled(trees: nt.Trees, factor: float) -> nt.Trees:
 
 def test_neurots_against_neurots_passes_and_a_stretched_sample_fails(samples):
     (ref, rc), (floor, fc), (cand, cc) = samples
-    same = mm.compare(ref, rc, cand, cc, floor, fc, seeds=2)
+    r, f = mm.sample(ref, rc), mm.sample(floor, fc)
+    same = mm.compare(r, mm.sample(cand, cc), f, seeds=2)
     assert same["validity"] == 1.0 and same["validity_floor"] == 1.0
     assert set(same["ks"]) == {"IN"} and len(same["ks"]["IN"]) >= 12  # at least 12 NeuroM features per class
     assert same["ks_max"] < same["ks_floor_max"] + 0.15
     assert same["auc_morphometrics"] < 0.75
     tmd = same["tmd"]["IN@basal_dendrite"]
     assert tmd["distance"] <= 2 * tmd["floor_p95"]
-    bad = mm.compare(ref, rc, scaled(cand, 1.5), cc, floor, fc, seeds=2)
+    stretched = mm.sample(scaled(cand, 1.5), cc)
+    bad = mm.compare(r, stretched, f, seeds=2)
     ks = bad["ks"]["IN"]
-    floor = same["ks"]["IN"]
+    ks_same = same["ks"]["IN"]
     for k in ("section_lengths", "section_radial_distances", "total_length"):  # 1.5 x longer
-        assert ks[f"{k}@basal_dendrite"] > floor[f"{k}@basal_dendrite"] + 0.1, k
+        assert ks[f"{k}@basal_dendrite"] > ks_same[f"{k}@basal_dendrite"] + 0.1, k
     assert ks["section_branch_orders@basal_dendrite"] < 0.2  # the topology is untouched
     assert same["auc_morphometrics"] == bad["auc_morphometrics"] == 0.5  # 16 neurons: the classifier can say nothing
     # the morphometric classifier where it can judge: 96 neurons a side (each neuron six times)
     from simgan.metrics.classifier import classifier_test
-    rows = {k: mm.measure(mm.load(t)[1], t) for k, t in (("ref", ref), ("cand", cand), ("bad", scaled(cand, 1.5)))}
+    rows = {"ref": r.rows, "bad": stretched.rows}
     keys = sorted({k for x in rows["ref"] for k in x} - {"sholl_profile"})
     x = {k: np.repeat(mm.summaries(v, rc, keys), 6, axis=0) for k, v in rows.items()}
     assert classifier_test(x["ref"], x["bad"], seeds=1)["auc"] > 0.9

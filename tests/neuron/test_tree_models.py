@@ -122,3 +122,25 @@ def test_a_tree_family_refuses_images_without_trees(tmp_path, neurons, capsys):
         t = ni.trees[0]
         encode(nt.Tree(t.points[:t.offsets[2]], t.diameters[:t.offsets[2]], t.offsets[:3], t.types[:2],
                        np.array([-1, 0]), t.soma))
+
+
+def test_the_tiny_tree_chain_validates_the_trees_and_registers(tmp_path):
+    """neuron_quickstart_tree.yaml shrunk: NeuroTS trees -> tree VAE -> generated neurons with
+    their trees -> validation as images and as trees (validity checked by the gate) -> MLflow."""
+    from pipeline.runner import run_chain
+    from simgan.domains import load_config
+    from tests.neuron.test_neuron import NEURON_TINY, OPEN_GATE
+    cfg = load_config(NEURON.parent / "neuron_quickstart_tree.yaml",
+                      [f"runs_dir={tmp_path}", f"register.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+                       "prepare.fractions=[0.5,0.2,0.3]", *NEURON_TINY, "simulate.events=72", "model.hidden=16",
+                       *OPEN_GATE, "validate.gate.auc_morphometrics_max=1.0"])
+    assert cfg.model.family == "neuron_tree_vae" and cfg.validate.gate.invalid_fraction_max == 0.0
+    assert run_chain(cfg, progress=False) == 0
+    run = cfg.run_dir
+    gen = nio.read(run / "generate" / "generated.h5")
+    assert gen.trees is not None and len(gen.trees) == len(gen)
+    m = json.loads((run / "validate" / "metrics.json").read_text())
+    assert m["trees"]["validity"] == 1.0 and m["gate"]["checks"]["invalid_fraction"]["pass"]
+    assert m["gate"]["checks"]["invalid_fraction"]["floor"] == 0.0 and "auc_morphometrics" in m["gate"]["checks"]
+    assert "## Trees (NeuroM, TMD)" in (run / "validate" / "report.md").read_text()
+    assert (run / "validate" / "trees.png").is_file()

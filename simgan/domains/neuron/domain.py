@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -295,6 +296,20 @@ def simulate_file(cfg, out, progress: bool = True, shard_index: int | None = Non
     return ni
 
 
+_MEASURED: dict = {}
+
+
+def measured_once(path, ni: nio.NeuronImages) -> morph.Sample:
+    """The trees of a reference or floor file measured once per process (the draws of one
+    validation share them), keyed by the file's identity and the rows taken."""
+    st = Path(path).stat()
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, len(ni), hash(ni.cell_class.tobytes()))
+    if key not in _MEASURED:
+        _MEASURED.clear()
+        _MEASURED[key] = morph.sample(ni.trees, ni.cell_class)
+    return _MEASURED[key]
+
+
 def validate_files(reference, candidate, floor, out_dir, vcfg) -> dict:
     """The candidate and (at the same size) independent NeuroTS images against the reference."""
     out_dir, ref, cand, train, fl_ni = DOMAIN.validation_inputs(reference, candidate, floor, out_dir)
@@ -313,8 +328,8 @@ def validate_files(reference, candidate, floor, out_dir, vcfg) -> dict:
                               "candidate's size); the class predictor trains on all of that file",
               "candidate_checkpoint_sha256": meta.get("checkpoint_sha256"), "domain": "neuron"})
     if all(x.trees is not None for x in (ref, cand, fl_ni)):  # trees on every side: judged as trees too
-        m["trees"] = morph.compare(ref.trees, ref.cell_class, cand.trees, cand.cell_class, fl_ni.trees,
-                                   fl_ni.cell_class, vcfg.classifier_seeds, vcfg.classifier_max_events)
+        m["trees"] = morph.compare(measured_once(reference, ref), morph.sample(cand.trees, cand.cell_class),
+                                   measured_once(floor, fl_ni), vcfg.classifier_seeds, vcfg.classifier_max_events)
         figures, floor_figures = nv.tree_figures(m["trees"])
         m.update(figures)
         m["floor"].update(floor_figures)

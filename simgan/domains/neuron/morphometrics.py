@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -207,34 +208,49 @@ def _image_distance(a: np.ndarray, ref: np.ndarray) -> float:
     return float(np.abs(a - ref).sum() / max(np.abs(ref).sum(), 1e-12))
 
 
-def compare(reference: nt.Trees, ref_cls, candidate: nt.Trees, cand_cls, floor: nt.Trees, floor_cls,
-            seeds: int = 3, max_events: int = 20000) -> dict:
-    """The figures of the trees' validation, each beside NeuroTS's floor at the same size."""
-    loaded = {k: load(t) for k, t in (("reference", reference), ("candidate", candidate), ("floor", floor))}
-    samples = {"reference": reference, "candidate": candidate, "floor": floor}
-    rows = {k: measure(m, samples[k]) for k, (_, m, _) in loaded.items()}
-    cls = {"reference": np.asarray(ref_cls), "candidate": np.asarray(cand_cls), "floor": np.asarray(floor_cls)}
-    ks = per_class_ks(rows["reference"], cls["reference"], rows["candidate"], cls["candidate"])
-    ks_floor = per_class_ks(rows["reference"], cls["reference"], rows["floor"], cls["floor"])
+@dataclass
+class Sample:
+    """One sample of neurons as the comparison reads it, measured once: per neuron NeuroM's
+    features, validity and class; per neurite type and class the TMD diagrams."""
+
+    rows: list
+    valid: np.ndarray
+    cls: np.ndarray
+    diagrams: dict
+
+    def __len__(self) -> int:
+        return len(self.cls)
+
+
+def sample(trees: nt.Trees, cls) -> Sample:
+    raw, morphs, valid = load(trees)
+    cls = np.asarray(cls)
+    return Sample(measure(morphs, trees), valid, cls,
+                  {t: persistence(raw, cls, t) for t in ("basal_dendrite", "apical_dendrite")})
+
+
+def compare(ref: Sample, cand: Sample, floor: Sample, seeds: int = 3, max_events: int = 20000) -> dict:
+    """The figures of the trees' validation, each beside NeuroTS's floor at the same size (the
+    samples from `sample`: a validation over several draws measures the reference and the
+    floor once)."""
+    ks = per_class_ks(ref.rows, ref.cls, cand.rows, cand.cls)
+    ks_floor = per_class_ks(ref.rows, ref.cls, floor.rows, floor.cls)
     excess = {c: {k: v - ks_floor.get(c, {}).get(k, 0.0) for k, v in row.items()} for c, row in ks.items()}
-    keys = sorted({k for x in rows["reference"] if x is not None for k in x} - {"sholl_profile"})
-    ref_s = summaries(rows["reference"], cls["reference"], keys)
-    clf = classifier_test(ref_s, summaries(rows["candidate"], cls["candidate"], keys), seeds=seeds,
-                          max_events=max_events)
-    clf_floor = classifier_test(ref_s, summaries(rows["floor"], cls["floor"], keys), seeds=seeds,
-                                max_events=max_events)
+    keys = sorted({k for x in ref.rows if x is not None for k in x} - {"sholl_profile"})
+    ref_s = summaries(ref.rows, ref.cls, keys)
+    clf = classifier_test(ref_s, summaries(cand.rows, cand.cls, keys), seeds=seeds, max_events=max_events)
+    clf_floor = classifier_test(ref_s, summaries(floor.rows, floor.cls, keys), seeds=seeds, max_events=max_events)
     tmd = {}
     for t in ("basal_dendrite", "apical_dendrite"):
-        ph = {k: persistence(loaded[k][0], cls[k], t) for k in loaded}
-        for c, row in tmd_distances(ph["reference"], ph["candidate"], ph["floor"]).items():
+        for c, row in tmd_distances(ref.diagrams[t], cand.diagrams[t], floor.diagrams[t]).items():
             tmd[f"{c}@{t}"] = row
     worst = max((v for row in excess.values() for v in row.values()), default=math.nan)
     ks_max = max((v for row in ks.values() for v in row.values()), default=math.nan)
-    return {"validity": float(loaded["candidate"][2].mean()) if len(candidate) else math.nan,
-            "validity_floor": float(loaded["floor"][2].mean()) if len(floor) else math.nan,
+    return {"validity": float(cand.valid.mean()) if len(cand) else math.nan,
+            "validity_floor": float(floor.valid.mean()) if len(floor) else math.nan,
             "ks": ks, "ks_floor": ks_floor, "ks_max": ks_max,
             "ks_floor_max": max((v for row in ks_floor.values() for v in row.values()), default=math.nan),
             "ks_excess_max": worst, "auc_morphometrics": clf["auc"], "auc_morphometrics_floor": clf_floor["auc"],
             "tmd": tmd, "tmd_over_p95": sum(r["distance"] > r["floor_p95"] for r in tmd.values()),
-            "sholl": {k: np.mean([x["sholl_profile"] for x in rows[k] if x is not None], 0).tolist()
-                      for k in rows}}
+            "sholl": {k: np.mean([x["sholl_profile"] for x in v.rows if x is not None], 0).tolist()
+                      for k, v in (("reference", ref), ("candidate", cand), ("floor", floor))}}
