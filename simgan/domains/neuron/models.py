@@ -265,17 +265,19 @@ class NeuronSurrogate(nn.Module):
         return [(None, None)]
 
 
-class NeuronVAE(NeuronSurrogate):
-    family = "neuron_vae"
+class LatentVAE:
+    """What the neuron VAEs (images, trees) share: an encoder and a decoder under one Adam, EMA
+    weights for the decoder and the class embedding, codes from the prior or from the latent
+    flow fitted after training to the encoder's means."""
 
-    def __init__(self, cfg: NeuronVAEConfig, size: int, soma: tuple[int, int]):
-        super().__init__(cfg, size, soma)
-        k = cfg.embed_dim + 1
-        self.encoder = Encoder(1 + N_CLASSES + 1, cfg.width, 2 * cfg.latent_dim, self.soma, self.size)
-        self.decoder = Decoder(cfg.latent_dim, k, cfg.width, 3, self.soma, self.size)  # hit logit, mean, log sd of v
-        if cfg.latent_sampler == "flow":
-            self.latent_flow = code_flow(cfg.latent_dim, N_CLASSES + 1)
-            self.register_buffer("flow_fitted", torch.zeros((), dtype=torch.bool))
+    def run_modules(self):
+        return {"encoder": self._modules["encoder"], "decoder": self._modules["decoder"]}
+
+    def ema_modules(self):
+        return [self._modules["decoder"], self._modules["embed"]]
+
+    def make_optimizers(self):
+        return {"vae": torch.optim.Adam(self.parameters(), lr=self.cfg.lr)}
 
     @property
     def uses_flow(self) -> bool:
@@ -289,24 +291,32 @@ class NeuronVAE(NeuronSurrogate):
         eps = torch.randn(len(c), self.cfg.latent_dim, generator=generator, device=c.device)
         return codes_from_noise(self.latent_flow, one_hot_vector(c), eps) if self.uses_flow else eps
 
+    def fit_flow_to(self, mu: torch.Tensor, c: torch.Tensor, seed: int, batch: int) -> dict:
+        """The flow fitted to the codes mu (N, latent) of the training rows' conditions c."""
+        nll = fit_code_flow(self.latent_flow, mu, one_hot_vector(c), self.cfg.flow_steps, seed, batch)
+        self.flow_fitted.fill_(True)
+        return {"latent_flow_nll": nll, "latent_flow_steps": self.cfg.flow_steps, "latent_flow_rows": len(mu)}
+
+
+class NeuronVAE(LatentVAE, NeuronSurrogate):
+    family = "neuron_vae"
+
+    def __init__(self, cfg: NeuronVAEConfig, size: int, soma: tuple[int, int]):
+        super().__init__(cfg, size, soma)
+        k = cfg.embed_dim + 1
+        self.encoder = Encoder(1 + N_CLASSES + 1, cfg.width, 2 * cfg.latent_dim, self.soma, self.size)
+        self.decoder = Decoder(cfg.latent_dim, k, cfg.width, 3, self.soma, self.size)  # hit logit, mean, log sd of v
+        if cfg.latent_sampler == "flow":
+            self.latent_flow = code_flow(cfg.latent_dim, N_CLASSES + 1)
+            self.register_buffer("flow_fitted", torch.zeros((), dtype=torch.bool))
+
     def fit_latent_flow(self, data, cond: np.ndarray, seed: int, batch: int = 256) -> dict:
         """The flow fitted to the encoder's means of the training images (maximum likelihood)."""
         images, c = data.images, torch.as_tensor(cond, dtype=torch.float32)
         with torch.no_grad():
             mu = torch.cat([encode(self.encoder, to_view(torch.as_tensor(images[i:i + 512])), c[i:i + 512])[0]
                             for i in range(0, len(images), 512)])
-        nll = fit_code_flow(self.latent_flow, mu, one_hot_vector(c), self.cfg.flow_steps, seed, batch)
-        self.flow_fitted.fill_(True)
-        return {"latent_flow_nll": nll, "latent_flow_steps": self.cfg.flow_steps, "latent_flow_rows": len(mu)}
-
-    def run_modules(self):
-        return {"encoder": self._modules["encoder"], "decoder": self._modules["decoder"]}
-
-    def ema_modules(self):
-        return [self._modules["decoder"], self._modules["embed"]]
-
-    def make_optimizers(self):
-        return {"vae": torch.optim.Adam(self.parameters(), lr=self.cfg.lr)}
+        return self.fit_flow_to(mu, c, seed, batch)
 
     def train_step(self, batches, opts, step, autocast, gens):
         view, c = next(batches)

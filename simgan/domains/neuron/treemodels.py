@@ -20,11 +20,11 @@ from pydantic import Field
 from torch import nn
 
 from simgan.domains.neuron import treecode as tc
-from simgan.domains.neuron.models import N_CLASSES, NeuronSurrogate, one_hot_vector
+from simgan.domains.neuron.models import N_CLASSES, LatentVAE, NeuronSurrogate, one_hot_vector
 from simgan.domains.neuron.simulator import Projection, project_trees
 from simgan.domains.neuron.treenet import IN_DIM, N_TYPES, TreeDecoder, node_features
 from simgan.errors import SimganError
-from simgan.models.latent import code_flow, codes_from_noise, fit_code_flow, kl_normal, kl_weight
+from simgan.models.latent import code_flow, kl_normal, kl_weight
 from simgan.schema import ConfigModel
 
 STEP_DIM = 6
@@ -95,7 +95,7 @@ class TreeEncoder(nn.Module):
         return mu, logvar.clamp(-20, 10)
 
 
-class NeuronTreeVAE(NeuronSurrogate):
+class NeuronTreeVAE(LatentVAE, NeuronSurrogate):
     family = "neuron_tree_vae"
     grows_trees = True
 
@@ -141,15 +141,6 @@ class NeuronTreeVAE(NeuronSurrogate):
         return torch.cat([self.cond_vector(c), z], 1)
 
     # -- training --------------------------------------------------------------------------------
-    def run_modules(self):
-        return {"encoder": self._modules["encoder"], "decoder": self._modules["decoder"]}
-
-    def ema_modules(self):
-        return [self._modules["decoder"], self._modules["embed"]]
-
-    def make_optimizers(self):
-        return {"vae": torch.optim.Adam(self.parameters(), lr=self.cfg.lr)}
-
     def batch(self, batches):
         cond, first, count, soma_log_r, stems = next(batches)
         nodes = gather_neurons(first, count, dict(zip(tc.NODE_KEYS, batches.tables["nodes"])))
@@ -171,14 +162,6 @@ class NeuronTreeVAE(NeuronSurrogate):
                 "recon_per_section": float(rec.detach()) * len(cond) / max(len(nodes["split"]), 1)}
 
     # -- codes -----------------------------------------------------------------------------------
-    @property
-    def uses_flow(self) -> bool:
-        return self.cfg.latent_sampler == "flow" and bool(self.flow_fitted)
-
-    def draw_codes(self, c: torch.Tensor, generator=None) -> torch.Tensor:
-        eps = torch.randn(len(c), self.cfg.latent_dim, generator=generator, device=c.device)
-        return codes_from_noise(self.latent_flow, one_hot_vector(c), eps) if self.uses_flow else eps
-
     def fit_latent_flow(self, data, cond: np.ndarray, seed: int, batch: int = 256) -> dict:
         """The flow fitted to the encoder's means of the training trees (maximum likelihood)."""
         tables = self.encode_trees(data.trees, cond)
@@ -190,10 +173,7 @@ class NeuronTreeVAE(NeuronSurrogate):
                 sl = slice(lo, lo + batch)
                 nodes = gather_neurons(first[sl], count[sl], table)
                 mus.append(self.encoder(c_all[sl], nodes, stems[sl], soma_log_r[sl])[0])
-        mu = torch.cat(mus)
-        nll = fit_code_flow(self.latent_flow, mu, one_hot_vector(c_all), self.cfg.flow_steps, seed, batch)
-        self.flow_fitted.fill_(True)
-        return {"latent_flow_nll": nll, "latent_flow_steps": self.cfg.flow_steps, "latent_flow_rows": len(mu)}
+        return self.fit_flow_to(torch.cat(mus), c_all, seed, batch)
 
     # -- generation ------------------------------------------------------------------------------
     @torch.no_grad()
