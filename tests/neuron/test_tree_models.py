@@ -107,6 +107,8 @@ def test_the_tree_vae_learns_real_neurons_and_samples_trees_by_class(tmp_path, n
     np.testing.assert_array_equal(gen.images, project_trees(gen.trees, Projection()))
     nio.write(tmp_path / "gen.h5", gen)
     assert np.allclose(nio.read(tmp_path / "gen.h5").trees.points, gen.trees.points, atol=nt.QUANTUM_UM)
+    with pytest.raises(SimganError, match="neuron_tree_vae: its export .* is not built yet"):
+        domain.export_graph(model, ckpt)
 
 
 def test_a_tree_family_refuses_images_without_trees(tmp_path, neurons, capsys):

@@ -216,6 +216,10 @@ class Neuron(ConditionedFileDomain):
     def export_graph(self, model, ckpt):
         from simgan.export import ExportGraph, Port  # lazy: only `simgan export` and `register` need it
 
+        if getattr(model, "grows_trees", False):
+            raise SimganError(f"model family {model.family}: its export (the step network, with the growth loop as "
+                              "the named post-step) is not built yet; use the checkpoint or the registered model "
+                              "(register.export: none)")
         if getattr(model.cfg, "pixel_correlation", 0.0):
             raise SimganError(f"model.pixel_correlation {model.cfg.pixel_correlation}: the correlated hit noise is not "
                               "part of the export; export a model sampled with independent pixels (0)")
