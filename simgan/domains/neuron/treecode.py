@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from simgan.domains.neuron.trees import APICAL, AXON, BASAL, Tree, Trees
+from simgan.domains.neuron.trees import APICAL, AXON, BASAL, Tree, Trees, order_parents_first
 from simgan.errors import SimganError
 
 TYPES = (AXON, BASAL, APICAL)  # index 0, 1, 2 in the models' one-hot
@@ -123,7 +123,7 @@ def encode(t: Tree, where: str = "neuron") -> Encoded:
     chord = last - start
     clen = np.linalg.norm(chord, axis=1)
     u = chord / np.maximum(clen, 1e-9)[:, None]
-    tips = _subtree_tips(children, _depth_first(children, roots))
+    tips = _subtree_tips(children, order_parents_first(t.parents))
     for c in children:  # canonical order of siblings: more tips, then the longer path
         c.sort(key=lambda i: (-tips[i], -path[i]))
     roots.sort(key=lambda i: (TYPES.index(int(t.types[i])), -tips[i]))
@@ -156,15 +156,6 @@ def encode(t: Tree, where: str = "neuron") -> Encoded:
              "diameter": np.array([np.median(t.diameters[t.offsets[i]:t.offsets[i + 1]]) for i in seq])}
     radius = np.linalg.norm(t.soma if len(t.soma) else first[stem], axis=1).mean()
     return Encoded(nodes, float(radius), np.bincount(type_idx[sl == 0], minlength=3))
-
-
-def _depth_first(children, roots) -> list[int]:
-    out, stack = [], list(reversed(roots))
-    while stack:
-        i = stack.pop()
-        out.append(i)
-        stack.extend(reversed(children[i]))
-    return out
 
 
 def bridge(starts: np.ndarray, ends: np.ndarray, lengths: np.ndarray, rng: np.random.Generator):

@@ -127,8 +127,9 @@ class NeuronTreeVAE(LatentVAE, NeuronSurrogate):
                                   f"{cfg.max_sections}")
             encoded.append(e)
         nodes, neurons = tc.node_table(encoded)
-        diam = [np.median(np.concatenate([e.nodes["diameter"][e.nodes["type"] == t] for e in encoded] or [[0.6]]))
-                if any((e.nodes["type"] == t).any() for e in encoded) else 0.6 for t in range(N_TYPES)]
+        types = np.concatenate([e.nodes["type"] for e in encoded])
+        diameters = np.concatenate([e.nodes["diameter"] for e in encoded])
+        diam = [float(np.median(diameters[types == t])) if (types == t).any() else 0.6 for t in range(N_TYPES)]
         self.diameters.copy_(torch.as_tensor(diam, dtype=torch.float64))
         as_t = {k: torch.as_tensor(v, dtype=torch.long if v.dtype.kind in "iub" and k not in tc.STEP_KEYS
                                    else torch.float32) for k, v in nodes.items()}
